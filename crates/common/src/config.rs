@@ -1,0 +1,220 @@
+//! Configuration in two stages: the raw TOML shape (serde, unknown keys refused) becomes a validated
+//! [`Config`] with real types. Every error names the file, the key and the problem.
+//!
+//! The documented reference of every key, with units and defaults, is `config/reference.toml`.
+
+mod raw;
+
+use hyper::header::HeaderValue;
+use hyper::Method;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Paths the front end answers itself; an endpoint may not take them.
+pub const RESERVED_PATHS: &[&str] = &["/status"];
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file the config came from (or `<embedded default>`).
+    pub file: String,
+    /// The offending key, as a path such as `endpoint[1].exec.timeout_ms`.
+    pub key: String,
+    /// What is wrong, in a sentence a user can act on.
+    pub problem: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server-wide settings.
+    pub server: ServerConfig,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Server-wide settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Open connections at most; at the limit the server stops accepting.
+    pub max_connections: NonZeroUsize,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the request body.
+    pub body_read_timeout: Duration,
+    /// Time the running jobs get to finish on shutdown before children are killed.
+    pub shutdown_grace: Duration,
+}
+
+/// How an endpoint's handed-off batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Serial: one job at a time on a dedicated OS thread, FIFO, with a pace wait.
+    Crab,
+}
+
+impl Mode {
+    /// The name used in config and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Crab => "crab",
+        }
+    }
+}
+
+/// What happens to a request that finds the queue full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Close the connection without a single response byte (HTTP/2: reset the stream).
+    Ignore,
+    /// Answer `503 Service Unavailable` with `Retry-After` at once.
+    Reject,
+}
+
+impl Overflow {
+    /// The name used in config and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Ignore => "ignore",
+            Overflow::Reject => "reject",
+        }
+    }
+}
+
+/// One endpoint (`[[endpoint]]`).
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Exact request path, starting with `/`.
+    pub path: String,
+    /// Methods allowed; others get `405` with `Allow`.
+    pub methods: Vec<Method>,
+    /// Execution mode.
+    pub mode: Mode,
+    /// Admitted-but-not-started jobs at most (the handoff queue's capacity).
+    pub queue: NonZeroUsize,
+    /// What a request that finds the queue full gets.
+    pub overflow: Overflow,
+    /// A job that waited longer than this is answered `504` and not run.
+    pub queue_timeout: Duration,
+    /// Pause between two jobs in crab mode.
+    pub pace: Duration,
+    /// Largest request body accepted; larger gets `413` before anything is queued.
+    pub max_body_bytes: u64,
+    /// What runs the request.
+    pub handler: HandlerConfig,
+}
+
+/// What runs an endpoint's requests.
+#[derive(Debug, Clone)]
+pub enum HandlerConfig {
+    /// A handler compiled into the server, by name (`ping`, `echo`, or one registered by a test).
+    Builtin(String),
+    /// An external program.
+    Exec(ExecConfig),
+}
+
+/// How an exec handler reads the program's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecOutput {
+    /// stdout is the body, sent with `content_type`.
+    Raw,
+    /// stdout starts with CGI/1.1 response headers (`Status:`, `Content-Type:`, ...).
+    Cgi,
+}
+
+/// An external program (`[endpoint.exec]`).
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// argv: program and arguments, never through a shell.
+    pub command: Vec<String>,
+    /// Working directory of the child; the server's own when unset.
+    pub cwd: Option<PathBuf>,
+    /// How stdout becomes the response.
+    pub output: ExecOutput,
+    /// Content type of a raw response (and the default for CGI output without one).
+    pub content_type: HeaderValue,
+    /// Run time limit; then the process group gets SIGTERM.
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// stdout bytes at most; past it the child is killed and `502` answered.
+    pub max_output_bytes: usize,
+    /// Server environment variables passed through beside PATH, LANG and HOME.
+    pub pass_env: Vec<String>,
+    /// Variables set for the child.
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Parse and validate TOML text; `file` names the source in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let (key, line) = match e.span() {
+                Some(span) => raw::key_at(text, span.start),
+                None => ("(document)".to_string(), 0),
+            };
+            let problem = e.message().trim().to_string();
+            ConfigError {
+                file: file.to_string(),
+                key,
+                problem: if line > 0 {
+                    format!("{problem} (line {line})")
+                } else {
+                    problem
+                },
+            }
+        })?;
+        raw.validate(file)
+    }
+
+    /// Read, parse and validate a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".to_string(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml(&text, &file)
+    }
+
+    /// The endpoint paths, for logs.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.path.as_str())
+    }
+
+    /// Check that no two endpoints share a path (also done by [`Config::from_toml`]).
+    fn unique_paths(endpoints: &[EndpointConfig], file: &str) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, ep) in endpoints.iter().enumerate() {
+            if !seen.insert(ep.path.as_str()) {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    key: format!("endpoint[{i}].path"),
+                    problem: format!("`{}` is already used by an earlier endpoint", ep.path),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "listen {}, endpoints:", self.server.listen)?;
+        for ep in &self.endpoints {
+            write!(f, " {} ({})", ep.path, ep.mode.as_str())?;
+        }
+        Ok(())
+    }
+}

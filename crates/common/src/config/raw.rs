@@ -1,0 +1,348 @@
+//! The raw TOML shape, with defaults, and its validation into [`super::Config`].
+
+use super::{
+    Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, Mode, Overflow,
+    ServerConfig, RESERVED_PATHS,
+};
+use hyper::header::HeaderValue;
+use hyper::Method;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Largest queue capacity accepted (a typo guard; memory per queued job is bounded by the body).
+const MAX_QUEUE: usize = 1_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default, rename = "endpoint")]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_connections: usize,
+    header_read_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    shutdown_grace_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".to_string(),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    path: String,
+    #[serde(default = "default_methods")]
+    methods: Vec<String>,
+    #[serde(default = "default_mode")]
+    mode: Mode,
+    #[serde(default = "default_queue")]
+    queue: usize,
+    #[serde(default = "default_overflow")]
+    overflow: Overflow,
+    #[serde(default = "default_queue_timeout_ms")]
+    queue_timeout_ms: u64,
+    #[serde(default)]
+    pace_ms: u64,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    builtin: Option<String>,
+    exec: Option<RawExec>,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["GET".to_string(), "POST".to_string()]
+}
+fn default_mode() -> Mode {
+    Mode::Crab
+}
+fn default_queue() -> usize {
+    100
+}
+fn default_overflow() -> Overflow {
+    Overflow::Ignore
+}
+fn default_queue_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    command: Vec<String>,
+    cwd: Option<PathBuf>,
+    #[serde(default = "default_output")]
+    output: ExecOutput,
+    #[serde(default = "default_content_type")]
+    content_type: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_kill_grace_ms")]
+    kill_grace_ms: u64,
+    #[serde(default = "default_max_output_bytes")]
+    max_output_bytes: usize,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+fn default_output() -> ExecOutput {
+    ExecOutput::Raw
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".to_string()
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_kill_grace_ms() -> u64 {
+    2_000
+}
+fn default_max_output_bytes() -> usize {
+    1024 * 1024
+}
+
+/// Builds errors that all name the same file.
+struct Problems<'a> {
+    file: &'a str,
+}
+
+impl Problems<'_> {
+    fn at(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn nonzero(&self, key: impl Into<String>, value: usize) -> Result<NonZeroUsize, ConfigError> {
+        NonZeroUsize::new(value).ok_or_else(|| self.at(key, "must be at least 1"))
+    }
+
+    fn millis(&self, key: impl Into<String>, ms: u64) -> Result<Duration, ConfigError> {
+        if ms == 0 {
+            return Err(self.at(key, "must be at least 1 (milliseconds)"));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self, file: &str) -> Result<Config, ConfigError> {
+        let p = Problems { file };
+        let server = self.server.validate(&p)?;
+        if self.endpoints.is_empty() {
+            return Err(p.at("endpoint", "at least one [[endpoint]] is required"));
+        }
+        let endpoints = self
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Config::unique_paths(&endpoints, file)?;
+        Ok(Config { server, endpoints })
+    }
+}
+
+impl RawServer {
+    fn validate(self, p: &Problems<'_>) -> Result<ServerConfig, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            p.at(
+                "server.listen",
+                format!("`{}` is not an address such as 127.0.0.1:8080", self.listen),
+            )
+        })?;
+        Ok(ServerConfig {
+            listen,
+            max_connections: p.nonzero("server.max_connections", self.max_connections)?,
+            header_read_timeout: p
+                .millis("server.header_read_timeout_ms", self.header_read_timeout_ms)?,
+            body_read_timeout: p
+                .millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        })
+    }
+}
+
+impl RawEndpoint {
+    fn validate(self, p: &Problems<'_>, at: &str) -> Result<EndpointConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
+            return Err(p.at(
+                key("path"),
+                format!(
+                    "`{}` must start with `/` and hold no spaces or `?`",
+                    self.path
+                ),
+            ));
+        }
+        if RESERVED_PATHS.contains(&self.path.as_str()) {
+            return Err(p.at(
+                key("path"),
+                format!("`{}` is answered by the server itself", self.path),
+            ));
+        }
+        if self.methods.is_empty() {
+            return Err(p.at(key("methods"), "at least one method is required"));
+        }
+        let mut methods = Vec::with_capacity(self.methods.len());
+        for m in &self.methods {
+            let upper = m.to_ascii_uppercase();
+            let method = Method::from_bytes(upper.as_bytes())
+                .map_err(|_| p.at(key("methods"), format!("`{m}` is not an HTTP method")))?;
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        if self.queue > MAX_QUEUE {
+            return Err(p.at(key("queue"), format!("must be at most {MAX_QUEUE}")));
+        }
+        let handler = match (self.builtin, self.exec) {
+            (Some(name), None) => HandlerConfig::Builtin(name),
+            (None, Some(exec)) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
+            (Some(_), Some(_)) => {
+                return Err(p.at(at, "has both `builtin` and `[exec]`: choose one"))
+            }
+            (None, None) => {
+                return Err(p.at(
+                    at,
+                    "needs `builtin = \"...\"` or an `[endpoint.exec]` table",
+                ))
+            }
+        };
+        Ok(EndpointConfig {
+            path: self.path,
+            methods,
+            mode: self.mode,
+            queue: p.nonzero(key("queue"), self.queue)?,
+            overflow: self.overflow,
+            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
+            pace: Duration::from_millis(self.pace_ms),
+            max_body_bytes: self.max_body_bytes,
+            handler,
+        })
+    }
+}
+
+impl RawExec {
+    fn validate(self, p: &Problems<'_>, at: &str) -> Result<ExecConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        match self.command.first() {
+            None => {
+                return Err(p.at(
+                    key("command"),
+                    "must name a program: [\"program\", \"arg\", ...]",
+                ))
+            }
+            Some(prog) if prog.is_empty() => {
+                return Err(p.at(key("command"), "the program name is empty"))
+            }
+            Some(_) => {}
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(p.at(key("command"), "arguments may not contain NUL"));
+        }
+        let content_type = HeaderValue::from_str(&self.content_type).map_err(|_| {
+            p.at(
+                key("content_type"),
+                format!("`{}` is not a valid header value", self.content_type),
+            )
+        })?;
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(p.at(
+                    key("env"),
+                    format!("`{k}` is not a usable environment variable"),
+                ));
+            }
+        }
+        Ok(ExecConfig {
+            command: self.command,
+            cwd: self.cwd,
+            output: self.output,
+            content_type,
+            timeout: p.millis(key("timeout_ms"), self.timeout_ms)?,
+            kill_grace: Duration::from_millis(self.kill_grace_ms),
+            max_output_bytes: p
+                .nonzero(key("max_output_bytes"), self.max_output_bytes)?
+                .get(),
+            pass_env: self.pass_env,
+            env: self.env.into_iter().collect(),
+        })
+    }
+}
+
+/// The dotted key (with `[[endpoint]]` indices) at byte `offset` of `text`, and its 1-based line.
+///
+/// toml's errors carry a span, not a key path; this reads the table headers above the span and the
+/// key on its line, so `queue = "x"` in the second endpoint reads `endpoint[1].queue`.
+pub(super) fn key_at(text: &str, offset: usize) -> (String, usize) {
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut pos = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let end = pos + line.len();
+        let trimmed = line.trim();
+        if offset < end || end == text.len() {
+            let key = trimmed
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string());
+            let path = match (table.is_empty(), key) {
+                (true, Some(k)) => k,
+                (false, Some(k)) if !trimmed.starts_with('[') => format!("{table}.{k}"),
+                (true, None) => "(document)".to_string(),
+                _ => table.clone(),
+            };
+            return (path, n + 1);
+        }
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|s| s.split_once("]]"))
+            .map(|(s, _)| s.trim())
+        {
+            let idx = counts.entry(name.to_string()).or_insert(0);
+            table = format!("{name}[{idx}]");
+            *idx += 1;
+        } else if let Some(name) = trimmed
+            .strip_prefix('[')
+            .and_then(|s| s.split_once(']'))
+            .map(|(s, _)| s.trim())
+        {
+            // A sub-table of the latest array element keeps its index: [endpoint.exec] -> endpoint[1].exec
+            table = match name
+                .split_once('.')
+                .and_then(|(head, rest)| Some((head, rest, counts.get(head)?)))
+            {
+                Some((head, rest, count)) => format!("{head}[{}].{rest}", count.saturating_sub(1)),
+                None => name.to_string(),
+            };
+        }
+        pos = end;
+    }
+    ("(document)".to_string(), 0)
+}

@@ -1,0 +1,69 @@
+//! Per-endpoint counters that add up: admitted = completed + failed + timed_out + skipped.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Outcome counters of one endpoint. Every admitted job is counted in exactly one outcome.
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    /// Entered the handoff queue.
+    pub admitted: AtomicU64,
+    /// Ran and answered by the handler (any status the handler chose).
+    pub completed: AtomicU64,
+    /// Answered with an error: handler failure (502/500), a panic, or shutdown (503).
+    pub failed: AtomicU64,
+    /// Answered `504`: waited past `queue_timeout_ms`, or ran past the handler's time limit.
+    pub timed_out: AtomicU64,
+    /// Not run because the client had gone before the job's turn came.
+    pub skipped: AtomicU64,
+    /// Found the queue full: ignored or rejected. Not admitted, so outside the sum above.
+    pub overflowed: AtomicU64,
+    /// Handler panics caught (each also counted in `failed`).
+    pub panics: AtomicU64,
+}
+
+/// A point-in-time copy of [`EndpointCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CountersSnapshot {
+    /// See [`EndpointCounters::admitted`].
+    pub admitted: u64,
+    /// See [`EndpointCounters::completed`].
+    pub completed: u64,
+    /// See [`EndpointCounters::failed`].
+    pub failed: u64,
+    /// See [`EndpointCounters::timed_out`].
+    pub timed_out: u64,
+    /// See [`EndpointCounters::skipped`].
+    pub skipped: u64,
+    /// See [`EndpointCounters::overflowed`].
+    pub overflowed: u64,
+    /// See [`EndpointCounters::panics`].
+    pub panics: u64,
+}
+
+impl EndpointCounters {
+    /// Add one to `counter`.
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Read every counter.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            admitted: self.admitted.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            overflowed: self.overflowed.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+        }
+    }
+}
+
+impl CountersSnapshot {
+    /// Admitted jobs that have an outcome.
+    pub fn answered(&self) -> u64 {
+        self.completed + self.failed + self.timed_out + self.skipped
+    }
+}

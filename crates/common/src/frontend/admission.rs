@@ -1,0 +1,155 @@
+//! Admission: a request enters its endpoint's handoff queue in O(1) or is overflow; then the front
+//! end waits for the one reply, answering `504` itself if the job is still queued at its deadline.
+//!
+//! Order of checks, cheapest first: declared body size (`413`), queue room (one atomic load; a
+//! full queue is overflow before a single body byte is read), body read (bounded in size and time),
+//! then the real O(1) admission.
+
+use super::{to_body, Answer, Body, Ignored};
+use crate::config::Overflow;
+use crate::counters::EndpointCounters;
+use crate::endpoint::Endpoint;
+use crate::handler::{text_response, JobRequest};
+use crate::job::{Job, Waiter, DROPPED_STATUS};
+use crate::queue::Refused;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Admit `req` into `endpoint`'s queue and wait for its reply.
+pub(super) async fn admit(
+    endpoint: &Endpoint,
+    body_read_timeout: Duration,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Answer {
+    let max_body = endpoint.config.max_body_bytes;
+    if declared_length(&req).is_some_and(|len| len > max_body) {
+        return Ok(too_large());
+    }
+    if !endpoint.queue.has_room() {
+        return overflow(endpoint);
+    }
+    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body =
+        match tokio::time::timeout(body_read_timeout, Limited::new(body, limit).collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Ok(too_large())
+            }
+            Ok(Err(_)) => {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                ))
+            }
+            Err(_) => {
+                return Ok(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time",
+                ))
+            }
+        };
+    let request = JobRequest {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+        remote_addr: remote,
+        local_addr: local,
+    };
+    let counters = &endpoint.counters;
+    let (job, waiter) = Job::new(request, counters.clone());
+    // Counted before the push so that no outcome can be counted ahead of its admission.
+    EndpointCounters::bump(&counters.admitted);
+    match endpoint.queue.try_push(job) {
+        Ok(()) => wait(endpoint, waiter).await,
+        Err(refused) => {
+            counters.admitted.fetch_sub(1, Ordering::Relaxed);
+            let job = match refused {
+                Refused::Full(job) | Refused::Closed(job) => job,
+            };
+            job.discard();
+            overflow(endpoint)
+        }
+    }
+}
+
+/// Wait for the job's one reply; at the queue deadline, expire it if it has not started.
+async fn wait(endpoint: &Endpoint, waiter: Waiter) -> Answer {
+    let Waiter { ticket, mut reply } = waiter;
+    tokio::select! {
+        biased;
+        answer = &mut reply => return Ok(delivered(answer)),
+        () = tokio::time::sleep(endpoint.config.queue_timeout) => {}
+    }
+    if ticket.expire() {
+        EndpointCounters::bump(&endpoint.counters.timed_out);
+        return Ok(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "waited in queue past queue_timeout_ms",
+        ));
+    }
+    // Started in time: the handler bounds its own run.
+    Ok(delivered(reply.await))
+}
+
+fn delivered(
+    answer: Result<Response<bytes::Bytes>, tokio::sync::oneshot::error::RecvError>,
+) -> Response<Body> {
+    match answer {
+        Ok(resp) => to_body(resp),
+        // The job was dropped unanswered by a failing executor (already counted as failed).
+        Err(_) => error(DROPPED_STATUS, "the job's executor failed"),
+    }
+}
+
+/// A request that found no room: silence or a fast `503`. During shutdown always `503`.
+fn overflow(endpoint: &Endpoint) -> Answer {
+    if endpoint.queue.is_closed() {
+        return Ok(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        ));
+    }
+    EndpointCounters::bump(&endpoint.counters.overflowed);
+    match endpoint.config.overflow {
+        Overflow::Ignore => Err(Ignored),
+        Overflow::Reject => {
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(resp)
+        }
+    }
+}
+
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large() -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body larger than max_body_bytes",
+    )
+}
+
+fn error(status: StatusCode, reason: &str) -> Response<Body> {
+    to_body(text_response(status, reason))
+}

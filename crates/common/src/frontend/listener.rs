@@ -1,0 +1,183 @@
+//! The accept loop, written once: connection limit, per-connection hyper (HTTP/1.1 and HTTP/2),
+//! graceful drain on shutdown.
+
+use super::router::{route, App};
+use super::Ignored;
+use crate::supervisor::{supervise_task, Backoff};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Serve `app` on `listener` until `shutdown` resolves, then drain: stop accepting, close every
+/// queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any child still
+/// alive, and let connections finish their last response.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let listener = Arc::new(listener);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let builder = Arc::new(connection_builder(&app));
+    let limit = Arc::new(Semaphore::new(app.server.max_connections.get()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let accept = {
+        let (app, graceful, listener) = (app.clone(), graceful.clone(), listener.clone());
+        tokio::spawn(supervise_task(
+            "accept-loop",
+            Backoff::default(),
+            move || {
+                accept_loop(
+                    listener.clone(),
+                    app.clone(),
+                    builder.clone(),
+                    graceful.clone(),
+                    limit.clone(),
+                    stop_rx.clone(),
+                )
+            },
+        ))
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining");
+    let _ = stop_tx.send(true);
+    let _ = accept.await;
+    app.close();
+    crate::exec::children::begin_shutdown();
+
+    let grace = app.server.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while !app.stopped() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !app.stopped() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "jobs still running after the grace period; killing children"
+        );
+        crate::exec::children::kill_all();
+        let hard = Instant::now() + Duration::from_secs(5);
+        while !app.stopped() && Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every job is answered now; let connections write their last responses.
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+    }
+    tracing::info!("stopped");
+}
+
+fn connection_builder(app: &App) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.server.header_read_timeout)
+        .half_close(false);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+async fn accept_loop(
+    listener: Arc<TcpListener>,
+    app: Arc<App>,
+    builder: Arc<Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        // At the connection limit, stop accepting: the kernel's backlog absorbs the flood.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_app = app.clone();
+        let service = service_fn(move |req| {
+            let app = conn_app.clone();
+            async move { route(app, req, remote, local).await }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let app = app.clone();
+        app.connection_opened();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                // Ignored overflow ends a connection on purpose: no log at all for it.
+                if !is_ignored(e.as_ref()) {
+                    tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
+                }
+            }
+            app.connection_closed();
+        });
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connection-level errors concern one client and are nothing; others (such as running out of file
+/// descriptors) are logged once and followed by a short pause so the loop does not spin.
+async fn accept_error(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
+    ) {
+        return;
+    }
+    tracing::error!(cause = %e, "accept failed; pausing");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn is_ignored(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Ignored>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

@@ -1,0 +1,79 @@
+//! The handler contract: what runs one admitted request, and how its failure becomes a response.
+
+use bytes::Bytes;
+use hyper::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use std::net::SocketAddr;
+
+/// A request as a handler sees it: fully read, owned, and independent of the connection.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Request target (path and query).
+    pub uri: Uri,
+    /// HTTP version the client spoke.
+    pub version: Version,
+    /// Request headers as received.
+    pub headers: HeaderMap,
+    /// The whole body, already bounded by the endpoint's `max_body_bytes`.
+    pub body: Bytes,
+    /// The client's address.
+    pub remote_addr: SocketAddr,
+    /// The address of the listener that accepted the connection.
+    pub local_addr: SocketAddr,
+}
+
+/// What a handler answers with on success (any status it chooses).
+pub type JobResponse = Response<Bytes>;
+
+/// Why a handler could not produce a response. Each kind maps to one status and one counter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// The program or upstream failed (non-zero exit, signal, bad CGI headers, output cap): `502`.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The run exceeded its time limit and was killed: `504`, counted as timed out.
+    #[error("{0}")]
+    Timeout(String),
+    /// The server is shutting down and the run was stopped: `503`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else inside the server: `500`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl HandlerError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandlerError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            HandlerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            HandlerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HandlerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Runs one request to completion on the calling (blocking) thread.
+///
+/// Handlers are called from executor threads, never from the async front end, so they may block.
+/// They must bound their own run time; a panic is caught by the executor and answered `500`.
+pub trait Handler: Send + Sync + 'static {
+    /// Produce the response for `req`.
+    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError>;
+}
+
+/// A plain-text response with `status` and a short reason line: the shape of every error we send.
+pub fn text_response(status: StatusCode, reason: &str) -> JobResponse {
+    let mut body = String::with_capacity(reason.len() + 1);
+    body.push_str(reason);
+    body.push('\n');
+    let mut resp = Response::new(Bytes::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,160 @@
+//! A job: one admitted request, its one-shot reply, and the state that makes the reply exactly-once.
+//!
+//! A job is `Queued` until either the executor starts it or the front end's queue deadline expires
+//! it; an atomic compare-and-swap decides which, so a job is never both answered `504` and run.
+//! Every admitted job is counted in exactly one outcome: by [`Job::finish`], by the executor's
+//! skip/expire checks, or, if it is dropped unanswered (a crash), by its `Drop`.
+
+use crate::counters::EndpointCounters;
+use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
+use hyper::StatusCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const EXPIRED: u8 = 2;
+
+/// The state a job and its waiting front end share.
+#[derive(Debug, Default)]
+pub struct Ticket {
+    state: AtomicU8,
+}
+
+impl Ticket {
+    /// Front end, at the queue deadline: expire the job if it has not started. True if it expired,
+    /// in which case the front end answers `504` and the executor will discard the job.
+    pub fn expire(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn start(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// One admitted request on its way through the queue to a handler.
+#[derive(Debug)]
+pub struct Job {
+    /// The request.
+    pub request: JobRequest,
+    /// When the job entered the queue.
+    pub admitted_at: Instant,
+    ticket: Arc<Ticket>,
+    reply: Option<oneshot::Sender<JobResponse>>,
+    counters: Arc<EndpointCounters>,
+}
+
+/// The front end's half of a job: waits for the reply.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Shared with the job; used to expire it at the queue deadline.
+    pub ticket: Arc<Ticket>,
+    /// Resolves with the response, or with an error if the job was dropped unanswered.
+    pub reply: oneshot::Receiver<JobResponse>,
+}
+
+/// What the executor should do with a job whose turn has come.
+#[derive(Debug)]
+pub enum Turn {
+    /// Run it.
+    Run(Job),
+    /// Already answered or not wanted (expired, client gone, waited too long): counted, nothing to do.
+    Done,
+}
+
+impl Job {
+    /// A new job for `request`, and the front end's waiter for it.
+    pub fn new(request: JobRequest, counters: Arc<EndpointCounters>) -> (Job, Waiter) {
+        let (tx, rx) = oneshot::channel();
+        let ticket = Arc::new(Ticket::default());
+        let job = Job {
+            request,
+            admitted_at: Instant::now(),
+            ticket: ticket.clone(),
+            reply: Some(tx),
+            counters,
+        };
+        (job, Waiter { ticket, reply: rx })
+    }
+
+    /// True if the client is gone: nobody waits for the reply.
+    pub fn client_gone(&self) -> bool {
+        self.reply.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    /// The executor's check when the job's turn comes: drop it if the front end already answered
+    /// `504`, skip it if the client is gone, shed it (`503`) if the server is `closing`, answer
+    /// `504` if it waited longer than `queue_timeout`. Otherwise the job is started: run it.
+    pub fn take_turn(mut self, queue_timeout: std::time::Duration, closing: bool) -> Turn {
+        if !self.ticket.start() {
+            // Expired by the front end, which answered and counted it.
+            self.reply = None;
+            return Turn::Done;
+        }
+        if self.client_gone() {
+            EndpointCounters::bump(&self.counters.skipped);
+            self.reply = None;
+            return Turn::Done;
+        }
+        if closing {
+            self.shed();
+            return Turn::Done;
+        }
+        if self.admitted_at.elapsed() > queue_timeout {
+            self.finish(Err(HandlerError::Timeout(
+                "waited in queue past queue_timeout_ms".into(),
+            )));
+            return Turn::Done;
+        }
+        Turn::Run(self)
+    }
+
+    /// Answer the job and count its outcome. A client that left meanwhile just never reads it.
+    pub fn finish(mut self, result: Result<JobResponse, HandlerError>) {
+        let counter = match &result {
+            Ok(_) => &self.counters.completed,
+            Err(HandlerError::Timeout(_)) => &self.counters.timed_out,
+            Err(_) => &self.counters.failed,
+        };
+        EndpointCounters::bump(counter);
+        let response = match result {
+            Ok(resp) => resp,
+            Err(e) => text_response(e.status(), &e.to_string()),
+        };
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(response);
+        }
+    }
+
+    /// Forget a job that was never admitted (the queue refused it): no reply, no count.
+    pub fn discard(mut self) {
+        self.reply = None;
+    }
+
+    /// Answer `503` because the server is shutting down; the job never runs.
+    pub fn shed(self) {
+        self.finish(Err(HandlerError::Unavailable(
+            "server shutting down".into(),
+        )));
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // Dropped with its reply still pending: a crash unwound past it. The front end sees the
+        // closed channel and answers 500; count it here so the sum still adds up.
+        if self.reply.is_some() {
+            EndpointCounters::bump(&self.counters.failed);
+        }
+    }
+}
+
+/// Status for a job whose executor dropped it unanswered.
+pub const DROPPED_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;

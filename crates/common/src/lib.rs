@@ -1,0 +1,26 @@
+//! The contract every fiddler_crab mode obeys, and the shared front end.
+//!
+//! A request is admitted into its endpoint's bounded [`queue::HandoffQueue`] in O(1) or treated
+//! as overflow; an idle executor takes the whole pending batch and runs it; the handler's answer
+//! goes back to the waiting connection through a one-shot channel. Nothing here knows which modes
+//! exist: `crab` and `jellyfish` implement [`executor::Executor`].
+//!
+//! # Layout
+//! - [`config`]: the TOML config, raw and validated.
+//! - [`handler`]: the handler trait and the request/response types handlers see.
+//! - [`builtin`]: the `ping` and `echo` handlers.
+//! - [`job`]: a job, its exactly-once reply and its outcome counting.
+//! - [`counters`]: per-endpoint counters that add up.
+#![deny(missing_docs)]
+
+pub mod builtin;
+pub mod config;
+pub mod counters;
+pub mod endpoint;
+pub mod exec;
+pub mod executor;
+pub mod frontend;
+pub mod handler;
+pub mod job;
+pub mod queue;
+pub mod supervisor;

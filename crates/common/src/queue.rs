@@ -1,0 +1,186 @@
+//! The bounded handoff queue between the front end and an endpoint's executor.
+//!
+//! The front end admits a job in O(1): one atomic compare-and-swap on the depth, then a push under a
+//! short lock. The executor never shares the filling queue with the front end: when idle it swaps
+//! the whole pending batch out for an empty buffer (recycled, so steady state allocates nothing) and
+//! runs that batch on its own while the front end fills the fresh one.
+//!
+//! `depth` counts jobs admitted and not yet started, wherever they sit (filling queue or handed-off
+//! batch), so the capacity bounds the wait of every admitted job: at most `capacity` jobs are ahead
+//! of it, whatever the executor's batch size.
+
+use crate::job::Job;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Why a job was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The queue is at capacity: overflow.
+    Full(Job),
+    /// The queue is closed (shutting down).
+    Closed(Job),
+}
+
+#[derive(Debug, Default)]
+struct Filling {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+/// A bounded queue whose consumer takes the whole pending batch at once.
+#[derive(Debug)]
+pub struct HandoffQueue {
+    capacity: usize,
+    depth: Arc<AtomicUsize>,
+    closed: AtomicBool,
+    filling: Mutex<Filling>,
+    ready: Condvar,
+}
+
+impl HandoffQueue {
+    /// A queue holding at most `capacity` admitted-but-not-started jobs.
+    pub fn new(capacity: usize) -> HandoffQueue {
+        HandoffQueue {
+            capacity,
+            depth: Arc::new(AtomicUsize::new(0)),
+            closed: AtomicBool::new(false),
+            filling: Mutex::new(Filling {
+                jobs: VecDeque::with_capacity(capacity.min(4096)),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Capacity, as configured.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Jobs admitted and not yet started.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// True when a new job would currently be admitted: one atomic load, no lock, no allocation.
+    /// The front end asks this before reading a body, so overflow costs nearly nothing.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.depth.load(Ordering::Relaxed) < self.capacity && !self.closed.load(Ordering::Relaxed)
+    }
+
+    /// True once [`HandoffQueue::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Admit `job` or give it back. O(1): never waits for the executor.
+    pub fn try_push(&self, job: Job) -> Result<(), Refused> {
+        if self.is_closed() {
+            return Err(Refused::Closed(job));
+        }
+        if !self.reserve() {
+            return Err(Refused::Full(job));
+        }
+        let mut filling = self.lock();
+        if filling.closed {
+            drop(filling);
+            self.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::Closed(job));
+        }
+        filling.jobs.push_back(job);
+        drop(filling);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn reserve(&self) -> bool {
+        self.depth
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |d| {
+                (d < self.capacity).then_some(d + 1)
+            })
+            .is_ok()
+    }
+
+    /// Block until jobs are pending, then take all of them, leaving `spare` (emptied) as the new
+    /// filling buffer. Returns `None` once the queue is closed and nothing is pending. Wakes at
+    /// least every `tick` so a caller can notice other signals.
+    pub fn take_batch(&self, spare: VecDeque<Job>, tick: Duration) -> Option<Batch> {
+        let mut spare = spare;
+        spare.clear();
+        let mut filling = self.lock();
+        loop {
+            if !filling.jobs.is_empty() {
+                std::mem::swap(&mut filling.jobs, &mut spare);
+                return Some(Batch {
+                    jobs: spare,
+                    depth: self.depth.clone(),
+                });
+            }
+            if filling.closed {
+                return None;
+            }
+            filling = match self.ready.wait_timeout(filling, tick) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Refuse new jobs from now on and wake the executor. Pending jobs stay to be shed or run.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Filling> {
+        // No code panics while holding this lock; recover the data if a panic elsewhere poisoned it.
+        self.filling.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A handed-off batch, owned by the executor alone. Taking a job out of it starts its turn and
+/// lowers the queue depth; jobs still in a dropped batch are answered `500` by their own `Drop`.
+#[derive(Debug)]
+pub struct Batch {
+    jobs: VecDeque<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Batch {
+    /// Next job in FIFO order.
+    pub fn pop(&mut self) -> Option<Job> {
+        let job = self.jobs.pop_front()?;
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+        Some(job)
+    }
+
+    /// Jobs left in the batch.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// True when no job is left.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// The emptied buffer, for the next [`HandoffQueue::take_batch`].
+    pub fn into_spare(mut self) -> VecDeque<Job> {
+        while self.pop().is_some() {}
+        std::mem::take(&mut self.jobs)
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let left = self.jobs.len();
+        if left > 0 {
+            self.depth.fetch_sub(left, Ordering::AcqRel);
+        }
+    }
+}

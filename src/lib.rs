@@ -1,0 +1,157 @@
+//! fiddler_crab wires a [`Config`] to running parts: a handler and an executor per endpoint, and
+//! the shared front end that serves them.
+//!
+//! # Layout
+//! - [`HandlerRegistry`]: builtin handlers by name (`ping`, `echo`, plus any a test registers).
+//! - [`Server`]: built from a validated config; [`Server::run`] serves a bound listener until a
+//!   shutdown future resolves.
+//! - [`default_config`]: the embedded default config.
+#![deny(missing_docs)]
+
+use common::builtin::{Echo, Ping};
+use common::config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
+use common::endpoint::Endpoint;
+use common::exec::ExecHandler;
+use common::executor::Executor;
+use common::frontend::{serve, App};
+use common::handler::Handler;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use common::config;
+
+/// The embedded default config, with `@EXAMPLES@` still in it.
+pub const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../config/default.toml");
+
+/// Where the shipped examples live: the source tree this binary was built from.
+pub const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+/// The embedded default config, ready to parse.
+pub fn default_config_text() -> String {
+    DEFAULT_CONFIG_TEMPLATE.replace("@EXAMPLES@", EXAMPLES_DIR)
+}
+
+/// The embedded default config, validated.
+pub fn default_config() -> Result<Config, ConfigError> {
+    Config::from_toml(&default_config_text(), "<embedded default>")
+}
+
+/// Builtin handlers by name.
+#[derive(Clone)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Default for HandlerRegistry {
+    fn default() -> Self {
+        let mut registry = HandlerRegistry {
+            handlers: HashMap::new(),
+        };
+        registry.register("ping", Arc::new(Ping));
+        registry.register("echo", Arc::new(Echo));
+        registry
+    }
+}
+
+impl HandlerRegistry {
+    /// Make `handler` available as `builtin = "name"`.
+    pub fn register(&mut self, name: &str, handler: Arc<dyn Handler>) -> &mut Self {
+        self.handlers.insert(name.to_string(), handler);
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.join(", ")
+    }
+}
+
+/// Why a server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config names something that does not exist.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A thread could not be started.
+    #[error("cannot start endpoint {path}: {source}")]
+    Start {
+        /// The endpoint.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Check what validation alone cannot: that every builtin a config names exists.
+pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<(), ConfigError> {
+    for (i, ep) in config.endpoints.iter().enumerate() {
+        if let HandlerConfig::Builtin(name) = &ep.handler {
+            if registry.get(name).is_none() {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    key: format!("endpoint[{i}].builtin"),
+                    problem: format!("no builtin handler `{name}` (known: {})", registry.names()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The executor for an endpoint's mode.
+pub fn executor_for(ep: &EndpointConfig) -> Arc<dyn Executor> {
+    match ep.mode {
+        Mode::Crab => Arc::new(crab::CrabExecutor::new(ep.pace)),
+    }
+}
+
+/// A built server: every endpoint's queue and executor running, ready to serve a listener.
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Start every endpoint of `config`.
+    pub fn build(config: &Config, registry: &HandlerRegistry) -> Result<Server, BuildError> {
+        check(config, registry, "config")?;
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            let handler: Arc<dyn Handler> = match &ep.handler {
+                HandlerConfig::Builtin(name) => match registry.get(name) {
+                    Some(h) => h,
+                    None => continue, // unreachable: `check` ran above
+                },
+                HandlerConfig::Exec(exec) => Arc::new(ExecHandler::new(&ep.path, exec.clone())),
+            };
+            let endpoint =
+                Endpoint::start(ep.clone(), handler, executor_for(ep)).map_err(|source| {
+                    BuildError::Start {
+                        path: ep.path.clone(),
+                        source,
+                    }
+                })?;
+            endpoints.push(endpoint);
+        }
+        Ok(Server {
+            app: Arc::new(App::new(config.server.clone(), endpoints)),
+        })
+    }
+
+    /// The running app (endpoints, counters).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serve `listener` until `shutdown` resolves, then drain (see [`common::frontend::serve`]).
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        serve(listener, self.app, shutdown).await;
+    }
+}

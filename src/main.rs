@@ -1,0 +1,141 @@
+//! The `fiddler_crab` binary: parse the command line, load the config, start logging, serve until
+//! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fiddler_crab::config::Config;
+use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Puts slow, heavy programs behind bounded, overflow-shedding HTTP endpoints.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; without it the embedded default is served.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Listen on this address instead of the config's `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config (`--config FILE`, or the embedded default) and exit.
+    Check,
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::DefaultConfig) => {
+            print!("{}", default_config_text());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Check) => {
+            return match load(&cli) {
+                Ok((config, _)) => {
+                    println!("ok: {config}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
+    }
+    init_logging(cli.log_format);
+    common::supervisor::install_panic_hook();
+    let (mut config, registry) = match load(&cli) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            tracing::error!(%message, "invalid config");
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = cli.listen {
+        config.server.listen = listen;
+    }
+    match run(config, registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(cause = %e, "server failed");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<(Config, HandlerRegistry), String> {
+    let registry = HandlerRegistry::default();
+    let (config, file) = match &cli.config {
+        Some(path) => (Config::from_file(path), path.display().to_string()),
+        None => (default_config(), "<embedded default>".to_string()),
+    };
+    let config = config.map_err(|e| e.to_string())?;
+    check(&config, &registry, &file).map_err(|e| e.to_string())?;
+    Ok((config, registry))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config, registry: HandlerRegistry) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = Server::build(&config, &registry)?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        tracing::info!(listen = %config.server.listen, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
+        server.run(listener, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "stop requested"),
+    }
+}
