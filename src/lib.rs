@@ -106,10 +106,24 @@ pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<
 }
 
 /// The executor for an endpoint's mode.
-pub fn executor_for(ep: &EndpointConfig) -> Arc<dyn Executor> {
-    match ep.mode {
+pub fn executor_for(ep: &EndpointConfig) -> std::io::Result<Arc<dyn Executor>> {
+    let name = format!("fc-jf{}", ep.path.replace('/', "-"));
+    Ok(match ep.mode {
         Mode::Crab => Arc::new(crab::CrabExecutor::new(ep.pace)),
-    }
+        Mode::Jellyfish | Mode::Adaptive => Arc::new(jellyfish::JellyfishExecutor::new(
+            &name,
+            default_workers(ep),
+        )?),
+    })
+}
+
+/// The pool size of a jellyfish endpoint: `workers`, or the CPUs the process may use.
+pub fn default_workers(ep: &EndpointConfig) -> usize {
+    ep.workers.map(|w| w.get()).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// A built server: every endpoint's queue and executor running, ready to serve a listener.
@@ -131,13 +145,12 @@ impl Server {
                 },
                 HandlerConfig::Exec(exec) => Arc::new(ExecHandler::new(&ep.path, exec.clone())),
             };
-            let endpoint =
-                Endpoint::start(ep.clone(), handler, executor_for(ep)).map_err(|source| {
-                    BuildError::Start {
-                        path: ep.path.clone(),
-                        source,
-                    }
-                })?;
+            let start = |source| BuildError::Start {
+                path: ep.path.clone(),
+                source,
+            };
+            let executor = executor_for(ep).map_err(start)?;
+            let endpoint = Endpoint::start(ep.clone(), handler, executor).map_err(start)?;
             endpoints.push(endpoint);
         }
         Ok(Server {

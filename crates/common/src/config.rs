@@ -59,6 +59,11 @@ pub struct ServerConfig {
 pub enum Mode {
     /// Serial: one job at a time on a dedicated OS thread, FIFO, with a pace wait.
     Crab,
+    /// Concurrent: a small bounded pool of worker threads.
+    Jellyfish,
+    /// The traffic light picks, per handed-off batch: green → jellyfish at `workers`, yellow →
+    /// jellyfish at `yellow_workers`, red → crab.
+    Adaptive,
 }
 
 impl Mode {
@@ -66,6 +71,8 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Crab => "crab",
+            Mode::Jellyfish => "jellyfish",
+            Mode::Adaptive => "adaptive",
         }
     }
 }
@@ -105,8 +112,15 @@ pub struct EndpointConfig {
     pub overflow: Overflow,
     /// A job that waited longer than this is answered `504` and not run.
     pub queue_timeout: Duration,
-    /// Pause between two jobs in crab mode.
+    /// Pause between two jobs in crab mode (and in adaptive mode's crab runs).
     pub pace: Duration,
+    /// Pool size in jellyfish mode and green adaptive batches; `None`: the CPUs the process may use.
+    pub workers: Option<NonZeroUsize>,
+    /// Pool size for yellow adaptive batches; `None`: half of `workers`, at least 1.
+    pub yellow_workers: Option<NonZeroUsize>,
+    /// Treat a request as overflow at once when the expected wait (queue depth ÷ concurrency ×
+    /// estimated job time) already exceeds `queue_timeout`.
+    pub expected_wait_admission: bool,
     /// Largest request body accepted; larger gets `413` before anything is queued.
     pub max_body_bytes: u64,
     /// What runs the request.

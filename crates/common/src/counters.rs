@@ -19,6 +19,9 @@ pub struct EndpointCounters {
     pub overflowed: AtomicU64,
     /// Handler panics caught (each also counted in `failed`).
     pub panics: AtomicU64,
+    /// Overflowed because the expected wait already exceeded the queue timeout (also in
+    /// `overflowed`).
+    pub shed_by_wait: AtomicU64,
 }
 
 /// A point-in-time copy of [`EndpointCounters`].
@@ -38,6 +41,8 @@ pub struct CountersSnapshot {
     pub overflowed: u64,
     /// See [`EndpointCounters::panics`].
     pub panics: u64,
+    /// See [`EndpointCounters::shed_by_wait`].
+    pub shed_by_wait: u64,
 }
 
 impl EndpointCounters {
@@ -57,6 +62,7 @@ impl EndpointCounters {
             skipped: self.skipped.load(Relaxed),
             overflowed: self.overflowed.load(Relaxed),
             panics: self.panics.load(Relaxed),
+            shed_by_wait: self.shed_by_wait.load(Relaxed),
         }
     }
 }

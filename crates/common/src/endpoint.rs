@@ -6,11 +6,12 @@ use crate::executor::{dispatch, Executor, JobRunner};
 use crate::handler::Handler;
 use crate::queue::HandoffQueue;
 use crate::supervisor::{Backoff, SupervisedThread};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One endpoint with its queue and executor running.
-#[derive(Debug)]
 pub struct Endpoint {
     /// Its validated config.
     pub config: EndpointConfig,
@@ -19,6 +20,7 @@ pub struct Endpoint {
     /// Its outcome counters.
     pub counters: Arc<EndpointCounters>,
     runner: Arc<JobRunner>,
+    executor: Arc<dyn Executor>,
     mode: &'static str,
     restarts: Arc<AtomicU64>,
     dispatcher: Mutex<Option<SupervisedThread>>,
@@ -41,8 +43,40 @@ pub struct EndpointStatus {
     pub running: usize,
     /// Times the dispatcher was replaced after a failure.
     pub restarts: u64,
+    /// Jobs the executor runs at once now.
+    pub concurrency: usize,
+    /// Moving estimate of one job's run time, in ms (absent before the first run).
+    pub job_time_ms: Option<f64>,
+    /// Expected wait of a request admitted now, in ms.
+    pub expected_wait_ms: f64,
+    /// Whether requests are refused when the expected wait exceeds `queue_timeout_ms`.
+    pub expected_wait_admission: bool,
     /// Outcome counters.
     pub counters: CountersSnapshot,
+    /// Mode-specific counters (routing decisions, pool restarts).
+    pub executor: BTreeMap<&'static str, u64>,
+}
+
+/// Whether a request may enter the queue now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Room, and the expected wait is within the queue timeout.
+    Open,
+    /// Overflow: the queue is at capacity.
+    Full,
+    /// Overflow: admitted now, the job would time out in the queue anyway.
+    TooSlow,
+    /// Shutting down.
+    Closed,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("path", &self.config.path)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -62,26 +96,71 @@ impl Endpoint {
             counters.clone(),
         ));
         let mode = executor.mode();
-        let (q, r) = (queue.clone(), runner.clone());
+        let (q, r, x) = (queue.clone(), runner.clone(), executor.clone());
         let thread_name = format!("fc-{}{}", mode, config.path.replace('/', "-"));
         let dispatcher = SupervisedThread::spawn(&thread_name, Backoff::default(), move || {
-            dispatch(&q, executor.as_ref(), &r);
+            dispatch(&q, x.as_ref(), &r);
         })?;
         Ok(Arc::new(Endpoint {
             config,
             queue,
             counters,
             runner,
+            executor,
             mode,
             restarts: dispatcher.restart_counter(),
             dispatcher: Mutex::new(Some(dispatcher)),
         }))
     }
 
+    /// Whether a new request may be admitted now. O(1): a few atomic loads, no lock, no allocation.
+    #[inline]
+    pub fn admission(&self) -> Admission {
+        if !self.queue.has_room() {
+            return if self.queue.is_closed() {
+                Admission::Closed
+            } else {
+                Admission::Full
+            };
+        }
+        if self.config.expected_wait_admission && self.expected_wait() > self.config.queue_timeout {
+            return Admission::TooSlow;
+        }
+        Admission::Open
+    }
+
+    /// Expected queue wait of a request admitted now: queue depth ÷ concurrency × job time.
+    /// Zero until a first job has run.
+    pub fn expected_wait(&self) -> Duration {
+        let Some(job_time) = self.runner.job_time() else {
+            return Duration::ZERO;
+        };
+        let depth = u32::try_from(self.queue.depth()).unwrap_or(u32::MAX);
+        let concurrency = u32::try_from(self.executor.concurrency().max(1)).unwrap_or(u32::MAX);
+        job_time.saturating_mul(depth) / concurrency
+    }
+
+    /// Seconds a rejected client should wait before retrying: the time for the queue ahead of it to
+    /// drain by the current estimate, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let Some(job_time) = self.runner.job_time() else {
+            return 1;
+        };
+        let concurrency = u32::try_from(self.executor.concurrency().max(1)).unwrap_or(u32::MAX);
+        let depth = u32::try_from(self.queue.depth() + 1).unwrap_or(u32::MAX);
+        let wait = job_time.saturating_mul(depth) / concurrency;
+        wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64
+    }
+
     /// The endpoint's status line.
     pub fn status(&self) -> EndpointStatus {
         let running = self.runner.running();
         EndpointStatus {
+            concurrency: self.executor.concurrency(),
+            job_time_ms: self.runner.job_time().map(|d| d.as_secs_f64() * 1e3),
+            expected_wait_ms: self.expected_wait().as_secs_f64() * 1e3,
+            expected_wait_admission: self.config.expected_wait_admission,
+            executor: self.executor.counters().into_iter().collect(),
             mode: self.mode,
             overflow: self.config.overflow.as_str(),
             queue_depth: self.queue.depth(),

@@ -11,9 +11,9 @@ use crate::job::{Job, Turn};
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an idle dispatcher sleeps between looks at its queue's state.
 const IDLE_TICK: Duration = Duration::from_millis(200);
@@ -25,7 +25,18 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Run every job of `batch` through `runner`, in whatever schedule the mode chooses, and return
     /// when each has been answered. Called from the endpoint's dispatcher thread, one batch at a time.
-    fn run_batch(&self, batch: &mut Batch, runner: &JobRunner);
+    fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>);
+
+    /// How many jobs the executor would run at once if handed a batch now (at least 1). Admission
+    /// by expected wait divides the queue depth by this.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Mode-specific counters for `/status` (for example adaptive routing decisions).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// What every mode does with one job: the turn checks, the handler call with its panic contained,
@@ -37,7 +48,12 @@ pub struct JobRunner {
     queue_timeout: Duration,
     counters: Arc<EndpointCounters>,
     running: AtomicUsize,
+    /// Moving average of handler run time, in microseconds (0 until the first job ran).
+    job_time_us: AtomicU64,
 }
+
+/// Weight of the newest run in the job-time moving average, as 1/N.
+const JOB_TIME_SMOOTHING: u64 = 8;
 
 impl std::fmt::Debug for JobRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +79,7 @@ impl JobRunner {
             queue_timeout,
             counters,
             running: AtomicUsize::new(0),
+            job_time_us: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +95,7 @@ impl JobRunner {
     /// Run a started job on this thread and answer it. A handler panic is answered `500`.
     pub fn run(&self, job: Job) {
         self.running.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = match catch_panic(|| self.handler.handle(&job.request)) {
             Ok(result) => result,
             Err(message) => {
@@ -90,8 +108,41 @@ impl JobRunner {
         if let Err(e) = &result {
             tracing::debug!(endpoint = %self.endpoint, status = e.status().as_u16(), cause = %e, "job failed");
         }
+        self.record_job_time(started.elapsed());
         job.finish(result);
         self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Begin the job's turn and run it if it should run; true if it ran.
+    pub fn begin_and_run(&self, job: Job) -> bool {
+        match self.begin(job) {
+            Some(job) => {
+                self.run(job);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn record_job_time(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .job_time_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / JOB_TIME_SMOOTHING + sample / JOB_TIME_SMOOTHING
+                })
+            });
+    }
+
+    /// The moving estimate of one job's run time; `None` before the first run.
+    pub fn job_time(&self) -> Option<Duration> {
+        match self.job_time_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// Jobs running right now.
@@ -112,7 +163,7 @@ impl JobRunner {
 
 /// The dispatcher loop: wait until jobs are pending, hand the whole batch to the executor, repeat;
 /// return when the queue is closed and drained.
-pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &JobRunner) {
+pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobRunner>) {
     let mut spare = VecDeque::new();
     while let Some(mut batch) = queue.take_batch(spare, IDLE_TICK) {
         tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = executor.mode(), "batch handed off");

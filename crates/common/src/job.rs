@@ -42,8 +42,8 @@ impl Ticket {
 /// One admitted request on its way through the queue to a handler.
 #[derive(Debug)]
 pub struct Job {
-    /// The request.
-    pub request: JobRequest,
+    /// The request (boxed: a queued job is a few words, cheap to move through the queue).
+    pub request: Box<JobRequest>,
     /// When the job entered the queue.
     pub admitted_at: Instant,
     ticket: Arc<Ticket>,
@@ -75,7 +75,7 @@ impl Job {
         let (tx, rx) = oneshot::channel();
         let ticket = Arc::new(Ticket::default());
         let job = Job {
-            request,
+            request: Box::new(request),
             admitted_at: Instant::now(),
             ticket: ticket.clone(),
             reply: Some(tx),

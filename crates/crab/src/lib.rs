@@ -10,7 +10,7 @@
 
 use common::executor::{Executor, JobRunner};
 use common::queue::Batch;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest single sleep of the pace wait, so shutdown is noticed promptly.
@@ -55,7 +55,7 @@ impl Executor for CrabExecutor {
         "crab"
     }
 
-    fn run_batch(&self, batch: &mut Batch, runner: &JobRunner) {
+    fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
         while let Some(job) = batch.pop() {
             if !job.client_gone() {
                 self.pace_wait(runner);

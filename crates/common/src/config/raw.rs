@@ -16,6 +16,9 @@ use std::time::Duration;
 /// Largest queue capacity accepted (a typo guard; memory per queued job is bounded by the body).
 const MAX_QUEUE: usize = 1_000_000;
 
+/// Largest worker pool accepted: jellyfish is a small pool, not a thread per request.
+const MAX_WORKERS: usize = 1024;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -33,6 +36,7 @@ struct RawServer {
     header_read_timeout_ms: u64,
     body_read_timeout_ms: u64,
     shutdown_grace_ms: u64,
+    default_mode: Mode,
 }
 
 impl Default for RawServer {
@@ -43,6 +47,7 @@ impl Default for RawServer {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            default_mode: Mode::Crab,
         }
     }
 }
@@ -53,8 +58,7 @@ struct RawEndpoint {
     path: String,
     #[serde(default = "default_methods")]
     methods: Vec<String>,
-    #[serde(default = "default_mode")]
-    mode: Mode,
+    mode: Option<Mode>,
     #[serde(default = "default_queue")]
     queue: usize,
     #[serde(default = "default_overflow")]
@@ -63,6 +67,10 @@ struct RawEndpoint {
     queue_timeout_ms: u64,
     #[serde(default)]
     pace_ms: u64,
+    workers: Option<usize>,
+    yellow_workers: Option<usize>,
+    #[serde(default = "default_true")]
+    expected_wait_admission: bool,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
     builtin: Option<String>,
@@ -72,11 +80,11 @@ struct RawEndpoint {
 fn default_methods() -> Vec<String> {
     vec!["GET".to_string(), "POST".to_string()]
 }
-fn default_mode() -> Mode {
-    Mode::Crab
-}
 fn default_queue() -> usize {
     100
+}
+fn default_true() -> bool {
+    true
 }
 fn default_overflow() -> Overflow {
     Overflow::Ignore
@@ -143,6 +151,13 @@ impl Problems<'_> {
         NonZeroUsize::new(value).ok_or_else(|| self.at(key, "must be at least 1"))
     }
 
+    fn pool_size(&self, key: impl Into<String>, value: usize) -> Result<NonZeroUsize, ConfigError> {
+        match NonZeroUsize::new(value) {
+            Some(n) if value <= MAX_WORKERS => Ok(n),
+            _ => Err(self.at(key, format!("must be between 1 and {MAX_WORKERS}"))),
+        }
+    }
+
     fn millis(&self, key: impl Into<String>, ms: u64) -> Result<Duration, ConfigError> {
         if ms == 0 {
             return Err(self.at(key, "must be at least 1 (milliseconds)"));
@@ -154,6 +169,7 @@ impl Problems<'_> {
 impl RawConfig {
     pub(super) fn validate(self, file: &str) -> Result<Config, ConfigError> {
         let p = Problems { file };
+        let default_mode = self.server.default_mode;
         let server = self.server.validate(&p)?;
         if self.endpoints.is_empty() {
             return Err(p.at("endpoint", "at least one [[endpoint]] is required"));
@@ -162,7 +178,7 @@ impl RawConfig {
             .endpoints
             .into_iter()
             .enumerate()
-            .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]")))
+            .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]"), default_mode))
             .collect::<Result<Vec<_>, _>>()?;
         Config::unique_paths(&endpoints, file)?;
         Ok(Config { server, endpoints })
@@ -190,7 +206,12 @@ impl RawServer {
 }
 
 impl RawEndpoint {
-    fn validate(self, p: &Problems<'_>, at: &str) -> Result<EndpointConfig, ConfigError> {
+    fn validate(
+        self,
+        p: &Problems<'_>,
+        at: &str,
+        default_mode: Mode,
+    ) -> Result<EndpointConfig, ConfigError> {
         let key = |k: &str| format!("{at}.{k}");
         if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
             return Err(p.at(
@@ -235,10 +256,29 @@ impl RawEndpoint {
                 ))
             }
         };
+        let workers = self
+            .workers
+            .map(|w| p.pool_size(key("workers"), w))
+            .transpose()?;
+        let yellow_workers = self
+            .yellow_workers
+            .map(|w| p.pool_size(key("yellow_workers"), w))
+            .transpose()?;
+        if let (Some(w), Some(y)) = (workers, yellow_workers) {
+            if y > w {
+                return Err(p.at(
+                    key("yellow_workers"),
+                    format!("must be at most workers ({w})"),
+                ));
+            }
+        }
         Ok(EndpointConfig {
             path: self.path,
             methods,
-            mode: self.mode,
+            mode: self.mode.unwrap_or(default_mode),
+            workers,
+            yellow_workers,
+            expected_wait_admission: self.expected_wait_admission,
             queue: p.nonzero(key("queue"), self.queue)?,
             overflow: self.overflow,
             queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,

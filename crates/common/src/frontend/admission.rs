@@ -8,7 +8,7 @@
 use super::{to_body, Answer, Body, Ignored};
 use crate::config::Overflow;
 use crate::counters::EndpointCounters;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Admission, Endpoint};
 use crate::handler::{text_response, JobRequest};
 use crate::job::{Job, Waiter, DROPPED_STATUS};
 use crate::queue::Refused;
@@ -32,8 +32,13 @@ pub(super) async fn admit(
     if declared_length(&req).is_some_and(|len| len > max_body) {
         return Ok(too_large());
     }
-    if !endpoint.queue.has_room() {
-        return overflow(endpoint);
+    match endpoint.admission() {
+        Admission::Open => {}
+        Admission::TooSlow => {
+            EndpointCounters::bump(&endpoint.counters.shed_by_wait);
+            return overflow(endpoint);
+        }
+        Admission::Full | Admission::Closed => return overflow(endpoint),
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);

@@ -1,0 +1,92 @@
+//! Jellyfish mode: a small bounded pool that runs a handed-off batch's jobs concurrently.
+//!
+//! The pool has a fixed number of worker OS threads, each supervised (a worker that dies is
+//! replaced). The dispatcher feeds a batch's jobs to the pool, never more at once than the batch's
+//! concurrency limit, and returns when every job has been answered. Jobs keep every guarantee of
+//! [`common::executor::JobRunner`]: turn checks at start, panics contained, exactly one reply.
+//!
+//! # Layout
+//! - [`pool`]: the generic supervised worker pool with completion signalling.
+//! - [`JellyfishExecutor`]: the [`Executor`] for jellyfish mode, and the limited-concurrency batch
+//!   runner adaptive mode reuses.
+#![deny(missing_docs)]
+
+pub mod pool;
+
+use common::executor::{Executor, JobRunner};
+use common::job::Job;
+use common::queue::Batch;
+use pool::Pool;
+use std::sync::Arc;
+
+/// Runs a batch's jobs on a bounded pool of worker threads.
+pub struct JellyfishExecutor {
+    workers: usize,
+    pool: Pool<(Job, Arc<JobRunner>)>,
+}
+
+impl std::fmt::Debug for JellyfishExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JellyfishExecutor")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JellyfishExecutor {
+    /// A pool of `workers` threads (at least 1) named after `name`.
+    pub fn new(name: &str, workers: usize) -> std::io::Result<JellyfishExecutor> {
+        let workers = workers.max(1);
+        let pool = Pool::new(name, workers, |(job, runner): (Job, Arc<JobRunner>)| {
+            runner.begin_and_run(job);
+        })?;
+        Ok(JellyfishExecutor { workers, pool })
+    }
+
+    /// The pool size.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Run `batch` with at most `limit` jobs at once (clamped to 1..=workers), FIFO starts.
+    pub fn run_limited(&self, batch: &mut Batch, runner: &Arc<JobRunner>, limit: usize) {
+        let limit = limit.clamp(1, self.workers);
+        let mut round = self.pool.round();
+        while let Some(job) = batch.pop() {
+            if round.in_flight() >= limit {
+                round.wait_one();
+            }
+            if let Err((job, runner)) = round.submit((job, runner.clone())) {
+                // No worker can take it (the pool is gone): run it here rather than lose it.
+                runner.begin_and_run(job);
+            }
+        }
+        round.wait_all();
+    }
+
+    /// Worker replacements so far.
+    pub fn restarts(&self) -> u64 {
+        self.pool.restarts()
+    }
+}
+
+impl Executor for JellyfishExecutor {
+    fn mode(&self) -> &'static str {
+        "jellyfish"
+    }
+
+    fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
+        self.run_limited(batch, runner, self.workers);
+    }
+
+    fn concurrency(&self) -> usize {
+        self.workers
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("workers", self.workers as u64),
+            ("worker_restarts", self.restarts()),
+        ]
+    }
+}
