@@ -10,6 +10,10 @@ use hyper::Response;
 pub struct Ping;
 
 impl Handler for Ping {
+    fn is_inline(&self) -> bool {
+        true
+    }
+
     fn handle(&self, _req: &JobRequest) -> Result<JobResponse, HandlerError> {
         let mut resp = Response::new(Bytes::from_static(b"pong\n"));
         resp.headers_mut().insert(
@@ -25,6 +29,10 @@ impl Handler for Ping {
 pub struct Echo;
 
 impl Handler for Echo {
+    fn is_inline(&self) -> bool {
+        true
+    }
+
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
         let mut resp = Response::new(req.body.clone());
         let ct = req

@@ -232,3 +232,49 @@ impl fmt::Display for Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_with_its_endpoint_index() {
+        let text = "[[endpoint]]\npath = \"/a\"\nbuiltin = \"ping\"\n\n[[endpoint]]\npath = \"/b\"\n[endpoint.exec]\ncommand = [\"x\"]\ntimeout_ms = \"soon\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.file, "t.toml");
+        assert_eq!(e.key, "endpoint[1].exec.timeout_ms");
+        assert!(e.problem.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let c = Config::from_toml(
+            "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let ep = &c.endpoints[0];
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            (ep.mode, ep.overflow, ep.queue.get()),
+            (Mode::Crab, Overflow::Ignore, 100)
+        );
+        assert_eq!(ep.methods, vec![Method::GET, Method::POST]);
+        assert!(ep.expected_wait_admission);
+    }
+
+    #[test]
+    fn the_server_default_mode_applies_where_an_endpoint_names_none() {
+        let text = "[server]\ndefault_mode = \"jellyfish\"\n[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\n[[endpoint]]\npath = \"/q\"\nmode = \"crab\"\nbuiltin = \"ping\"\n";
+        let c = Config::from_toml(text, "t.toml").unwrap();
+        assert_eq!(c.endpoints[0].mode, Mode::Jellyfish);
+        assert_eq!(c.endpoints[1].mode, Mode::Crab);
+    }
+
+    #[test]
+    fn yellow_workers_may_not_exceed_workers() {
+        let text = "[[endpoint]]\npath = \"/p\"\nmode = \"adaptive\"\nworkers = 2\nyellow_workers = 3\nbuiltin = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "endpoint[0].yellow_workers");
+    }
+}

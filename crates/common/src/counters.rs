@@ -52,6 +52,16 @@ impl EndpointCounters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Count one answered job by its result: completed, timed out, or failed.
+    pub fn record<T, E: OutcomeKind>(&self, result: &Result<T, E>) {
+        let counter = match result {
+            Ok(_) => &self.completed,
+            Err(e) if e.is_timeout() => &self.timed_out,
+            Err(_) => &self.failed,
+        };
+        Self::bump(counter);
+    }
+
     /// Read every counter.
     pub fn snapshot(&self) -> CountersSnapshot {
         CountersSnapshot {
@@ -71,5 +81,17 @@ impl CountersSnapshot {
     /// Admitted jobs that have an outcome.
     pub fn answered(&self) -> u64 {
         self.completed + self.failed + self.timed_out + self.skipped
+    }
+}
+
+/// How an error is counted.
+pub trait OutcomeKind {
+    /// True if the outcome counts as timed out rather than failed.
+    fn is_timeout(&self) -> bool;
+}
+
+impl OutcomeKind for crate::handler::HandlerError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, crate::handler::HandlerError::Timeout(_))
     }
 }

@@ -3,7 +3,7 @@
 use crate::config::EndpointConfig;
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{dispatch, Executor, JobRunner};
-use crate::handler::Handler;
+use crate::handler::{text_response, Handler, JobRequest, JobResponse};
 use crate::queue::HandoffQueue;
 use crate::supervisor::{Backoff, SupervisedThread};
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub struct Endpoint {
     runner: Arc<JobRunner>,
     executor: Arc<dyn Executor>,
     mode: &'static str,
+    inline: bool,
     restarts: Arc<AtomicU64>,
     dispatcher: Mutex<Option<SupervisedThread>>,
 }
@@ -105,6 +106,7 @@ impl Endpoint {
             config,
             queue,
             counters,
+            inline: runner.handler_is_inline(),
             runner,
             executor,
             mode,
@@ -127,6 +129,26 @@ impl Endpoint {
             return Admission::TooSlow;
         }
         Admission::Open
+    }
+
+    /// Run a cheap handler directly on the caller's async worker if it may: a concurrent mode with
+    /// a free slot and nothing queued (so FIFO order is kept). `None`: go through the queue.
+    /// Counted like a queued job: admitted, then exactly one outcome.
+    pub fn try_inline(&self, request: &JobRequest) -> Option<JobResponse> {
+        if !self.inline || self.queue.depth() != 0 || !self.executor.allows_inline() {
+            return None;
+        }
+        // Counted as admitted first, so no outcome is ever counted ahead of its admission.
+        EndpointCounters::bump(&self.counters.admitted);
+        let Some(result) = self
+            .runner
+            .call_if_below(self.executor.concurrency(), request)
+        else {
+            self.counters.admitted.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        };
+        self.counters.record(&result);
+        Some(result.unwrap_or_else(|e| text_response(e.status(), &e.to_string())))
     }
 
     /// Expected queue wait of a request admitted now: queue depth ÷ concurrency × job time.

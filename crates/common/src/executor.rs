@@ -6,7 +6,7 @@
 //! contained.
 
 use crate::counters::EndpointCounters;
-use crate::handler::{Handler, HandlerError};
+use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use crate::job::{Job, Turn};
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
@@ -31,6 +31,13 @@ pub trait Executor: Send + Sync + 'static {
     /// by expected wait divides the queue depth by this.
     fn concurrency(&self) -> usize {
         1
+    }
+
+    /// True if, right now, a cheap non-blocking handler may run directly on the front end's async
+    /// worker when nothing is queued (a concurrent mode with a free slot). Default false: serial
+    /// modes always go through their own thread.
+    fn allows_inline(&self) -> bool {
+        false
     }
 
     /// Mode-specific counters for `/status` (for example adaptive routing decisions).
@@ -94,9 +101,35 @@ impl JobRunner {
 
     /// Run a started job on this thread and answer it. A handler panic is answered `500`.
     pub fn run(&self, job: Job) {
-        self.running.fetch_add(1, Ordering::Relaxed);
+        let result = self.call(&job.request);
+        job.finish(result);
+    }
+
+    /// Call the handler for `request` on this thread: count it as running, time it, and turn a
+    /// panic into `500`. The caller answers and counts the outcome.
+    pub fn call(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        self.call_claimed(request)
+    }
+
+    /// [`JobRunner::call`], but only if fewer than `limit` jobs are running (pool jobs included);
+    /// `None` when no slot is free.
+    pub fn call_if_below(
+        &self,
+        limit: usize,
+        request: &JobRequest,
+    ) -> Option<Result<JobResponse, HandlerError>> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(self.call_claimed(request))
+    }
+
+    fn call_claimed(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
         let started = Instant::now();
-        let result = match catch_panic(|| self.handler.handle(&job.request)) {
+        let result = match catch_panic(|| self.handler.handle(request)) {
             Ok(result) => result,
             Err(message) => {
                 EndpointCounters::bump(&self.counters.panics);
@@ -109,8 +142,13 @@ impl JobRunner {
             tracing::debug!(endpoint = %self.endpoint, status = e.status().as_u16(), cause = %e, "job failed");
         }
         self.record_job_time(started.elapsed());
-        job.finish(result);
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    /// True if the handler may run on the caller's async worker (see [`Handler::is_inline`]).
+    pub fn handler_is_inline(&self) -> bool {
+        self.handler.is_inline()
     }
 
     /// Begin the job's turn and run it if it should run; true if it ran.

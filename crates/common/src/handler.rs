@@ -62,6 +62,13 @@ impl HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Produce the response for `req`.
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError>;
+
+    /// True if the handler is cheap and never blocks (microseconds, no I/O), so that in a
+    /// concurrent mode it may run directly on the front end's async worker when a pool slot is
+    /// free and nothing is queued: a direct handoff with no thread hop. Default false.
+    fn is_inline(&self) -> bool {
+        false
+    }
 }
 
 /// A plain-text response with `status` and a short reason line: the shape of every error we send.

@@ -118,12 +118,7 @@ impl Job {
 
     /// Answer the job and count its outcome. A client that left meanwhile just never reads it.
     pub fn finish(mut self, result: Result<JobResponse, HandlerError>) {
-        let counter = match &result {
-            Ok(_) => &self.counters.completed,
-            Err(HandlerError::Timeout(_)) => &self.counters.timed_out,
-            Err(_) => &self.counters.failed,
-        };
-        EndpointCounters::bump(counter);
+        self.counters.record(&result);
         let response = match result {
             Ok(resp) => resp,
             Err(e) => text_response(e.status(), &e.to_string()),

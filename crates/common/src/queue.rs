@@ -184,3 +184,112 @@ impl Drop for Batch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::EndpointCounters;
+    use crate::handler::JobRequest;
+    use bytes::Bytes;
+
+    fn job(counters: &Arc<EndpointCounters>, n: u8) -> (Job, crate::job::Waiter) {
+        let request = JobRequest {
+            method: hyper::Method::POST,
+            uri: hyper::Uri::from_static("/x"),
+            version: hyper::Version::HTTP_11,
+            headers: hyper::HeaderMap::new(),
+            body: Bytes::from(vec![n]),
+            remote_addr: ([127, 0, 0, 1], 1).into(),
+            local_addr: ([127, 0, 0, 1], 2).into(),
+        };
+        Job::new(request, counters.clone())
+    }
+
+    #[test]
+    fn the_executor_takes_the_whole_pending_batch_in_fifo_order() {
+        let counters = Arc::new(EndpointCounters::default());
+        let queue = HandoffQueue::new(8);
+        let mut waiters = Vec::new();
+        for n in 0..5 {
+            let (j, w) = job(&counters, n);
+            queue.try_push(j).unwrap();
+            waiters.push(w);
+        }
+        assert_eq!(queue.depth(), 5);
+        let mut batch = queue
+            .take_batch(VecDeque::new(), Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(batch.len(), 5);
+        // The front end fills a fresh queue meanwhile; depth still counts the batch's jobs.
+        let (j, _w) = job(&counters, 9);
+        queue.try_push(j).unwrap();
+        assert_eq!(queue.depth(), 6);
+        let order: Vec<u8> = std::iter::from_fn(|| batch.pop())
+            .map(|j| {
+                let n = j.request.body[0];
+                j.discard();
+                n
+            })
+            .collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+        assert_eq!(queue.depth(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_has_room_says_so_first() {
+        let counters = Arc::new(EndpointCounters::default());
+        let queue = HandoffQueue::new(2);
+        let mut keep = Vec::new();
+        for n in 0..2 {
+            let (j, w) = job(&counters, n);
+            queue.try_push(j).unwrap();
+            keep.push(w);
+        }
+        assert!(!queue.has_room());
+        let (j, _w) = job(&counters, 3);
+        match queue.try_push(j) {
+            Err(Refused::Full(j)) => j.discard(),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(queue.depth(), 2);
+    }
+
+    #[test]
+    fn close_refuses_new_jobs_and_ends_the_dispatcher_once_drained() {
+        let counters = Arc::new(EndpointCounters::default());
+        let queue = HandoffQueue::new(4);
+        let (j, _w) = job(&counters, 1);
+        queue.try_push(j).unwrap();
+        queue.close();
+        let (j, _w2) = job(&counters, 2);
+        match queue.try_push(j) {
+            Err(Refused::Closed(j)) => j.discard(),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        // Pending work is still handed over, then the queue reports the end.
+        let batch = queue
+            .take_batch(VecDeque::new(), Duration::from_millis(1))
+            .unwrap();
+        let spare = batch.into_spare();
+        assert!(queue.take_batch(spare, Duration::from_millis(1)).is_none());
+        assert_eq!(queue.depth(), 0);
+    }
+
+    #[test]
+    fn a_dropped_batch_answers_its_jobs_and_releases_their_depth() {
+        let counters = Arc::new(EndpointCounters::default());
+        let queue = HandoffQueue::new(4);
+        let (j, mut w) = job(&counters, 1);
+        queue.try_push(j).unwrap();
+        let batch = queue
+            .take_batch(VecDeque::new(), Duration::from_millis(1))
+            .unwrap();
+        drop(batch);
+        assert_eq!(queue.depth(), 0);
+        assert!(
+            w.reply.try_recv().is_err(),
+            "the waiter sees the job dropped, and answers 500"
+        );
+        assert_eq!(counters.snapshot().failed, 1);
+    }
+}

@@ -83,6 +83,10 @@ impl Executor for JellyfishExecutor {
         self.workers
     }
 
+    fn allows_inline(&self) -> bool {
+        true
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("workers", self.workers as u64),

@@ -73,6 +73,9 @@ pub(super) async fn admit(
         remote_addr: remote,
         local_addr: local,
     };
+    if let Some(resp) = endpoint.try_inline(&request) {
+        return Ok(to_body(resp));
+    }
     let counters = &endpoint.counters;
     let (job, waiter) = Job::new(request, counters.clone());
     // Counted before the push so that no outcome can be counted ahead of its admission.
