@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Paths the front end answers itself; an endpoint may not take them.
-pub const RESERVED_PATHS: &[&str] = &["/status"];
+pub const RESERVED_PATHS: &[&str] = &["/status", "/metrics", "/healthz", "/readyz"];
 
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -194,6 +194,11 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint's run-time histogram.
+    pub fn job_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.runner.job_seconds()
+    }
+
     /// Stop admitting: new requests get `503`, queued jobs are shed, the running one finishes.
     pub fn close(&self) {
         self.queue.close();

@@ -10,6 +10,7 @@ use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use crate::job::{Job, Turn};
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct JobRunner {
     running: AtomicUsize,
     /// Moving average of handler run time, in microseconds (0 until the first job ran).
     job_time_us: AtomicU64,
+    /// Distribution of handler run times, for `/metrics`.
+    job_seconds: Histogram,
 }
 
 /// Weight of the newest run in the job-time moving average, as 1/N.
@@ -87,6 +90,8 @@ impl JobRunner {
             counters,
             running: AtomicUsize::new(0),
             job_time_us: AtomicU64::new(0),
+            // 1 ms to about 9 minutes, doubling.
+            job_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
         }
     }
 
@@ -162,7 +167,13 @@ impl JobRunner {
         }
     }
 
+    /// The run-time histogram (a shared handle).
+    pub fn job_seconds(&self) -> Histogram {
+        self.job_seconds.clone()
+    }
+
     fn record_job_time(&self, took: Duration) {
+        self.job_seconds.observe(took.as_secs_f64());
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .job_time_us

@@ -5,6 +5,7 @@
 
 mod admission;
 mod listener;
+mod metrics;
 mod router;
 mod status;
 

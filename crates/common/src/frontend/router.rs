@@ -1,6 +1,6 @@
 //! The router: path to endpoint, `404`/`405`, and the paths the server answers itself.
 
-use super::{admission, status, to_body, Answer};
+use super::{admission, metrics, status, to_body, Answer};
 use crate::config::ServerConfig;
 use crate::endpoint::Endpoint;
 use crate::handler::text_response;
@@ -74,6 +74,11 @@ impl App {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The traffic light as a number (0 green, 1 yellow, 2 red), if the server runs one.
+    pub fn light_level(&self) -> Option<i64> {
+        None
+    }
+
     /// Stop admitting on every endpoint (shutdown).
     pub fn close(&self) {
         for ep in &self.endpoints {
@@ -87,6 +92,25 @@ impl App {
     }
 }
 
+/// Paths the server answers itself (see [`crate::config::RESERVED_PATHS`]).
+#[derive(Debug, Clone, Copy)]
+enum OwnPath {
+    Status,
+    Metrics,
+    Healthz,
+}
+
+impl OwnPath {
+    fn of(path: &str) -> Option<OwnPath> {
+        match path {
+            "/status" => Some(OwnPath::Status),
+            "/metrics" => Some(OwnPath::Metrics),
+            "/healthz" => Some(OwnPath::Healthz),
+            _ => None,
+        }
+    }
+}
+
 /// Answer one request.
 pub(super) async fn route(
     app: Arc<App>,
@@ -95,9 +119,13 @@ pub(super) async fn route(
     local: SocketAddr,
 ) -> Answer {
     let path = req.uri().path();
-    if path == "/status" {
+    if let Some(own) = OwnPath::of(path) {
         return Ok(match *req.method() {
-            Method::GET | Method::HEAD => status::render(&app),
+            Method::GET | Method::HEAD => match own {
+                OwnPath::Status => status::render(&app),
+                OwnPath::Metrics => metrics::render(&app),
+                OwnPath::Healthz => to_body(text_response(StatusCode::OK, "ok")),
+            },
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         });
     }
