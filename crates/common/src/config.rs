@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Time the running jobs get to finish on shutdown before children are killed.
     pub shutdown_grace: Duration,
+    /// Largest request head (request line and headers); larger gets `431`. At least 8192.
+    pub max_header_bytes: usize,
+    /// Requests served on one HTTP/1 connection before it is closed (`Connection: close`).
+    pub max_requests_per_connection: NonZeroUsize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_h2_streams: u32,
 }
 
 /// How an endpoint's handed-off batches run.

@@ -16,6 +16,11 @@ use std::time::Duration;
 /// Largest queue capacity accepted (a typo guard; memory per queued job is bounded by the body).
 const MAX_QUEUE: usize = 1_000_000;
 
+/// Smallest request-head limit hyper accepts (its minimum read buffer).
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Largest request-head limit accepted.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
 /// Largest worker pool accepted: jellyfish is a small pool, not a thread per request.
 const MAX_WORKERS: usize = 1024;
 
@@ -37,6 +42,9 @@ struct RawServer {
     body_read_timeout_ms: u64,
     shutdown_grace_ms: u64,
     default_mode: Mode,
+    max_header_bytes: usize,
+    max_requests_per_connection: usize,
+    max_h2_streams: u32,
 }
 
 impl Default for RawServer {
@@ -48,6 +56,9 @@ impl Default for RawServer {
             body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
+            max_header_bytes: 16 * 1024,
+            max_requests_per_connection: 1000,
+            max_h2_streams: 64,
         }
     }
 }
@@ -201,6 +212,23 @@ impl RawServer {
             body_read_timeout: p
                 .millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            max_header_bytes: match self.max_header_bytes {
+                n if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => n,
+                _ => {
+                    return Err(p.at(
+                        "server.max_header_bytes",
+                        format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+                    ))
+                }
+            },
+            max_requests_per_connection: p.nonzero(
+                "server.max_requests_per_connection",
+                self.max_requests_per_connection,
+            )?,
+            max_h2_streams: match self.max_h2_streams {
+                0 => return Err(p.at("server.max_h2_streams", "must be at least 1")),
+                n => n,
+            },
         })
     }
 }

@@ -4,12 +4,14 @@
 use super::router::{route, App};
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -80,12 +82,22 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 
 fn connection_builder(app: &App) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
+    let server = &app.server;
+    // The header-read timer also runs while a keep-alive connection waits for its next request,
+    // so it bounds idle connections too. A head over max_buf_size is answered 431.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.server.header_read_timeout)
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes)
         .half_close(false);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.max_h2_streams)
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(server.header_read_timeout))
+        .keep_alive_timeout(server.header_read_timeout);
     builder
 }
 
@@ -122,9 +134,24 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn_app = app.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let max_requests = app.server.max_requests_per_connection.get();
         let service = service_fn(move |req| {
             let app = conn_app.clone();
-            async move { route(app, req, remote, local).await }
+            let served = served.clone();
+            async move {
+                // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
+                let last = req.version() < hyper::Version::HTTP_2
+                    && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
+                let mut answer = route(app, req, remote, local).await;
+                if last {
+                    if let Ok(resp) = answer.as_mut() {
+                        resp.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                answer
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -5,7 +5,7 @@ use crate::config::ServerConfig;
 use crate::endpoint::Endpoint;
 use crate::handler::text_response;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Method, Request, StatusCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +118,17 @@ pub(super) async fn route(
     remote: SocketAddr,
     local: SocketAddr,
 ) -> Answer {
+    // hyper lets Transfer-Encoding win over Content-Length (RFC 9112 6.3) and closes afterwards;
+    // a message carrying both is a smuggling attempt through some proxy, so refuse it outright.
+    if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
+        let mut resp = to_body(text_response(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding: refused",
+        ));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let path = req.uri().path();
     if let Some(own) = OwnPath::of(path) {
         return Ok(match *req.method() {
