@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub max_requests_per_connection: NonZeroUsize,
     /// Concurrent streams on one HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// Write one access-log line per answered request (never for ignored overflow).
+    pub access_log: bool,
 }
 
 /// How an endpoint's handed-off batches run.

@@ -4,12 +4,13 @@ use crate::config::EndpointConfig;
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{dispatch, Executor, JobRunner};
 use crate::handler::{text_response, Handler, JobRequest, JobResponse};
+use crate::job::JobTiming;
 use crate::queue::HandoffQueue;
 use crate::supervisor::{Backoff, SupervisedThread};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One endpoint with its queue and executor running.
 pub struct Endpoint {
@@ -140,6 +141,7 @@ impl Endpoint {
         }
         // Counted as admitted first, so no outcome is ever counted ahead of its admission.
         EndpointCounters::bump(&self.counters.admitted);
+        let started = Instant::now();
         let Some(result) = self
             .runner
             .call_if_below(self.executor.concurrency(), request)
@@ -148,7 +150,12 @@ impl Endpoint {
             return None;
         };
         self.counters.record(&result);
-        Some(result.unwrap_or_else(|e| text_response(e.status(), &e.to_string())))
+        let mut resp = result.unwrap_or_else(|e| text_response(e.status(), &e.to_string()));
+        resp.extensions_mut().insert(JobTiming {
+            queue_wait: Duration::ZERO,
+            run: started.elapsed(),
+        });
+        Some(resp)
     }
 
     /// Expected queue wait of a request admitted now: queue depth ÷ concurrency × job time.
@@ -197,6 +204,11 @@ impl Endpoint {
     /// The endpoint's run-time histogram.
     pub fn job_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
         self.runner.job_seconds()
+    }
+
+    /// The mode's name.
+    pub fn mode(&self) -> &'static str {
+        self.mode
     }
 
     /// Stop admitting: new requests get `503`, queued jobs are shed, the running one finishes.

@@ -10,7 +10,7 @@ use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
 use hyper::StatusCode;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 const QUEUED: u8 = 0;
@@ -49,6 +49,16 @@ pub struct Job {
     ticket: Arc<Ticket>,
     reply: Option<oneshot::Sender<JobResponse>>,
     counters: Arc<EndpointCounters>,
+    started_at: Option<Instant>,
+}
+
+/// How long a job waited and ran; attached to its response's extensions for the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobTiming {
+    /// From admission to the start of its turn.
+    pub queue_wait: Duration,
+    /// From the start of its turn to its answer.
+    pub run: Duration,
 }
 
 /// The front end's half of a job: waits for the reply.
@@ -80,6 +90,7 @@ impl Job {
             ticket: ticket.clone(),
             reply: Some(tx),
             counters,
+            started_at: None,
         };
         (job, Waiter { ticket, reply: rx })
     }
@@ -92,7 +103,8 @@ impl Job {
     /// The executor's check when the job's turn comes: drop it if the front end already answered
     /// `504`, skip it if the client is gone, shed it (`503`) if the server is `closing`, answer
     /// `504` if it waited longer than `queue_timeout`. Otherwise the job is started: run it.
-    pub fn take_turn(mut self, queue_timeout: std::time::Duration, closing: bool) -> Turn {
+    pub fn take_turn(mut self, queue_timeout: Duration, closing: bool) -> Turn {
+        self.started_at = Some(Instant::now());
         if !self.ticket.start() {
             // Expired by the front end, which answered and counted it.
             self.reply = None;
@@ -119,10 +131,16 @@ impl Job {
     /// Answer the job and count its outcome. A client that left meanwhile just never reads it.
     pub fn finish(mut self, result: Result<JobResponse, HandlerError>) {
         self.counters.record(&result);
-        let response = match result {
+        let mut response = match result {
             Ok(resp) => resp,
             Err(e) => text_response(e.status(), &e.to_string()),
         };
+        let now = Instant::now();
+        let started = self.started_at.unwrap_or(now);
+        response.extensions_mut().insert(JobTiming {
+            queue_wait: started.saturating_duration_since(self.admitted_at),
+            run: now.saturating_duration_since(started),
+        });
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(response);
         }

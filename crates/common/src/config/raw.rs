@@ -45,6 +45,7 @@ struct RawServer {
     max_header_bytes: usize,
     max_requests_per_connection: usize,
     max_h2_streams: u32,
+    access_log: bool,
 }
 
 impl Default for RawServer {
@@ -59,6 +60,7 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
+            access_log: true,
         }
     }
 }
@@ -229,6 +231,7 @@ impl RawServer {
                 0 => return Err(p.at("server.max_h2_streams", "must be at least 1")),
                 n => n,
             },
+            access_log: self.access_log,
         })
     }
 }

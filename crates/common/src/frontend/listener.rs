@@ -140,10 +140,14 @@ async fn accept_loop(
             let app = conn_app.clone();
             let served = served.clone();
             async move {
+                let logged = app.server.access_log.then(|| AccessLine::of(&req, remote));
                 // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
                 let last = req.version() < hyper::Version::HTTP_2
                     && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
-                let mut answer = route(app, req, remote, local).await;
+                let mut answer = route(app.clone(), req, remote, local).await;
+                if let (Some(line), Ok(resp)) = (logged, answer.as_ref()) {
+                    line.write(&app, resp);
+                }
                 if last {
                     if let Ok(resp) = answer.as_mut() {
                         resp.headers_mut()
@@ -170,6 +174,54 @@ async fn accept_loop(
             app.connection_closed();
         });
     }
+}
+
+/// What the access log needs from a request, taken before the request is consumed.
+struct AccessLine {
+    started: Instant,
+    client: std::net::SocketAddr,
+    method: hyper::Method,
+    uri: hyper::Uri,
+}
+
+impl AccessLine {
+    fn of<B>(req: &hyper::Request<B>, client: std::net::SocketAddr) -> AccessLine {
+        AccessLine {
+            started: Instant::now(),
+            client,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        }
+    }
+
+    /// One structured line per answered request (ignored overflow never gets here).
+    fn write(self, app: &App, resp: &hyper::Response<super::Body>) {
+        use hyper::body::Body as _;
+        let timing = resp
+            .extensions()
+            .get::<crate::job::JobTiming>()
+            .copied()
+            .unwrap_or_default();
+        let path = self.uri.path();
+        tracing::info!(
+            target: "fiddler_crab::access",
+            client = %self.client,
+            method = %self.method,
+            path,
+            status = resp.status().as_u16(),
+            bytes = resp.body().size_hint().exact().unwrap_or(0),
+            queue_wait_ms = ms(timing.queue_wait),
+            run_ms = ms(timing.run),
+            total_ms = ms(self.started.elapsed()),
+            mode = app.mode_of(path),
+            light = app.light_name(),
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).

@@ -79,6 +79,19 @@ impl App {
         None
     }
 
+    /// The traffic light's name, or `-` if the server runs none.
+    pub fn light_name(&self) -> &'static str {
+        "-"
+    }
+
+    /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.
+    pub fn mode_of(&self, path: &str) -> &'static str {
+        self.routes
+            .get(path)
+            .and_then(|&i| self.endpoints.get(i))
+            .map_or("-", |e| e.mode())
+    }
+
     /// Stop admitting on every endpoint (shutdown).
     pub fn close(&self) {
         for ep in &self.endpoints {
