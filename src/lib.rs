@@ -55,6 +55,14 @@ impl Default for HandlerRegistry {
     }
 }
 
+impl std::fmt::Debug for HandlerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerRegistry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl HandlerRegistry {
     /// Make `handler` available as `builtin = "name"`.
     pub fn register(&mut self, name: &str, handler: Arc<dyn Handler>) -> &mut Self {
@@ -126,35 +134,46 @@ pub fn default_workers(ep: &EndpointConfig) -> usize {
     })
 }
 
+/// Start one endpoint: its handler, executor, queue and dispatcher thread.
+fn start_endpoint(
+    ep: &EndpointConfig,
+    registry: &HandlerRegistry,
+) -> Result<Arc<Endpoint>, BuildError> {
+    let handler: Arc<dyn Handler> = match &ep.handler {
+        HandlerConfig::Builtin(name) => registry.get(name).ok_or_else(|| ConfigError {
+            file: "config".to_string(),
+            key: format!("endpoint {}: builtin", ep.path),
+            problem: format!("no builtin handler `{name}` (known: {})", registry.names()),
+        })?,
+        HandlerConfig::Exec(exec) => Arc::new(ExecHandler::new(&ep.path, exec.clone())),
+    };
+    let start = |source| BuildError::Start {
+        path: ep.path.clone(),
+        source,
+    };
+    let executor = executor_for(ep).map_err(start)?;
+    Endpoint::start(ep.clone(), handler, executor).map_err(start)
+}
+
 /// A built server: every endpoint's queue and executor running, ready to serve a listener.
 #[derive(Debug)]
 pub struct Server {
     app: Arc<App>,
+    registry: HandlerRegistry,
 }
 
 impl Server {
     /// Start every endpoint of `config`.
     pub fn build(config: &Config, registry: &HandlerRegistry) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for ep in &config.endpoints {
-            let handler: Arc<dyn Handler> = match &ep.handler {
-                HandlerConfig::Builtin(name) => match registry.get(name) {
-                    Some(h) => h,
-                    None => continue, // unreachable: `check` ran above
-                },
-                HandlerConfig::Exec(exec) => Arc::new(ExecHandler::new(&ep.path, exec.clone())),
-            };
-            let start = |source| BuildError::Start {
-                path: ep.path.clone(),
-                source,
-            };
-            let executor = executor_for(ep).map_err(start)?;
-            let endpoint = Endpoint::start(ep.clone(), handler, executor).map_err(start)?;
-            endpoints.push(endpoint);
-        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|ep| start_endpoint(ep, registry))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
             app: Arc::new(App::new(config.server.clone(), endpoints)),
+            registry: registry.clone(),
         })
     }
 
@@ -163,8 +182,77 @@ impl Server {
         &self.app
     }
 
+    /// A handle that applies a new config to the running server.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            app: self.app.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+
     /// Serve `listener` until `shutdown` resolves, then drain (see [`common::frontend::serve`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         serve(listener, self.app, shutdown).await;
+    }
+}
+
+/// Applies a new config to a running server (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    app: Arc<App>,
+    registry: HandlerRegistry,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Endpoints whose config is unchanged: they keep their queue and jobs as they are.
+    pub kept: usize,
+    /// Endpoints started fresh (new, or changed).
+    pub started: usize,
+    /// Old endpoints (changed or removed) now draining: they run what they admitted, then stop.
+    pub retired: usize,
+    /// `[server]` differs from the running one: those settings need a restart.
+    pub server_changed: bool,
+}
+
+impl Reloader {
+    /// Apply a validated config's endpoints. Unchanged endpoints keep running untouched; changed
+    /// and new ones get fresh queues; the old ones finish every job they admitted. Nothing
+    /// admitted is lost. On error nothing changes.
+    pub fn apply(&self, config: &Config) -> Result<ReloadSummary, BuildError> {
+        check(config, &self.registry, "config")?;
+        let mut kept = 0;
+        let mut started: Vec<Arc<Endpoint>> = Vec::new();
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            match self.app.endpoint(&ep.path) {
+                Some(current) if current.config == *ep => {
+                    kept += 1;
+                    endpoints.push(current);
+                }
+                _ => {
+                    let fresh = match start_endpoint(ep, &self.registry) {
+                        Ok(fresh) => fresh,
+                        Err(e) => {
+                            // Nothing is swapped in: stop what this attempt started.
+                            for s in &started {
+                                s.retire();
+                            }
+                            return Err(e);
+                        }
+                    };
+                    started.push(fresh.clone());
+                    endpoints.push(fresh);
+                }
+            }
+        }
+        let retired = self.app.swap_endpoints(endpoints);
+        Ok(ReloadSummary {
+            kept,
+            started: started.len(),
+            retired,
+            server_changed: self.app.server != config.server,
+        })
     }
 }

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fiddler_crab::config::Config;
-use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Server};
+use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    match run(config, registry) {
+    match run(config, registry, cli.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(cause = %e, "server failed");
@@ -108,12 +108,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(config: Config, registry: HandlerRegistry) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    registry: HandlerRegistry,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let server = Server::build(&config, &registry)?;
+        let listen = config.server.listen;
+        tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen));
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
@@ -121,6 +127,52 @@ fn run(config: Config, registry: HandlerRegistry) -> anyhow::Result<()> {
         server.run(listener, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// On every SIGHUP: read and validate the config file again; apply it if valid, otherwise log why
+/// and keep serving the current one.
+async fn reload_on_sighup(
+    reloader: Reloader,
+    path: Option<PathBuf>,
+    registry: HandlerRegistry,
+    listen: SocketAddr,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot listen for SIGHUP; config reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::info!("SIGHUP: serving the embedded default, nothing to reload");
+            continue;
+        };
+        let file = path.display().to_string();
+        let loaded = Config::from_file(path).and_then(|c| check(&c, &registry, &file).map(|()| c));
+        let mut config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(%file, error = %e, "config reload refused; the current config keeps serving");
+                continue;
+            }
+        };
+        // The address in force (possibly from --listen) cannot change without a restart anyway.
+        config.server.listen = listen;
+        match reloader.apply(&config) {
+            Ok(s) => {
+                tracing::info!(%file, kept = s.kept, started = s.started, retired = s.retired, "config reloaded");
+                if s.server_changed {
+                    tracing::warn!(%file, "[server] settings changed: they take effect at the next restart");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%file, error = %e, "config reload failed; the current config keeps serving")
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

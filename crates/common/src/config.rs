@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// Server-wide settings (`[server]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -106,7 +106,7 @@ impl Overflow {
 }
 
 /// One endpoint (`[[endpoint]]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
     /// Exact request path, starting with `/`.
     pub path: String,
@@ -136,7 +136,7 @@ pub struct EndpointConfig {
 }
 
 /// What runs an endpoint's requests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerConfig {
     /// A handler compiled into the server, by name (`ping`, `echo`, or one registered by a test).
     Builtin(String),
@@ -155,7 +155,7 @@ pub enum ExecOutput {
 }
 
 /// An external program (`[endpoint.exec]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecConfig {
     /// argv: program and arguments, never through a shell.
     pub command: Vec<String>,

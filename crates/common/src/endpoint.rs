@@ -211,8 +211,13 @@ impl Endpoint {
         self.mode
     }
 
-    /// Stop admitting: new requests get `503`, queued jobs are shed, the running one finishes.
+    /// Shutdown: new requests get `503`, queued jobs are shed, the running ones finish.
     pub fn close(&self) {
+        self.queue.close_and_shed();
+    }
+
+    /// Retire after a config reload: admit nothing new, run every queued job, then stop.
+    pub fn retire(&self) {
         self.queue.close();
     }
 

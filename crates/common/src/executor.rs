@@ -98,7 +98,7 @@ impl JobRunner {
     /// The job's turn has come: returns it if it should run now; otherwise it has already been
     /// answered or dropped and counted (expired, client gone, too old, shutting down).
     pub fn begin(&self, job: Job) -> Option<Job> {
-        match job.take_turn(self.queue_timeout, self.queue.is_closed()) {
+        match job.take_turn(self.queue_timeout, self.queue.is_shedding()) {
             Turn::Run(job) => Some(job),
             Turn::Done => None,
         }
@@ -199,9 +199,9 @@ impl JobRunner {
         self.running.load(Ordering::Relaxed)
     }
 
-    /// True once the endpoint is shutting down.
+    /// True once the endpoint is shutting down (pending jobs are shed, pace waits cut short).
     pub fn closing(&self) -> bool {
-        self.queue.is_closed()
+        self.queue.is_shedding()
     }
 
     /// The endpoint's path.

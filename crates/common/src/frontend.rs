@@ -4,13 +4,14 @@
 //! the configured address and tests bind port 0.
 
 mod admission;
+mod app;
 mod listener;
 mod metrics;
 mod router;
 mod status;
 
+pub use app::App;
 pub use listener::serve;
-pub use router::App;
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -36,6 +36,7 @@ pub struct HandoffQueue {
     capacity: usize,
     depth: Arc<AtomicUsize>,
     closed: AtomicBool,
+    shedding: AtomicBool,
     filling: Mutex<Filling>,
     ready: Condvar,
 }
@@ -47,6 +48,7 @@ impl HandoffQueue {
             capacity,
             depth: Arc::new(AtomicUsize::new(0)),
             closed: AtomicBool::new(false),
+            shedding: AtomicBool::new(false),
             filling: Mutex::new(Filling {
                 jobs: VecDeque::with_capacity(capacity.min(4096)),
                 closed: false,
@@ -130,7 +132,19 @@ impl HandoffQueue {
         }
     }
 
-    /// Refuse new jobs from now on and wake the executor. Pending jobs stay to be shed or run.
+    /// True once pending jobs are to be answered `503` instead of run (shutdown).
+    pub fn is_shedding(&self) -> bool {
+        self.shedding.load(Ordering::Acquire)
+    }
+
+    /// Shutdown: refuse new jobs, and have pending ones answered `503` rather than run.
+    pub fn close_and_shed(&self) {
+        self.shedding.store(true, Ordering::Release);
+        self.close();
+    }
+
+    /// Refuse new jobs from now on and wake the executor. Pending jobs still run (a retired
+    /// endpoint after a config reload drains this way); the dispatcher ends once they are done.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.lock().closed = true;

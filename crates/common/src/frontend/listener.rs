@@ -1,7 +1,8 @@
 //! The accept loop, written once: connection limit, per-connection hyper (HTTP/1.1 and HTTP/2),
 //! graceful drain on shutdown.
 
-use super::router::{route, App};
+use super::app::App;
+use super::router::route;
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
 use hyper::header::{HeaderValue, CONNECTION};

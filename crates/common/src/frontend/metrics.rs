@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus (OpenMetrics) text, encoded by `prometheus-client` from a snapshot of
 //! the counters taken at scrape time; the request path keeps its plain atomics.
 
-use super::router::App;
+use super::app::App;
 use super::Body;
 use bytes::Bytes;
 use http_body_util::Full;

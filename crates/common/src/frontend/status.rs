@@ -1,6 +1,6 @@
 //! `GET /status`: counters, queue depth and busy state as JSON, answered by the front end itself.
 
-use super::router::App;
+use super::app::App;
 use super::Body;
 use crate::endpoint::EndpointStatus;
 use bytes::Bytes;
@@ -15,6 +15,8 @@ struct Status<'a> {
     uptime_ms: u64,
     connections: Connections,
     children: usize,
+    /// Endpoints a config reload replaced that still run jobs they had admitted.
+    draining_endpoints: usize,
     endpoints: BTreeMap<&'a str, EndpointStatus>,
 }
 
@@ -26,6 +28,7 @@ struct Connections {
 
 /// The status document. Reads atomics only: never waits behind work.
 pub(super) fn render(app: &App) -> Response<Body> {
+    let endpoints = app.endpoints();
     let status = Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_ms: app.uptime().as_millis() as u64,
@@ -34,8 +37,8 @@ pub(super) fn render(app: &App) -> Response<Body> {
             max: app.server.max_connections.get(),
         },
         children: crate::exec::children::live(),
-        endpoints: app
-            .endpoints()
+        draining_endpoints: app.draining(),
+        endpoints: endpoints
             .iter()
             .map(|e| (e.config.path.as_str(), e.status()))
             .collect(),

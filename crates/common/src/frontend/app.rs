@@ -1,0 +1,161 @@
+//! The app: what the front end serves, as a routing table that a config reload can swap.
+
+use crate::config::ServerConfig;
+use crate::endpoint::Endpoint;
+use hyper::header::HeaderValue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// The endpoints by path, with each one's precomputed `Allow` header. Immutable once built.
+#[derive(Debug)]
+struct Table {
+    endpoints: Vec<Arc<Endpoint>>,
+    routes: HashMap<String, (Arc<Endpoint>, HeaderValue)>,
+}
+
+impl Table {
+    fn new(endpoints: Vec<Arc<Endpoint>>) -> Table {
+        let routes = endpoints
+            .iter()
+            .map(|e| {
+                let list: Vec<&str> = e.config.methods.iter().map(|m| m.as_str()).collect();
+                let allow = HeaderValue::from_str(&list.join(", "))
+                    .unwrap_or_else(|_| HeaderValue::from_static("GET"));
+                (e.config.path.clone(), (e.clone(), allow))
+            })
+            .collect();
+        Table { endpoints, routes }
+    }
+}
+
+/// Everything the front end serves.
+#[derive(Debug)]
+pub struct App {
+    /// Server-wide settings (fixed for the life of the process; a reload changes endpoints).
+    pub server: ServerConfig,
+    table: RwLock<Arc<Table>>,
+    /// Endpoints a reload replaced or removed, still running the jobs they had admitted.
+    retired: Mutex<Vec<Arc<Endpoint>>>,
+    started: Instant,
+    open_connections: AtomicUsize,
+}
+
+impl App {
+    /// An app serving `endpoints`, which must have distinct paths (the config guarantees it).
+    pub fn new(server: ServerConfig, endpoints: Vec<Arc<Endpoint>>) -> App {
+        App {
+            server,
+            table: RwLock::new(Arc::new(Table::new(endpoints))),
+            retired: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            open_connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The endpoint at `path` and its `Allow` header value.
+    pub fn route(&self, path: &str) -> Option<(Arc<Endpoint>, HeaderValue)> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.routes.get(path).map(|(e, a)| (e.clone(), a.clone()))
+    }
+
+    /// The endpoints being served, in config order.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.table().endpoints.clone()
+    }
+
+    /// The endpoint serving `path` now, if any.
+    pub fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
+        self.route(path).map(|(e, _)| e)
+    }
+
+    /// Serve `endpoints` from now on. Endpoints of the old table that are not in the new one (by
+    /// identity) are retired: they admit nothing new, run every job they had admitted, then stop.
+    /// Returns how many were retired.
+    pub fn swap_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) -> usize {
+        let new = Arc::new(Table::new(endpoints));
+        let old = {
+            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *table, new.clone())
+        };
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        let mut count = 0;
+        for ep in &old.endpoints {
+            if !new.endpoints.iter().any(|n| Arc::ptr_eq(n, ep)) {
+                ep.retire();
+                retired.push(ep.clone());
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Retired endpoints still draining.
+    pub fn draining(&self) -> usize {
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.iter().filter(|e| !e.is_stopped()).count()
+    }
+
+    /// Time since the app was built.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The traffic light as a number (0 green, 1 yellow, 2 red), if the server runs one.
+    pub fn light_level(&self) -> Option<i64> {
+        None
+    }
+
+    /// The traffic light's name, or `-` if the server runs none.
+    pub fn light_name(&self) -> &'static str {
+        "-"
+    }
+
+    /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.
+    pub fn mode_of(&self, path: &str) -> &'static str {
+        self.endpoint(path).map_or("-", |e| e.mode())
+    }
+
+    fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let mut all = self.endpoints();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Shutdown: stop admitting on every endpoint, retired ones included; queued jobs are shed.
+    pub fn close(&self) {
+        for ep in self.all_endpoints() {
+            ep.close();
+        }
+    }
+
+    /// True once every endpoint's dispatcher, retired ones included, has drained and stopped.
+    pub fn stopped(&self) -> bool {
+        self.all_endpoints().iter().all(|e| e.is_stopped())
+    }
+}
