@@ -13,7 +13,7 @@ use common::config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
 use common::endpoint::Endpoint;
 use common::exec::ExecHandler;
 use common::executor::Executor;
-use common::frontend::{serve, App};
+use common::frontend::{serve, serve_all, App, Listeners};
 use common::handler::Handler;
 use std::collections::HashMap;
 use std::future::Future;
@@ -193,6 +193,11 @@ impl Server {
     /// Serve `listener` until `shutdown` resolves, then drain (see [`common::frontend::serve`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         serve(listener, self.app, shutdown).await;
+    }
+
+    /// Serve several listeners (main, admin) until `shutdown` resolves, then drain.
+    pub async fn run_all(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        serve_all(listeners, self.app, shutdown).await;
     }
 }
 

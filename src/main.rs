@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use common::frontend::Listeners;
 use fiddler_crab::config::Config;
 use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
 use std::net::SocketAddr;
@@ -120,11 +121,16 @@ fn run(
         let server = Server::build(&config, &registry)?;
         let listen = config.server.listen;
         tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen));
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let main = bind(config.server.listen).await?;
+        let admin = match config.server.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         tracing::info!(listen = %config.server.listen, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
-        server.run(listener, shutdown_signal()).await;
+        if let Some(admin) = config.server.admin_listen {
+            tracing::info!(%admin, "status, metrics and probes on the admin listener");
+        }
+        server.run_all(Listeners { main, admin }, shutdown_signal()).await;
         Ok(())
     })
 }
@@ -173,6 +179,12 @@ async fn reload_on_sighup(
             }
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub max_h2_streams: u32,
     /// Write one access-log line per answered request (never for ignored overflow).
     pub access_log: bool,
+    /// A separate listener for `/status`, `/metrics`, `/healthz` and `/readyz` (which the main
+    /// listener then no longer answers).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// How an endpoint's handed-off batches run.

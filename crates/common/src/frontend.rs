@@ -3,15 +3,18 @@
 //! [`serve`] is the seam: it takes an already-bound listener and a shutdown future, so `main` binds
 //! the configured address and tests bind port 0.
 
+mod access;
 mod admission;
 mod app;
+mod connection;
 mod listener;
 mod metrics;
 mod router;
 mod status;
 
 pub use app::App;
-pub use listener::serve;
+pub use connection::Role;
+pub use listener::{serve, serve_all, Listeners};
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -46,6 +46,7 @@ struct RawServer {
     max_requests_per_connection: usize,
     max_h2_streams: u32,
     access_log: bool,
+    admin_listen: Option<String>,
 }
 
 impl Default for RawServer {
@@ -61,6 +62,7 @@ impl Default for RawServer {
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
             access_log: true,
+            admin_listen: None,
         }
     }
 }
@@ -232,6 +234,15 @@ impl RawServer {
                 n => n,
             },
             access_log: self.access_log,
+            admin_listen: match &self.admin_listen {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    p.at(
+                        "server.admin_listen",
+                        format!("`{a}` is not an address such as 127.0.0.1:9090"),
+                    )
+                })?),
+            },
         })
     }
 }

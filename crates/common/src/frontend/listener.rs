@@ -2,54 +2,92 @@
 //! graceful drain on shutdown.
 
 use super::app::App;
-use super::router::route;
+use super::connection::{self, Role};
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
-use hyper::header::{HeaderValue, CONNECTION};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-/// Serve `app` on `listener` until `shutdown` resolves, then drain: stop accepting, close every
-/// queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any child still
-/// alive, and let connections finish their last response.
+/// The sockets a server listens on, already bound.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Serves the endpoints (and the server's own paths unless an admin listener is given).
+    pub main: TcpListener,
+    /// Serves only `/status`, `/metrics`, `/healthz` and `/readyz` (for example on 127.0.0.1).
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Just a main listener.
+    pub fn main(listener: TcpListener) -> Listeners {
+        Listeners {
+            main: listener,
+            admin: None,
+        }
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves; see [`serve_all`].
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let listener = Arc::new(listener);
+    serve_all(Listeners::main(listener), app, shutdown).await;
+}
+
+/// Serve `app` on every listener until `shutdown` resolves, then drain: stop accepting, close
+/// every queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any
+/// child still alive, and let connections finish their last response.
+pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = Arc::new(GracefulShutdown::new());
     let builder = Arc::new(connection_builder(&app));
     let limit = Arc::new(Semaphore::new(app.server.max_connections.get()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let accept = {
-        let (app, graceful, listener) = (app.clone(), graceful.clone(), listener.clone());
-        tokio::spawn(supervise_task(
-            "accept-loop",
-            Backoff::default(),
-            move || {
+    let main_role = if listeners.admin.is_some() {
+        Role::Public
+    } else {
+        Role::PublicAndAdmin
+    };
+    let mut loops = vec![(listeners.main, main_role, "accept-loop")];
+    if let Some(admin) = listeners.admin {
+        loops.push((admin, Role::Admin, "admin-accept-loop"));
+    }
+    let accepts: Vec<_> = loops
+        .into_iter()
+        .map(|(listener, role, name)| {
+            let listener = Arc::new(listener);
+            let (app, graceful, builder, limit, stop_rx) = (
+                app.clone(),
+                graceful.clone(),
+                builder.clone(),
+                limit.clone(),
+                stop_rx.clone(),
+            );
+            tokio::spawn(supervise_task(name, Backoff::default(), move || {
                 accept_loop(
                     listener.clone(),
+                    role,
                     app.clone(),
                     builder.clone(),
                     graceful.clone(),
                     limit.clone(),
                     stop_rx.clone(),
                 )
-            },
-        ))
-    };
+            }))
+        })
+        .collect();
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining");
     let _ = stop_tx.send(true);
-    let _ = accept.await;
+    for accept in accepts {
+        let _ = accept.await;
+    }
     app.close();
     crate::exec::children::begin_shutdown();
 
@@ -104,6 +142,7 @@ fn connection_builder(app: &App) -> Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: Arc<TcpListener>,
+    role: Role,
     app: Arc<App>,
     builder: Arc<Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -134,30 +173,7 @@ async fn accept_loop(
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
-        let conn_app = app.clone();
-        let served = Arc::new(AtomicUsize::new(0));
-        let max_requests = app.server.max_requests_per_connection.get();
-        let service = service_fn(move |req| {
-            let app = conn_app.clone();
-            let served = served.clone();
-            async move {
-                let logged = app.server.access_log.then(|| AccessLine::of(&req, remote));
-                // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
-                let last = req.version() < hyper::Version::HTTP_2
-                    && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
-                let mut answer = route(app.clone(), req, remote, local).await;
-                if let (Some(line), Ok(resp)) = (logged, answer.as_ref()) {
-                    line.write(&app, resp);
-                }
-                if last {
-                    if let Ok(resp) = answer.as_mut() {
-                        resp.headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                }
-                answer
-            }
-        });
+        let service = connection::service(app.clone(), role, remote, local);
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -175,54 +191,6 @@ async fn accept_loop(
             app.connection_closed();
         });
     }
-}
-
-/// What the access log needs from a request, taken before the request is consumed.
-struct AccessLine {
-    started: Instant,
-    client: std::net::SocketAddr,
-    method: hyper::Method,
-    uri: hyper::Uri,
-}
-
-impl AccessLine {
-    fn of<B>(req: &hyper::Request<B>, client: std::net::SocketAddr) -> AccessLine {
-        AccessLine {
-            started: Instant::now(),
-            client,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-        }
-    }
-
-    /// One structured line per answered request (ignored overflow never gets here).
-    fn write(self, app: &App, resp: &hyper::Response<super::Body>) {
-        use hyper::body::Body as _;
-        let timing = resp
-            .extensions()
-            .get::<crate::job::JobTiming>()
-            .copied()
-            .unwrap_or_default();
-        let path = self.uri.path();
-        tracing::info!(
-            target: "fiddler_crab::access",
-            client = %self.client,
-            method = %self.method,
-            path,
-            status = resp.status().as_u16(),
-            bytes = resp.body().size_hint().exact().unwrap_or(0),
-            queue_wait_ms = ms(timing.queue_wait),
-            run_ms = ms(timing.run),
-            total_ms = ms(self.started.elapsed()),
-            mode = app.mode_of(path),
-            light = app.light_name(),
-        );
-    }
-}
-
-/// Milliseconds with microsecond precision, for log fields.
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).

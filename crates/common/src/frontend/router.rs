@@ -1,6 +1,7 @@
 //! The router: path to endpoint, `404`/`405`, and the paths the server answers itself.
 
 use super::app::App;
+use super::connection::{not_here, Role};
 use super::{admission, metrics, status, to_body, Answer};
 use crate::handler::text_response;
 use hyper::body::Incoming;
@@ -31,6 +32,7 @@ impl OwnPath {
 /// Answer one request.
 pub(super) async fn route(
     app: Arc<App>,
+    role: Role,
     req: Request<Incoming>,
     remote: SocketAddr,
     local: SocketAddr,
@@ -47,7 +49,11 @@ pub(super) async fn route(
         return Ok(resp);
     }
     let path = req.uri().path();
-    if let Some(own) = OwnPath::of(path) {
+    let own = OwnPath::of(path);
+    if own.is_some() && !role.serves_own_paths() || own.is_none() && !role.serves_endpoints() {
+        return Ok(not_here());
+    }
+    if let Some(own) = own {
         return Ok(match *req.method() {
             Method::GET | Method::HEAD => match own {
                 OwnPath::Status => status::render(&app),
