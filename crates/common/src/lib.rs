@@ -23,4 +23,5 @@ pub mod frontend;
 pub mod handler;
 pub mod job;
 pub mod queue;
+pub mod readiness;
 pub mod supervisor;

@@ -2,6 +2,7 @@
 
 use crate::config::ServerConfig;
 use crate::endpoint::Endpoint;
+use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
 use hyper::header::HeaderValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +41,7 @@ pub struct App {
     retired: Mutex<Vec<Arc<Endpoint>>>,
     started: Instant,
     open_connections: AtomicUsize,
+    readiness: Readiness,
 }
 
 impl App {
@@ -51,6 +53,7 @@ impl App {
             retired: Mutex::new(Vec::new()),
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
+            readiness: Readiness::new(ReadinessPolicy::default()),
         }
     }
 
@@ -100,6 +103,21 @@ impl App {
     pub fn draining(&self) -> usize {
         let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.iter().filter(|e| !e.is_stopped()).count()
+    }
+
+    /// The readiness verdict now (see [`crate::readiness`]).
+    pub fn readiness(&self) -> Verdict {
+        let endpoints = self.endpoints();
+        let min_fill = endpoints
+            .iter()
+            .map(|e| e.queue.depth() as f64 / e.queue.capacity().max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
+        let load = Load {
+            red: self.light_level() == Some(2),
+            min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
+            closing: endpoints.iter().any(|e| e.queue.is_closed()),
+        };
+        self.readiness.check(load, Instant::now())
     }
 
     /// Time since the app was built.

@@ -16,6 +16,7 @@ enum OwnPath {
     Status,
     Metrics,
     Healthz,
+    Readyz,
 }
 
 impl OwnPath {
@@ -24,6 +25,7 @@ impl OwnPath {
             "/status" => Some(OwnPath::Status),
             "/metrics" => Some(OwnPath::Metrics),
             "/healthz" => Some(OwnPath::Healthz),
+            "/readyz" => Some(OwnPath::Readyz),
             _ => None,
         }
     }
@@ -59,6 +61,15 @@ pub(super) async fn route(
                 OwnPath::Status => status::render(&app),
                 OwnPath::Metrics => metrics::render(&app),
                 OwnPath::Healthz => to_body(text_response(StatusCode::OK, "ok")),
+                OwnPath::Readyz => {
+                    let verdict = app.readiness();
+                    let status = if verdict.ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    to_body(text_response(status, verdict.reason))
+                }
             },
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         });
