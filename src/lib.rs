@@ -11,7 +11,7 @@
 use common::builtin::{Echo, Ping};
 use common::config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
 use common::endpoint::Endpoint;
-use common::exec::ExecHandler;
+use common::exec::{ExecHandler, Registry as ChildRegistry};
 use common::executor::Executor;
 use common::frontend::{serve, serve_all, App, Listeners};
 use common::handler::Handler;
@@ -138,6 +138,7 @@ pub fn default_workers(ep: &EndpointConfig) -> usize {
 fn start_endpoint(
     ep: &EndpointConfig,
     registry: &HandlerRegistry,
+    children: &Arc<ChildRegistry>,
 ) -> Result<Arc<Endpoint>, BuildError> {
     let handler: Arc<dyn Handler> = match &ep.handler {
         HandlerConfig::Builtin(name) => registry.get(name).ok_or_else(|| ConfigError {
@@ -145,7 +146,9 @@ fn start_endpoint(
             key: format!("endpoint {}: builtin", ep.path),
             problem: format!("no builtin handler `{name}` (known: {})", registry.names()),
         })?,
-        HandlerConfig::Exec(exec) => Arc::new(ExecHandler::new(&ep.path, exec.clone())),
+        HandlerConfig::Exec(exec) => {
+            Arc::new(ExecHandler::new(&ep.path, exec.clone(), children.clone()))
+        }
     };
     let start = |source| BuildError::Start {
         path: ep.path.clone(),
@@ -166,13 +169,14 @@ impl Server {
     /// Start every endpoint of `config`.
     pub fn build(config: &Config, registry: &HandlerRegistry) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
+        let children = Arc::new(ChildRegistry::new());
         let endpoints = config
             .endpoints
             .iter()
-            .map(|ep| start_endpoint(ep, registry))
+            .map(|ep| start_endpoint(ep, registry, &children))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
-            app: Arc::new(App::new(config.server.clone(), endpoints)),
+            app: Arc::new(App::new(config.server.clone(), endpoints, children)),
             registry: registry.clone(),
         })
     }
@@ -237,7 +241,7 @@ impl Reloader {
                     endpoints.push(current);
                 }
                 _ => {
-                    let fresh = match start_endpoint(ep, &self.registry) {
+                    let fresh = match start_endpoint(ep, &self.registry, self.app.children()) {
                         Ok(fresh) => fresh,
                         Err(e) => {
                             // Nothing is swapped in: stop what this attempt started.

@@ -24,6 +24,7 @@ pub struct Endpoint {
     executor: Arc<dyn Executor>,
     mode: &'static str,
     inline: bool,
+    shutdown: tokio::sync::Notify,
     restarts: Arc<AtomicU64>,
     dispatcher: Mutex<Option<SupervisedThread>>,
 }
@@ -108,6 +109,7 @@ impl Endpoint {
             queue,
             counters,
             inline: runner.handler_is_inline(),
+            shutdown: tokio::sync::Notify::new(),
             runner,
             executor,
             mode,
@@ -211,9 +213,17 @@ impl Endpoint {
         self.mode
     }
 
-    /// Shutdown: new requests get `503`, queued jobs are shed, the running ones finish.
+    /// Shutdown: new requests get `503`, queued jobs are answered `503` at once (their waiting
+    /// front ends are woken), the running ones finish.
     pub fn close(&self) {
         self.queue.close_and_shed();
+        self.shutdown.notify_waiters();
+    }
+
+    /// Resolves when [`Endpoint::close`] is called after it was enabled (check
+    /// `queue.is_shedding()` after enabling, for a close that came first).
+    pub fn shutdown_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shutdown.notified()
     }
 
     /// Retire after a config reload: admit nothing new, run every queued job, then stop.

@@ -23,29 +23,22 @@ mod tests;
 use crate::config::{ExecConfig, ExecOutput};
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use child::Failure;
-use children::Registry;
+pub use children::Registry;
 use nix::sys::signal::Signal;
+use std::sync::Arc;
 
 /// Runs an endpoint's program for each request. See the [module docs](self).
 #[derive(Debug)]
 pub struct ExecHandler {
     endpoint: String,
     cfg: ExecConfig,
-    registry: &'static Registry,
+    registry: Arc<Registry>,
 }
 
 impl ExecHandler {
-    /// The handler for the endpoint at `endpoint_path` (its `SCRIPT_NAME`), running `cfg`.
-    pub fn new(endpoint_path: &str, cfg: ExecConfig) -> ExecHandler {
-        ExecHandler::with_registry(endpoint_path, cfg, children::global())
-    }
-
-    /// A handler whose children register in `registry` instead of the process-wide one.
-    pub(crate) fn with_registry(
-        endpoint_path: &str,
-        cfg: ExecConfig,
-        registry: &'static Registry,
-    ) -> ExecHandler {
+    /// The handler for the endpoint at `endpoint_path` (its `SCRIPT_NAME`), running `cfg`, whose
+    /// children register in the server's `registry`.
+    pub fn new(endpoint_path: &str, cfg: ExecConfig, registry: Arc<Registry>) -> ExecHandler {
         ExecHandler {
             endpoint: endpoint_path.to_string(),
             cfg,
@@ -92,7 +85,7 @@ impl ExecHandler {
 impl Handler for ExecHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
         let env = env::child_env(&self.endpoint, &self.cfg, req);
-        let run = child::run(&self.cfg, env, req.body.clone(), self.registry);
+        let run = child::run(&self.cfg, env, req.body.clone(), &self.registry);
         let result =
             run.result
                 .map_err(|failure| self.error(failure))

@@ -11,6 +11,14 @@
 //! - [`builtin`]: the `ping` and `echo` handlers.
 //! - [`job`]: a job, its exactly-once reply and its outcome counting.
 //! - [`counters`]: per-endpoint counters that add up.
+//! - [`queue`]: the bounded handoff queue and the batches it hands over.
+//! - [`executor`]: the executor trait, the per-job runner and the dispatcher loop.
+//! - [`endpoint`]: a running endpoint (queue, runner, supervised dispatcher), admission.
+//! - [`exec`]: the external-program (CGI/1.1) handler and the child registry.
+//! - [`supervisor`]: restart-with-backoff for threads and tasks; the panic hook.
+//! - [`readiness`]: `/readyz` with hysteresis.
+//! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
+//! - [`frontend`]: accept loop, router, admission, `/status`, `/metrics`, access log.
 #![deny(missing_docs)]
 
 pub mod builtin;
@@ -25,3 +33,4 @@ pub mod job;
 pub mod queue;
 pub mod readiness;
 pub mod supervisor;
+pub mod tls;

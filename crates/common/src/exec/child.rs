@@ -80,7 +80,7 @@ pub(crate) fn run(
     cfg: &ExecConfig,
     env: BTreeMap<String, OsString>,
     body: Bytes,
-    registry: &'static Registry,
+    registry: &Arc<Registry>,
 ) -> Run {
     let mut stderr = String::new();
     let result = supervise(cfg, env, body, registry, &mut stderr);
@@ -91,7 +91,7 @@ fn supervise(
     cfg: &ExecConfig,
     env: BTreeMap<String, OsString>,
     body: Bytes,
-    registry: &'static Registry,
+    registry: &Arc<Registry>,
     stderr_out: &mut String,
 ) -> Result<Bytes, Failure> {
     let Some((program, args)) = cfg.command.split_first() else {

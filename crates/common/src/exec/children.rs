@@ -1,4 +1,4 @@
-//! The process-wide registry of live child process groups, for shutdown, status and clean-up.
+//! A server's registry of live child process groups, for shutdown, status and clean-up.
 //!
 //! Every exec run registers its child's process group for as long as it runs, through a
 //! `Registered` guard that also kills the group when dropped, so neither a normal return nor a
@@ -16,31 +16,6 @@ use std::io;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The registry the server's exec handlers use.
-static REGISTRY: Registry = Registry::new();
-
-/// SIGKILL every registered process group. Used at shutdown, after the grace period; children
-/// that start afterwards are killed as soon as they register.
-pub fn kill_all() {
-    REGISTRY.kill_all();
-}
-
-/// Mark the server as shutting down: a run whose program is killed from now on answers
-/// `503 server shutting down` instead of `502`.
-pub fn begin_shutdown() {
-    REGISTRY.begin_shutdown();
-}
-
-/// The number of child process groups running now.
-pub fn live() -> usize {
-    REGISTRY.live()
-}
-
-/// The global registry, for [`super::ExecHandler::new`].
-pub(crate) fn global() -> &'static Registry {
-    &REGISTRY
-}
 
 /// One child's process group (its pgid is the child's pid), and whether the child was reaped.
 #[derive(Debug)]
@@ -108,8 +83,9 @@ impl Group {
 }
 
 /// A set of live process groups, and the shutdown state that decides how a killed run answers.
+/// One per server: its exec handlers register their children here; its shutdown kills them.
 #[derive(Debug)]
-pub(crate) struct Registry {
+pub struct Registry {
     groups: Mutex<Groups>,
     shutting_down: AtomicBool,
 }
@@ -121,9 +97,15 @@ struct Groups {
     killed: bool,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
 impl Registry {
     /// An empty registry.
-    pub(crate) const fn new() -> Registry {
+    pub const fn new() -> Registry {
         Registry {
             groups: Mutex::new(Groups {
                 live: BTreeMap::new(),
@@ -135,7 +117,7 @@ impl Registry {
 
     /// Register `group` for as long as the returned guard lives. If [`Registry::kill_all`] already
     /// ran, the group is killed at once (the run then answers as shut down).
-    pub(crate) fn register(&'static self, group: Arc<Group>) -> Registered {
+    pub(crate) fn register(self: &Arc<Self>, group: Arc<Group>) -> Registered {
         let mut groups = lock(&self.groups);
         if groups.killed {
             group.signal(Signal::SIGKILL);
@@ -143,13 +125,14 @@ impl Registry {
         groups.live.insert(group.pgid(), group.clone());
         drop(groups);
         Registered {
-            registry: self,
+            registry: self.clone(),
             group,
         }
     }
 
-    /// SIGKILL every registered group, and every group that registers from now on.
-    pub(crate) fn kill_all(&self) {
+    /// SIGKILL every registered group, and every group that registers from now on. Used at
+    /// shutdown, after the grace period.
+    pub fn kill_all(&self) {
         self.begin_shutdown();
         let mut groups = lock(&self.groups);
         groups.killed = true;
@@ -158,8 +141,9 @@ impl Registry {
         }
     }
 
-    /// Mark the server as shutting down.
-    pub(crate) fn begin_shutdown(&self) {
+    /// Mark the server as shutting down: a run whose program is killed from now on answers
+    /// `503 server shutting down` instead of `502`.
+    pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
@@ -168,8 +152,8 @@ impl Registry {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// The number of registered groups.
-    pub(crate) fn live(&self) -> usize {
+    /// The number of child process groups running now.
+    pub fn live(&self) -> usize {
         lock(&self.groups).live.len()
     }
 }
@@ -178,7 +162,7 @@ impl Registry {
 /// (a no-op once the leader is reaped) and unregisters it.
 #[derive(Debug)]
 pub(crate) struct Registered {
-    registry: &'static Registry,
+    registry: Arc<Registry>,
     group: Arc<Group>,
 }
 
@@ -208,8 +192,8 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
-    fn leaked() -> &'static Registry {
-        Box::leak(Box::new(Registry::new()))
+    fn leaked() -> Arc<Registry> {
+        Arc::new(Registry::new())
     }
 
     fn sleeper() -> std::process::Child {

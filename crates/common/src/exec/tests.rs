@@ -6,6 +6,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Generous bound that only a hang would exceed.
@@ -30,9 +31,9 @@ fn sh(script: &str) -> ExecConfig {
 }
 
 /// A handler with a registry of its own, so parallel tests do not see each other's children.
-fn handler(cfg: ExecConfig) -> (ExecHandler, &'static Registry) {
-    let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
-    (ExecHandler::with_registry("/run", cfg, registry), registry)
+fn handler(cfg: ExecConfig) -> (ExecHandler, Arc<Registry>) {
+    let registry = Arc::new(Registry::new());
+    (ExecHandler::new("/run", cfg, registry.clone()), registry)
 }
 
 fn request(uri: &str, body: impl Into<Bytes>) -> JobRequest {
@@ -97,8 +98,7 @@ fn dies(pid: i32) -> bool {
 
 #[test]
 fn raw_body_echoes_through_cat() {
-    // The process-wide registry, as the server uses it.
-    let h = ExecHandler::new("/run", config(&["cat"]));
+    let h = ExecHandler::new("/run", config(&["cat"]), Arc::new(Registry::new()));
     let resp = h.handle(&request("/run", "hello, cat")).unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
@@ -295,9 +295,9 @@ fn malformed_cgi_output_is_bad_gateway() {
 fn stderr_is_captured_and_bounded_without_blocking_the_child() {
     let script = "echo oops >&2; head -c 200000 /dev/zero | tr '\\0' e >&2; exit 1";
     let cfg = sh(script);
-    let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
+    let registry = Arc::new(Registry::new());
     let env = env::child_env("/run", &cfg, &request("/run", ""));
-    let out = child::run(&cfg, env, Bytes::new(), registry);
+    let out = child::run(&cfg, env, Bytes::new(), &registry);
     assert!(
         matches!(out.result, Err(Failure::Exit(1))),
         "{:?}",
@@ -326,8 +326,6 @@ fn live_counts_running_children_and_returns_to_zero() {
     let _ = std::fs::remove_file(&gate);
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(registry.live(), 0);
-    // The process-wide count is reachable (other tests may be running children right now).
-    let _ = children::live();
 }
 
 #[test]

@@ -93,22 +93,36 @@ pub(super) async fn admit(
     }
 }
 
-/// Wait for the job's one reply; at the queue deadline, expire it if it has not started.
+/// Wait for the job's one reply. At the queue deadline, expire it if it has not started (`504`);
+/// at shutdown, likewise, at once (`503`). A started job is bounded by its handler's own limits.
 async fn wait(endpoint: &Endpoint, waiter: Waiter) -> Answer {
     let Waiter { ticket, mut reply } = waiter;
-    tokio::select! {
-        biased;
-        answer = &mut reply => return Ok(delivered(answer)),
-        () = tokio::time::sleep(endpoint.config.queue_timeout) => {}
-    }
+    let shutdown = endpoint.shutdown_notified();
+    tokio::pin!(shutdown);
+    shutdown.as_mut().enable();
+    let (counter, status, reason) = if endpoint.queue.is_shedding() {
+        (
+            &endpoint.counters.failed,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        )
+    } else {
+        tokio::select! {
+            biased;
+            answer = &mut reply => return Ok(delivered(answer)),
+            () = &mut shutdown => {
+                (&endpoint.counters.failed, StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
+            }
+            () = tokio::time::sleep(endpoint.config.queue_timeout) => {
+                (&endpoint.counters.timed_out, StatusCode::GATEWAY_TIMEOUT, "waited in queue past queue_timeout_ms")
+            }
+        }
+    };
     if ticket.expire() {
-        EndpointCounters::bump(&endpoint.counters.timed_out);
-        return Ok(error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "waited in queue past queue_timeout_ms",
-        ));
+        // Not started: answered here, and the executor will discard it unrun.
+        EndpointCounters::bump(counter);
+        return Ok(error(status, reason));
     }
-    // Started in time: the handler bounds its own run.
     Ok(delivered(reply.await))
 }
 
@@ -136,7 +150,7 @@ fn overflow(endpoint: &Endpoint) -> Answer {
         Overflow::Reject => {
             let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
             resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(endpoint.retry_after_secs()));
             Ok(resp)
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::config::ServerConfig;
 use crate::endpoint::Endpoint;
+use crate::exec::Registry;
 use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
 use hyper::header::HeaderValue;
 use std::collections::HashMap;
@@ -42,11 +43,17 @@ pub struct App {
     started: Instant,
     open_connections: AtomicUsize,
     readiness: Readiness,
+    children: Arc<Registry>,
 }
 
 impl App {
-    /// An app serving `endpoints`, which must have distinct paths (the config guarantees it).
-    pub fn new(server: ServerConfig, endpoints: Vec<Arc<Endpoint>>) -> App {
+    /// An app serving `endpoints`, which must have distinct paths (the config guarantees it),
+    /// whose exec handlers register their children in `children`.
+    pub fn new(
+        server: ServerConfig,
+        endpoints: Vec<Arc<Endpoint>>,
+        children: Arc<Registry>,
+    ) -> App {
         App {
             server,
             table: RwLock::new(Arc::new(Table::new(endpoints))),
@@ -54,6 +61,7 @@ impl App {
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
             readiness: Readiness::new(ReadinessPolicy::default()),
+            children,
         }
     }
 
@@ -118,6 +126,11 @@ impl App {
             closing: endpoints.iter().any(|e| e.queue.is_closed()),
         };
         self.readiness.check(load, Instant::now())
+    }
+
+    /// The server's live child process groups.
+    pub fn children(&self) -> &Arc<Registry> {
+        &self.children
     }
 
     /// Time since the app was built.

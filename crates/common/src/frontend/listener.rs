@@ -89,7 +89,7 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
         let _ = accept.await;
     }
     app.close();
-    crate::exec::children::begin_shutdown();
+    app.children().begin_shutdown();
 
     let grace = app.server.shutdown_grace;
     let deadline = Instant::now() + grace;
@@ -101,7 +101,7 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
             grace_ms = grace.as_millis() as u64,
             "jobs still running after the grace period; killing children"
         );
-        crate::exec::children::kill_all();
+        app.children().kill_all();
         let hard = Instant::now() + Duration::from_secs(5);
         while !app.stopped() && Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -171,7 +171,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
             })
             .collect(),
         open_connections: gauge(app.open_connections()),
-        children: gauge(crate::exec::children::live()),
+        children: gauge(app.children().live()),
         light: app.light_level(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");

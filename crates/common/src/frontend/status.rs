@@ -36,7 +36,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
             open: app.open_connections(),
             max: app.server.max_connections.get(),
         },
-        children: crate::exec::children::live(),
+        children: app.children().live(),
         draining_endpoints: app.draining(),
         endpoints: endpoints
             .iter()

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Flood benchmark: a crab endpoint of capacity 10 rps (sleep100: 100 ms per job, queue 20,
+# overflow "ignore") under open-loop load at 1x, 5x, 20x and 50x capacity, a fresh server per
+# multiple, server pinned to CPU 0 and load generator to CPU 1. Loopback only; every run stops by
+# itself. Prints two markdown tables and saves them under bench-results/.
+#
+#   bash benches/flood.sh                       # the full run (about 2 minutes)
+#   DURATION=3 MULTIPLES="1 50" bash benches/flood.sh   # a quick look
+#
+# Environment: DURATION (s of sending per multiple, default 10), MULTIPLES (default "1 5 20 50"),
+# LEAVE=0 to skip the two extra "clients leave early" runs, SERVER_CPU / LOADGEN_CPU (default 0 / 1),
+# OUT (result file). See docs/BENCHMARKS.md for what each column means.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+MULTIPLES=${MULTIPLES:-"1 5 20 50"}
+LEAVE=${LEAVE:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+QUEUE=20
+JOB_MS=100
+CAPACITY_RPS=10
+BAR_MS=$(((QUEUE + 1) * JOB_MS))
+# At least (queue + 1) x job, so no admitted job times out in the queue in the normal case.
+QUEUE_TIMEOUT_MS=5000
+# Far above the worst admitted latency: a client never leaves early in the normal runs.
+CLIENT_TIMEOUT_S=120
+# The extra runs: clients leave after this long, before most admitted jobs' turn comes; then
+# the same with the endpoint's queue timeout below that patience less one job.
+LEAVE_TIMEOUT_S=1
+LEAVE_QUEUE_TIMEOUT_MS=850
+mkdir -p bench-results
+OUT=${OUT:-bench-results/flood-$(date +%Y%m%d-%H%M%S).md}
+
+cargo build --release --example bench_server --example loadgen
+BIN=target/release/examples
+CLK_TCK=$(getconf CLK_TCK)
+
+# config QUEUE_TIMEOUT_MS: the benchmark endpoint's config.
+config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_ms = 2000
+
+[[endpoint]]
+path = "/sleep100"
+methods = ["GET"]
+builtin = "sleep100"
+mode = "crab"
+queue = $QUEUE
+overflow = "ignore"
+queue_timeout_ms = $1
+pace_ms = 0
+EOF
+}
+
+server_pid=""
+server_log=$(mktemp)
+run_out=$(mktemp)
+job_log=$(mktemp)
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap 'stop_server; rm -f "$server_log" "$run_out" "$job_log"' EXIT
+
+table1=()
+table2=()
+
+# run_one LABEL MULTIPLE CLIENT_TIMEOUT_S QUEUE_TIMEOUT_MS
+run_one() {
+  local label=$1 multiple=$2 client_timeout=$3 queue_timeout_ms=$4 addr="" i
+  : >"$server_log"
+  taskset -c "$SERVER_CPU" "$BIN/bench_server" --config-text "$(config "$queue_timeout_ms")" \
+    --max-seconds 600 --job-log "$job_log" >"$server_log" 2>&1 &
+  server_pid=$!
+  for i in $(seq 1 100); do
+    addr=$(sed -n 's/^bench_server listening on //p' "$server_log")
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  if [ -z "$addr" ]; then
+    echo "bench_server did not start:" >&2
+    cat "$server_log" >&2
+    exit 1
+  fi
+  sleep 0.5 # let the server settle before the "before" sample
+  echo "== $label: $((multiple * CAPACITY_RPS)) rps for ${DURATION} s against $addr (server pid $server_pid)" >&2
+  taskset -c "$LOADGEN_CPU" "$BIN/loadgen" --addr "$addr" --path /sleep100 \
+    --rate "$((multiple * CAPACITY_RPS))" --duration "$DURATION" --timeout "$client_timeout" \
+    --server-pid "$server_pid" --clk-tck "$CLK_TCK" --capacity-rps "$CAPACITY_RPS" \
+    --bar-ms "$BAR_MS" --label "$label" --job-log "$job_log" --rows >"$run_out"
+  grep -v '^TABLE' "$run_out" >&2
+  table1+=("$(sed -n 's/^TABLE1 //p' "$run_out")")
+  table2+=("$(sed -n 's/^TABLE2 //p' "$run_out")")
+  stop_server
+}
+
+for m in $MULTIPLES; do
+  run_one "${m}×" "$m" "$CLIENT_TIMEOUT_S" "$QUEUE_TIMEOUT_MS"
+done
+if [ "$LEAVE" = 1 ]; then
+  # Clients give up long before an admitted job's turn (about 2.1 s) comes.
+  run_one "50×, clients leave at ${LEAVE_TIMEOUT_S} s" 50 "$LEAVE_TIMEOUT_S" "$QUEUE_TIMEOUT_MS"
+  # The same clients, with the queue timeout set below their patience minus one job.
+  run_one "50×, clients leave at ${LEAVE_TIMEOUT_S} s, queue_timeout_ms ${LEAVE_QUEUE_TIMEOUT_MS}" \
+    50 "$LEAVE_TIMEOUT_S" "$LEAVE_QUEUE_TIMEOUT_MS"
+fi
+
+headers=$("$BIN/loadgen" --headers)
+{
+  echo "# Flood benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
+  echo "Endpoint: crab, sleep100 (${JOB_MS} ms), queue ${QUEUE}, overflow ignore, queue_timeout_ms ${QUEUE_TIMEOUT_MS} (unless the row says otherwise);"
+  echo "capacity ${CAPACITY_RPS} rps; ${DURATION} s of open-loop load per row; bar for admitted p99: ${BAR_MS} ms."
+  echo "Server on CPU ${SERVER_CPU}, loadgen on CPU ${LOADGEN_CPU}; a fresh server per row."
+  echo
+  echo "$headers" | sed -n 's/^TABLE1 //p'
+  printf '%s\n' "${table1[@]}"
+  echo
+  echo "$headers" | sed -n 's/^TABLE2 //p'
+  printf '%s\n' "${table2[@]}"
+} | tee "$OUT"
+echo "saved to $OUT" >&2

@@ -1,0 +1,241 @@
+//! Config errors name the file, the key and the problem, from `Config::from_toml` and from the
+//! binary's `check`; the embedded default and the reference config are valid.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use fiddler_crab::config::{Config, ConfigError};
+use fiddler_crab::{check, default_config, HandlerRegistry};
+use std::process::{Command, Output};
+use support::TempDir;
+
+/// The error `text` gets, from parsing or from the builtin check.
+fn error_of(text: &str) -> ConfigError {
+    let parsed = Config::from_toml(text, "test.toml");
+    let checked = parsed.and_then(|c| check(&c, &HandlerRegistry::default(), "test.toml"));
+    match checked {
+        Ok(()) => panic!("this config was accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Assert the error names `key` in test.toml and its problem mentions every one of `words`.
+fn assert_error(text: &str, key: &str, words: &[&str]) {
+    let e = error_of(text);
+    assert_eq!(e.file, "test.toml", "{e}");
+    assert_eq!(e.key, key, "{e}");
+    for word in words {
+        assert!(e.problem.contains(word), "{e:?} does not mention {word:?}");
+    }
+    assert_eq!(e.to_string(), format!("test.toml: {key}: {}", e.problem));
+}
+
+const PING: &str = "[[endpoint]]\npath = \"/ping\"\nbuiltin = \"ping\"\n";
+
+#[test]
+fn an_unknown_key_is_named_with_its_table() {
+    assert_error(
+        &format!("{PING}queu = 3\n"),
+        "endpoint[0].queu",
+        &["unknown field", "queu"],
+    );
+    assert_error(
+        &format!("[server]\nlisten_on = \"x\"\n\n{PING}"),
+        "server.listen_on",
+        &["unknown field"],
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named() {
+    assert_error(
+        &format!("{PING}queue = \"many\"\n"),
+        "endpoint[0].queue",
+        &["invalid type"],
+    );
+    let second_exec = format!(
+        "{PING}\n[[endpoint]]\npath = \"/run\"\n[endpoint.exec]\ncommand = [\"true\"]\ntimeout_ms = \"soon\"\n"
+    );
+    assert_error(
+        &second_exec,
+        "endpoint[1].exec.timeout_ms",
+        &["invalid type"],
+    );
+    assert_error(
+        &format!("{PING}overflow = \"drop\"\n"),
+        "endpoint[0].overflow",
+        &["unknown variant"],
+    );
+}
+
+#[test]
+fn an_endpoint_needs_exactly_one_handler() {
+    assert_error(
+        "[[endpoint]]\npath = \"/none\"\n",
+        "endpoint[0]",
+        &["builtin", "exec"],
+    );
+    assert_error(
+        "[[endpoint]]\npath = \"/both\"\nbuiltin = \"ping\"\n[endpoint.exec]\ncommand = [\"true\"]\n",
+        "endpoint[0]",
+        &["both"],
+    );
+    assert_error(
+        &format!("{PING}\n[[endpoint]]\npath = \"/run\"\n[endpoint.exec]\ncommand = []\n"),
+        "endpoint[1].exec.command",
+        &["program"],
+    );
+}
+
+#[test]
+fn a_bad_or_duplicate_path_is_refused() {
+    assert_error(
+        "[[endpoint]]\npath = \"ping\"\nbuiltin = \"ping\"\n",
+        "endpoint[0].path",
+        &["`ping`", "/"],
+    );
+    assert_error(
+        "[[endpoint]]\npath = \"/a b\"\nbuiltin = \"ping\"\n",
+        "endpoint[0].path",
+        &["spaces"],
+    );
+    assert_error(
+        &format!("{PING}\n[[endpoint]]\npath = \"/ping\"\nbuiltin = \"echo\"\n"),
+        "endpoint[1].path",
+        &["/ping", "already used"],
+    );
+    assert_error(
+        "[[endpoint]]\npath = \"/status\"\nbuiltin = \"ping\"\n",
+        "endpoint[0].path",
+        &["server itself"],
+    );
+}
+
+#[test]
+fn zero_and_out_of_range_numbers_are_refused() {
+    assert_error(
+        &format!("{PING}queue = 0\n"),
+        "endpoint[0].queue",
+        &["at least 1"],
+    );
+    assert_error(
+        &format!("{PING}queue_timeout_ms = 0\n"),
+        "endpoint[0].queue_timeout_ms",
+        &["at least 1"],
+    );
+    assert_error(
+        &format!("[server]\nmax_connections = 0\n\n{PING}"),
+        "server.max_connections",
+        &["at least 1"],
+    );
+    assert_error(
+        &format!("[server]\nlisten = \"localhost\"\n\n{PING}"),
+        "server.listen",
+        &["localhost"],
+    );
+    assert_error(
+        &format!("{PING}methods = [\"G T\"]\n"),
+        "endpoint[0].methods",
+        &["G T"],
+    );
+}
+
+#[test]
+fn an_unknown_builtin_is_named_with_the_known_ones() {
+    assert_error(
+        "[[endpoint]]\npath = \"/x\"\nbuiltin = \"pong\"\n",
+        "endpoint[0].builtin",
+        &["pong", "echo", "ping"],
+    );
+}
+
+#[test]
+fn a_config_without_endpoints_is_refused() {
+    assert_error("[server]\n", "endpoint", &["at least one"]);
+}
+
+#[test]
+fn the_embedded_default_is_valid_and_serves_the_examples() {
+    let config = default_config().expect("the embedded default parses");
+    check(&config, &HandlerRegistry::default(), "<embedded default>").expect("its builtins exist");
+    let paths: Vec<&str> = config.paths().collect();
+    assert_eq!(paths, ["/ping", "/echo", "/wordcount"]);
+}
+
+fn fiddler_crab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fiddler_crab"))
+        .args(args)
+        .output()
+        .expect("run the fiddler_crab binary")
+}
+
+#[test]
+fn check_accepts_a_valid_file_and_exits_0() {
+    let dir = TempDir::new("check-ok");
+    let file = dir.write("good.toml", PING);
+    let out = fiddler_crab(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert!(stdout.contains("/ping"), "{stdout}");
+}
+
+#[test]
+fn check_names_file_key_and_problem_and_exits_2() {
+    let dir = TempDir::new("check-bad");
+    let cases = [
+        (
+            format!("{PING}queue = 0\n"),
+            "endpoint[0].queue",
+            "at least 1",
+        ),
+        (
+            "[[endpoint]]\npath = \"/x\"\nbuiltin = \"nope\"\n".to_string(),
+            "endpoint[0].builtin",
+            "no builtin handler `nope`",
+        ),
+        (
+            format!("{PING}pase_ms = 5\n"),
+            "endpoint[0].pase_ms",
+            "unknown field",
+        ),
+    ];
+    for (i, (text, key, problem)) in cases.iter().enumerate() {
+        let file = dir.write(&format!("bad{i}.toml"), text);
+        let file = file.to_str().unwrap();
+        let out = fiddler_crab(&["check", "--config", file]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!("error: {file}: {key}: ");
+        assert!(
+            stderr.starts_with(&expected),
+            "{stderr:?} should start with {expected:?}"
+        );
+        assert!(
+            stderr.contains(problem),
+            "{stderr:?} should mention {problem:?}"
+        );
+    }
+
+    let missing = dir.path().join("missing.toml");
+    let out = fiddler_crab(&["check", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn the_printed_default_config_and_the_reference_pass_check() {
+    let out = fiddler_crab(&["default-config"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let dir = TempDir::new("default-config");
+    let printed = dir.write("default.toml", &String::from_utf8_lossy(&out.stdout));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("@EXAMPLES@"));
+
+    let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
+    for file in [printed.to_str().unwrap(), reference] {
+        let out = fiddler_crab(&["check", "--config", file]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {out:?}");
+    }
+    let out = fiddler_crab(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "the embedded default: {out:?}");
+}

@@ -1,0 +1,105 @@
+//! Routing: exact paths, 404 for unknown ones, 405 with `Allow` for a method the endpoint does not
+//! take, and `/status` answered by the server itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use hyper::StatusCode;
+use support::{request, TestServer};
+
+const ENDPOINTS: &str = r#"
+[[endpoint]]
+path = "/echo"
+methods = ["POST", "PUT"]
+builtin = "echo"
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+builtin = "ping"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_match_exactly_and_unknown_ones_get_404() {
+    let server = TestServer::start(ENDPOINTS).await;
+
+    assert_eq!(server.get("/ping").await.text(), "pong\n");
+    assert_eq!(server.get("/ping?verbose=1").await.status, StatusCode::OK);
+    for path in ["/nope", "/ping/", "/pin", "/ping/x", "/", "/PING"] {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "GET {path}");
+    }
+    let echoed = server.post("/echo", "hello crab").await;
+    assert_eq!(
+        (echoed.status, echoed.text()),
+        (StatusCode::OK, "hello crab".into())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_the_endpoint_does_not_take_gets_405_with_allow() {
+    let server = TestServer::start(ENDPOINTS).await;
+
+    let reply = server.get("/echo").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow").as_deref(), Some("POST, PUT"));
+
+    let reply = server.post("/ping", "").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow").as_deref(), Some("GET, HEAD"));
+
+    let reply = server.client().send(request("DELETE", "/status", "")).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow").as_deref(), Some("GET, HEAD"));
+
+    let put = server.client().send(request("PUT", "/echo", "put")).await;
+    assert_eq!((put.status, put.text()), (StatusCode::OK, "put".into()));
+    // Refused requests never reach the queue.
+    assert_eq!(server.counters("/echo").admitted, 1);
+    assert_eq!(server.counters("/ping").admitted, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_json_about_every_endpoint() {
+    let server = TestServer::start(ENDPOINTS).await;
+    let reply = server.get("/status").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json")
+    );
+
+    let status = server.status_json().await;
+    let endpoints = status["endpoints"].as_object().expect("endpoints object");
+    let mut paths: Vec<&String> = endpoints.keys().collect();
+    paths.sort();
+    assert_eq!(paths, ["/echo", "/ping"]);
+    for (path, ep) in endpoints {
+        for key in [
+            "mode",
+            "overflow",
+            "queue_depth",
+            "queue_capacity",
+            "busy",
+            "running",
+            "restarts",
+        ] {
+            assert!(!ep[key].is_null(), "{path} has no {key}: {ep}");
+        }
+        for key in [
+            "admitted",
+            "completed",
+            "failed",
+            "timed_out",
+            "skipped",
+            "overflowed",
+            "panics",
+        ] {
+            assert!(ep["counters"][key].is_u64(), "{path} has no counter {key}");
+        }
+    }
+    assert!(status["children"].is_u64());
+    server.shutdown().await;
+}
