@@ -247,7 +247,10 @@ fn overflow_endpoint(scale: Scale, overflow: Overflow) -> anyhow::Result<Row> {
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no endpoint"))?;
     let hold = Arc::new(Hold::default());
-    let executor = fiddler_crab::executor_for(&ep)?;
+    let executor = fiddler_crab::executor_for(
+        &ep,
+        &common::light::TrafficLight::fixed(common::light::Light::Green),
+    )?;
     let endpoint = Endpoint::start(ep, hold.clone(), executor)?;
     // One job to run (and block), then a full queue behind it.
     let (job, _running) = Job::new(request(), endpoint.counters.clone());

@@ -6,6 +6,8 @@
 //! - [`Server`]: built from a validated config; [`Server::run`] serves a bound listener until a
 //!   shutdown future resolves.
 //! - [`default_config`]: the embedded default config.
+//! - [`AdaptiveExecutor`]: adaptive mode, which composes crab and jellyfish by the traffic light.
+//! - [`Reloader`]: applies a new config to a running server (SIGHUP).
 #![deny(missing_docs)]
 
 use common::builtin::{Echo, Ping};
@@ -15,12 +17,16 @@ use common::exec::{ExecHandler, Registry as ChildRegistry};
 use common::executor::Executor;
 use common::frontend::{serve, serve_all, App, Listeners};
 use common::handler::Handler;
+use common::light::{available_parallelism_with_quota, TrafficLight};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+pub use adaptive::AdaptiveExecutor;
 pub use common::config;
+
+mod adaptive;
 
 /// The embedded default config, with `@EXAMPLES@` still in it.
 pub const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../config/default.toml");
@@ -113,25 +119,40 @@ pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<
     Ok(())
 }
 
-/// The executor for an endpoint's mode.
-pub fn executor_for(ep: &EndpointConfig) -> std::io::Result<Arc<dyn Executor>> {
-    let name = format!("fc-jf{}", ep.path.replace('/', "-"));
+/// The executor for an endpoint's mode; adaptive endpoints read `light`.
+pub fn executor_for(
+    ep: &EndpointConfig,
+    light: &TrafficLight,
+) -> std::io::Result<Arc<dyn Executor>> {
+    let name = format!("fc-pool{}", ep.path.replace('/', "-"));
+    let workers = pool_size(ep);
     Ok(match ep.mode {
         Mode::Crab => Arc::new(crab::CrabExecutor::new(ep.pace)),
-        Mode::Jellyfish | Mode::Adaptive => Arc::new(jellyfish::JellyfishExecutor::new(
-            &name,
-            default_workers(ep),
-        )?),
+        Mode::Jellyfish => Arc::new(jellyfish::JellyfishExecutor::new(&name, workers)?),
+        Mode::Adaptive => {
+            let yellow = ep.yellow_workers.map_or((workers / 2).max(1), |y| y.get());
+            Arc::new(AdaptiveExecutor::new(
+                &name,
+                light.clone(),
+                workers,
+                yellow,
+                ep.pace,
+            )?)
+        }
     })
 }
 
-/// The pool size of a jellyfish endpoint: `workers`, or the CPUs the process may use.
-pub fn default_workers(ep: &EndpointConfig) -> usize {
-    ep.workers.map(|w| w.get()).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    })
+/// The pool size of a jellyfish or adaptive endpoint: `workers`, or the CPUs the process may
+/// use (its cgroup's CPU quota included).
+pub fn pool_size(ep: &EndpointConfig) -> usize {
+    ep.workers
+        .map_or_else(available_parallelism_with_quota, |w| w.get())
+}
+
+/// Start the configured traffic light on the real machine's CPU, memory and pressure.
+pub fn start_light(config: &Config) -> std::io::Result<TrafficLight> {
+    let l = &config.light;
+    TrafficLight::system(l.policy, l.sample_every, l.stale_after, l.fail_safe)
 }
 
 /// Start one endpoint: its handler, executor, queue and dispatcher thread.
@@ -139,6 +160,7 @@ fn start_endpoint(
     ep: &EndpointConfig,
     registry: &HandlerRegistry,
     children: &Arc<ChildRegistry>,
+    light: &TrafficLight,
 ) -> Result<Arc<Endpoint>, BuildError> {
     let handler: Arc<dyn Handler> = match &ep.handler {
         HandlerConfig::Builtin(name) => registry.get(name).ok_or_else(|| ConfigError {
@@ -154,7 +176,7 @@ fn start_endpoint(
         path: ep.path.clone(),
         source,
     };
-    let executor = executor_for(ep).map_err(start)?;
+    let executor = executor_for(ep, light).map_err(start)?;
     Endpoint::start(ep.clone(), handler, executor).map_err(start)
 }
 
@@ -166,17 +188,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start every endpoint of `config`.
+    /// Start the traffic light and every endpoint of `config`.
     pub fn build(config: &Config, registry: &HandlerRegistry) -> Result<Server, BuildError> {
+        let light = start_light(config).map_err(|source| BuildError::Start {
+            path: "(traffic light)".into(),
+            source,
+        })?;
+        Server::build_with_light(config, registry, light)
+    }
+
+    /// Start every endpoint of `config` with a given traffic light (for example a fixed one in
+    /// tests, so decisions do not depend on the machine's load).
+    pub fn build_with_light(
+        config: &Config,
+        registry: &HandlerRegistry,
+        light: TrafficLight,
+    ) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
         let children = Arc::new(ChildRegistry::new());
         let endpoints = config
             .endpoints
             .iter()
-            .map(|ep| start_endpoint(ep, registry, &children))
+            .map(|ep| start_endpoint(ep, registry, &children, &light))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
-            app: Arc::new(App::new(config.server.clone(), endpoints, children)),
+            app: Arc::new(App::new(config.server.clone(), endpoints, children, light)),
             registry: registry.clone(),
         })
     }
@@ -241,7 +277,12 @@ impl Reloader {
                     endpoints.push(current);
                 }
                 _ => {
-                    let fresh = match start_endpoint(ep, &self.registry, self.app.children()) {
+                    let fresh = match start_endpoint(
+                        ep,
+                        &self.registry,
+                        self.app.children(),
+                        self.app.light(),
+                    ) {
                         Ok(fresh) => fresh,
                         Err(e) => {
                             // Nothing is swapped in: stop what this attempt started.

@@ -34,6 +34,8 @@ pub struct ConfigError {
 pub struct Config {
     /// Server-wide settings.
     pub server: ServerConfig,
+    /// The traffic light.
+    pub light: LightConfig,
     /// The endpoints, in file order.
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -62,6 +64,19 @@ pub struct ServerConfig {
     /// A separate listener for `/status`, `/metrics`, `/healthz` and `/readyz` (which the main
     /// listener then no longer answers).
     pub admin_listen: Option<SocketAddr>,
+}
+
+/// The traffic light's sampler and policy (`[light]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LightConfig {
+    /// Time between two samples.
+    pub sample_every: Duration,
+    /// With no successful sample for this long, the light goes to `fail_safe`.
+    pub stale_after: Duration,
+    /// The light while the inputs are stale.
+    pub fail_safe: crate::light::Light,
+    /// Thresholds with hysteresis, and the minimum time in a state before going down.
+    pub policy: crate::light::LightPolicy,
 }
 
 /// How an endpoint's handed-off batches run.

@@ -16,6 +16,7 @@
 //! - [`endpoint`]: a running endpoint (queue, runner, supervised dispatcher), admission.
 //! - [`exec`]: the external-program (CGI/1.1) handler and the child registry.
 //! - [`supervisor`]: restart-with-backoff for threads and tasks; the panic hook.
+//! - [`light`]: the traffic light (CPU, memory, pressure; cgroup-aware) and its sampler.
 //! - [`readiness`]: `/readyz` with hysteresis.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
 //! - [`frontend`]: accept loop, router, admission, `/status`, `/metrics`, access log.
@@ -30,6 +31,7 @@ pub mod executor;
 pub mod frontend;
 pub mod handler;
 pub mod job;
+pub mod light;
 pub mod queue;
 pub mod readiness;
 pub mod supervisor;

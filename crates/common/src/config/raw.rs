@@ -1,9 +1,11 @@
 //! The raw TOML shape, with defaults, and its validation into [`super::Config`].
 
 use super::{
-    Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, Mode, Overflow,
-    ServerConfig, RESERVED_PATHS,
+    Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
+    Overflow, ServerConfig, RESERVED_PATHS,
 };
+use crate::light::policy::{Levels, Thresholds};
+use crate::light::{Light, LightPolicy};
 use hyper::header::HeaderValue;
 use hyper::Method;
 use serde::Deserialize;
@@ -29,8 +31,84 @@ const MAX_WORKERS: usize = 1024;
 pub(super) struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    light: RawLight,
     #[serde(default, rename = "endpoint")]
     endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLight {
+    sample_ms: u64,
+    stale_after_ms: u64,
+    fail_safe: Light,
+    min_dwell_ms: u64,
+    cpu: Option<RawThresholds>,
+    mem_headroom: Option<RawThresholds>,
+    cpu_pressure: Option<RawThresholds>,
+    mem_pressure: Option<RawThresholds>,
+}
+
+impl Default for RawLight {
+    fn default() -> Self {
+        RawLight {
+            sample_ms: 250,
+            stale_after_ms: 5_000,
+            fail_safe: Light::Yellow,
+            min_dwell_ms: 2_000,
+            cpu: None,
+            mem_headroom: None,
+            cpu_pressure: None,
+            mem_pressure: None,
+        }
+    }
+}
+
+/// `{ yellow = [enter, exit], red = [enter, exit] }`; a level left out is never entered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThresholds {
+    yellow: Option<[f64; 2]>,
+    red: Option<[f64; 2]>,
+}
+
+impl RawThresholds {
+    fn into_thresholds(self) -> Thresholds {
+        let levels = |l: Option<[f64; 2]>| l.map(|[enter, exit]| Levels::new(enter, exit));
+        Thresholds {
+            yellow: levels(self.yellow),
+            red: levels(self.red),
+        }
+    }
+}
+
+impl RawLight {
+    fn validate(self, p: &Problems<'_>) -> Result<LightConfig, ConfigError> {
+        let mut policy = LightPolicy::default();
+        let signals = [
+            (self.cpu, &mut policy.cpu),
+            (self.mem_headroom, &mut policy.mem_headroom),
+            (self.cpu_pressure, &mut policy.cpu_pressure),
+            (self.mem_pressure, &mut policy.mem_pressure),
+        ];
+        for (raw, slot) in signals {
+            if let Some(raw) = raw {
+                *slot = raw.into_thresholds();
+            }
+        }
+        policy.min_dwell = Duration::from_millis(self.min_dwell_ms);
+        policy.validate().map_err(|problem| {
+            let (key, rest) = problem.split_once(':').unwrap_or(("", problem.as_str()));
+            p.at(format!("light.{}", key.trim()), rest.trim().to_string())
+        })?;
+        Ok(LightConfig {
+            sample_every: p.millis("light.sample_ms", self.sample_ms)?,
+            stale_after: p.millis("light.stale_after_ms", self.stale_after_ms)?,
+            fail_safe: self.fail_safe,
+            policy,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +264,7 @@ impl RawConfig {
         let p = Problems { file };
         let default_mode = self.server.default_mode;
         let server = self.server.validate(&p)?;
+        let light = self.light.validate(&p)?;
         if self.endpoints.is_empty() {
             return Err(p.at("endpoint", "at least one [[endpoint]] is required"));
         }
@@ -196,7 +275,11 @@ impl RawConfig {
             .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]"), default_mode))
             .collect::<Result<Vec<_>, _>>()?;
         Config::unique_paths(&endpoints, file)?;
-        Ok(Config { server, endpoints })
+        Ok(Config {
+            server,
+            light,
+            endpoints,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 use crate::config::ServerConfig;
 use crate::endpoint::Endpoint;
 use crate::exec::Registry;
+use crate::light::{Light, TrafficLight};
 use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
 use hyper::header::HeaderValue;
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ pub struct App {
     open_connections: AtomicUsize,
     readiness: Readiness,
     children: Arc<Registry>,
+    light: TrafficLight,
 }
 
 impl App {
@@ -53,6 +55,7 @@ impl App {
         server: ServerConfig,
         endpoints: Vec<Arc<Endpoint>>,
         children: Arc<Registry>,
+        light: TrafficLight,
     ) -> App {
         App {
             server,
@@ -62,6 +65,7 @@ impl App {
             open_connections: AtomicUsize::new(0),
             readiness: Readiness::new(ReadinessPolicy::default()),
             children,
+            light,
         }
     }
 
@@ -121,7 +125,7 @@ impl App {
             .map(|e| e.queue.depth() as f64 / e.queue.capacity().max(1) as f64)
             .fold(f64::INFINITY, f64::min);
         let load = Load {
-            red: self.light_level() == Some(2),
+            red: self.light.current() == Light::Red,
             min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
             closing: endpoints.iter().any(|e| e.queue.is_closed()),
         };
@@ -151,14 +155,23 @@ impl App {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The traffic light as a number (0 green, 1 yellow, 2 red), if the server runs one.
-    pub fn light_level(&self) -> Option<i64> {
-        None
+    /// The server's traffic light.
+    pub fn light(&self) -> &TrafficLight {
+        &self.light
     }
 
-    /// The traffic light's name, or `-` if the server runs none.
+    /// The traffic light as a number: 0 green, 1 yellow, 2 red.
+    pub fn light_level(&self) -> i64 {
+        match self.light.current() {
+            Light::Green => 0,
+            Light::Yellow => 1,
+            Light::Red => 2,
+        }
+    }
+
+    /// The traffic light's name.
     pub fn light_name(&self) -> &'static str {
-        "-"
+        self.light.current().as_str()
     }
 
     /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.

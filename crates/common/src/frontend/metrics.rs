@@ -34,7 +34,7 @@ struct Scrape {
     endpoints: Vec<EndpointScrape>,
     open_connections: i64,
     children: i64,
-    light: Option<i64>,
+    light: i64,
 }
 
 type CounterOf = fn(&CountersSnapshot) -> u64;
@@ -134,7 +134,8 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?)?;
         }
-        if let Some(light) = self.light {
+        {
+            let light = self.light;
             let metric = encoder.encode_descriptor(
                 "traffic_light",
                 "The CPU/RAM traffic light: 0 green, 1 yellow, 2 red.",

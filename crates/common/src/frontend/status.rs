@@ -15,6 +15,7 @@ struct Status<'a> {
     uptime_ms: u64,
     connections: Connections,
     children: usize,
+    light: crate::light::LightStatus,
     /// Endpoints a config reload replaced that still run jobs they had admitted.
     draining_endpoints: usize,
     endpoints: BTreeMap<&'a str, EndpointStatus>,
@@ -37,6 +38,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
             max: app.server.max_connections.get(),
         },
         children: app.children().live(),
+        light: app.light().snapshot(),
         draining_endpoints: app.draining(),
         endpoints: endpoints
             .iter()
