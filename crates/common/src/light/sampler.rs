@@ -90,7 +90,7 @@ fn sample_loop<S: SampleSource>(shared: &Shared, plan: &Plan, factory: &dyn Fn()
                 status.errors += 1;
                 status.last_error = Some(cause);
                 drop(status);
-                if errors_in_a_row % REPLACE_AFTER_ERRORS == 0 {
+                if errors_in_a_row.is_multiple_of(REPLACE_AFTER_ERRORS) {
                     source = factory();
                 }
             }
