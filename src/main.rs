@@ -2,12 +2,14 @@
 //! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use common::frontend::Listeners;
+use common::frontend::{Listeners, Tls};
+use common::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
 use fiddler_crab::config::Config;
 use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Puts slow, heavy programs behind bounded, overflow-shedding HTTP endpoints.
 #[derive(Debug, Parser)]
@@ -19,6 +21,10 @@ struct Cli {
     /// Listen on this address instead of the config's `server.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with a certificate generated at start (development only; its fingerprint is
+    /// logged). Overrides `[server.tls]`'s certificate.
+    #[arg(long)]
+    self_signed: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -74,7 +80,7 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    match run(config, registry, cli.config.clone()) {
+    match run(config, registry, &cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(cause = %e, "server failed");
@@ -109,30 +115,70 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(
-    config: Config,
-    registry: HandlerRegistry,
-    config_path: Option<PathBuf>,
-) -> anyhow::Result<()> {
+fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let config_path = cli.config.clone();
+    let self_signed = cli.self_signed;
     runtime.block_on(async move {
         let server = Server::build(&config, &registry)?;
+        let (tls, certs) = tls_for(&config, self_signed)?;
         let listen = config.server.listen;
-        tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen));
+        tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen, certs));
         let main = bind(config.server.listen).await?;
         let admin = match config.server.admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        tracing::info!(listen = %config.server.listen, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
+        let redirect_addr = config.server.tls.as_ref().and_then(|t| t.redirect_listen);
+        let redirect = match redirect_addr {
+            Some(addr) if tls.is_some() => Some(bind(addr).await?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(listen = %config.server.listen, scheme, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
         if let Some(admin) = config.server.admin_listen {
             tracing::info!(%admin, "status, metrics and probes on the admin listener");
         }
-        server.run_all(Listeners { main, admin }, shutdown_signal()).await;
+        if let (Some(addr), true) = (redirect_addr, redirect.is_some()) {
+            tracing::info!(redirect = %addr, "plain HTTP redirects to HTTPS");
+        }
+        server.run_all(Listeners { main, admin, redirect, tls }, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// HTTPS for the main listener: from `[server.tls]`, or a certificate generated now for
+/// `--self-signed` (its SHA-256 fingerprint is logged so a client can pin it).
+fn tls_for(
+    config: &Config,
+    self_signed: bool,
+) -> anyhow::Result<(Option<Tls>, Option<Arc<CertStore>>)> {
+    let tls_config = config.server.tls.as_ref();
+    let timeout = tls_config.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.settings.handshake_timeout);
+    let hsts = tls_config.and_then(|t| t.hsts_max_age);
+    let store = if self_signed {
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let ip = config.server.listen.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            names.push(ip.to_string());
+        }
+        let store = CertStore::self_signed(&names)?;
+        tracing::info!(fingerprint = %store.fingerprint(), names = ?names, "self-signed certificate generated (development only)");
+        store
+    } else if let Some(t) = tls_config {
+        let store = t.settings.load()?;
+        tracing::info!(cert = %t.settings.cert.display(), fingerprint = %store.fingerprint(), "certificate loaded");
+        store
+    } else {
+        return Ok((None, None));
+    };
+    Ok((Some(Tls::new(store.clone(), timeout, hsts)), Some(store)))
 }
 
 /// On every SIGHUP: read and validate the config file again; apply it if valid, otherwise log why
@@ -142,6 +188,7 @@ async fn reload_on_sighup(
     path: Option<PathBuf>,
     registry: HandlerRegistry,
     listen: SocketAddr,
+    certs: Option<Arc<CertStore>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -152,6 +199,15 @@ async fn reload_on_sighup(
         }
     };
     while hup.recv().await.is_some() {
+        // The certificate first: a bad new pair is refused and the old one keeps serving.
+        if let Some(store) = &certs {
+            match store.reload() {
+                Ok(fingerprint) => tracing::info!(%fingerprint, "certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate reload refused; the current one keeps serving")
+                }
+            }
+        }
         let Some(path) = &path else {
             tracing::info!("SIGHUP: serving the embedded default, nothing to reload");
             continue;

@@ -64,6 +64,19 @@ pub struct ServerConfig {
     /// A separate listener for `/status`, `/metrics`, `/healthz` and `/readyz` (which the main
     /// listener then no longer answers).
     pub admin_listen: Option<SocketAddr>,
+    /// HTTPS on the main listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS on the main listener (`[server.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate and key files, and the handshake timeout.
+    pub settings: crate::tls::TlsSettings,
+    /// `Strict-Transport-Security: max-age=N` on every HTTPS response, when set.
+    pub hsts_max_age: Option<u64>,
+    /// A plain-HTTP listener that redirects every request to HTTPS with `308`.
+    pub redirect_listen: Option<SocketAddr>,
 }
 
 /// The traffic light's sampler and policy (`[light]`).

@@ -14,7 +14,7 @@ mod status;
 
 pub use app::App;
 pub use connection::Role;
-pub use listener::{serve, serve_all, Listeners};
+pub use listener::{serve, serve_all, Listeners, Tls};
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -2,10 +2,11 @@
 
 use super::{
     Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
-    Overflow, ServerConfig, RESERVED_PATHS,
+    Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
 };
 use crate::light::policy::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
+use crate::tls::TlsSettings;
 use hyper::header::HeaderValue;
 use hyper::Method;
 use serde::Deserialize;
@@ -125,6 +126,39 @@ struct RawServer {
     max_h2_streams: u32,
     access_log: bool,
     admin_listen: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default = "default_handshake_timeout_ms")]
+    handshake_timeout_ms: u64,
+    #[serde(default)]
+    hsts_max_age_s: u64,
+    redirect_listen: Option<String>,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn parse_addr(
+    p: &Problems<'_>,
+    key: &str,
+    addr: &Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match addr {
+        None => Ok(None),
+        Some(a) => a.parse().map(Some).map_err(|_| {
+            p.at(
+                key,
+                format!("`{a}` is not an address such as 127.0.0.1:9090"),
+            )
+        }),
+    }
 }
 
 impl Default for RawServer {
@@ -141,6 +175,7 @@ impl Default for RawServer {
             max_h2_streams: 64,
             access_log: true,
             admin_listen: None,
+            tls: None,
         }
     }
 }
@@ -317,14 +352,23 @@ impl RawServer {
                 n => n,
             },
             access_log: self.access_log,
-            admin_listen: match &self.admin_listen {
+            admin_listen: parse_addr(p, "server.admin_listen", &self.admin_listen)?,
+            tls: match self.tls {
                 None => None,
-                Some(a) => Some(a.parse().map_err(|_| {
-                    p.at(
-                        "server.admin_listen",
-                        format!("`{a}` is not an address such as 127.0.0.1:9090"),
-                    )
-                })?),
+                Some(t) => Some(TlsConfig {
+                    settings: TlsSettings {
+                        cert: t.cert,
+                        key: t.key,
+                        handshake_timeout: p
+                            .millis("server.tls.handshake_timeout_ms", t.handshake_timeout_ms)?,
+                    },
+                    hsts_max_age: (t.hsts_max_age_s > 0).then_some(t.hsts_max_age_s),
+                    redirect_listen: parse_addr(
+                        p,
+                        "server.tls.redirect_listen",
+                        &t.redirect_listen,
+                    )?,
+                }),
             },
         })
     }

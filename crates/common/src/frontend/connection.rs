@@ -7,7 +7,7 @@ use super::router::route;
 use super::{to_body, Answer};
 use crate::handler::text_response;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION};
+use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
@@ -23,6 +23,8 @@ pub enum Role {
     Public,
     /// The server's own paths only: `/status`, `/metrics`, `/healthz`, `/readyz`.
     Admin,
+    /// Plain HTTP redirecting everything to HTTPS on this port (`308 Permanent Redirect`).
+    Redirect(u16),
 }
 
 impl Role {
@@ -43,6 +45,7 @@ pub(super) fn service(
     role: Role,
     remote: SocketAddr,
     local: SocketAddr,
+    hsts: Option<HeaderValue>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = hyper::Response<super::Body>,
@@ -56,14 +59,21 @@ pub(super) fn service(
     service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let served = served.clone();
+        let hsts = hsts.clone();
         async move {
             let logged = app.server.access_log.then(|| AccessLine::of(&req, remote));
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
             let last = req.version() < hyper::Version::HTTP_2
                 && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
-            let mut answer: Answer = route(app.clone(), role, req, remote, local).await;
+            let mut answer: Answer = match role {
+                Role::Redirect(port) => Ok(redirect(&req, port)),
+                _ => route(app.clone(), role, req, remote, local).await,
+            };
             if let (Some(line), Ok(resp)) = (logged, answer.as_ref()) {
                 line.write(&app, resp);
+            }
+            if let (Some(hsts), Ok(resp)) = (hsts, answer.as_mut()) {
+                resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
             }
             if last {
                 if let Ok(resp) = answer.as_mut() {
@@ -74,6 +84,43 @@ pub(super) fn service(
             answer
         }
     })
+}
+
+/// `308` to the same host and path on HTTPS; `400` without a usable Host.
+fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map_or(h, |(name, _)| name)
+        });
+    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' '])) else {
+        return to_body(text_response(
+            StatusCode::BAD_REQUEST,
+            "a Host header is needed to redirect to HTTPS",
+        ));
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    let mut resp = to_body(text_response(StatusCode::PERMANENT_REDIRECT, "use HTTPS"));
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            resp.headers_mut().insert(LOCATION, value);
+            resp
+        }
+        Err(_) => to_body(text_response(
+            StatusCode::BAD_REQUEST,
+            "cannot redirect this request",
+        )),
+    }
 }
 
 /// `404` for a path this listener does not serve.

@@ -22,14 +22,58 @@ pub struct Listeners {
     pub main: TcpListener,
     /// Serves only `/status`, `/metrics`, `/healthz` and `/readyz` (for example on 127.0.0.1).
     pub admin: Option<TcpListener>,
+    /// Plain HTTP that redirects every request to HTTPS on the main listener (`308`).
+    pub redirect: Option<TcpListener>,
+    /// HTTPS on the main listener.
+    pub tls: Option<Tls>,
 }
 
 impl Listeners {
-    /// Just a main listener.
+    /// Just a main listener, plain HTTP.
     pub fn main(listener: TcpListener) -> Listeners {
         Listeners {
             main: listener,
             admin: None,
+            redirect: None,
+            tls: None,
+        }
+    }
+}
+
+/// HTTPS on the main listener: the acceptor (whose certificate store SIGHUP reloads), the
+/// handshake deadline, and the HSTS header to add, if any.
+#[derive(Clone)]
+pub struct Tls {
+    /// The rustls acceptor, built once from [`crate::tls::server_config`].
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// `Strict-Transport-Security` value for every HTTPS response.
+    pub hsts: Option<hyper::header::HeaderValue>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("hsts", &self.hsts)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// HTTPS from a certificate store and the config's settings.
+    pub fn new(
+        store: Arc<crate::tls::CertStore>,
+        handshake_timeout: Duration,
+        hsts_max_age: Option<u64>,
+    ) -> Tls {
+        Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(store)),
+            handshake_timeout,
+            hsts: hsts_max_age.and_then(|age| {
+                hyper::header::HeaderValue::from_str(&format!("max-age={age}")).ok()
+            }),
         }
     }
 }
@@ -53,25 +97,32 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
     } else {
         Role::PublicAndAdmin
     };
+    let https_port = listeners.main.local_addr().map(|a| a.port()).unwrap_or(443);
+    let tls = listeners.tls.map(Arc::new);
     let mut loops = vec![(listeners.main, main_role, "accept-loop")];
     if let Some(admin) = listeners.admin {
         loops.push((admin, Role::Admin, "admin-accept-loop"));
+    }
+    if let Some(redirect) = listeners.redirect {
+        loops.push((redirect, Role::Redirect(https_port), "redirect-accept-loop"));
     }
     let accepts: Vec<_> = loops
         .into_iter()
         .map(|(listener, role, name)| {
             let listener = Arc::new(listener);
-            let (app, graceful, builder, limit, stop_rx) = (
+            let (app, graceful, builder, limit, stop_rx, tls) = (
                 app.clone(),
                 graceful.clone(),
                 builder.clone(),
                 limit.clone(),
                 stop_rx.clone(),
+                tls.clone(),
             );
             tokio::spawn(supervise_task(name, Backoff::default(), move || {
                 accept_loop(
                     listener.clone(),
                     role,
+                    tls.clone(),
                     app.clone(),
                     builder.clone(),
                     graceful.clone(),
@@ -140,9 +191,11 @@ fn connection_builder(app: &App) -> Builder<TokioExecutor> {
     builder
 }
 
+#[allow(clippy::too_many_arguments)] // the loop's whole context, passed once per restart
 async fn accept_loop(
     listener: Arc<TcpListener>,
     role: Role,
+    tls: Option<Arc<Tls>>,
     app: Arc<App>,
     builder: Arc<Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -173,23 +226,66 @@ async fn accept_loop(
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
-        let service = connection::service(app.clone(), role, remote, local);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         let app = app.clone();
+        let (builder, graceful, tls) = (builder.clone(), graceful.clone(), tls.clone());
         app.connection_opened();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                // Ignored overflow ends a connection on purpose: no log at all for it.
-                if !is_ignored(e.as_ref()) {
-                    tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
+            match tls.filter(|_| role.serves_endpoints()) {
+                None => {
+                    let service = connection::service(app.clone(), role, remote, local, None);
+                    serve_io(TokioIo::new(stream), service, &builder, &graceful, remote).await;
+                }
+                // A failed or stalled handshake costs this task at most the handshake timeout.
+                Some(tls) => {
+                    match crate::tls::handshake(&tls.acceptor, stream, tls.handshake_timeout).await
+                    {
+                        Ok(stream) => {
+                            let service = connection::service(
+                                app.clone(),
+                                role,
+                                remote,
+                                local,
+                                tls.hsts.clone(),
+                            );
+                            serve_io(TokioIo::new(stream), service, &builder, &graceful, remote)
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::trace!(client = %remote, cause = %e, "TLS handshake failed")
+                        }
+                    }
                 }
             }
             app.connection_closed();
         });
+    }
+}
+
+/// Serve one connection (plain or TLS) with hyper until it ends, under the graceful watcher.
+async fn serve_io<I, S>(
+    io: TokioIo<I>,
+    service: S,
+    builder: &Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    remote: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<super::Body>,
+            Error = Ignored,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+    if let Err(e) = conn.await {
+        // Ignored overflow ends a connection on purpose: no log at all for it.
+        if !is_ignored(e.as_ref()) {
+            tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
+        }
     }
 }
 
