@@ -1,4 +1,5 @@
 //! Tests of the exec handler against real child processes.
+//! Compiled only under #[cfg(test)] (declared by the parent module).
 
 use super::children::Registry;
 use super::*;

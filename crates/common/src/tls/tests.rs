@@ -1,4 +1,5 @@
 //! Real TLS handshakes over 127.0.0.1 against the checked-in fixtures (see `fixtures/README.md`).
+//! Compiled only under #[cfg(test)] (declared by the parent module).
 
 use super::store::fingerprint;
 use super::*;
