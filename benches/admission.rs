@@ -493,9 +493,8 @@ fn loopback_overflow(scale: Scale) -> anyhow::Result<Vec<Row>> {
             },
             String::new(),
         );
-        row.note = format!(
-            "µs-scale round trip incl. client; {wrong} unexpected answers; allocs = server's"
-        );
+        row.note =
+            format!("round trip incl. the client; {wrong} unexpected answers; allocs = server's");
         rows.push(row);
     }
     let overflowed: u64 = app

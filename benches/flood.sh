@@ -4,18 +4,22 @@
 # multiple, server pinned to CPU 0 and load generator to CPU 1. Loopback only; every run stops by
 # itself. Prints two markdown tables and saves them under bench-results/.
 #
-#   bash benches/flood.sh                       # the full run (about 2 minutes)
-#   DURATION=3 MULTIPLES="1 50" bash benches/flood.sh   # a quick look
+#   bash benches/flood.sh                                # the full run (about 2.5 minutes)
+#   DURATION=3 MULTIPLES="1 50" LEAVE=0 bash benches/flood.sh   # a quick look
 #
 # Environment: DURATION (s of sending per multiple, default 10), MULTIPLES (default "1 5 20 50"),
-# LEAVE=0 to skip the two extra "clients leave early" runs, SERVER_CPU / LOADGEN_CPU (default 0 / 1),
-# OUT (result file). See docs/BENCHMARKS.md for what each column means.
+# LEAVE=0 to skip the two extra "clients leave early" runs, OVERFLOW=reject to answer 503 instead
+# of closing, ACCESS_LOG=false to turn the server's access log off (it is on, as shipped),
+# SERVER_CPU / LOADGEN_CPU (default 0 / 1), OUT (result file). See docs/BENCHMARKS.md for what
+# each column means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 MULTIPLES=${MULTIPLES:-"1 5 20 50"}
 LEAVE=${LEAVE:-1}
+OVERFLOW=${OVERFLOW:-ignore}
+ACCESS_LOG=${ACCESS_LOG:-true}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 QUEUE=20
@@ -43,6 +47,7 @@ config() {
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace_ms = 2000
+access_log = $ACCESS_LOG
 
 [[endpoint]]
 path = "/sleep100"
@@ -50,7 +55,7 @@ methods = ["GET"]
 builtin = "sleep100"
 mode = "crab"
 queue = $QUEUE
-overflow = "ignore"
+overflow = "$OVERFLOW"
 queue_timeout_ms = $1
 pace_ms = 0
 EOF
@@ -117,9 +122,10 @@ headers=$("$BIN/loadgen" --headers)
   echo "# Flood benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
-  echo "Endpoint: crab, sleep100 (${JOB_MS} ms), queue ${QUEUE}, overflow ignore, queue_timeout_ms ${QUEUE_TIMEOUT_MS} (unless the row says otherwise);"
+  echo "Endpoint: crab, sleep100 (${JOB_MS} ms), queue ${QUEUE}, overflow ${OVERFLOW}, queue_timeout_ms ${QUEUE_TIMEOUT_MS} (unless the row says otherwise);"
   echo "capacity ${CAPACITY_RPS} rps; ${DURATION} s of open-loop load per row; bar for admitted p99: ${BAR_MS} ms."
-  echo "Server on CPU ${SERVER_CPU}, loadgen on CPU ${LOADGEN_CPU}; a fresh server per row."
+  echo "Server on CPU ${SERVER_CPU}, loadgen on CPU ${LOADGEN_CPU}; a fresh server per row; access log ${ACCESS_LOG} (to a file)."
+  echo "Latency bars: p99 ÷ bar uses the nominal job time; the last column uses the job time the server measured."
   echo
   echo "$headers" | sed -n 's/^TABLE1 //p'
   printf '%s\n' "${table1[@]}"

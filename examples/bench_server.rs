@@ -4,7 +4,8 @@
 //! `sleep100`, that sleeps 100 ms and answers `200` (so a crab endpoint serving it has a capacity of
 //! 10 requests per second). It binds the config's `listen` address (use port 0 for any free port),
 //! prints `bench_server listening on ADDR` on stdout, and stops by itself on SIGINT/SIGTERM or after
-//! `--max-seconds`. `--job-log FILE` records each job's client port and start/end times. Loopback
+//! `--max-seconds`. `--job-log FILE` records each job's client port and start/end times. Logs go to
+//! stderr as the real binary's do (`RUST_LOG`, default `info`, access log as configured). Loopback
 //! addresses only. See `docs/BENCHMARKS.md`.
 
 use anyhow::{bail, Context};
@@ -88,6 +89,14 @@ fn load(args: &Args) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Logging as the real binary does it (stderr, `RUST_LOG`, default `info`), so its cost counts.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let config = load(&args)?;
     let mut registry = HandlerRegistry::default();
     let job_log = match &args.job_log {

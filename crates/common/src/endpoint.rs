@@ -160,15 +160,17 @@ impl Endpoint {
         Some(resp)
     }
 
-    /// Expected queue wait of a request admitted now: queue depth ÷ concurrency × job time.
-    /// Zero until a first job has run.
+    /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job
+    /// time. Zero until a first job has run.
     pub fn expected_wait(&self) -> Duration {
         let Some(job_time) = self.runner.job_time() else {
             return Duration::ZERO;
         };
-        let depth = u32::try_from(self.queue.depth()).unwrap_or(u32::MAX);
+        // Everything ahead of a new job: the queued ones and the ones running now.
+        let ahead = self.queue.depth() + self.runner.running();
+        let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
         let concurrency = u32::try_from(self.executor.concurrency().max(1)).unwrap_or(u32::MAX);
-        job_time.saturating_mul(depth) / concurrency
+        job_time.saturating_mul(ahead) / concurrency
     }
 
     /// Seconds a rejected client should wait before retrying: the time for the queue ahead of it to

@@ -28,6 +28,9 @@ pub enum Refused {
 struct Filling {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// The executor is asleep in `take_batch`: only then does a push need to wake it (a futex
+    /// call), so a busy executor costs the front end no system call per admission.
+    waiting: bool,
 }
 
 /// A bounded queue whose consumer takes the whole pending batch at once.
@@ -52,6 +55,7 @@ impl HandoffQueue {
             filling: Mutex::new(Filling {
                 jobs: VecDeque::with_capacity(capacity.min(4096)),
                 closed: false,
+                waiting: false,
             }),
             ready: Condvar::new(),
         }
@@ -94,8 +98,11 @@ impl HandoffQueue {
             return Err(Refused::Closed(job));
         }
         filling.jobs.push_back(job);
+        let wake = filling.waiting;
         drop(filling);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -125,10 +132,12 @@ impl HandoffQueue {
             if filling.closed {
                 return None;
             }
+            filling.waiting = true;
             filling = match self.ready.wait_timeout(filling, tick) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            filling.waiting = false;
         }
     }
 

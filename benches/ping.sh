@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# GET /ping benchmark: fiddler_crab (release binary; /ping builtin in jellyfish mode, then the
+# same endpoint in crab mode) against a bare hyper 1 server (examples/bare_hyper.rs), under a
+# closed-loop wrk load. Server pinned to CPU 0, wrk to CPU 1. Per run: requests/s, p50/p99
+# latency (wrk --latency), and server CPU microseconds per request: the utime + stime delta of
+# /proc/PID/stat over the wrk run divided by the requests wrk completed. The servers are run in
+# turn, ROUNDS times, and each figure's median is reported. Loopback only; every run ends by
+# itself. Needs wrk (Debian: apt-get install -y wrk).
+#
+#   bash benches/ping.sh                          # 3 rounds of 10 s per server (about 2 minutes)
+#   ROUNDS=1 DURATION=3 bash benches/ping.sh      # a quick look
+#
+# Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
+# CONNECTIONS (default 32), THREADS (wrk threads, default 1), SERVER_CPU / LOADGEN_CPU (default
+# 0 / 1), SERVERS (default "bare jellyfish crab"; also "bare-plain": hyper's builder defaults),
+# OUT (result file). Before each measurement the script waits until no other benchmark
+# (bench_server, loadgen, wrk, flood.sh, adaptive.sh) runs, and repeats a run during which one
+# started. See docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+SERVERS=${SERVERS:-"bare jellyfish crab"}
+mkdir -p bench-results
+OUT=${OUT:-bench-results/ping-$(date +%Y%m%d-%H%M%S).md}
+OTHERS='bench_server|loadgen|wrk|flood\.sh|adaptive\.sh'
+
+command -v wrk >/dev/null || { echo "wrk not found (Debian: apt-get install -y wrk)" >&2; exit 1; }
+cargo build --release --bin fiddler_crab --example bare_hyper
+# Private copies: a rebuild by someone else during the run cannot swap the binaries.
+work=$(mktemp -d /tmp/fc-ping.XXXXXX)
+cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+CLK_TCK=$(getconf CLK_TCK)
+
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# Other benchmarks' processes (never this script's own: none of its command lines match).
+others() { pgrep -fa "$OTHERS" | grep -v "^$$ " || true; }
+wait_quiet() {
+  local said=0
+  while [ -n "$(others)" ]; do
+    if [ $said = 0 ]; then
+      echo "waiting for another benchmark to finish:" >&2
+      others >&2
+      said=1
+    fi
+    sleep 5
+  done
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# fiddler_crab_config MODE PORT
+fiddler_crab_config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$2"
+access_log = false
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+mode = "$1"
+builtin = "ping"
+queue = 1024
+overflow = "reject"
+EOF
+}
+
+# start_server NAME: starts it on CPU $SERVER_CPU, sets server_pid and url.
+start_server() {
+  local port
+  port=$(free_port)
+  case $1 in
+    bare) taskset -c "$SERVER_CPU" "$work/bare_hyper" --listen "127.0.0.1:$port" \
+            --max-seconds 300 >"$work/server.log" 2>&1 & ;;
+    bare-plain) taskset -c "$SERVER_CPU" "$work/bare_hyper" --plain --listen "127.0.0.1:$port" \
+            --max-seconds 300 >"$work/server.log" 2>&1 & ;;
+    jellyfish | crab)
+      fiddler_crab_config "$1" "$port" >"$work/$1.toml"
+      taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/$1.toml" \
+        >"$work/server.log" 2>&1 & ;;
+    *) echo "unknown server $1" >&2; exit 2 ;;
+  esac
+  server_pid=$!
+  url="http://127.0.0.1:$port/ping"
+  local i
+  for i in $(seq 1 100); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$url" 2>/dev/null; then
+      return
+    fi
+    sleep 0.1
+  done
+  echo "$1 did not start:" >&2
+  cat "$work/server.log" >&2
+  exit 1
+}
+
+cpu_ticks() { # utime + stime of a process, in clock ticks
+  sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+to_us() { # wrk latency such as 812.00us, 1.23ms, 2.00s → microseconds
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
+    else if (v ~ /s$/) print n * 1000000; else print n }'
+}
+
+results="$work/results.tsv"
+: >"$results"
+# measure NAME ROUND: one warm-up and one measured wrk run against a fresh server.
+measure() {
+  local name=$1 round=$2 before after wrk_out requests rps p50 p99 errors cpu_us
+  while :; do
+    wait_quiet
+    start_server "$name"
+    taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    before=$(cpu_ticks "$server_pid")
+    wrk_out=$(taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+    after=$(cpu_ticks "$server_pid")
+    stop_server
+    if [ -z "$(others)" ]; then break; fi
+    echo "another benchmark started during $name round $round; repeating it" >&2
+  done
+  requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' <<<"$wrk_out")
+  rps=$(sed -n 's/^Requests\/sec: *//p' <<<"$wrk_out")
+  p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$wrk_out")")
+  p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$wrk_out")")
+  errors=$(sed -n 's/^ *Non-2xx or 3xx responses: *//p' <<<"$wrk_out")
+  errors=${errors:-0}
+  cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+    'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+  local busy
+  busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="$DURATION" \
+    'BEGIN { printf "%.0f", t / hz / d * 100 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$requests" "$rps" "$p50" \
+    "$p99" "$cpu_us" "$busy" "$errors" >>"$results"
+  echo "$name round $round: $rps req/s, p50 ${p50} us, p99 ${p99} us, ${cpu_us} CPU-us/req," \
+    "server CPU ${busy}% of one core, non-2xx $errors" >&2
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for name in $SERVERS; do
+    measure "$name" "$round"
+  done
+done
+
+{
+  echo "# GET /ping benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
+  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after a ${WARMUP} s warm-up), keep-alive;"
+  echo "server on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh server per run; $ROUNDS rounds, servers in turn."
+  echo
+  python3 - "$results" "$SERVERS" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+names = sys.argv[2].split()
+label = {
+    "bare": "bare hyper (examples/bare_hyper.rs)",
+    "bare-plain": "bare hyper, builder defaults (--plain)",
+    "jellyfish": "fiddler_crab, /ping jellyfish",
+    "crab": "fiddler_crab, /ping crab",
+}
+med = {}
+for n in names:
+    rs = [r for r in rows if r[0] == n]
+    col = lambda i: statistics.median(float(r[i]) for r in rs)
+    med[n] = dict(rps=col(3), p50=col(4), p99=col(5), cpu=col(6), busy=col(7),
+                  errors=sum(int(r[8]) for r in rs), runs=[r[6] for r in rs])
+base = med.get("bare")
+print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req | req/s ÷ bare | server CPU % of a core | non-2xx | CPU µs/req per run |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for n in names:
+    m = med[n]
+    ratio = f"{m['cpu'] / base['cpu']:.2f}×" if base else "–"
+    rps_ratio = f"{m['rps'] / base['rps']:.2f}" if base else "–"
+    print(f"| {label.get(n, n)} | {m['rps']:.0f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.2f} | "
+          f"{ratio} | {rps_ratio} | {m['busy']:.0f} | {m['errors']} | {' / '.join(m['runs'])} |")
+EOF
+} | tee "$OUT"
+echo "saved to $OUT" >&2

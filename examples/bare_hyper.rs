@@ -1,0 +1,116 @@
+//! Run with `cargo run --release --example bare_hyper -- --listen 127.0.0.1:0`.
+//!
+//! The baseline of the `GET /ping` benchmark (`benches/ping.sh`): a bare hyper 1 server with no
+//! routing, no queue, no counters and no traffic light. It answers every request with the same
+//! bytes fiddler_crab's `ping` builtin sends (`200`, `text/plain; charset=utf-8`, `pong\n`), on the
+//! same runtime (tokio multi-thread, as `src/main.rs` builds it) and the same hyper-util auto
+//! builder configured as fiddler_crab's accept loop configures it (HTTP/1 header-read timer of
+//! 10 s, 16 KiB head limit, no half-close, `TCP_NODELAY`), so the difference between the two is
+//! what fiddler_crab does per request, not how hyper is set up. `--plain` uses the builder's
+//! defaults instead. It prints `bare_hyper listening on ADDR` on stdout and stops by itself on
+//! SIGINT/SIGTERM or after `--max-seconds`. Loopback addresses only. See `docs/BENCHMARKS.md`.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A bare hyper hello-world server, the baseline for `benches/ping.sh`.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Address to listen on (loopback only; port 0 for any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Stop by itself after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+    /// Use the auto builder's defaults instead of fiddler_crab's settings.
+    #[arg(long)]
+    plain: bool,
+}
+
+/// fiddler_crab's defaults for `server.header_read_timeout_ms` and `server.max_header_bytes`.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+async fn pong(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"pong\n")));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+fn builder(plain: bool) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    if !plain {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .half_close(false);
+    }
+    builder
+}
+
+async fn serve(listener: tokio::net::TcpListener, builder: Builder<TokioExecutor>) {
+    let builder = std::sync::Arc::new(builder);
+    loop {
+        let Ok((stream, _remote)) = listener.accept().await else {
+            // Out of descriptors or similar: the benchmark never gets here; do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service_fn(pong))
+                .await;
+        });
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "bare_hyper serves loopback addresses only, not {}",
+            args.listen
+        );
+    }
+    // The same runtime as `src/main.rs`: multi-thread, one worker per CPU the process may use.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot bind {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "bare_hyper listening on {addr}")?;
+        out.flush()?;
+        drop(out);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            () = serve(listener, builder(args.plain)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            () = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}
+        }
+        Ok(())
+    })
+}
