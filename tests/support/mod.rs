@@ -1,8 +1,10 @@
 //! Test support: a real fiddler_crab server started from a config string on port 0, a real
 //! HTTP/1 client (one fresh connection per request), and handlers whose timing the test controls.
 //!
-//! - [`TestServer`]: start, talk to, look inside (`app`, counters, status), shut down.
+//! - [`TestServer`]: start, talk to, look inside (`app`, counters, status), reload, shut down;
+//!   [`Launch`] starts one with a fixed traffic light and/or an admin listener.
 //! - [`Client`]: a copyable handle for requests from spawned tasks; [`Reply`] is what came back.
+//!   [`H1Conn`] and [`H2Conn`] keep one connection open across requests.
 //! - [`Recorder`]: records every run (id, start, end), holds requests marked `x-hold` on its
 //!   [`Gate`] until the test releases them, panics on `x-panic`.
 //! - [`Panicker`]: panics when the body says `panic`.
@@ -13,9 +15,11 @@ use bytes::Bytes;
 use common::counters::CountersSnapshot;
 use common::endpoint::{Endpoint, EndpointStatus};
 use common::frontend::App;
+use common::frontend::Listeners;
 use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
+use common::light::TrafficLight;
 use fiddler_crab::config::Config;
-use fiddler_crab::{HandlerRegistry, Server};
+use fiddler_crab::{HandlerRegistry, ReloadSummary, Reloader, Server};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Request, Response, StatusCode};
@@ -37,10 +41,79 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the admin listener listens, if it was started with one ([`Launch::admin`]).
+    pub admin: Option<SocketAddr>,
     /// Its endpoints and counters.
     pub app: Arc<App>,
+    reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+}
+
+/// How to start a [`TestServer`] beyond its config: handlers, a fixed traffic light, an admin
+/// listener. `TestServer::launch(toml).registry(&r).light(&light).admin().start().await`.
+#[must_use]
+pub struct Launch {
+    toml: String,
+    registry: HandlerRegistry,
+    light: Option<TrafficLight>,
+    admin: bool,
+}
+
+impl Launch {
+    /// Resolve `builtin = "..."` names in `registry` (default: the builtins only).
+    pub fn registry(mut self, registry: &HandlerRegistry) -> Launch {
+        self.registry = registry.clone();
+        self
+    }
+
+    /// Use `light` (typically [`TrafficLight::fixed`]) instead of sampling the machine, so
+    /// decisions do not depend on its load; the test flips it with [`TrafficLight::set`].
+    pub fn light(mut self, light: &TrafficLight) -> Launch {
+        self.light = Some(light.clone());
+        self
+    }
+
+    /// Also serve an admin listener (status, metrics, probes) on its own port 0.
+    pub fn admin(mut self) -> Launch {
+        self.admin = true;
+        self
+    }
+
+    /// Build the server and serve it on the test's runtime. The config's `listen` and
+    /// `admin_listen` are ignored: every listener is a fresh port 0 one.
+    pub async fn start(self) -> TestServer {
+        let config = Config::from_toml(&self.toml, "test.toml")
+            .unwrap_or_else(|e| panic!("the test config is invalid: {e}"));
+        let server = match self.light {
+            Some(light) => Server::build_with_light(&config, &self.registry, light),
+            None => Server::build(&config, &self.registry),
+        }
+        .unwrap_or_else(|e| panic!("the server cannot be built: {e}"));
+        let app = server.app().clone();
+        let reloader = server.reloader();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("listener address");
+        let mut listeners = Listeners::main(listener);
+        let mut admin = None;
+        if self.admin {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+            admin = Some(listener.local_addr().expect("admin listener address"));
+            listeners.admin = Some(listener);
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_all(listeners, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            admin,
+            app,
+            reloader,
+            stop: Some(stop),
+            task,
+        }
+    }
 }
 
 impl TestServer {
@@ -52,23 +125,39 @@ impl TestServer {
     /// Start a server for `toml` whose `builtin = "..."` names resolve in `registry`.
     /// The config's `listen` is ignored: the server gets a fresh port 0 listener.
     pub async fn start_with(toml: &str, registry: &HandlerRegistry) -> TestServer {
-        let config = Config::from_toml(toml, "test.toml")
-            .unwrap_or_else(|e| panic!("the test config is invalid: {e}"));
-        let server = Server::build(&config, registry)
-            .unwrap_or_else(|e| panic!("the server cannot be built: {e}"));
-        let app = server.app().clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let addr = listener.local_addr().expect("listener address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(listener, async move {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            app,
-            stop: Some(stop),
-            task,
+        TestServer::launch(toml).registry(registry).start().await
+    }
+
+    /// Start a server for `toml` with more options; see [`Launch`].
+    pub fn launch(toml: &str) -> Launch {
+        Launch {
+            toml: toml.to_string(),
+            registry: HandlerRegistry::default(),
+            light: None,
+            admin: false,
         }
+    }
+
+    /// A handle for requests to the admin listener.
+    pub fn admin_client(&self) -> Client {
+        Client {
+            addr: self
+                .admin
+                .expect("the server was started without an admin listener"),
+        }
+    }
+
+    /// Apply `toml` to the running server as a config reload (what SIGHUP does).
+    pub fn reload(&self, toml: &str) -> ReloadSummary {
+        self.try_reload(toml)
+            .unwrap_or_else(|e| panic!("the reload was refused: {e}"))
+    }
+
+    /// Apply `toml` (which must parse) as a config reload; the server may refuse it.
+    pub fn try_reload(&self, toml: &str) -> Result<ReloadSummary, fiddler_crab::BuildError> {
+        let config = Config::from_toml(toml, "reload.toml")
+            .unwrap_or_else(|e| panic!("the reload config is invalid: {e}"));
+        self.reloader.apply(&config)
     }
 
     /// A handle for sending requests, also from spawned tasks.
@@ -255,23 +344,7 @@ impl Client {
     /// Write `request` as-is on a fresh connection and read until the server closes it. A reset
     /// ends the read like a close does: either way, what was read is all the server sent.
     pub async fn raw(&self, request: &[u8]) -> Vec<u8> {
-        let mut stream = self.open_raw(request).await;
-        let mut received = Vec::new();
-        let read = async {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match stream.read(&mut chunk).await {
-                    Ok(0) => break,
-                    Ok(n) => received.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                    Err(e) => panic!("raw read failed: {e}"),
-                }
-            }
-        };
-        if tokio::time::timeout(PATIENCE, read).await.is_err() {
-            panic!("the server neither answered nor closed the connection within {PATIENCE:?}");
-        }
-        received
+        read_to_close(self.open_raw(request).await).await
     }
 
     /// Open a connection and write `request` on it; the caller reads, or drops it to leave.
@@ -280,6 +353,176 @@ impl Client {
         stream.write_all(request).await.expect("write request");
         stream
     }
+
+    /// Open one HTTP/1.1 connection to send several requests on, one after another.
+    pub async fn connect_h1(&self) -> H1Conn {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+        H1Conn {
+            sender,
+            driver: tokio::spawn(conn),
+        }
+    }
+
+    /// Open one HTTP/2 connection with prior knowledge (h2c); its streams run concurrently.
+    pub async fn connect_h2(&self) -> H2Conn {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        H2Conn {
+            addr: self.addr,
+            sender,
+            driver: Arc::new(tokio::spawn(conn)),
+        }
+    }
+}
+
+/// Collect a response's whole body into a [`Reply`].
+async fn read_reply(response: Response<hyper::body::Incoming>) -> Result<Reply, hyper::Error> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// One HTTP/1.1 connection kept open across requests (keep-alive).
+pub struct H1Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl H1Conn {
+    /// Send `req` on this connection; the server must answer.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        let what = format!("{} {}", req.method(), req.uri());
+        match self.try_send(req).await {
+            Ok(reply) => reply,
+            Err(e) => panic!("{what}: no answer on the kept-open connection: {e:?}"),
+        }
+    }
+
+    /// Send `req` on this connection; an error means it ended without a (complete) answer.
+    pub async fn try_send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        let what = format!("{} {}", req.method(), req.uri());
+        let exchange = async {
+            self.sender.ready().await?;
+            read_reply(self.sender.send_request(req).await?).await
+        };
+        match tokio::time::timeout(PATIENCE, exchange).await {
+            Ok(result) => result,
+            Err(_) => panic!("{what}: no answer within {PATIENCE:?}"),
+        }
+    }
+
+    /// Wait until the server has closed the connection (the client's driver ends); fails after
+    /// [`PATIENCE`].
+    pub async fn closed(mut self) {
+        // The sender stays alive meanwhile, so the client does not close the connection itself.
+        let _ = within("the server to close the connection", &mut self.driver).await;
+    }
+}
+
+impl Drop for H1Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// One HTTP/2 (h2c, prior knowledge) connection; clones share it, each request is a stream.
+#[derive(Clone)]
+pub struct H2Conn {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    driver: Arc<JoinHandle<Result<(), hyper::Error>>>,
+}
+
+impl H2Conn {
+    /// Send `req` as a new stream; the server must answer.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let what = format!("{} {}", req.method(), req.uri());
+        match self.try_send(req).await {
+            Ok(reply) => reply,
+            Err(e) => panic!("{what}: no answer on the HTTP/2 connection: {e:?}"),
+        }
+    }
+
+    /// Send `req` as a new stream; an error means the stream (or the connection) was reset.
+    pub async fn try_send(&self, mut req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        let what = format!("{} {}", req.method(), req.uri());
+        // HTTP/2 carries scheme and authority as pseudo-headers: give the request an absolute URI.
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        *req.uri_mut() = format!("http://{}{path}", self.addr)
+            .parse()
+            .expect("an absolute URI");
+        req.headers_mut().remove(HOST);
+        let mut sender = self.sender.clone();
+        let exchange = async {
+            sender.ready().await?;
+            read_reply(sender.send_request(req).await?).await
+        };
+        match tokio::time::timeout(PATIENCE, exchange).await {
+            Ok(result) => result,
+            Err(_) => panic!("{what}: no answer within {PATIENCE:?}"),
+        }
+    }
+
+    /// Send `req` as a new stream from a new task; await the handle for the outcome.
+    pub fn spawn(&self, req: Request<Full<Bytes>>) -> JoinHandle<Result<Reply, hyper::Error>> {
+        let conn = self.clone();
+        tokio::spawn(async move { conn.try_send(req).await })
+    }
+
+    /// True while the connection is open.
+    pub fn is_open(&self) -> bool {
+        !self.driver.is_finished()
+    }
+}
+
+impl Drop for H2Conn {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.driver) == 1 {
+            self.driver.abort();
+        }
+    }
+}
+
+/// Read `stream` until the server closes it (or resets it: either way, what was read is all the
+/// server sent); fails after [`PATIENCE`].
+pub async fn read_to_close(mut stream: TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("raw read failed: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(PATIENCE, read).await.is_err() {
+        panic!("the server neither answered nor closed the connection within {PATIENCE:?}");
+    }
+    received
+}
+
+/// A port that was free a moment ago (for the real binary, which must be told where to listen).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
 }
 
 /// A request with a `Host` header.
@@ -465,6 +708,18 @@ impl Recorder {
     /// The most runs that were ever inside the handler at once.
     pub fn max_active(&self) -> usize {
         self.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Runs inside the handler now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Start measuring [`Recorder::max_active`] afresh (from the runs inside now), for example
+    /// between two batches; returns the peak measured so far.
+    pub fn reset_max_active(&self) -> usize {
+        self.max_active
+            .swap(self.active.load(Ordering::SeqCst), Ordering::SeqCst)
     }
 }
 
