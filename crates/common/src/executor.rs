@@ -60,6 +60,9 @@ pub struct JobRunner {
     job_time_us: AtomicU64,
     /// Distribution of handler run times, for `/metrics`.
     job_seconds: Histogram,
+    /// When the latest job started, in µs since `epoch` (0: none yet).
+    last_start_us: AtomicU64,
+    epoch: Instant,
 }
 
 /// Weight of the newest run in the job-time moving average, as 1/N.
@@ -92,6 +95,8 @@ impl JobRunner {
             job_time_us: AtomicU64::new(0),
             // 1 ms to about 9 minutes, doubling.
             job_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            last_start_us: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -134,6 +139,11 @@ impl JobRunner {
 
     fn call_claimed(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
         let started = Instant::now();
+        let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
+        self.last_start_us.store(
+            u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
         let result = match catch_panic(|| self.handler.handle(request)) {
             Ok(result) => result,
             Err(message) => {
@@ -186,9 +196,19 @@ impl JobRunner {
             });
     }
 
-    /// The moving estimate of one job's run time; `None` before the first run.
+    /// The moving estimate of one job's run time. Before any job has finished, the time the
+    /// latest job has been running is a lower bound and stands in (so a cold endpoint whose first
+    /// job runs for minutes does not admit a whole queue that could only time out); `None` before
+    /// any job started.
     pub fn job_time(&self) -> Option<Duration> {
         match self.job_time_us.load(Ordering::Relaxed) {
+            0 if self.running() > 0 => match self.last_start_us.load(Ordering::Relaxed) {
+                0 => None,
+                start => {
+                    let started = self.epoch + Duration::from_micros(start);
+                    Some(started.elapsed()).filter(|d| !d.is_zero())
+                }
+            },
             0 => None,
             us => Some(Duration::from_micros(us)),
         }
@@ -218,5 +238,67 @@ pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobR
         tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = executor.mode(), "batch handed off");
         executor.run_batch(&mut batch, runner);
         spare = batch.into_spare();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::JobResponse;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    /// Blocks each call until the test sends on its channel.
+    struct Held(Mutex<mpsc::Receiver<()>>);
+
+    impl Handler for Held {
+        fn handle(&self, _req: &JobRequest) -> Result<JobResponse, HandlerError> {
+            let _ = self.0.lock().unwrap().recv();
+            Ok(JobResponse::new(bytes::Bytes::new()))
+        }
+    }
+
+    fn request() -> JobRequest {
+        JobRequest {
+            method: hyper::Method::GET,
+            uri: hyper::Uri::from_static("/x"),
+            version: hyper::Version::HTTP_11,
+            headers: hyper::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            remote_addr: ([127, 0, 0, 1], 1).into(),
+            local_addr: ([127, 0, 0, 1], 2).into(),
+        }
+    }
+
+    #[test]
+    fn before_any_job_finished_the_running_one_bounds_the_estimate_from_below() {
+        let (release, held) = mpsc::channel();
+        let runner = Arc::new(JobRunner::new(
+            "/x",
+            Arc::new(Held(Mutex::new(held))),
+            Arc::new(HandoffQueue::new(4)),
+            Duration::from_secs(1),
+            Arc::new(EndpointCounters::default()),
+        ));
+        assert_eq!(runner.job_time(), None, "nothing started: no estimate");
+        let r = runner.clone();
+        let worker = std::thread::spawn(move || r.call(&request()).is_ok());
+        while runner.running() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let while_running = runner
+            .job_time()
+            .expect("a running job gives a lower bound");
+        assert!(
+            while_running >= Duration::from_millis(20),
+            "{while_running:?}"
+        );
+        release.send(()).unwrap();
+        assert!(worker.join().unwrap());
+        // Finished: the moving average takes over.
+        let done = runner.job_time().unwrap();
+        assert!(done >= Duration::from_millis(20), "{done:?}");
+        assert_eq!(runner.running(), 0);
     }
 }
