@@ -137,13 +137,14 @@ impl Endpoint {
     /// Run a cheap handler directly on the caller's async worker if it may: a concurrent mode with
     /// a free slot and nothing queued (so FIFO order is kept). `None`: go through the queue.
     /// Counted like a queued job: admitted, then exactly one outcome.
-    pub fn try_inline(&self, request: &JobRequest) -> Option<JobResponse> {
+    /// With `timing`, the response carries a [`JobTiming`] extension for the access log.
+    pub fn try_inline(&self, request: &JobRequest, timing: bool) -> Option<JobResponse> {
         if !self.inline || self.queue.depth() != 0 || !self.executor.allows_inline() {
             return None;
         }
         // Counted as admitted first, so no outcome is ever counted ahead of its admission.
         EndpointCounters::bump(&self.counters.admitted);
-        let started = Instant::now();
+        let started = timing.then(Instant::now);
         let Some(result) = self
             .runner
             .call_if_below(self.executor.concurrency(), request)
@@ -153,10 +154,12 @@ impl Endpoint {
         };
         self.counters.record(&result);
         let mut resp = result.unwrap_or_else(|e| text_response(e.status(), &e.to_string()));
-        resp.extensions_mut().insert(JobTiming {
-            queue_wait: Duration::ZERO,
-            run: started.elapsed(),
-        });
+        if let Some(started) = started {
+            resp.extensions_mut().insert(JobTiming {
+                queue_wait: Duration::ZERO,
+                run: started.elapsed(),
+            });
+        }
         Some(resp)
     }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 pub(super) async fn admit(
     endpoint: &Endpoint,
     body_read_timeout: Duration,
+    timing: bool,
     req: Request<Incoming>,
     remote: SocketAddr,
     local: SocketAddr,
@@ -42,28 +43,10 @@ pub(super) async fn admit(
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body =
-        match tokio::time::timeout(body_read_timeout, Limited::new(body, limit).collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Ok(too_large())
-            }
-            Ok(Err(_)) => {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the request body",
-                ))
-            }
-            Err(_) => {
-                return Ok(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body not received in time",
-                ))
-            }
-        };
+    let body = match read_body(body, limit, body_read_timeout).await {
+        Ok(body) => body,
+        Err(resp) => return Ok(resp),
+    };
     let request = JobRequest {
         method: parts.method,
         uri: parts.uri,
@@ -73,7 +56,7 @@ pub(super) async fn admit(
         remote_addr: remote,
         local_addr: local,
     };
-    if let Some(resp) = endpoint.try_inline(&request) {
+    if let Some(resp) = endpoint.try_inline(&request, timing) {
         return Ok(to_body(resp));
     }
     let counters = &endpoint.counters;
@@ -90,6 +73,36 @@ pub(super) async fn admit(
             job.discard();
             overflow(endpoint)
         }
+    }
+}
+
+/// The whole body, bounded in size (`413`) and time (`408`). A request without a body (most
+/// GETs) skips the timer and the collector altogether.
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, Response<Body>> {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return Ok(bytes::Bytes::new());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )),
     }
 }
 

@@ -74,16 +74,27 @@ pub(super) async fn route(
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         });
     }
-    let Some((endpoint, allow)) = app.route(path) else {
+    let Some(endpoint) = app.route(path) else {
         return Ok(to_body(text_response(
             StatusCode::NOT_FOUND,
             "no endpoint at this path",
         )));
     };
     if !endpoint.config.methods.contains(req.method()) {
+        let allow = app
+            .allow(path)
+            .unwrap_or_else(|| HeaderValue::from_static("GET"));
         return Ok(method_not_allowed(allow));
     }
-    admission::admit(&endpoint, app.server.body_read_timeout, req, remote, local).await
+    admission::admit(
+        &endpoint,
+        app.server.body_read_timeout,
+        app.server.access_log,
+        req,
+        remote,
+        local,
+    )
+    .await
 }
 
 fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {
