@@ -85,15 +85,24 @@ async fn counters_add_up_after_a_mixed_run() {
     drop(leaving);
     server.wait_open_connections(1).await;
 
-    // ... and one that waits past queue_timeout_ms (timed out). Both still fill the queue, so the
-    // next request is overflow.
+    // ... and one that waits past queue_timeout_ms (timed out), which gives its queue slot back
+    // at once. One more live job fills the queue again (the leaver still holds its slot until its
+    // turn), so the next request is overflow.
     let late = client.send(job("/work", "late")).await;
     assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        server.status_of("/work").queue_depth,
+        1,
+        "the expired job left the queue"
+    );
+    let filler = client.spawn(job("/work", "filler"));
+    server.wait_queued("/work", 2).await;
     let rejected = client.send(job("/work", "rejected")).await;
     assert_eq!(rejected.status, StatusCode::SERVICE_UNAVAILABLE);
 
     recorder.gate().open();
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    assert_eq!(filler.await.unwrap().status, StatusCode::OK);
     server.wait_queued("/work", 0).await;
     wait_until("every admitted job has its outcome", || {
         let c = server.counters("/work");
@@ -101,11 +110,11 @@ async fn counters_add_up_after_a_mixed_run() {
     })
     .await;
 
-    assert_eq!(recorder.ids(), ["ok", "held"]);
+    assert_eq!(recorder.ids(), ["ok", "held", "filler"]);
     let c = server.counters("/work");
     assert_eq!(
         (c.admitted, c.completed, c.failed, c.timed_out, c.skipped),
-        (5, 2, 1, 1, 1)
+        (6, 3, 1, 1, 1)
     );
     assert_eq!((c.overflowed, c.panics), (1, 1));
 

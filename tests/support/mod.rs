@@ -263,6 +263,8 @@ impl TestServer {
 pub struct Reply {
     /// Status code.
     pub status: StatusCode,
+    /// The HTTP version it came in.
+    pub version: hyper::Version,
     /// Response headers.
     pub headers: HeaderMap,
     /// The whole body.
@@ -319,15 +321,10 @@ impl Client {
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             let driver = tokio::spawn(conn);
             let response: Response<hyper::body::Incoming> = sender.send_request(req).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
+            let reply = read_reply(response).await?;
             drop(sender);
             driver.abort();
-            Ok(Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
+            Ok(reply)
         };
         match tokio::time::timeout(PATIENCE, exchange).await {
             Ok(result) => result,
@@ -389,6 +386,7 @@ async fn read_reply(response: Response<hyper::body::Incoming>) -> Result<Reply, 
     let body = body.collect().await?.to_bytes();
     Ok(Reply {
         status: parts.status,
+        version: parts.version,
         headers: parts.headers,
         body,
     })

@@ -47,8 +47,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Open connections at most; at the limit the server stops accepting.
     pub max_connections: NonZeroUsize,
-    /// Time a client has to send a complete request head.
+    /// Time a client has to send a complete request head; also how long a new connection may
+    /// stay silent before its first request.
     pub header_read_timeout: Duration,
+    /// How long a connection may stay idle (no request in flight) after its first request.
+    pub idle_timeout: Duration,
     /// Time a client has to send the request body.
     pub body_read_timeout: Duration,
     /// Time the running jobs get to finish on shutdown before children are killed.

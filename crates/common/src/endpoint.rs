@@ -176,16 +176,10 @@ impl Endpoint {
         job_time.saturating_mul(ahead) / concurrency
     }
 
-    /// Seconds a rejected client should wait before retrying: the time for the queue ahead of it to
-    /// drain by the current estimate, at least 1.
+    /// Seconds a rejected client should wait before retrying: the expected wait for the work
+    /// ahead of it to drain (see [`Endpoint::expected_wait`]), at least 1, at most an hour.
     pub fn retry_after_secs(&self) -> u64 {
-        let Some(job_time) = self.runner.job_time() else {
-            return 1;
-        };
-        let concurrency = u32::try_from(self.executor.concurrency().max(1)).unwrap_or(u32::MAX);
-        let depth = u32::try_from(self.queue.depth() + 1).unwrap_or(u32::MAX);
-        let wait = job_time.saturating_mul(depth) / concurrency;
-        wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64
+        self.expected_wait().as_secs_f64().ceil().clamp(1.0, 3600.0) as u64
     }
 
     /// The endpoint's status line.

@@ -4,12 +4,17 @@
 //! it; an atomic compare-and-swap decides which, so a job is never both answered `504` and run.
 //! Every admitted job is counted in exactly one outcome: by [`Job::finish`], by the executor's
 //! skip/expire checks, or, if it is dropped unanswered (a crash), by its `Drop`.
+//!
+//! The same transition out of `Queued` gives the job's queue slot back, exactly once: whoever wins
+//! it (the executor starting the job, the front end expiring it, or the drop of a job that never
+//! got its turn) releases the slot. So a job answered `504` at its deadline stops counting against
+//! the queue at once, not when the executor reaches it.
 
 use crate::counters::EndpointCounters;
 use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
 use hyper::StatusCode;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -21,21 +26,39 @@ const EXPIRED: u8 = 2;
 #[derive(Debug, Default)]
 pub struct Ticket {
     state: AtomicU8,
+    /// The queue's depth counter, once the job holds a slot in it.
+    slot: OnceLock<Arc<AtomicUsize>>,
 }
 
 impl Ticket {
-    /// Front end, at the queue deadline: expire the job if it has not started. True if it expired,
-    /// in which case the front end answers `504` and the executor will discard the job.
+    /// Front end, at the queue deadline (or shutdown): expire the job if it has not started. True
+    /// if it expired: the front end answers it, its queue slot is free, and the executor will
+    /// discard it unrun.
     pub fn expire(&self) -> bool {
-        self.state
-            .compare_exchange(QUEUED, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.leave_queue(EXPIRED)
+    }
+
+    /// The queue: the job now holds one unit of `depth`, released when it leaves the queue.
+    pub(crate) fn hold(&self, depth: Arc<AtomicUsize>) {
+        let _ = self.slot.set(depth);
     }
 
     fn start(&self) -> bool {
-        self.state
-            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.leave_queue(STARTED)
+    }
+
+    /// Move out of `Queued`; the winner of this transition releases the queue slot.
+    fn leave_queue(&self, to: u8) -> bool {
+        let left = self
+            .state
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if left {
+            if let Some(depth) = self.slot.get() {
+                depth.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        left
     }
 }
 
@@ -151,6 +174,11 @@ impl Job {
         self.reply = None;
     }
 
+    /// The ticket, for the queue to attach the job's slot.
+    pub(crate) fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
     /// Answer `503` because the server is shutting down; the job never runs.
     pub fn shed(self) {
         self.finish(Err(HandlerError::Unavailable(
@@ -161,6 +189,8 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
+        // Never got its turn: give its queue slot back.
+        self.ticket.leave_queue(EXPIRED);
         // Dropped with its reply still pending: a crash unwound past it. The front end sees the
         // closed channel and answers 500; count it here so the sum still adds up.
         if self.reply.is_some() {

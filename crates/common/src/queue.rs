@@ -5,9 +5,10 @@
 //! the whole pending batch out for an empty buffer (recycled, so steady state allocates nothing) and
 //! runs that batch on its own while the front end fills the fresh one.
 //!
-//! `depth` counts jobs admitted and not yet started, wherever they sit (filling queue or handed-off
-//! batch), so the capacity bounds the wait of every admitted job: at most `capacity` jobs are ahead
-//! of it, whatever the executor's batch size.
+//! `depth` counts jobs admitted and not yet started (nor expired), wherever they sit (filling
+//! queue or handed-off batch), so the capacity bounds the wait of every admitted job: at most
+//! `capacity` jobs are ahead of it, whatever the executor's batch size. A job releases its slot
+//! when it leaves the queue (see [`crate::job`]).
 
 use crate::job::Job;
 use std::collections::VecDeque;
@@ -97,6 +98,7 @@ impl HandoffQueue {
             self.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Closed(job));
         }
+        job.ticket().hold(self.depth.clone());
         filling.jobs.push_back(job);
         let wake = filling.waiting;
         drop(filling);
@@ -124,10 +126,7 @@ impl HandoffQueue {
         loop {
             if !filling.jobs.is_empty() {
                 std::mem::swap(&mut filling.jobs, &mut spare);
-                return Some(Batch {
-                    jobs: spare,
-                    depth: self.depth.clone(),
-                });
+                return Some(Batch { jobs: spare });
             }
             if filling.closed {
                 return None;
@@ -166,20 +165,18 @@ impl HandoffQueue {
     }
 }
 
-/// A handed-off batch, owned by the executor alone. Taking a job out of it starts its turn and
-/// lowers the queue depth; jobs still in a dropped batch are answered `500` by their own `Drop`.
+/// A handed-off batch, owned by the executor alone. A job keeps its queue slot until its turn
+/// starts (or it expires); jobs still in a dropped batch give their slots back and are answered
+/// `500` by their own `Drop`.
 #[derive(Debug)]
 pub struct Batch {
     jobs: VecDeque<Job>,
-    depth: Arc<AtomicUsize>,
 }
 
 impl Batch {
     /// Next job in FIFO order.
     pub fn pop(&mut self) -> Option<Job> {
-        let job = self.jobs.pop_front()?;
-        self.depth.fetch_sub(1, Ordering::AcqRel);
-        Some(job)
+        self.jobs.pop_front()
     }
 
     /// Jobs left in the batch.
@@ -196,15 +193,6 @@ impl Batch {
     pub fn into_spare(mut self) -> VecDeque<Job> {
         while self.pop().is_some() {}
         std::mem::take(&mut self.jobs)
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        let left = self.jobs.len();
-        if left > 0 {
-            self.depth.fetch_sub(left, Ordering::AcqRel);
-        }
     }
 }
 

@@ -118,6 +118,7 @@ struct RawServer {
     listen: String,
     max_connections: usize,
     header_read_timeout_ms: u64,
+    idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
     shutdown_grace_ms: u64,
     default_mode: Mode,
@@ -167,6 +168,7 @@ impl Default for RawServer {
             listen: "127.0.0.1:8080".to_string(),
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
@@ -333,6 +335,7 @@ impl RawServer {
                 .millis("server.header_read_timeout_ms", self.header_read_timeout_ms)?,
             body_read_timeout: p
                 .millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
+            idle_timeout: p.millis("server.idle_timeout_ms", self.idle_timeout_ms)?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             max_header_bytes: match self.max_header_bytes {
                 n if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => n,

@@ -11,8 +11,9 @@ use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SE
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,60 @@ impl Role {
     }
 }
 
+/// What a connection is doing, for the idle watchdog in the accept loop.
+#[derive(Debug)]
+pub(super) struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Time of the latest request start or end, in ms since `opened`; `u64::MAX`: no request yet.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection will have been idle too long: `silent` after opening if no request
+    /// came, `idle` after the latest request otherwise; `None` while a request is in flight.
+    pub(super) fn deadline(&self, silent: Duration, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(match self.last_ms.load(Ordering::Relaxed) {
+            u64::MAX => self.opened + silent,
+            ms => self.opened + Duration::from_millis(ms) + idle,
+        })
+    }
+}
+
+/// Marks a request in flight until dropped (answered, or abandoned by a client that left).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The hyper service for one connection.
 pub(super) fn service(
     app: Arc<App>,
@@ -46,6 +101,7 @@ pub(super) fn service(
     remote: SocketAddr,
     local: SocketAddr,
     hsts: Option<HeaderValue>,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = hyper::Response<super::Body>,
@@ -60,7 +116,9 @@ pub(super) fn service(
         let app = app.clone();
         let served = served.clone();
         let hsts = hsts.clone();
+        let in_flight = InFlight::new(&activity);
         async move {
+            let _in_flight = in_flight;
             let logged = app.server.access_log.then(|| AccessLine::of(&req, remote));
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
             let last = req.version() < hyper::Version::HTTP_2

@@ -2,7 +2,7 @@
 //! graceful drain on shutdown.
 
 use super::app::App;
-use super::connection::{self, Role};
+use super::connection::{self, Activity, Role};
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -233,22 +233,43 @@ async fn accept_loop(
             let _permit = permit;
             match tls.filter(|_| role.serves_endpoints()) {
                 None => {
-                    let service = connection::service(app.clone(), role, remote, local, None);
-                    serve_io(TokioIo::new(stream), service, &builder, &graceful, remote).await;
+                    let activity = Arc::new(Activity::new());
+                    let service = connection::service(
+                        app.clone(),
+                        role,
+                        remote,
+                        local,
+                        None,
+                        activity.clone(),
+                    );
+                    serve_io(
+                        TokioIo::new(stream),
+                        service,
+                        &builder,
+                        &graceful,
+                        remote,
+                        &activity,
+                        &app,
+                    )
+                    .await;
                 }
                 // A failed or stalled handshake costs this task at most the handshake timeout.
                 Some(tls) => {
                     match crate::tls::handshake(&tls.acceptor, stream, tls.handshake_timeout).await
                     {
                         Ok(stream) => {
+                            let activity = Arc::new(Activity::new());
+                            let hsts = tls.hsts.clone();
                             let service = connection::service(
                                 app.clone(),
                                 role,
                                 remote,
                                 local,
-                                tls.hsts.clone(),
+                                hsts,
+                                activity.clone(),
                             );
-                            serve_io(TokioIo::new(stream), service, &builder, &graceful, remote)
+                            let io = TokioIo::new(stream);
+                            serve_io(io, service, &builder, &graceful, remote, &activity, &app)
                                 .await;
                         }
                         Err(e) => {
@@ -262,13 +283,18 @@ async fn accept_loop(
     }
 }
 
-/// Serve one connection (plain or TLS) with hyper until it ends, under the graceful watcher.
+/// Serve one connection (plain or TLS) with hyper until it ends, under the graceful watcher and
+/// an idle watchdog: a connection silent for `header_read_timeout` after opening (hyper's own
+/// timer only starts once it knows the protocol), or idle for `idle_timeout` after a request, is
+/// dropped.
 async fn serve_io<I, S>(
     io: TokioIo<I>,
     service: S,
     builder: &Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     remote: std::net::SocketAddr,
+    activity: &Activity,
+    app: &App,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -281,7 +307,21 @@ async fn serve_io<I, S>(
     S::Future: Send + 'static,
 {
     let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let (silent, idle) = (app.server.header_read_timeout, app.server.idle_timeout);
+    let ended = loop {
+        let wake = activity.deadline(silent, idle);
+        tokio::select! {
+            ended = &mut conn => break ended,
+            () = tokio::time::sleep_until(wake.unwrap_or_else(|| std::time::Instant::now() + idle).into()) => {
+                if activity.deadline(silent, idle).is_some_and(|d| d <= std::time::Instant::now()) {
+                    tracing::trace!(client = %remote, "idle connection closed");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         // Ignored overflow ends a connection on purpose: no log at all for it.
         if !is_ignored(e.as_ref()) {
             tracing::trace!(client = %remote, cause = %e, "connection ended with an error");

@@ -5,7 +5,7 @@ use super::connection::{not_here, Role};
 use super::{admission, metrics, status, to_body, Answer};
 use crate::handler::text_response;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,17 +39,6 @@ pub(super) async fn route(
     remote: SocketAddr,
     local: SocketAddr,
 ) -> Answer {
-    // hyper lets Transfer-Encoding win over Content-Length (RFC 9112 6.3) and closes afterwards;
-    // a message carrying both is a smuggling attempt through some proxy, so refuse it outright.
-    if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
-        let mut resp = to_body(text_response(
-            StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding: refused",
-        ));
-        resp.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
-    }
     let path = req.uri().path();
     let own = OwnPath::of(path);
     if own.is_some() && !role.serves_own_paths() || own.is_none() && !role.serves_endpoints() {

@@ -1,0 +1,198 @@
+//! Jellyfish mode: a handed-off batch runs on a bounded pool, concurrently but never more than
+//! `workers` jobs at once; every job is answered exactly once and the counters add up; a handler
+//! panic is answered 500 and the pool keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use common::light::{Light, TrafficLight};
+use hyper::StatusCode;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{held_job, job, panicking_job, registry, wait_until, Recorder, TestServer};
+
+const WORKERS: usize = 3;
+
+fn config(queue: usize) -> String {
+    format!(
+        r#"
+[[endpoint]]
+path = "/work"
+mode = "jellyfish"
+workers = {WORKERS}
+builtin = "recorder"
+queue = {queue}
+expected_wait_admission = false
+"#
+    )
+}
+
+async fn start(recorder: &Arc<Recorder>, queue: usize) -> TestServer {
+    TestServer::launch(&config(queue))
+        .registry(&registry("recorder", recorder.clone()))
+        .light(&TrafficLight::fixed(Light::Green))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_concurrently_but_never_more_than_workers_at_once() {
+    let recorder = Recorder::new(Duration::ZERO);
+    let server = start(&recorder, 16).await;
+    let client = server.client();
+    let gate = recorder.gate();
+
+    // A held job keeps the dispatcher busy, so the next eight are handed off as one batch.
+    let blocker = client.spawn(held_job("/work", "blocker"));
+    gate.wait_arrived(1).await;
+    let batch: Vec<_> = (0..8)
+        .map(|i| {
+            let id = format!("job-{i}");
+            (id.clone(), client.spawn(held_job("/work", &id)))
+        })
+        .collect();
+    server.wait_queued("/work", 8).await;
+    gate.release();
+    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
+
+    // The pool fills up to its size, and no further.
+    gate.wait_arrived(1 + WORKERS).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gate.arrived().len(),
+        1 + WORKERS,
+        "more jobs started than workers"
+    );
+    assert_eq!(recorder.active(), WORKERS);
+    assert_eq!(server.status_of("/work").running, WORKERS);
+    // Each finished job frees exactly one slot for the next one.
+    for k in 1..=8 - WORKERS {
+        gate.release();
+        gate.wait_arrived(1 + WORKERS + k).await;
+        assert!(
+            recorder.max_active() <= WORKERS,
+            "{} jobs ran at once",
+            recorder.max_active()
+        );
+    }
+    gate.open();
+
+    for (id, reply) in batch {
+        let reply = reply.await.unwrap();
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, id));
+    }
+    assert_eq!(recorder.max_active(), WORKERS);
+    let ids = recorder.ids();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(
+        (ids.len(), unique.len()),
+        (9, 9),
+        "a job ran twice: {ids:?}"
+    );
+
+    let c = server.counters("/work");
+    assert_eq!((c.admitted, c.completed, c.answered()), (9, 9, 9));
+    assert_eq!((c.failed, c.overflowed, c.panics), (0, 0, 0));
+    let status = server.status_json().await;
+    let work = &status["endpoints"]["/work"];
+    assert_eq!(work["mode"], "jellyfish");
+    assert_eq!(work["concurrency"], WORKERS);
+    assert_eq!(work["executor"]["workers"], WORKERS);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_of_a_burst_is_answered_exactly_once_and_the_counters_add_up() {
+    let recorder = Recorder::new(Duration::from_millis(5));
+    let server = start(&recorder, 64).await;
+    let client = server.client();
+
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let id = format!("burst-{i}");
+            (id.clone(), client.spawn(job("/work", &id)))
+        })
+        .collect();
+    for (id, reply) in burst {
+        let reply = reply.await.unwrap();
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, id));
+    }
+
+    let mut ids = recorder.ids();
+    ids.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every job runs exactly once");
+    assert!(
+        recorder.max_active() <= WORKERS,
+        "{}",
+        recorder.max_active()
+    );
+    let c = server.counters("/work");
+    assert_eq!((c.admitted, c.completed, c.answered()), (40, 40, 40));
+    wait_until("the pool is idle", || {
+        server.status_of("/work").running == 0
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_is_answered_500_and_the_pool_keeps_serving() {
+    let recorder = Recorder::new(Duration::ZERO);
+    let server = start(&recorder, 16).await;
+    let client = server.client();
+
+    // One batch mixing panicking and ordinary jobs.
+    let blocker = client.spawn(held_job("/work", "blocker"));
+    recorder.gate().wait_arrived(1).await;
+    let mixed: Vec<_> = (0..6)
+        .map(|i| {
+            let id = format!("mixed-{i}");
+            let req = if i % 2 == 0 {
+                panicking_job("/work", &id)
+            } else {
+                job("/work", &id)
+            };
+            (i, id, client.spawn(req))
+        })
+        .collect();
+    server.wait_queued("/work", 6).await;
+    recorder.gate().open();
+    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
+    for (i, id, reply) in mixed {
+        let reply = reply.await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        } else {
+            assert_eq!((reply.status, reply.text()), (StatusCode::OK, id));
+        }
+    }
+
+    // The pool still serves a full batch afterwards.
+    let after: Vec<_> = (0..6)
+        .map(|i| client.spawn(job("/work", &format!("after-{i}"))))
+        .collect();
+    for reply in after {
+        assert_eq!(reply.await.unwrap().status, StatusCode::OK);
+    }
+
+    let c = server.counters("/work");
+    assert_eq!(
+        (c.admitted, c.completed, c.failed, c.panics),
+        (13, 10, 3, 3)
+    );
+    assert_eq!(c.answered(), c.admitted);
+    let status = server.status_json().await;
+    let work = &status["endpoints"]["/work"];
+    assert_eq!(
+        work["restarts"], 0,
+        "a handler panic restarted the dispatcher"
+    );
+    assert_eq!(
+        work["executor"]["worker_restarts"], 0,
+        "a handler panic killed a worker"
+    );
+    server.shutdown().await;
+}
