@@ -11,13 +11,12 @@ use common::config::Overflow;
 use common::counters::EndpointCounters;
 use common::endpoint::{Admission, Endpoint};
 use common::frontend::Ignored;
-use common::handler::{text_response, Handler, HandlerError, JobRequest, JobResponse};
+use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use common::job::Job;
 use common::queue::{HandoffQueue, Refused};
 use fiddler_crab::config::Config;
 use fiddler_crab::{HandlerRegistry, Server};
-use hyper::header::{HeaderValue, RETRY_AFTER};
-use hyper::{HeaderMap, Method, StatusCode, Uri, Version};
+use hyper::{HeaderMap, Method, Uri, Version};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::collections::VecDeque;
@@ -205,31 +204,12 @@ fn wait_full(endpoint: &Endpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The front end's overflow decision as `frontend/admission.rs` makes it (`admit` up to the queue
-/// check, then its private `overflow`), replicated here since that module is private. The reject
-/// answer mirrors its `503` with `Retry-After`.
+/// The front end's overflow decision, as `frontend/admission.rs` makes it: the endpoint's
+/// admission check, then its counted refusal (`Endpoint::refuse`: silence or a `503`).
 fn admit_or_overflow(endpoint: &Endpoint) -> Result<Option<JobResponse>, Ignored> {
     match endpoint.admission() {
-        Admission::Open => return Ok(None),
-        Admission::TooSlow => EndpointCounters::bump(&endpoint.counters.shed_by_wait),
-        Admission::Full | Admission::Closed => {}
-    }
-    if endpoint.queue.is_closed() {
-        return Ok(Some(text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server shutting down",
-        )));
-    }
-    EndpointCounters::bump(&endpoint.counters.overflowed);
-    match endpoint.config.overflow {
-        Overflow::Ignore => Err(Ignored),
-        Overflow::Reject => {
-            let mut resp =
-                text_response(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            Ok(Some(resp))
-        }
+        Admission::Open => Ok(None),
+        refused => endpoint.refuse(refused).map(Some).ok_or(Ignored),
     }
 }
 

@@ -1,12 +1,14 @@
 //! A running endpoint: its config, handoff queue, counters, and supervised dispatcher thread.
 
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, Overflow};
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{dispatch, Executor, JobRunner};
 use crate::handler::{text_response, Handler, JobRequest, JobResponse};
 use crate::job::JobTiming;
 use crate::queue::HandoffQueue;
 use crate::supervisor::{Backoff, SupervisedThread};
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::StatusCode;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,6 +163,33 @@ impl Endpoint {
             });
         }
         Some(resp)
+    }
+
+    /// The answer to a request that [`Endpoint::admission`] refused, counted: `None` means
+    /// silence (`ignore` overflow: the front end closes the connection); otherwise a `503`, with
+    /// `Retry-After` from the expected wait for `reject`, or because the server is shutting down
+    /// (not counted as overflow).
+    pub fn refuse(&self, refused: Admission) -> Option<JobResponse> {
+        if refused == Admission::Closed || self.queue.is_closed() {
+            return Some(text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server shutting down",
+            ));
+        }
+        if refused == Admission::TooSlow {
+            EndpointCounters::bump(&self.counters.shed_by_wait);
+        }
+        EndpointCounters::bump(&self.counters.overflowed);
+        match self.config.overflow {
+            Overflow::Ignore => None,
+            Overflow::Reject => {
+                let mut resp =
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
+                Some(resp)
+            }
+        }
     }
 
     /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job

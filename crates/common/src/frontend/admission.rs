@@ -6,7 +6,6 @@
 //! then the real O(1) admission.
 
 use super::{to_body, Answer, Body, Ignored};
-use crate::config::Overflow;
 use crate::counters::EndpointCounters;
 use crate::endpoint::{Admission, Endpoint};
 use crate::handler::{text_response, JobRequest};
@@ -14,7 +13,7 @@ use crate::job::{Job, Waiter, DROPPED_STATUS};
 use crate::queue::Refused;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -35,11 +34,7 @@ pub(super) async fn admit(
     }
     match endpoint.admission() {
         Admission::Open => {}
-        Admission::TooSlow => {
-            EndpointCounters::bump(&endpoint.counters.shed_by_wait);
-            return overflow(endpoint);
-        }
-        Admission::Full | Admission::Closed => return overflow(endpoint),
+        refused => return overflow(endpoint, refused),
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
@@ -71,7 +66,7 @@ pub(super) async fn admit(
                 Refused::Full(job) | Refused::Closed(job) => job,
             };
             job.discard();
-            overflow(endpoint)
+            overflow(endpoint, Admission::Full)
         }
     }
 }
@@ -149,24 +144,9 @@ fn delivered(
     }
 }
 
-/// A request that found no room: silence or a fast `503`. During shutdown always `503`.
-fn overflow(endpoint: &Endpoint) -> Answer {
-    if endpoint.queue.is_closed() {
-        return Ok(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server shutting down",
-        ));
-    }
-    EndpointCounters::bump(&endpoint.counters.overflowed);
-    match endpoint.config.overflow {
-        Overflow::Ignore => Err(Ignored),
-        Overflow::Reject => {
-            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(endpoint.retry_after_secs()));
-            Ok(resp)
-        }
-    }
+/// A request that found no room: silence (ignore overflow) or a `503`.
+fn overflow(endpoint: &Endpoint, refused: Admission) -> Answer {
+    endpoint.refuse(refused).map(to_body).ok_or(Ignored)
 }
 
 fn declared_length(req: &Request<Incoming>) -> Option<u64> {
