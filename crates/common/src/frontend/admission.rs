@@ -38,9 +38,16 @@ pub(super) async fn admit(
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = match read_body(body, limit, body_read_timeout).await {
-        Ok(body) => body,
-        Err(resp) => return Ok(resp),
+    // The slow paths (a body to collect, a queued wait) are boxed: they allocate anyway, and
+    // keeping them out of this future keeps the per-request future small for micro-endpoints.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        // No body (most GETs): no timer, no collector, no allocation.
+        bytes::Bytes::new()
+    } else {
+        match Box::pin(read_body(body, limit, body_read_timeout)).await {
+            Ok(body) => body,
+            Err(resp) => return Ok(resp),
+        }
     };
     let request = JobRequest {
         method: parts.method,
@@ -59,7 +66,7 @@ pub(super) async fn admit(
     // Counted before the push so that no outcome can be counted ahead of its admission.
     EndpointCounters::bump(&counters.admitted);
     match endpoint.queue.try_push(job) {
-        Ok(()) => wait(endpoint, waiter).await,
+        Ok(()) => Box::pin(wait(endpoint, waiter)).await,
         Err(refused) => {
             counters.admitted.fetch_sub(1, Ordering::Relaxed);
             let job = match refused {
@@ -71,17 +78,12 @@ pub(super) async fn admit(
     }
 }
 
-/// The whole body, bounded in size (`413`) and time (`408`). A request without a body (most
-/// GETs) skips the timer and the collector altogether.
+/// The whole body, bounded in size (`413`) and time (`408`).
 async fn read_body(
     body: Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<bytes::Bytes, Response<Body>> {
-    use hyper::body::Body as _;
-    if body.is_end_stream() {
-        return Ok(bytes::Bytes::new());
-    }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e))

@@ -81,8 +81,12 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(activity: &Arc<Activity>) -> InFlight {
+        // No clock read here: while a request is in flight the watchdog does not look at the
+        // time; it is stamped once, when the request ends.
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
+        if activity.last_ms.load(Ordering::Relaxed) == u64::MAX {
+            activity.touch();
+        }
         InFlight(activity.clone())
     }
 }
