@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::net::TcpSocket;
 
 /// Puts slow, heavy programs behind bounded, overflow-shedding HTTP endpoints.
 #[derive(Debug, Parser)]
@@ -126,14 +127,14 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
         let (tls, certs) = tls_for(&config, self_signed)?;
         let listen = config.server.listen;
         tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen, certs));
-        let main = bind(config.server.listen).await?;
+        let main = bind(config.server.listen, config.server.listen_backlog).await?;
         let admin = match config.server.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, config.server.listen_backlog).await?),
             None => None,
         };
         let redirect_addr = config.server.tls.as_ref().and_then(|t| t.redirect_listen);
         let redirect = match redirect_addr {
-            Some(addr) if tls.is_some() => Some(bind(addr).await?),
+            Some(addr) if tls.is_some() => Some(bind(addr, config.server.listen_backlog).await?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -170,7 +171,8 @@ fn tls_for(
         }
         let store = CertStore::self_signed(&names)?;
         tracing::info!(fingerprint = %store.fingerprint(), names = ?names, "self-signed certificate generated (development only)");
-        store
+        // Nothing to reload on SIGHUP: the certificate lives only in memory.
+        return Ok((Some(Tls::new(store, timeout, hsts)), None));
     } else if let Some(t) = tls_config {
         let store = t.settings.load()?;
         tracing::info!(cert = %t.settings.cert.display(), fingerprint = %store.fingerprint(), "certificate loaded");
@@ -237,10 +239,19 @@ async fn reload_on_sighup(
     }
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+/// Bind `addr` with the configured listen backlog (the kernel caps it at `somaxconn`).
+async fn bind(addr: SocketAddr, backlog: u32) -> anyhow::Result<tokio::net::TcpListener> {
+    let listen = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

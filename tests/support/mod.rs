@@ -9,13 +9,16 @@
 //!   [`Gate`] until the test releases them, panics on `x-panic`.
 //! - [`Panicker`]: panics when the body says `panic`.
 //! - [`wait_until`]: poll a condition; the only bound is [`PATIENCE`], which detects hangs.
+//! - [`tls`]: certificates, HTTPS clients (HTTP/1.1 or HTTP/2 by ALPN) and the real binary.
 #![allow(dead_code)]
+
+pub mod tls;
 
 use bytes::Bytes;
 use common::counters::CountersSnapshot;
 use common::endpoint::{Endpoint, EndpointStatus};
 use common::frontend::App;
-use common::frontend::Listeners;
+use common::frontend::{Listeners, Tls};
 use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use common::light::TrafficLight;
 use fiddler_crab::config::Config;
@@ -43,6 +46,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where the admin listener listens, if it was started with one ([`Launch::admin`]).
     pub admin: Option<SocketAddr>,
+    /// Where the plain-HTTP redirect listener listens, if started with one ([`Launch::redirect`]).
+    pub redirect: Option<SocketAddr>,
     /// Its endpoints and counters.
     pub app: Arc<App>,
     reloader: Reloader,
@@ -58,6 +63,8 @@ pub struct Launch {
     registry: HandlerRegistry,
     light: Option<TrafficLight>,
     admin: bool,
+    tls: Option<Tls>,
+    redirect: bool,
 }
 
 impl Launch {
@@ -77,6 +84,19 @@ impl Launch {
     /// Also serve an admin listener (status, metrics, probes) on its own port 0.
     pub fn admin(mut self) -> Launch {
         self.admin = true;
+        self
+    }
+
+    /// Serve HTTPS on the main listener with `tls` (certificate store, handshake timeout, HSTS).
+    /// [`TestServer::client`] still speaks plain HTTP: use [`tls::Https`] against it.
+    pub fn tls(mut self, tls: Tls) -> Launch {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Also serve the plain-HTTP listener that redirects to HTTPS (`308`) on its own port 0.
+    pub fn redirect(mut self) -> Launch {
+        self.redirect = true;
         self
     }
 
@@ -101,6 +121,13 @@ impl Launch {
             admin = Some(listener.local_addr().expect("admin listener address"));
             listeners.admin = Some(listener);
         }
+        let mut redirect = None;
+        if self.redirect {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+            redirect = Some(listener.local_addr().expect("redirect listener address"));
+            listeners.redirect = Some(listener);
+        }
+        listeners.tls = self.tls;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_all(listeners, async move {
             let _ = stopped.await;
@@ -108,6 +135,7 @@ impl Launch {
         TestServer {
             addr,
             admin,
+            redirect,
             app,
             reloader,
             stop: Some(stop),
@@ -135,6 +163,8 @@ impl TestServer {
             registry: HandlerRegistry::default(),
             light: None,
             admin: false,
+            tls: None,
+            redirect: false,
         }
     }
 

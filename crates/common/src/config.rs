@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Open connections at most; at the limit the server stops accepting.
     pub max_connections: NonZeroUsize,
+    /// The kernel's queue of connections not yet accepted (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Time a client has to send a complete request head; also how long a new connection may
     /// stay silent before its first request.
     pub header_read_timeout: Duration,

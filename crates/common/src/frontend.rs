@@ -11,6 +11,7 @@ mod listener;
 mod metrics;
 mod router;
 mod status;
+mod watchdog;
 
 pub use app::App;
 pub use connection::Role;

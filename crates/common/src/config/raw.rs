@@ -117,6 +117,7 @@ impl RawLight {
 struct RawServer {
     listen: String,
     max_connections: usize,
+    listen_backlog: u32,
     header_read_timeout_ms: u64,
     idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
@@ -167,6 +168,7 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".to_string(),
             max_connections: 1024,
+            listen_backlog: 1024,
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
@@ -331,6 +333,10 @@ impl RawServer {
         Ok(ServerConfig {
             listen,
             max_connections: p.nonzero("server.max_connections", self.max_connections)?,
+            listen_backlog: match self.listen_backlog {
+                0 => return Err(p.at("server.listen_backlog", "must be at least 1")),
+                n => n,
+            },
             header_read_timeout: p
                 .millis("server.header_read_timeout_ms", self.header_read_timeout_ms)?,
             body_read_timeout: p

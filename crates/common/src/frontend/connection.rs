@@ -4,6 +4,7 @@
 use super::access::AccessLine;
 use super::app::App;
 use super::router::route;
+use super::watchdog::{Activity, InFlight};
 use super::{to_body, Answer};
 use crate::handler::text_response;
 use hyper::body::Incoming;
@@ -11,9 +12,8 @@ use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SE
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,64 +37,6 @@ impl Role {
     /// True if this listener serves the endpoints.
     pub fn serves_endpoints(self) -> bool {
         matches!(self, Role::PublicAndAdmin | Role::Public)
-    }
-}
-
-/// What a connection is doing, for the idle watchdog in the accept loop.
-#[derive(Debug)]
-pub(super) struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// Time of the latest request start or end, in ms since `opened`; `u64::MAX`: no request yet.
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    pub(super) fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection will have been idle too long: `silent` after opening if no request
-    /// came, `idle` after the latest request otherwise; `None` while a request is in flight.
-    pub(super) fn deadline(&self, silent: Duration, idle: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        Some(match self.last_ms.load(Ordering::Relaxed) {
-            u64::MAX => self.opened + silent,
-            ms => self.opened + Duration::from_millis(ms) + idle,
-        })
-    }
-}
-
-/// Marks a request in flight until dropped (answered, or abandoned by a client that left).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(activity: &Arc<Activity>) -> InFlight {
-        // No clock read here: while a request is in flight the watchdog does not look at the
-        // time; it is stamped once, when the request ends.
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        if activity.last_ms.load(Ordering::Relaxed) == u64::MAX {
-            activity.touch();
-        }
-        InFlight(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

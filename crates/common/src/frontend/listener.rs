@@ -2,7 +2,8 @@
 //! graceful drain on shutdown.
 
 use super::app::App;
-use super::connection::{self, Activity, Role};
+use super::connection::{self, Role};
+use super::watchdog::{self, Activity, Watched};
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,6 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+
+/// Open connections at most on the admin listener (probes and scrapes only).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The sockets a server listens on, already bound.
 #[derive(Debug)]
@@ -89,7 +93,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = Arc::new(GracefulShutdown::new());
     let builder = Arc::new(connection_builder(&app));
-    let limit = Arc::new(Semaphore::new(app.server.max_connections.get()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let main_role = if listeners.admin.is_some() {
@@ -99,22 +102,36 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
     };
     let https_port = listeners.main.local_addr().map(|a| a.port()).unwrap_or(443);
     let tls = listeners.tls.map(Arc::new);
-    let mut loops = vec![(listeners.main, main_role, "accept-loop")];
+    // Each listener has its own connection limit, so a flood on the public port never locks the
+    // probes on the admin port out (a liveness probe failing under attack would restart the pod).
+    let max = app.server.max_connections.get();
+    let mut loops = vec![(listeners.main, main_role, "accept-loop", max)];
     if let Some(admin) = listeners.admin {
-        loops.push((admin, Role::Admin, "admin-accept-loop"));
+        loops.push((
+            admin,
+            Role::Admin,
+            "admin-accept-loop",
+            ADMIN_MAX_CONNECTIONS,
+        ));
     }
     if let Some(redirect) = listeners.redirect {
-        loops.push((redirect, Role::Redirect(https_port), "redirect-accept-loop"));
+        loops.push((
+            redirect,
+            Role::Redirect(https_port),
+            "redirect-accept-loop",
+            max,
+        ));
     }
     let accepts: Vec<_> = loops
         .into_iter()
-        .map(|(listener, role, name)| {
+        .map(|(listener, role, name, max)| {
             let listener = Arc::new(listener);
+            let limit = Arc::new(Semaphore::new(max));
             let (app, graceful, builder, limit, stop_rx, tls) = (
                 app.clone(),
                 graceful.clone(),
                 builder.clone(),
-                limit.clone(),
+                limit,
                 stop_rx.clone(),
                 tls.clone(),
             );
@@ -233,7 +250,7 @@ async fn accept_loop(
             let _permit = permit;
             match tls.filter(|_| role.serves_endpoints()) {
                 None => {
-                    let activity = Arc::new(Activity::new());
+                    let activity = Arc::new(Activity::default());
                     let service = connection::service(
                         app.clone(),
                         role,
@@ -258,7 +275,7 @@ async fn accept_loop(
                     match crate::tls::handshake(&tls.acceptor, stream, tls.handshake_timeout).await
                     {
                         Ok(stream) => {
-                            let activity = Arc::new(Activity::new());
+                            let activity = Arc::new(Activity::default());
                             let hsts = tls.hsts.clone();
                             let service = connection::service(
                                 app.clone(),
@@ -268,7 +285,7 @@ async fn accept_loop(
                                 hsts,
                                 activity.clone(),
                             );
-                            let io = TokioIo::new(stream);
+                            let io = TokioIo::new(Watched::new(stream, activity.clone()));
                             serve_io(io, service, &builder, &graceful, remote, &activity, &app)
                                 .await;
                         }
@@ -284,9 +301,7 @@ async fn accept_loop(
 }
 
 /// Serve one connection (plain or TLS) with hyper until it ends, under the graceful watcher and
-/// an idle watchdog: a connection silent for `header_read_timeout` after opening (hyper's own
-/// timer only starts once it knows the protocol), or idle for `idle_timeout` after a request, is
-/// dropped.
+/// the idle watchdog (see [`watchdog`]).
 async fn serve_io<I, S>(
     io: TokioIo<I>,
     service: S,
@@ -309,16 +324,11 @@ async fn serve_io<I, S>(
     let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
     tokio::pin!(conn);
     let (silent, idle) = (app.server.header_read_timeout, app.server.idle_timeout);
-    let ended = loop {
-        let wake = activity.deadline(silent, idle);
-        tokio::select! {
-            ended = &mut conn => break ended,
-            () = tokio::time::sleep_until(wake.unwrap_or_else(|| std::time::Instant::now() + idle).into()) => {
-                if activity.deadline(silent, idle).is_some_and(|d| d <= std::time::Instant::now()) {
-                    tracing::trace!(client = %remote, "idle connection closed");
-                    return;
-                }
-            }
+    let ended = tokio::select! {
+        ended = &mut conn => ended,
+        () = watchdog::idle(activity, silent, idle) => {
+            tracing::trace!(client = %remote, "idle connection closed");
+            return;
         }
     };
     if let Err(e) = ended {
