@@ -73,11 +73,6 @@ impl App {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The endpoint at `path`.
-    pub fn route(&self, path: &str) -> Option<Arc<Endpoint>> {
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.routes.get(path).map(|(e, _)| e.clone())
-    }
 
     /// The `Allow` header value of the endpoint at `path` (for a `405`).
     pub fn allow(&self, path: &str) -> Option<HeaderValue> {
@@ -92,7 +87,8 @@ impl App {
 
     /// The endpoint serving `path` now, if any.
     pub fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
-        self.route(path)
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.routes.get(path).map(|(e, _)| e.clone())
     }
 
     /// Serve `endpoints` from now on. Endpoints of the old table that are not in the new one (by

@@ -63,7 +63,7 @@ pub(super) async fn route(
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         });
     }
-    let Some(endpoint) = app.route(path) else {
+    let Some(endpoint) = app.endpoint(path) else {
         return Ok(to_body(text_response(
             StatusCode::NOT_FOUND,
             "no endpoint at this path",
