@@ -11,11 +11,16 @@
 #   ROUNDS=1 DURATION=3 bash benches/ping.sh      # a quick look
 #
 # Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
-# CONNECTIONS (default 32), THREADS (wrk threads, default 1), SERVER_CPU / LOADGEN_CPU (default
+# CONNECTIONS (default 32), THREADS (wrk threads, default 1), DELAY_MS (default 0; when set, each
+# connection pauses that many ms after every response, so that every server gets about the same
+# request rate rather than as many as it can take), SERVER_CPU / LOADGEN_CPU (default
 # 0 / 1), SERVERS (default "bare jellyfish crab"; also "bare-plain": hyper's builder defaults),
-# OUT (result file). Before each measurement the script waits until no other benchmark
-# (bench_server, loadgen, wrk, flood.sh, adaptive.sh) runs, and repeats a run during which one
-# started. See docs/BENCHMARKS.md.
+# OUT (result file), IDLE_MAX (% busy the machine may be before a run, default 15), IDLE_WAIT (s
+# to wait for that at most, default 1800). Before each measurement the script waits until no other
+# benchmark or build (bench_server, loadgen, flood.sh, adaptive.sh, wrk, cargo, rustc) runs and the
+# machine is nearly idle, and repeats a run during which one started or during which other work
+# took more than INTRUDERS_MAX % (default 3) of either CPU (the server's CPU less the server; wrk's
+# CPU less wrk). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,20 +28,31 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
+DELAY_MS=${DELAY_MS:-0}
 THREADS=${THREADS:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVERS=${SERVERS:-"bare jellyfish crab"}
 mkdir -p bench-results
 OUT=${OUT:-bench-results/ping-$(date +%Y%m%d-%H%M%S).md}
-OTHERS='bench_server|loadgen|wrk|flood\.sh|adaptive\.sh'
+OTHERS='bench_server|loadgen|flood\.sh|adaptive\.sh'
+# Process names of load generators and builds.
+OTHER_NAMES='wrk|cargo|rustc'
 
 command -v wrk >/dev/null || { echo "wrk not found (Debian: apt-get install -y wrk)" >&2; exit 1; }
 cargo build --release --bin fiddler_crab --example bare_hyper
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates 2>/dev/null || echo ' with uncommitted changes in src/ or crates/')"
 # Private copies: a rebuild by someone else during the run cannot swap the binaries.
 work=$(mktemp -d /tmp/fc-ping.XXXXXX)
 cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
 CLK_TCK=$(getconf CLK_TCK)
+# DELAY_MS > 0: each connection pauses that long after every response (wrk's Lua `delay()`), so
+# every server gets about the same request rate instead of as many as it can take.
+WRK_SCRIPT=()
+if [ "$DELAY_MS" != 0 ]; then
+  echo "function delay() return $DELAY_MS end" >"$work/delay.lua"
+  WRK_SCRIPT=(-s "$work/delay.lua")
+fi
 
 server_pid=""
 stop_server() {
@@ -49,16 +65,36 @@ stop_server() {
 trap 'stop_server; rm -rf "$work"' EXIT
 
 # Other benchmarks' processes (never this script's own: none of its command lines match).
-others() { pgrep -fa "$OTHERS" | grep -v "^$$ " || true; }
+others() {
+  { pgrep -fa "$OTHERS"; pgrep -ax "$OTHER_NAMES"; } | grep -v "^$$ " | cut -c1-150 || true
+}
+# Percent of all CPUs busy over one second (from /proc/stat).
+host_busy() {
+  local a b
+  a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%.0f", (y[1] - x[1]) / (y[2] - x[2]) * 100 }'
+}
+# Wait until no other benchmark and no build runs and the machine is nearly idle (at most
+# IDLE_MAX % busy, default 15), or IDLE_WAIT seconds (default 1800) have passed.
 wait_quiet() {
-  local said=0
-  while [ -n "$(others)" ]; do
+  local said=0 waited=0 busy
+  while :; do
+    busy=$(host_busy)
+    if [ -z "$(others)" ] && [ "$busy" -le "${IDLE_MAX:-15}" ]; then return; fi
+    if [ "$waited" -ge "${IDLE_WAIT:-1800}" ]; then
+      echo "still not quiet after ${waited} s (${busy}% busy); measuring anyway" >&2
+      return
+    fi
     if [ $said = 0 ]; then
-      echo "waiting for another benchmark to finish:" >&2
+      echo "waiting for a quiet machine (${busy}% busy):" >&2
       others >&2
       said=1
     fi
-    sleep 5
+    sleep 4
+    waited=$((waited + 5))
   done
 }
 
@@ -112,6 +148,10 @@ start_server() {
   exit 1
 }
 
+cpu_busy_ticks() { # busy clock ticks of CPU $1 (/proc/stat)
+  awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
 cpu_ticks() { # utime + stime of a process, in clock ticks
   sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
@@ -127,17 +167,42 @@ results="$work/results.tsv"
 : >"$results"
 # measure NAME ROUND: one warm-up and one measured wrk run against a fresh server.
 measure() {
-  local name=$1 round=$2 before after wrk_out requests rps p50 p99 errors cpu_us
+  local name=$1 round=$2 before after t0 t1 core0 core1 lg0 lg1 wrk_cpu wrk_out requests rps p50
+  local p99 errors cpu_us intruders lg_intruders attempt=0
   while :; do
+    attempt=$((attempt + 1))
     wait_quiet
     start_server "$name"
-    taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "${WRK_SCRIPT[@]}" \
+      "$url" >/dev/null
     before=$(cpu_ticks "$server_pid")
-    wrk_out=$(taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+    core0=$(cpu_busy_ticks "$SERVER_CPU")
+    lg0=$(cpu_busy_ticks "$LOADGEN_CPU")
+    t0=$(date +%s.%N)
+    wrk_out=$(taskset -c "$LOADGEN_CPU" /usr/bin/time -f 'WRK_CPU %U %S' \
+      wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${WRK_SCRIPT[@]}" "$url" 2>&1)
+    t1=$(date +%s.%N)
+    lg1=$(cpu_busy_ticks "$LOADGEN_CPU")
+    core1=$(cpu_busy_ticks "$SERVER_CPU")
     after=$(cpu_ticks "$server_pid")
     stop_server
-    if [ -z "$(others)" ]; then break; fi
-    echo "another benchmark started during $name round $round; repeating it" >&2
+    # Whatever else ran on the server's CPU and on wrk's CPU meanwhile, % of the wall time.
+    intruders=$(awk -v c=$((core1 - core0 - after + before)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+      'BEGIN { v = c / hz / (t1 - t0) * 100; printf "%.0f", v < 0 ? 0 : v }')
+    wrk_cpu=$(awk '$1 == "WRK_CPU" {print $2 + $3}' <<<"$wrk_out")
+    lg_intruders=$(awk -v c=$((lg1 - lg0)) -v w="$wrk_cpu" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+      'BEGIN { v = (c / hz - w) / (t1 - t0) * 100; printf "%.0f", v < 0 ? 0 : v }')
+    if [ "$attempt" -ge 10 ]; then
+      echo "$name round $round: still disturbed after $attempt attempts; keeping this one" >&2
+      break
+    elif [ -n "$(others)" ]; then
+      echo "another benchmark or build started during $name round $round; repeating it" >&2
+    elif [ "$intruders" -gt "${INTRUDERS_MAX:-3}" ] || [ "$lg_intruders" -gt "${INTRUDERS_MAX:-3}" ]; then
+      echo "other work took ${intruders}% of CPU $SERVER_CPU and ${lg_intruders}% of CPU" \
+        "$LOADGEN_CPU during $name round $round; repeating it" >&2
+    else
+      break
+    fi
   done
   requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' <<<"$wrk_out")
   rps=$(sed -n 's/^Requests\/sec: *//p' <<<"$wrk_out")
@@ -148,12 +213,14 @@ measure() {
   cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
     'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
   local busy
-  busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v d="$DURATION" \
-    'BEGIN { printf "%.0f", t / hz / d * 100 }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$requests" "$rps" "$p50" \
-    "$p99" "$cpu_us" "$busy" "$errors" >>"$results"
+  # Of the wall time between the two CPU samples (wrk's start-up and exit included).
+  busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { printf "%.0f", t / hz / (t1 - t0) * 100 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$requests" "$rps" "$p50" \
+    "$p99" "$cpu_us" "$busy" "$errors" "$((intruders > lg_intruders ? intruders : lg_intruders))" \
+    >>"$results"
   echo "$name round $round: $rps req/s, p50 ${p50} us, p99 ${p99} us, ${cpu_us} CPU-us/req," \
-    "server CPU ${busy}% of one core, non-2xx $errors" >&2
+    "server CPU ${busy}% of one core, non-2xx $errors, others on CPU $SERVER_CPU / $LOADGEN_CPU: ${intruders}% / ${lg_intruders}%" >&2
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -166,7 +233,12 @@ done
   echo "# GET /ping benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
-  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after a ${WARMUP} s warm-up), keep-alive;"
+  echo "Built from commit $COMMIT."
+  if [ "$DELAY_MS" != 0 ]; then
+    echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency with a ${DELAY_MS} ms pause after each response per connection (Lua delay()), after a ${WARMUP} s warm-up, keep-alive;"
+  else
+    echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after a ${WARMUP} s warm-up), keep-alive;"
+  fi
   echo "server on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh server per run; $ROUNDS rounds, servers in turn."
   echo
   python3 - "$results" "$SERVERS" <<'EOF'
@@ -184,16 +256,17 @@ for n in names:
     rs = [r for r in rows if r[0] == n]
     col = lambda i: statistics.median(float(r[i]) for r in rs)
     med[n] = dict(rps=col(3), p50=col(4), p99=col(5), cpu=col(6), busy=col(7),
-                  errors=sum(int(r[8]) for r in rs), runs=[r[6] for r in rs])
+                  errors=sum(int(r[8]) for r in rs), runs=[r[6] for r in rs],
+                  intruders=max(int(r[9]) for r in rs))
 base = med.get("bare")
-print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req | req/s ÷ bare | server CPU % of a core | non-2xx | CPU µs/req per run |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req | req/s ÷ bare | server CPU % of a core | other work on the two CPUs, max % | non-2xx | CPU µs/req per run |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     m = med[n]
     ratio = f"{m['cpu'] / base['cpu']:.2f}×" if base else "–"
     rps_ratio = f"{m['rps'] / base['rps']:.2f}" if base else "–"
     print(f"| {label.get(n, n)} | {m['rps']:.0f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.2f} | "
-          f"{ratio} | {rps_ratio} | {m['busy']:.0f} | {m['errors']} | {' / '.join(m['runs'])} |")
+          f"{ratio} | {rps_ratio} | {m['busy']:.0f} | {m['intruders']} | {m['errors']} | {' / '.join(m['runs'])} |")
 EOF
 } | tee "$OUT"
 echo "saved to $OUT" >&2

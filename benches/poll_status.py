@@ -2,7 +2,9 @@
 """Poll a fiddler_crab server's GET /status at a fixed period and write one CSV line per poll.
 
 Run with `python3 benches/poll_status.py --url http://127.0.0.1:PORT/status --path /hash
---seconds 50 --out poll.csv` (benches/adaptive.sh does). Columns: unix_s (wall clock of the
+--seconds 50 --out poll.csv` (benches/adaptive.sh does). Polls are jittered around the period so
+that they do not lock in phase with a fixed-rate load (at 8 rps and a 250 ms period they would
+otherwise see the same moment of every job cycle). Columns: unix_s (wall clock of the
 poll), light, the light's inputs (cpu 0-1, mem_headroom 0-1, cpu_pressure and mem_pressure as
 PSI `some avg10` percent, sample_age_ms, stale), and the endpoint's concurrency (jobs its
 executor may run at once now), running, queue_depth and counters. Standard library only;
@@ -12,6 +14,7 @@ loopback only; ends by itself after --seconds. A failed poll writes a line with 
 import argparse
 import csv
 import json
+import random
 import sys
 import time
 import urllib.parse
@@ -55,21 +58,24 @@ def main():
     ap.add_argument("--url", required=True, help="the server's /status URL (loopback)")
     ap.add_argument("--path", required=True, help="endpoint whose line to record")
     ap.add_argument("--seconds", type=float, required=True, help="how long to poll")
-    ap.add_argument("--every", type=float, default=0.25, help="poll period, s (default 0.25)")
+    ap.add_argument("--every", type=float, default=0.25, help="mean poll period, s (default 0.25)")
+    ap.add_argument("--jitter", type=float, default=0.2,
+                    help="each poll moves by up to ± this fraction of the period (default 0.2), "
+                         "so that polls do not lock in phase with a fixed-rate load")
     ap.add_argument("--out", required=True, help="CSV file to write")
     args = ap.parse_args()
     host = urllib.parse.urlsplit(args.url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"poll_status polls loopback addresses only, not {host}")
-    if not 0 < args.seconds <= 3600 or not 0.01 <= args.every <= 60:
-        sys.exit("--seconds must be in (0, 3600] and --every in [0.01, 60]")
+    if not 0 < args.seconds <= 3600 or not 0.01 <= args.every <= 60 or not 0 <= args.jitter < 0.5:
+        sys.exit("--seconds must be in (0, 3600], --every in [0.01, 60], --jitter in [0, 0.5)")
     start = time.monotonic()
     n = 0
     with open(args.out, "w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=COLUMNS)
         out.writeheader()
         while True:
-            due = start + n * args.every
+            due = start + (n + random.uniform(-args.jitter, args.jitter)) * args.every
             if due - start > args.seconds:
                 break
             pause = due - time.monotonic()
