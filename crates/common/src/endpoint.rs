@@ -232,7 +232,7 @@ impl Endpoint {
     }
 
     /// The endpoint's run-time histogram.
-    pub fn job_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+    pub fn job_seconds(&self) -> Arc<crate::histogram::JobHistogram> {
         self.runner.job_seconds()
     }
 

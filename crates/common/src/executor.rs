@@ -7,10 +7,10 @@
 
 use crate::counters::EndpointCounters;
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
+use crate::histogram::JobHistogram;
 use crate::job::{Job, Turn};
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub struct JobRunner {
     /// Moving average of handler run time, in microseconds (0 until the first job ran).
     job_time_us: AtomicU64,
     /// Distribution of handler run times, for `/metrics`.
-    job_seconds: Histogram,
+    job_seconds: Arc<JobHistogram>,
     /// When the latest job started, in µs since `epoch` (0: none yet).
     last_start_us: AtomicU64,
     epoch: Instant,
@@ -93,8 +93,7 @@ impl JobRunner {
             counters,
             running: AtomicUsize::new(0),
             job_time_us: AtomicU64::new(0),
-            // 1 ms to about 9 minutes, doubling.
-            job_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            job_seconds: Arc::new(JobHistogram::default()),
             last_start_us: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -178,12 +177,12 @@ impl JobRunner {
     }
 
     /// The run-time histogram (a shared handle).
-    pub fn job_seconds(&self) -> Histogram {
+    pub fn job_seconds(&self) -> Arc<JobHistogram> {
         self.job_seconds.clone()
     }
 
     fn record_job_time(&self, took: Duration) {
-        self.job_seconds.observe(took.as_secs_f64());
+        self.job_seconds.observe(took);
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .job_time_us

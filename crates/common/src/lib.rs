@@ -11,6 +11,7 @@
 //! - [`builtin`]: the `ping` and `echo` handlers.
 //! - [`job`]: a job, its exactly-once reply and its outcome counting.
 //! - [`counters`]: per-endpoint counters that add up.
+//! - [`histogram`]: the lock-free job-time histogram behind `/metrics`.
 //! - [`queue`]: the bounded handoff queue and the batches it hands over.
 //! - [`executor`]: the executor trait, the per-job runner and the dispatcher loop.
 //! - [`endpoint`]: a running endpoint (queue, runner, supervised dispatcher), admission.
@@ -30,6 +31,7 @@ pub mod exec;
 pub mod executor;
 pub mod frontend;
 pub mod handler;
+pub mod histogram;
 pub mod job;
 pub mod light;
 pub mod queue;

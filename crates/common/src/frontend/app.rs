@@ -73,7 +73,6 @@ impl App {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-
     /// The `Allow` header value of the endpoint at `path` (for a `405`).
     pub fn allow(&self, path: &str) -> Option<HeaderValue> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());

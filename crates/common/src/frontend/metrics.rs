@@ -3,6 +3,7 @@
 
 use super::app::App;
 use super::Body;
+use crate::histogram::JobHistogram;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -11,9 +12,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 use crate::counters::CountersSnapshot;
 
@@ -26,7 +27,7 @@ struct EndpointScrape {
     queue_depth: i64,
     queue_capacity: i64,
     running: i64,
-    job_seconds: Histogram,
+    job_seconds: Arc<JobHistogram>,
 }
 
 #[derive(Debug)]
