@@ -138,11 +138,14 @@ impl JobRunner {
 
     fn call_claimed(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
         let started = Instant::now();
-        let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
-        self.last_start_us.store(
-            u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
-            Ordering::Relaxed,
-        );
+        // Only read while no job has finished yet (see `job_time`): not stored after that.
+        if self.job_time_us.load(Ordering::Relaxed) == 0 {
+            let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
+            self.last_start_us.store(
+                u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
+                Ordering::Relaxed,
+            );
+        }
         let result = match catch_panic(|| self.handler.handle(request)) {
             Ok(result) => result,
             Err(message) => {
@@ -184,15 +187,15 @@ impl JobRunner {
     fn record_job_time(&self, took: Duration) {
         self.job_seconds.observe(took);
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = self
-            .job_time_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample
-                } else {
-                    old - old / JOB_TIME_SMOOTHING + sample / JOB_TIME_SMOOTHING
-                })
-            });
+        // A plain load and store, not a compare-and-swap loop: when two jobs finish at the same
+        // instant one sample may be lost, which a moving average does not notice.
+        let old = self.job_time_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / JOB_TIME_SMOOTHING + sample / JOB_TIME_SMOOTHING
+        };
+        self.job_time_us.store(new, Ordering::Relaxed);
     }
 
     /// The moving estimate of one job's run time. Before any job has finished, the time the
