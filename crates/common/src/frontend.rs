@@ -20,6 +20,9 @@ pub use listener::{serve, serve_all, Listeners, Tls};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// The body type of every response the front end sends.
 pub type Body = Full<Bytes>;
@@ -44,4 +47,48 @@ pub type Answer = Result<Response<Body>, Ignored>;
 /// Turn a handler-style response into the front end's body type.
 fn to_body(resp: Response<Bytes>) -> Response<Body> {
     resp.map(Full::new)
+}
+
+/// A request's slow path, boxed: reading a body, or waiting for a queued job's reply.
+type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// How a request is answered: at once (routing, the server's own paths, errors, overflow and
+/// inline builtins are decided synchronously), or later, by a boxed future. Keeping the fast path
+/// out of an `async` state machine keeps the per-request future a few words instead of kilobytes
+/// that hyper would move around for every request.
+enum Step {
+    Now(Answer),
+    Later(Pending),
+}
+
+/// The future the connection's service returns: a [`Step`] as a future.
+pub struct Reply(Option<Step>);
+
+impl Reply {
+    fn now(answer: Answer) -> Reply {
+        Reply(Some(Step::Now(answer)))
+    }
+
+    fn later(pending: Pending) -> Reply {
+        Reply(Some(Step::Later(pending)))
+    }
+}
+
+impl Future for Reply {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.0.take() {
+            Some(Step::Now(answer)) => Poll::Ready(answer),
+            Some(Step::Later(mut pending)) => match pending.as_mut().poll(cx) {
+                Poll::Ready(answer) => Poll::Ready(answer),
+                Poll::Pending => {
+                    self.0 = Some(Step::Later(pending));
+                    Poll::Pending
+                }
+            },
+            // Polled again after it completed (hyper never does): nothing more to say.
+            None => Poll::Ready(Err(Ignored)),
+        }
+    }
 }

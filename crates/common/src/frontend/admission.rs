@@ -5,7 +5,7 @@
 //! full queue is overflow before a single body byte is read), body read (bounded in size and time),
 //! then the real O(1) admission.
 
-use super::{to_body, Answer, Body, Ignored};
+use super::{to_body, Answer, Body, Ignored, Step};
 use crate::counters::EndpointCounters;
 use crate::endpoint::{Admission, Endpoint};
 use crate::handler::{text_response, JobRequest};
@@ -17,38 +17,56 @@ use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Admit `req` into `endpoint`'s queue and wait for its reply.
-pub(super) async fn admit(
-    endpoint: &Endpoint,
+/// Admit `req` into `endpoint`'s queue and wait for its reply. Decided synchronously up to the
+/// first thing that has to wait: a body to read or a queued job's reply (then a boxed future).
+pub(super) fn admit(
+    endpoint: &Arc<Endpoint>,
     body_read_timeout: Duration,
     timing: bool,
     req: Request<Incoming>,
     remote: SocketAddr,
     local: SocketAddr,
-) -> Answer {
+) -> Step {
     let max_body = endpoint.config.max_body_bytes;
     if declared_length(&req).is_some_and(|len| len > max_body) {
-        return Ok(too_large());
+        return Step::Now(Ok(too_large()));
     }
     match endpoint.admission() {
         Admission::Open => {}
-        refused => return overflow(endpoint, refused),
+        refused => return Step::Now(overflow(endpoint, refused)),
     }
     let (parts, body) = req.into_parts();
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    // The slow paths (a body to collect, a queued wait) are boxed: they allocate anyway, and
-    // keeping them out of this future keeps the per-request future small for micro-endpoints.
-    let body = if hyper::body::Body::is_end_stream(&body) {
+    if hyper::body::Body::is_end_stream(&body) {
         // No body (most GETs): no timer, no collector, no allocation.
-        bytes::Bytes::new()
-    } else {
-        match Box::pin(read_body(body, limit, body_read_timeout)).await {
+        return enqueue(endpoint, timing, parts, bytes::Bytes::new(), remote, local);
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let endpoint = endpoint.clone();
+    Step::Later(Box::pin(async move {
+        let body = match read_body(body, limit, body_read_timeout).await {
             Ok(body) => body,
             Err(resp) => return Ok(resp),
+        };
+        match enqueue(&endpoint, timing, parts, body, remote, local) {
+            Step::Now(answer) => answer,
+            Step::Later(pending) => pending.await,
         }
-    };
+    }))
+}
+
+/// Run the job inline if it may (a cheap handler, a free slot, nothing queued), else push it into
+/// the queue and wait for its reply.
+fn enqueue(
+    endpoint: &Arc<Endpoint>,
+    timing: bool,
+    parts: hyper::http::request::Parts,
+    body: bytes::Bytes,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Step {
     let request = JobRequest {
         method: parts.method,
         uri: parts.uri,
@@ -59,21 +77,24 @@ pub(super) async fn admit(
         local_addr: local,
     };
     if let Some(resp) = endpoint.try_inline(&request, timing) {
-        return Ok(to_body(resp));
+        return Step::Now(Ok(to_body(resp)));
     }
     let counters = &endpoint.counters;
     let (job, waiter) = Job::new(request, counters.clone());
     // Counted before the push so that no outcome can be counted ahead of its admission.
     EndpointCounters::bump(&counters.admitted);
     match endpoint.queue.try_push(job) {
-        Ok(()) => Box::pin(wait(endpoint, waiter)).await,
+        Ok(()) => {
+            let endpoint = endpoint.clone();
+            Step::Later(Box::pin(async move { wait(&endpoint, waiter).await }))
+        }
         Err(refused) => {
             counters.admitted.fetch_sub(1, Ordering::Relaxed);
             let job = match refused {
                 Refused::Full(job) | Refused::Closed(job) => job,
             };
             job.discard();
-            overflow(endpoint, Admission::Full)
+            Step::Now(overflow(endpoint, Admission::Full))
         }
     }
 }

@@ -6,31 +6,81 @@ use crate::exec::Registry;
 use crate::light::{Light, TrafficLight};
 use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
 use hyper::header::HeaderValue;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+/// Tables with more endpoints than this are searched by hash; smaller ones by a linear scan,
+/// which for a handful of short paths is faster than hashing the path.
+const LINEAR_ROUTES: usize = 8;
+
+/// Each table's identity, unique in the process (see [`App::with_table`]).
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The endpoints by path, with each one's precomputed `Allow` header. Immutable once built.
 #[derive(Debug)]
-struct Table {
+pub(super) struct Table {
+    id: u64,
     endpoints: Vec<Arc<Endpoint>>,
-    routes: HashMap<String, (Arc<Endpoint>, HeaderValue)>,
+    routes: Vec<Route>,
+    by_path: HashMap<String, usize>,
+}
+
+/// An endpoint and its `Allow` header (for a `405`).
+#[derive(Debug)]
+pub struct Route {
+    /// The endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// Its methods, as an `Allow` header value.
+    pub allow: HeaderValue,
 }
 
 impl Table {
     fn new(endpoints: Vec<Arc<Endpoint>>) -> Table {
-        let routes = endpoints
+        let routes: Vec<Route> = endpoints
             .iter()
             .map(|e| {
                 let list: Vec<&str> = e.config.methods.iter().map(|m| m.as_str()).collect();
                 let allow = HeaderValue::from_str(&list.join(", "))
                     .unwrap_or_else(|_| HeaderValue::from_static("GET"));
-                (e.config.path.clone(), (e.clone(), allow))
+                Route {
+                    endpoint: e.clone(),
+                    allow,
+                }
             })
             .collect();
-        Table { endpoints, routes }
+        let by_path = if routes.len() > LINEAR_ROUTES {
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.endpoint.config.path.clone(), i))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Table {
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            endpoints,
+            routes,
+            by_path,
+        }
     }
+
+    /// The route of `path`, if any.
+    pub(super) fn find(&self, path: &str) -> Option<&Route> {
+        if self.routes.len() > LINEAR_ROUTES {
+            self.by_path.get(path).and_then(|&i| self.routes.get(i))
+        } else {
+            self.routes.iter().find(|r| r.endpoint.config.path == path)
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's copy of the routing table it used last (see [`App::with_table`]).
+    static CACHED_TABLE: RefCell<Option<Arc<Table>>> = const { RefCell::new(None) };
 }
 
 /// Everything the front end serves.
@@ -39,6 +89,8 @@ pub struct App {
     /// Server-wide settings (fixed for the life of the process; a reload changes endpoints).
     pub server: ServerConfig,
     table: RwLock<Arc<Table>>,
+    /// The id of the table in `table` (read without the lock).
+    table_id: AtomicU64,
     /// Endpoints a reload replaced or removed, still running the jobs they had admitted.
     retired: Mutex<Vec<Arc<Endpoint>>>,
     started: Instant,
@@ -57,9 +109,11 @@ impl App {
         children: Arc<Registry>,
         light: TrafficLight,
     ) -> App {
+        let table = Table::new(endpoints);
         App {
             server,
-            table: RwLock::new(Arc::new(Table::new(endpoints))),
+            table_id: AtomicU64::new(table.id),
+            table: RwLock::new(Arc::new(table)),
             retired: Mutex::new(Vec::new()),
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
@@ -73,10 +127,27 @@ impl App {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The `Allow` header value of the endpoint at `path` (for a `405`).
-    pub fn allow(&self, path: &str) -> Option<HeaderValue> {
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.routes.get(path).map(|(_, a)| a.clone())
+    /// Call `f` with the routing table now. The hot path of every request: a thread keeps the
+    /// table it used last and checks, with one atomic load, that it is still the current one; so
+    /// a lookup takes no lock and touches no shared reference count (a reload, which swaps the
+    /// table, costs each thread one locked read afterwards).
+    pub(super) fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        let id = self.table_id.load(Ordering::Acquire);
+        let f = CACHED_TABLE.with(|cached| {
+            // Re-entered from inside `f` (nothing does): skip the cache.
+            let Ok(mut cached) = cached.try_borrow_mut() else {
+                return Err(f);
+            };
+            let table = match cached.as_ref() {
+                Some(table) if table.id == id => table,
+                _ => cached.insert(self.table()),
+            };
+            Ok(f(table))
+        });
+        match f {
+            Ok(r) => r,
+            Err(f) => f(&self.table()),
+        }
     }
 
     /// The endpoints being served, in config order.
@@ -86,8 +157,7 @@ impl App {
 
     /// The endpoint serving `path` now, if any.
     pub fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.routes.get(path).map(|(e, _)| e.clone())
+        self.table().find(path).map(|r| r.endpoint.clone())
     }
 
     /// Serve `endpoints` from now on. Endpoints of the old table that are not in the new one (by
@@ -97,6 +167,7 @@ impl App {
         let new = Arc::new(Table::new(endpoints));
         let old = {
             let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            self.table_id.store(new.id, Ordering::Release);
             std::mem::replace(&mut *table, new.clone())
         };
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,7 +248,7 @@ impl App {
 
     /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.
     pub fn mode_of(&self, path: &str) -> &'static str {
-        self.endpoint(path).map_or("-", |e| e.mode())
+        self.with_table(|t| t.find(path).map_or("-", |r| r.endpoint.mode()))
     }
 
     fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {

@@ -5,14 +5,13 @@ use super::access::AccessLine;
 use super::app::App;
 use super::router::route;
 use super::watchdog::{Activity, InFlight};
-use super::{to_body, Answer};
+use super::{to_body, Answer, Reply, Step};
 use crate::handler::text_response;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// What a listener serves.
@@ -40,7 +39,9 @@ impl Role {
     }
 }
 
-/// The hyper service for one connection.
+/// The hyper service for one connection. A request whose answer is decided at once (nearly
+/// everything but a body to read or a queued job to wait for) is answered without building an
+/// `async` state machine; see [`super::Step`].
 pub(super) fn service(
     app: Arc<App>,
     role: Role,
@@ -52,42 +53,64 @@ pub(super) fn service(
     Request<Incoming>,
     Response = hyper::Response<super::Body>,
     Error = super::Ignored,
-    Future = impl std::future::Future<Output = Answer> + Send,
+    Future = Reply,
 > + Clone
        + Send
        + 'static {
-    let served = Arc::new(AtomicUsize::new(0));
     let max_requests = app.server.max_requests_per_connection.get();
     service_fn(move |req: Request<Incoming>| {
-        let app = app.clone();
-        let served = served.clone();
-        let hsts = hsts.clone();
-        let in_flight = InFlight::new(&activity);
-        async move {
-            let _in_flight = in_flight;
-            let logged = app.server.access_log.then(|| AccessLine::of(&req, remote));
+        let finish = Finish {
+            logged: app.server.access_log.then(|| AccessLine::of(&req, remote)),
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
-            let last = req.version() < hyper::Version::HTTP_2
-                && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
-            let mut answer: Answer = match role {
-                Role::Redirect(port) => Ok(redirect(&req, port)),
-                _ => route(app.clone(), role, req, remote, local).await,
-            };
-            if let (Some(line), Ok(resp)) = (logged, answer.as_ref()) {
-                line.write(&app, resp);
+            last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
+            hsts: hsts.clone(),
+        };
+        let step = match role {
+            Role::Redirect(port) => Step::Now(Ok(redirect(&req, port))),
+            _ => route(&app, role, req, remote, local),
+        };
+        match step {
+            Step::Now(answer) => {
+                activity.answered_at_once();
+                Reply::now(finish.apply(&app, answer))
             }
-            if let (Some(hsts), Ok(resp)) = (hsts, answer.as_mut()) {
-                resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
+            Step::Later(pending) => {
+                let in_flight = InFlight::new(&activity);
+                let app = app.clone();
+                Reply::later(Box::pin(async move {
+                    let answer = pending.await;
+                    drop(in_flight);
+                    finish.apply(&app, answer)
+                }))
             }
-            if last {
-                if let Ok(resp) = answer.as_mut() {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-            }
-            answer
         }
     })
+}
+
+/// What is done to every answer before it is sent: the access log line, HSTS, and
+/// `Connection: close` on the last request a connection may make.
+struct Finish {
+    logged: Option<AccessLine>,
+    last: bool,
+    hsts: Option<HeaderValue>,
+}
+
+impl Finish {
+    fn apply(self, app: &App, mut answer: Answer) -> Answer {
+        if let Ok(resp) = answer.as_mut() {
+            if let Some(line) = self.logged {
+                line.write(app, resp);
+            }
+            if let Some(hsts) = self.hsts {
+                resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
+            }
+            if self.last {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        answer
+    }
 }
 
 /// `308` to the same host and path on HTTPS; `400` without a usable Host.

@@ -3,12 +3,11 @@
 
 use super::app::App;
 use super::connection::{self, Role};
-use super::watchdog::{self, Activity, Watched};
+use super::watchdog::{Activity, Connections, Watched};
 use super::Ignored;
 use crate::supervisor::{supervise_task, Backoff};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -91,7 +90,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 /// every queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any
 /// child still alive, and let connections finish their last response.
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Arc::new(Connections::default());
+    let sweeper = {
+        let (connections, silent, idle) = (
+            connections.clone(),
+            app.server.header_read_timeout,
+            app.server.idle_timeout,
+        );
+        tokio::spawn(supervise_task(
+            "idle-sweeper",
+            Backoff::default(),
+            move || connections.clone().sweeper(silent, idle),
+        ))
+    };
     let builder = Arc::new(connection_builder(&app));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -127,9 +138,9 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
         .map(|(listener, role, name, max)| {
             let listener = Arc::new(listener);
             let limit = Arc::new(Semaphore::new(max));
-            let (app, graceful, builder, limit, stop_rx, tls) = (
+            let (app, connections, builder, limit, stop_rx, tls) = (
                 app.clone(),
-                graceful.clone(),
+                connections.clone(),
                 builder.clone(),
                 limit,
                 stop_rx.clone(),
@@ -142,7 +153,7 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
                     tls.clone(),
                     app.clone(),
                     builder.clone(),
-                    graceful.clone(),
+                    connections.clone(),
                     limit.clone(),
                     stop_rx.clone(),
                 )
@@ -176,14 +187,18 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
         }
     }
     // Every job is answered now; let connections write their last responses.
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections did not close in time");
-        }
+    connections.drain();
+    let hard = Instant::now() + Duration::from_secs(5);
+    while connections.live() > 0 && Instant::now() < hard {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if connections.live() > 0 {
+        tracing::warn!(
+            open = connections.live(),
+            "some connections did not close in time"
+        );
+    }
+    sweeper.abort();
     tracing::info!("stopped");
 }
 
@@ -215,7 +230,7 @@ async fn accept_loop(
     tls: Option<Arc<Tls>>,
     app: Arc<App>,
     builder: Arc<Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
+    connections: Arc<Connections>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -244,7 +259,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let (builder, graceful, tls) = (builder.clone(), graceful.clone(), tls.clone());
+        let (builder, connections, tls) = (builder.clone(), connections.clone(), tls.clone());
         app.connection_opened();
         tokio::spawn(async move {
             let _permit = permit;
@@ -263,10 +278,9 @@ async fn accept_loop(
                         TokioIo::new(stream),
                         service,
                         &builder,
-                        &graceful,
+                        &connections,
                         remote,
-                        &activity,
-                        &app,
+                        activity,
                     )
                     .await;
                 }
@@ -286,8 +300,7 @@ async fn accept_loop(
                                 activity.clone(),
                             );
                             let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                            serve_io(io, service, &builder, &graceful, remote, &activity, &app)
-                                .await;
+                            serve_io(io, service, &builder, &connections, remote, activity).await;
                         }
                         Err(e) => {
                             tracing::trace!(client = %remote, cause = %e, "TLS handshake failed")
@@ -300,16 +313,15 @@ async fn accept_loop(
     }
 }
 
-/// Serve one connection (plain or TLS) with hyper until it ends, under the graceful watcher and
-/// the idle watchdog (see [`watchdog`]).
+/// Serve one connection (plain or TLS) with hyper until it ends, registered for the idle sweep
+/// and the graceful drain (see [`super::watchdog`]).
 async fn serve_io<I, S>(
     io: TokioIo<I>,
     service: S,
     builder: &Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    connections: &Arc<Connections>,
     remote: std::net::SocketAddr,
-    activity: &Activity,
-    app: &App,
+    activity: Arc<Activity>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -321,15 +333,12 @@ async fn serve_io<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+    let registration = connections.register(activity.clone());
+    let conn = builder.serve_connection(io, service).into_owned();
     tokio::pin!(conn);
-    let (silent, idle) = (app.server.header_read_timeout, app.server.idle_timeout);
-    let ended = tokio::select! {
-        ended = &mut conn => ended,
-        () = watchdog::idle(activity, silent, idle) => {
-            tracing::trace!(client = %remote, "idle connection closed");
-            return;
-        }
+    let Some(ended) = connections.run(&registration, &activity, conn).await else {
+        tracing::trace!(client = %remote, "idle connection closed");
+        return;
     };
     if let Err(e) = ended {
         // Ignored overflow ends a connection on purpose: no log at all for it.

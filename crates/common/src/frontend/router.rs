@@ -2,7 +2,7 @@
 
 use super::app::App;
 use super::connection::{not_here, Role};
-use super::{admission, metrics, status, to_body, Answer};
+use super::{admission, metrics, status, to_body, Step};
 use crate::handler::text_response;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
@@ -31,24 +31,24 @@ impl OwnPath {
     }
 }
 
-/// Answer one request.
-pub(super) async fn route(
-    app: Arc<App>,
+/// Answer one request: synchronously, except for the slow paths of admission (see [`Step`]).
+pub(super) fn route(
+    app: &Arc<App>,
     role: Role,
     req: Request<Incoming>,
     remote: SocketAddr,
     local: SocketAddr,
-) -> Answer {
+) -> Step {
     let path = req.uri().path();
     let own = OwnPath::of(path);
     if own.is_some() && !role.serves_own_paths() || own.is_none() && !role.serves_endpoints() {
-        return Ok(not_here());
+        return Step::Now(Ok(not_here()));
     }
     if let Some(own) = own {
-        return Ok(match *req.method() {
+        return Step::Now(Ok(match *req.method() {
             Method::GET | Method::HEAD => match own {
-                OwnPath::Status => status::render(&app),
-                OwnPath::Metrics => metrics::render(&app),
+                OwnPath::Status => status::render(app),
+                OwnPath::Metrics => metrics::render(app),
                 OwnPath::Healthz => to_body(text_response(StatusCode::OK, "ok")),
                 OwnPath::Readyz => {
                     let verdict = app.readiness();
@@ -61,29 +61,24 @@ pub(super) async fn route(
                 }
             },
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
-        });
+        }));
     }
-    let Some(endpoint) = app.endpoint(path) else {
-        return Ok(to_body(text_response(
-            StatusCode::NOT_FOUND,
-            "no endpoint at this path",
-        )));
-    };
-    if !endpoint.config.methods.contains(req.method()) {
-        let allow = app
-            .allow(path)
-            .unwrap_or_else(|| HeaderValue::from_static("GET"));
-        return Ok(method_not_allowed(allow));
-    }
-    admission::admit(
-        &endpoint,
-        app.server.body_read_timeout,
-        app.server.access_log,
-        req,
-        remote,
-        local,
-    )
-    .await
+    app.with_table(|table| {
+        let Some(route) = table.find(req.uri().path()) else {
+            return Step::Now(Ok(not_here()));
+        };
+        if !route.endpoint.config.methods.contains(req.method()) {
+            return Step::Now(Ok(method_not_allowed(route.allow.clone())));
+        }
+        admission::admit(
+            &route.endpoint,
+            app.server.body_read_timeout,
+            app.server.access_log,
+            req,
+            remote,
+            local,
+        )
+    })
 }
 
 fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {

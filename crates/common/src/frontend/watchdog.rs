@@ -1,20 +1,27 @@
-//! The idle watchdog: closes a connection that makes no progress while no request is in flight.
+//! The idle watchdog and the graceful drain: every open connection is registered in one
+//! [`Connections`] table, which a single sweeper task walks a few times per period.
 //!
 //! "Progress" is any byte read from or written to the socket, counted by [`Watched`] (one relaxed
-//! add per I/O call, no clock read). At every period the watchdog compares the count with the one
-//! it saw a period ago; unchanged, with no request in flight, means idle. So a silent connection
-//! (hyper's header timer only starts once it has detected the protocol) is closed after one or two
-//! `header_read_timeout` periods; an idle keep-alive or HTTP/2 connection after one or two
-//! `idle_timeout` periods; but a slow reader still draining a large response, or a long job
-//! running, is never idle.
+//! add per I/O call, no clock read), and every answered request. At each sweep the watchdog
+//! compares a connection's count with the one it saw before; unchanged for a whole period, with no
+//! request in flight, means idle. So a silent connection (hyper's header timer only starts once it
+//! has detected the protocol) is closed after `header_read_timeout`; an idle keep-alive or HTTP/2
+//! connection after `idle_timeout`; but a slow reader still draining a large response, or a long
+//! job running, is never idle.
+//!
+//! Why a table and not a timer and a shutdown watch per connection: a connection's task then
+//! polls nothing but hyper's connection on each wake-up, plus two relaxed loads (its close flag and
+//! the drain flag). A per-connection timer re-registers its waker, and a shared shutdown watch
+//! takes a lock shared by every connection, on every wake-up of every connection.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// What a connection is doing.
 #[derive(Debug, Default)]
@@ -22,11 +29,27 @@ pub(super) struct Activity {
     in_flight: AtomicUsize,
     progress: AtomicU64,
     served: AtomicBool,
+    requests: AtomicUsize,
+    /// Set by the sweeper: the connection has been idle too long and is to be closed.
+    close: AtomicBool,
 }
 
 impl Activity {
     fn progressed(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a new request on this connection; returns how many it has had, this one included.
+    pub(super) fn request(&self) -> usize {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A request answered as soon as it was read (never in flight across an await).
+    pub(super) fn answered_at_once(&self) {
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
+        self.progressed();
     }
 }
 
@@ -113,22 +136,173 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// Resolves when the connection has been idle for a whole period: before its first request the
-/// period is `silent`, afterwards `idle`.
-pub(super) async fn idle(activity: &Activity, silent: Duration, idle: Duration) {
-    let mut seen = activity.progress.load(Ordering::Relaxed);
-    loop {
-        let period = if activity.served.load(Ordering::Relaxed) {
-            idle
-        } else {
-            silent
-        };
-        tokio::time::sleep(period).await;
-        let now = activity.progress.load(Ordering::Relaxed);
-        if now == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
-            return;
+/// Every open connection of a server: for the idle sweep and the graceful drain.
+#[derive(Debug, Default)]
+pub(super) struct Connections {
+    slots: Mutex<Slots>,
+    draining: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    activity: Arc<Activity>,
+    waker: Option<Waker>,
+    /// The progress count at the last sweep that saw it change, and when that was.
+    seen: u64,
+    quiet_since: Instant,
+}
+
+/// A connection's place in [`Connections`], given up when dropped.
+pub(super) struct Registration {
+    connections: Arc<Connections>,
+    slot: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut slots = self.connections.lock();
+        if let Some(entry) = slots.entries.get_mut(self.slot) {
+            if entry.take().is_some() {
+                slots.free.push(self.slot);
+                slots.live -= 1;
+            }
         }
-        seen = now;
+    }
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a connection; it is watched until the registration is dropped.
+    pub(super) fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registration {
+        let entry = Entry {
+            seen: activity.progress.load(Ordering::Relaxed),
+            activity,
+            waker: None,
+            quiet_since: Instant::now(),
+        };
+        let mut slots = self.lock();
+        slots.live += 1;
+        let slot = match slots.free.pop() {
+            Some(slot) => {
+                if let Some(place) = slots.entries.get_mut(slot) {
+                    *place = Some(entry);
+                }
+                slot
+            }
+            None => {
+                slots.entries.push(Some(entry));
+                slots.entries.len() - 1
+            }
+        };
+        Registration {
+            connections: self.clone(),
+            slot,
+        }
+    }
+
+    /// Connections registered now.
+    pub(super) fn live(&self) -> usize {
+        self.lock().live
+    }
+
+    /// Begin the graceful drain: every connection finishes the requests it has and closes
+    /// (HTTP/1 after its current response, HTTP/2 with GOAWAY).
+    pub(super) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for entry in self.lock().entries.iter().flatten() {
+            if let Some(waker) = &entry.waker {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// One sweep at `now`: mark and wake every connection idle for a whole period (`silent`
+    /// before its first request, `idle` after). Returns how many it closed.
+    fn sweep(&self, now: Instant, silent: Duration, idle: Duration) -> usize {
+        let mut closed = 0;
+        for entry in self.lock().entries.iter_mut().flatten() {
+            let activity = &entry.activity;
+            let progress = activity.progress.load(Ordering::Relaxed);
+            if progress != entry.seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                entry.seen = progress;
+                entry.quiet_since = now;
+                continue;
+            }
+            let period = if activity.served.load(Ordering::Relaxed) {
+                idle
+            } else {
+                silent
+            };
+            if now.saturating_duration_since(entry.quiet_since) >= period
+                && !activity.close.swap(true, Ordering::SeqCst)
+            {
+                closed += 1;
+                if let Some(waker) = &entry.waker {
+                    waker.wake_by_ref();
+                }
+            }
+        }
+        closed
+    }
+
+    /// The sweeper: runs until the task is dropped. It looks four times per period, so an idle
+    /// connection is closed between one period and one and a quarter after it went quiet.
+    pub(super) async fn sweeper(self: Arc<Self>, silent: Duration, idle: Duration) {
+        let tick = (silent.min(idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = ticks.tick().await;
+            let closed = self.sweep(now, silent, idle);
+            if closed > 0 {
+                tracing::trace!(closed, "idle connections closed");
+            }
+        }
+    }
+
+    /// Drive `conn` until it ends, or until the sweeper finds it idle (`None`); once the drain
+    /// begins, ask it to shut down gracefully and keep driving it.
+    pub(super) async fn run<C>(
+        &self,
+        registration: &Registration,
+        activity: &Activity,
+        conn: Pin<&mut C>,
+    ) -> Option<C::Output>
+    where
+        C: hyper_util::server::graceful::GracefulConnection,
+    {
+        let mut conn = conn;
+        let mut waker: Option<Waker> = None;
+        let mut graceful = false;
+        std::future::poll_fn(|cx| {
+            // Register this task's waker once (and again only if it changes), so that the sweeper
+            // and the drain can wake it; checked before the flags, which they set before waking.
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                waker = Some(cx.waker().clone());
+                if let Some(Some(entry)) = self.lock().entries.get_mut(registration.slot) {
+                    entry.waker = Some(cx.waker().clone());
+                }
+            }
+            if activity.close.load(Ordering::SeqCst) {
+                return Poll::Ready(None);
+            }
+            if !graceful && self.draining.load(Ordering::SeqCst) {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 }
 
@@ -137,19 +311,44 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_idle_after_one_quiet_period_and_a_busy_one_never() {
+    async fn a_quiet_connection_is_closed_after_its_period_and_a_busy_one_never() {
         let silent = Duration::from_secs(2);
-        let a = Activity::default();
-        let started = tokio::time::Instant::now();
-        idle(&a, silent, Duration::from_secs(60)).await;
-        assert!(started.elapsed() >= silent && started.elapsed() < silent * 3);
-
+        let idle = Duration::from_secs(60);
+        let connections = Arc::new(Connections::default());
+        let quiet = Arc::new(Activity::default());
         let busy = Arc::new(Activity::default());
+        let _q = connections.register(quiet.clone());
+        let _b = connections.register(busy.clone());
         let request = InFlight::new(&busy);
-        let waited =
-            tokio::time::timeout(Duration::from_secs(600), idle(&busy, silent, silent)).await;
-        assert!(waited.is_err(), "a request in flight is never idle");
+        let start = Instant::now();
+        assert_eq!(connections.sweep(start + silent / 2, silent, idle), 0);
+        assert_eq!(connections.sweep(start + silent, silent, idle), 1);
+        assert!(quiet.close.load(Ordering::SeqCst));
+        assert!(
+            !busy.close.load(Ordering::SeqCst),
+            "a request in flight is never idle"
+        );
+        // Once answered, the busy one has served a request: its period is `idle` from then on.
         drop(request);
-        idle(&busy, silent, silent).await;
+        let answered = start + silent * 2;
+        assert_eq!(connections.sweep(answered, silent, idle), 0, "progress");
+        assert_eq!(connections.sweep(answered + idle / 2, silent, idle), 0);
+        assert_eq!(connections.sweep(answered + idle, silent, idle), 1);
+        assert!(busy.close.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn slots_are_reused_and_live_counts_registrations() {
+        let connections = Arc::new(Connections::default());
+        let a = connections.register(Arc::new(Activity::default()));
+        let b = connections.register(Arc::new(Activity::default()));
+        assert_eq!(connections.live(), 2);
+        let slot = a.slot;
+        drop(a);
+        assert_eq!(connections.live(), 1);
+        let c = connections.register(Arc::new(Activity::default()));
+        assert_eq!(c.slot, slot, "a freed slot is taken again");
+        drop((b, c));
+        assert_eq!(connections.live(), 0);
     }
 }
