@@ -4,7 +4,8 @@
 # closed-loop wrk load. Server pinned to CPU 0, wrk to CPU 1. Per run: requests/s, p50/p99
 # latency (wrk --latency), and server CPU microseconds per request: the utime + stime delta of
 # /proc/PID/stat over the wrk run divided by the requests wrk completed. The servers are run in
-# turn, ROUNDS times, and each figure's median is reported. Loopback only; every run ends by
+# turn, ROUNDS times, and each figure's median is reported, with the median of each round's ratio
+# to that round's bare run. Loopback only; every run ends by
 # itself. Needs wrk (Debian: apt-get install -y wrk).
 #
 #   bash benches/ping.sh                          # 3 rounds of 10 s per server (about 2 minutes)
@@ -14,7 +15,8 @@
 # CONNECTIONS (default 32), THREADS (wrk threads, default 1), DELAY_MS (default 0; when set, each
 # connection pauses that many ms after every response, so that every server gets about the same
 # request rate rather than as many as it can take), SERVER_CPU / LOADGEN_CPU (default
-# 0 / 1), SERVERS (default "bare jellyfish crab"; also "bare-plain": hyper's builder defaults),
+# 0 / 1), SERVERS (default "bare jellyfish crab"; also "bare-plain": hyper's builder defaults, and
+# "jellyfish-ref": the fiddler_crab binary REF_BIN, for before/after comparisons),
 # OUT (result file), IDLE_MAX (% busy the machine may be before a run, default 15), IDLE_WAIT (s
 # to wait for that at most, default 1800). Before each measurement the script waits until no other
 # benchmark or build (bench_server, loadgen, flood.sh, adaptive.sh, wrk, cargo, rustc) runs and the
@@ -45,6 +47,9 @@ COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --qu
 # Private copies: a rebuild by someone else during the run cannot swap the binaries.
 work=$(mktemp -d /tmp/fc-ping.XXXXXX)
 cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+# REF_BIN: another fiddler_crab build (say, the previous commit's) to run as server
+# "jellyfish-ref", so a change is measured against what it changes in the same run.
+if [ -n "${REF_BIN:-}" ]; then cp "$REF_BIN" "$work/fiddler_crab-ref"; fi
 CLK_TCK=$(getconf CLK_TCK)
 # DELAY_MS > 0: each connection pauses that long after every response (wrk's Lua `delay()`), so
 # every server gets about the same request rate instead of as many as it can take.
@@ -96,6 +101,10 @@ start_server() {
     jellyfish | crab)
       fiddler_crab_config "$1" "$port" >"$work/$1.toml"
       taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/$1.toml" \
+        >"$work/server.log" 2>&1 & ;;
+    jellyfish-ref)
+      fiddler_crab_config jellyfish "$port" >"$work/$1.toml"
+      taskset -c "$SERVER_CPU" "$work/fiddler_crab-ref" --config "$work/$1.toml" \
         >"$work/server.log" 2>&1 & ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac
@@ -214,6 +223,7 @@ label = {
     "bare": "bare hyper (examples/bare_hyper.rs)",
     "bare-plain": "bare hyper, builder defaults (--plain)",
     "jellyfish": "fiddler_crab, /ping jellyfish",
+    "jellyfish-ref": "fiddler_crab REF_BIN, /ping jellyfish",
     "crab": "fiddler_crab, /ping crab",
 }
 med = {}
@@ -224,14 +234,24 @@ for n in names:
                   errors=sum(int(r[8]) for r in rs), runs=[r[6] for r in rs],
                   intruders=max(int(r[9]) for r in rs))
 base = med.get("bare")
-print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req | req/s ÷ bare | server CPU % of a core | other work on the two CPUs, max % | non-2xx | CPU µs/req per run |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+# The machine's speed drifts (a shared VM): a round's runs are back to back, so the ratio of
+# each round's run to the same round's bare run cancels most of the drift. Its median is the
+# figure to hold against the bar; the ratio of the medians is shown too.
+def paired(n):
+    by_round = {r[1]: float(r[6]) for r in rows if r[0] == n}
+    bare = {r[1]: float(r[6]) for r in rows if r[0] == "bare"}
+    ratios = [by_round[k] / bare[k] for k in by_round if k in bare and bare[k] > 0]
+    return ratios
+print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req (ratio of medians) | × bare, median of per-round ratios (min–max) | req/s ÷ bare | server CPU % of a core | other work on the two CPUs, max % | non-2xx | CPU µs/req per run |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     m = med[n]
     ratio = f"{m['cpu'] / base['cpu']:.2f}×" if base else "–"
+    pr = paired(n) if base else []
+    per_round = f"**{statistics.median(pr):.2f}×** ({min(pr):.2f}–{max(pr):.2f})" if pr else "–"
     rps_ratio = f"{m['rps'] / base['rps']:.2f}" if base else "–"
     print(f"| {label.get(n, n)} | {m['rps']:.0f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.2f} | "
-          f"{ratio} | {rps_ratio} | {m['busy']:.0f} | {m['intruders']} | {m['errors']} | {' / '.join(m['runs'])} |")
+          f"{ratio} | {per_round} | {rps_ratio} | {m['busy']:.0f} | {m['intruders']} | {m['errors']} | {' / '.join(m['runs'])} |")
 EOF
 } | tee "$OUT"
 echo "saved to $OUT" >&2
