@@ -102,11 +102,12 @@ pub struct LightPolicy {
     /// Memory headroom (0.0–1.0), lower is worse. Default: yellow at < 0.20 until ≥ 0.25, red at
     /// < 0.10 until ≥ 0.15.
     pub mem_headroom: Thresholds,
-    /// CPU pressure, `some avg10` (percent), higher is worse; ignored when the sample has none.
+    /// CPU pressure, the PSI `some` stall share (percent), higher is worse; ignored when the
+    /// sample has none.
     /// Default: no yellow; red at ≥ 40 until < 30.
     pub cpu_pressure: Thresholds,
-    /// Memory pressure, `some avg10` (percent), higher is worse; ignored when the sample has
-    /// none. Default: yellow at ≥ 10 until < 5, red at ≥ 25 until < 15.
+    /// Memory pressure, the PSI `some` stall share (percent), higher is worse; ignored when the
+    /// sample has none. Default: yellow at ≥ 10 until < 5, red at ≥ 25 until < 15.
     pub mem_pressure: Thresholds,
     /// Least time in a state before the light goes down a level. Default 2 s. Going up is never
     /// delayed.

@@ -1,10 +1,10 @@
 //! The light's inputs: a [`Sample`], the [`SampleSource`] trait, and the real [`SystemSource`]
 //! (cgroup v2 when the process is limited by one, else the host through `sysinfo`, plus PSI).
 
-use super::cgroup::{cpu_utilisation, memory_headroom, parse_pressure};
+use super::cgroup::{cpu_utilisation, memory_headroom, parse_pressure, PsiAverages};
 use super::cgroup_reader::{read, CgroupReader, Resource};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a reading came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -28,9 +28,10 @@ pub struct Sample {
     pub mem_headroom: f64,
     /// Where `mem_headroom` came from.
     pub mem_origin: Origin,
-    /// CPU pressure, `some avg10` (percent, 0–100); `None` without PSI.
+    /// CPU pressure (percent, 0–100): the share of recent time in which some task waited for a
+    /// CPU, from PSI (see [`StallShare`]); `None` without PSI.
     pub cpu_pressure: Option<f64>,
-    /// Memory pressure, `some avg10` (percent, 0–100); `None` without PSI.
+    /// Memory pressure (percent, 0–100), likewise; `None` without PSI.
     pub mem_pressure: Option<f64>,
     /// Where the pressure readings came from; `None` when there are none.
     pub pressure_origin: Option<Origin>,
@@ -50,7 +51,7 @@ impl Sample {
         }
     }
 
-    /// The same reading with host pressure figures (`some avg10`, percent).
+    /// The same reading with host pressure figures (percent).
     pub fn with_pressure(self, cpu: Option<f64>, mem: Option<f64>) -> Sample {
         Sample {
             cpu_pressure: cpu,
@@ -89,6 +90,57 @@ pub struct SystemSource {
     cgroup: Option<CgroupReader>,
     host_pressure: PathBuf,
     cpu_mark: Option<CpuMark>,
+    cpu_stall: StallShare,
+    mem_stall: StallShare,
+}
+
+/// How quickly the pressure figure follows the stall counter: the time constant of its
+/// exponential smoothing.
+const PRESSURE_SMOOTHING: Duration = Duration::from_secs(1);
+
+/// Pressure as the share of time stalled, from PSI's `total=` counter (µs stalled) between two
+/// samples, smoothed with a one-second time constant. PSI's own `avg10` is a 10 s average the
+/// kernel updates every 2 s: after a CPU hog ends it keeps rising for seconds and takes 8–12 s to
+/// fall below a red exit level (measured, docs/BENCHMARKS.md section 5), holding the light red
+/// long after the machine is free. The counter follows within a sample or two. The first reading
+/// of a file, or one whose counter went backwards (another file), starts from `avg10`.
+#[derive(Debug, Default)]
+struct StallShare {
+    last: Option<StallMark>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StallMark {
+    origin: Origin,
+    total_us: u64,
+    at: Instant,
+    share: f64,
+}
+
+impl StallShare {
+    fn update(&mut self, origin: Origin, some: PsiAverages, at: Instant) -> f64 {
+        let share = match self.last {
+            Some(last) if last.origin == origin && some.total >= last.total_us => {
+                let elapsed = at.saturating_duration_since(last.at);
+                if elapsed < Duration::from_millis(1) {
+                    return last.share;
+                }
+                let stalled = (some.total - last.total_us) as f64;
+                let now = (stalled / elapsed.as_secs_f64() / 1e4).clamp(0.0, 100.0);
+                let weight =
+                    1.0 - (-elapsed.as_secs_f64() / PRESSURE_SMOOTHING.as_secs_f64()).exp();
+                last.share + weight * (now - last.share)
+            }
+            _ => some.avg10,
+        };
+        self.last = Some(StallMark {
+            origin,
+            total_us: some.total,
+            at,
+            share,
+        });
+        share
+    }
 }
 
 impl Default for SystemSource {
@@ -111,6 +163,8 @@ impl SystemSource {
             cgroup,
             host_pressure,
             cpu_mark: None,
+            cpu_stall: StallShare::default(),
+            mem_stall: StallShare::default(),
         };
         source.sys.refresh_cpu_usage();
         source.cgroup_cpu();
@@ -157,12 +211,23 @@ impl SystemSource {
         ))
     }
 
-    /// `some avg10` for cpu and memory: the cgroup's pressure files if either is readable,
-    /// else the host's.
-    fn pressure(&self) -> (Option<f64>, Option<f64>, Option<Origin>) {
+    /// The `some` stall share for cpu and memory (see [`StallShare`]): the cgroup's pressure
+    /// files if either is readable, else the host's.
+    fn pressure(&mut self) -> (Option<f64>, Option<f64>, Option<Origin>) {
+        let (cpu, mem, origin) = self.read_pressure();
+        let now = Instant::now();
+        let Some(origin) = origin else {
+            return (None, None, None);
+        };
+        let cpu = cpu.map(|p| self.cpu_stall.update(origin, p, now));
+        let mem = mem.map(|p| self.mem_stall.update(origin, p, now));
+        (cpu, mem, Some(origin))
+    }
+
+    fn read_pressure(&self) -> (Option<PsiAverages>, Option<PsiAverages>, Option<Origin>) {
         if let Some(cgroup) = &self.cgroup {
-            let cpu = cgroup.pressure(Resource::Cpu).map(|p| p.some.avg10);
-            let mem = cgroup.pressure(Resource::Memory).map(|p| p.some.avg10);
+            let cpu = cgroup.pressure(Resource::Cpu).map(|p| p.some);
+            let mem = cgroup.pressure(Resource::Memory).map(|p| p.some);
             if cpu.is_some() || mem.is_some() {
                 return (cpu, mem, Some(Origin::Cgroup));
             }
@@ -174,8 +239,8 @@ impl SystemSource {
     }
 }
 
-fn host_pressure(path: &Path) -> Option<f64> {
-    parse_pressure(&read(path)?).map(|p| p.some.avg10)
+fn host_pressure(path: &Path) -> Option<PsiAverages> {
+    parse_pressure(&read(path)?).map(|p| p.some)
 }
 
 impl SampleSource for SystemSource {
@@ -253,6 +318,40 @@ mod tests {
             (s.cpu_pressure, s.mem_pressure, s.pressure_origin),
             (None, None, None)
         );
+    }
+
+    fn psi(avg10: f64, total: u64) -> PsiAverages {
+        PsiAverages {
+            avg10,
+            avg60: 0.0,
+            avg300: 0.0,
+            total,
+        }
+    }
+
+    #[test]
+    fn pressure_follows_the_stall_counter_not_the_ten_second_average() {
+        let mut share = StallShare::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The first reading has nothing to compare with: avg10.
+        assert_eq!(share.update(Origin::Host, psi(5.0, 1_000_000), t0), 5.0);
+        // A hog: stalled all of the next 10 s (µs stalled == µs elapsed), while avg10 lags.
+        let mut total = 1_000_000;
+        let mut last = 5.0;
+        for i in 1..=40 {
+            total += 250_000;
+            last = share.update(Origin::Host, psi(20.0, total), at(i * 250));
+        }
+        assert!(last > 99.0, "{last}");
+        // The hog ends: no more stall. avg10 would still read 90; the share drops within ~3 s.
+        for i in 41..=52 {
+            last = share.update(Origin::Host, psi(90.0, total), at(i * 250));
+        }
+        assert!(last < 5.0, "{last}");
+        // Another file (the counter went backwards, or another origin): starts over from avg10.
+        assert_eq!(share.update(Origin::Host, psi(7.0, 10), at(14_000)), 7.0);
+        assert_eq!(share.update(Origin::Cgroup, psi(8.0, 20), at(14_250)), 8.0);
     }
 
     #[test]
