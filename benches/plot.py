@@ -134,9 +134,10 @@ def tables(runs):
                 f"{fmt(p['goodput'], 1)} | {fmt(p['p50'])} | {fmt(p['p99'])} | {fmt(p['max'])} |")
     out.append("")
     out.append("| mode | light during hog: green / yellow / red % | light after hog (to end of polling) | "
-               "first red after hog start s | back to green after hog end s | host CPU during hog, mean % | "
+               "first red after hog start s | first green after hog end s | back to green for good after hog end s | "
+               "host CPU during hog, mean % | "
                "hog CPU s (of 2 × window) | adaptive batches green / yellow / red | other work, % of a CPU |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         m = run.meta
         hs, he = m["hog_start"] - m["t0"], m["hog_end"] - m["t0"]
@@ -144,7 +145,9 @@ def tables(runs):
         end = max((p["t"] for p in run.poll), default=he)
         after = run.light_share(he, end + 1)
         first_red = next((p["t"] - hs for p in run.poll if p["t"] >= hs and p["light"] == "red"), None)
-        # Back to green: the first poll after the hog from which the light stays green.
+        first_green = next((p["t"] - he for p in run.poll if p["t"] >= he and p["light"] == "green"), None)
+        # Back to green for good: the first poll after the hog from which the light stays green
+        # (later than the first green when the server's own catching up stalls the CPU again).
         green_at = None
         for p in run.poll:
             if p["t"] < he:
@@ -157,7 +160,7 @@ def tables(runs):
         out.append(
             f"| {run.mode} | {during['green']:.0f} / {during['yellow']:.0f} / {during['red']:.0f} | "
             f"{after['green']:.0f} / {after['yellow']:.0f} / {after['red']:.0f} | "
-            f"{fmt(first_red, 2)} | {fmt(None if green_at is None else green_at - he, 1)} | "
+            f"{fmt(first_red, 2)} | {fmt(first_green, 1)} | {fmt(None if green_at is None else green_at - he, 1)} | "
             f"{fmt(100 * statistics.mean(cpus) if cpus else None)} | "
             f"{m['hog_cpu_s']:.1f} of {2 * (he - hs):.1f} | {run.decisions()} | "
             f"{run.meta_raw.get('other_cpu_pct', '–')} |")
