@@ -195,11 +195,14 @@ impl Endpoint {
     /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job
     /// time. Zero until a first job has run.
     pub fn expected_wait(&self) -> Duration {
+        // Everything ahead of a new job: the queued ones and the ones running now.
+        let ahead = self.queue.depth() + self.runner.running();
+        if ahead == 0 {
+            return Duration::ZERO;
+        }
         let Some(job_time) = self.runner.job_time() else {
             return Duration::ZERO;
         };
-        // Everything ahead of a new job: the queued ones and the ones running now.
-        let ahead = self.queue.depth() + self.runner.running();
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
         let concurrency = u32::try_from(self.executor.concurrency().max(1)).unwrap_or(u32::MAX);
         job_time.saturating_mul(ahead) / concurrency

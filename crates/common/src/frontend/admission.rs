@@ -31,7 +31,9 @@ pub(super) fn admit(
     local: SocketAddr,
 ) -> Step {
     let max_body = endpoint.config.max_body_bytes;
-    if declared_length(&req).is_some_and(|len| len > max_body) {
+    // No body (most GETs: no Content-Length, or 0) needs no Content-Length lookup.
+    let bodiless = hyper::body::Body::is_end_stream(req.body());
+    if !bodiless && declared_length(&req).is_some_and(|len| len > max_body) {
         return Step::Now(Ok(too_large()));
     }
     match endpoint.admission() {
@@ -39,7 +41,7 @@ pub(super) fn admit(
         refused => return Step::Now(overflow(endpoint, refused)),
     }
     let (parts, body) = req.into_parts();
-    if hyper::body::Body::is_end_stream(&body) {
+    if bodiless {
         // No body (most GETs): no timer, no collector, no allocation.
         return enqueue(endpoint, timing, parts, bytes::Bytes::new(), remote, local);
     }

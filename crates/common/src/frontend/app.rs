@@ -133,21 +133,17 @@ impl App {
     /// table, costs each thread one locked read afterwards).
     pub(super) fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
         let id = self.table_id.load(Ordering::Acquire);
-        let f = CACHED_TABLE.with(|cached| {
+        CACHED_TABLE.with(|cached| match cached.try_borrow_mut() {
+            Ok(mut cached) => {
+                let table = match cached.as_ref() {
+                    Some(table) if table.id == id => table,
+                    _ => cached.insert(self.table()),
+                };
+                f(table)
+            }
             // Re-entered from inside `f` (nothing does): skip the cache.
-            let Ok(mut cached) = cached.try_borrow_mut() else {
-                return Err(f);
-            };
-            let table = match cached.as_ref() {
-                Some(table) if table.id == id => table,
-                _ => cached.insert(self.table()),
-            };
-            Ok(f(table))
-        });
-        match f {
-            Ok(r) => r,
-            Err(f) => f(&self.table()),
-        }
+            Err(_) => f(&self.table()),
+        })
     }
 
     /// The endpoints being served, in config order.

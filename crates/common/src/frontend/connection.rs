@@ -60,7 +60,10 @@ pub(super) fn service(
     let max_requests = app.server.max_requests_per_connection.get();
     service_fn(move |req: Request<Incoming>| {
         let finish = Finish {
-            logged: app.server.access_log.then(|| AccessLine::of(&req, remote)),
+            logged: app
+                .server
+                .access_log
+                .then(|| Box::new(AccessLine::of(&req, remote))),
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
             last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
             hsts: hsts.clone(),
@@ -70,6 +73,10 @@ pub(super) fn service(
             _ => route(&app, role, req, remote, local),
         };
         match step {
+            Step::Now(answer) if finish.is_nothing() => {
+                activity.answered_at_once();
+                Reply::now(answer)
+            }
             Step::Now(answer) => {
                 activity.answered_at_once();
                 Reply::now(finish.apply(&app, answer))
@@ -90,12 +97,18 @@ pub(super) fn service(
 /// What is done to every answer before it is sent: the access log line, HSTS, and
 /// `Connection: close` on the last request a connection may make.
 struct Finish {
-    logged: Option<AccessLine>,
+    // Boxed: without an access log this is one word, not the line's 160 bytes moved per request.
+    logged: Option<Box<AccessLine>>,
     last: bool,
     hsts: Option<HeaderValue>,
 }
 
 impl Finish {
+    /// True if [`Finish::apply`] would leave the answer as it is.
+    fn is_nothing(&self) -> bool {
+        self.logged.is_none() && !self.last && self.hsts.is_none()
+    }
+
     fn apply(self, app: &App, mut answer: Answer) -> Answer {
         if let Ok(resp) = answer.as_mut() {
             if let Some(line) = self.logged {

@@ -63,21 +63,27 @@ pub(super) fn route(
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         }));
     }
+    // The closure borrows the request rather than taking it: a request is a few hundred bytes,
+    // and moving it into the closure and on would copy it on every request.
+    let mut req = Some(req);
     app.with_table(|table| {
-        let Some(route) = table.find(req.uri().path()) else {
+        let Some(route) = req.as_ref().and_then(|r| {
+            let route = table.find(r.uri().path())?;
+            Some((route, route.endpoint.config.methods.contains(r.method())))
+        }) else {
             return Step::Now(Ok(not_here()));
         };
-        if !route.endpoint.config.methods.contains(req.method()) {
-            return Step::Now(Ok(method_not_allowed(route.allow.clone())));
+        match (route, req.take()) {
+            ((route, true), Some(req)) => admission::admit(
+                &route.endpoint,
+                app.server.body_read_timeout,
+                app.server.access_log,
+                req,
+                remote,
+                local,
+            ),
+            ((route, _), _) => Step::Now(Ok(method_not_allowed(route.allow.clone()))),
         }
-        admission::admit(
-            &route.endpoint,
-            app.server.body_read_timeout,
-            app.server.access_log,
-            req,
-            remote,
-            local,
-        )
     })
 }
 
