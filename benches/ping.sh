@@ -4,8 +4,9 @@
 # closed-loop wrk load. Server pinned to CPU 0, wrk to CPU 1. Per run: requests/s, p50/p99
 # latency (wrk --latency), and server CPU microseconds per request: the utime + stime delta of
 # /proc/PID/stat over the wrk run divided by the requests wrk completed. The servers are run in
-# turn, ROUNDS times, and each figure's median is reported, with the median of each round's ratio
-# to that round's bare run. Loopback only; every run ends by
+# turn, ROUNDS times, and each figure's median is reported; against bare, also the median of each
+# round's ratio to that round's bare run, and the ratio of the mean CPU per request over the
+# rounds with a bootstrap 95% interval (the figure to hold against a bar on a noisy machine). Loopback only; every run ends by
 # itself. Needs wrk (Debian: apt-get install -y wrk).
 #
 #   bash benches/ping.sh                          # 3 rounds of 10 s per server (about 2 minutes)
@@ -237,21 +238,36 @@ base = med.get("bare")
 # The machine's speed drifts (a shared VM): a round's runs are back to back, so the ratio of
 # each round's run to the same round's bare run cancels most of the drift. Its median is the
 # figure to hold against the bar; the ratio of the medians is shown too.
+import random
+def mean_ratio_ci(n):
+    """Mean CPU per request over the rounds, divided by bare's over the same rounds, with a
+    bootstrap 95% interval (rounds resampled 10,000 times, fixed seed)."""
+    by_round = {r[1]: float(r[6]) for r in rows if r[0] == n}
+    bare = {r[1]: float(r[6]) for r in rows if r[0] == "bare"}
+    keys = [k for k in by_round if k in bare]
+    if not keys:
+        return None
+    ratio = lambda ks: sum(by_round[k] for k in ks) / sum(bare[k] for k in ks)
+    rng = random.Random(1)
+    boot = sorted(ratio(rng.choices(keys, k=len(keys))) for _ in range(10000))
+    return ratio(keys), boot[250], boot[9749]
 def paired(n):
     by_round = {r[1]: float(r[6]) for r in rows if r[0] == n}
     bare = {r[1]: float(r[6]) for r in rows if r[0] == "bare"}
     ratios = [by_round[k] / bare[k] for k in by_round if k in bare and bare[k] > 0]
     return ratios
-print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req (ratio of medians) | × bare, median of per-round ratios (min–max) | req/s ÷ bare | server CPU % of a core | other work on the two CPUs, max % | non-2xx | CPU µs/req per run |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| server | req/s | p50 µs | p99 µs | server CPU µs/req | × bare CPU/req (ratio of medians) | × bare, median of per-round ratios (min–max) | × bare, ratio of means [95% bootstrap interval] | req/s ÷ bare | server CPU % of a core | other work on the two CPUs, max % | non-2xx | CPU µs/req per run |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     m = med[n]
     ratio = f"{m['cpu'] / base['cpu']:.2f}×" if base else "–"
     pr = paired(n) if base else []
     per_round = f"**{statistics.median(pr):.2f}×** ({min(pr):.2f}–{max(pr):.2f})" if pr else "–"
+    ci = mean_ratio_ci(n) if base else None
+    mean_ratio = f"**{ci[0]:.3f}×** [{ci[1]:.3f}–{ci[2]:.3f}]" if ci else "–"
     rps_ratio = f"{m['rps'] / base['rps']:.2f}" if base else "–"
     print(f"| {label.get(n, n)} | {m['rps']:.0f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.2f} | "
-          f"{ratio} | {per_round} | {rps_ratio} | {m['busy']:.0f} | {m['intruders']} | {m['errors']} | {' / '.join(m['runs'])} |")
+          f"{ratio} | {per_round} | {mean_ratio} | {rps_ratio} | {m['busy']:.0f} | {m['intruders']} | {m['errors']} | {' / '.join(m['runs'])} |")
 EOF
 } | tee "$OUT"
 echo "saved to $OUT" >&2

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# User-space instructions per GET /ping request, fiddler_crab (jellyfish, then crab) against the
+# bare hyper baseline (examples/bare_hyper.rs), counted by valgrind's cachegrind. Unlike CPU time,
+# an instruction count does not move with the load of a shared machine, so it shows a change of a
+# few percent that benches/ping.sh's timings cannot resolve on a noisy VM. It counts user space only
+# (the kernel's share, most of a loopback request, is not in it) and says nothing about cache
+# misses or stalls: it complements ping.sh, it does not replace it.
+#
+# Each server runs under cachegrind twice: wrk for SHORT seconds, then for LONG seconds; the
+# difference of the two runs' totals over the difference of their request counts is the cost of
+# a request with start-up and shutdown cancelled out. Loopback only; every run ends by itself.
+# Needs valgrind and wrk (Debian: apt-get install -y valgrind wrk).
+#
+#   bash benches/ping_instructions.sh
+#
+# Environment: SERVERS (default "bare jellyfish crab"), SHORT / LONG (s, default 2 / 8),
+# CONNECTIONS (default 8), REF_BIN (another fiddler_crab binary, run as server "jellyfish-ref").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVERS=${SERVERS:-"bare jellyfish crab"}
+SHORT=${SHORT:-2}
+LONG=${LONG:-8}
+CONNECTIONS=${CONNECTIONS:-8}
+command -v valgrind >/dev/null || { echo "valgrind not found (Debian: apt-get install -y valgrind)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk not found (Debian: apt-get install -y wrk)" >&2; exit 1; }
+cargo build --release --bin fiddler_crab --example bare_hyper
+work=$(mktemp -d /tmp/fc-instr.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+if [ -n "${REF_BIN:-}" ]; then cp "$REF_BIN" "$work/fiddler_crab-ref"; fi
+. "$(dirname "$0")/lib.sh"
+
+config() { # MODE PORT
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$2"
+access_log = false
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+mode = "$1"
+builtin = "ping"
+queue = 1024
+overflow = "reject"
+TOML
+}
+
+# one NAME SECONDS: prints "requests instructions"
+one() {
+  local name=$1 seconds=$2 port cmd pid requests
+  port=$(free_port)
+  case $name in
+    bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
+    jellyfish | crab) config "$name" "$port" >"$work/$name.toml"
+      cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;
+    jellyfish-ref) config jellyfish "$port" >"$work/$name.toml"
+      cmd=("$work/fiddler_crab-ref" --config "$work/$name.toml") ;;
+    *) echo "unknown server $name" >&2; exit 2 ;;
+  esac
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/$name.cg" "${cmd[@]}" \
+    >/dev/null 2>"$work/$name.valgrind.log" &
+  pid=$!
+  local i
+  for i in $(seq 1 100); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" \
+      "http://127.0.0.1:$port/ping" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  requests=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" "http://127.0.0.1:$port/ping" |
+    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
+  kill -INT "$pid"
+  wait "$pid" || true
+  echo "$requests $(awk '$1 == "summary:" {print $2}' "$work/$name.cg")"
+}
+
+results=()
+for name in $SERVERS; do
+  short=$(one "$name" "$SHORT")
+  long=$(one "$name" "$LONG")
+  per=$(awk -v a="$short" -v b="$long" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%.0f", (y[2] - x[2]) / (y[1] - x[1]) }')
+  echo "$name: $per instructions per request (runs of $short and $long: requests, instructions)" >&2
+  results+=("$name $per")
+done
+
+echo "# GET /ping, user-space instructions per request (cachegrind) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo
+echo "Built from commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src crates || echo ' with uncommitted changes'); wrk -t1 -c$CONNECTIONS, runs of $SHORT s and $LONG s."
+echo
+echo "| server | instructions per request | × bare |"
+echo "|---|---|---|"
+base=""
+for r in "${results[@]}"; do
+  set -- $r
+  [ "$1" = bare ] && base=$2
+done
+for r in "${results[@]}"; do
+  set -- $r
+  if [ -n "$base" ]; then ratio=$(awk -v a="$2" -v b="$base" 'BEGIN { printf "%.3f×", a / b }'); else ratio="–"; fi
+  echo "| $1 | $2 | $ratio |"
+done
