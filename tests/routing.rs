@@ -103,3 +103,36 @@ async fn status_is_json_about_every_endpoint() {
     assert!(status["children"].is_u64());
     server.shutdown().await;
 }
+
+/// More endpoints than the router scans linearly: it looks paths up by hash instead, with the
+/// same answers, 405s included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_endpoints_route_by_hash_with_the_same_answers() {
+    let mut config = String::new();
+    for i in 0..12 {
+        config.push_str(&format!(
+            "[[endpoint]]\npath = \"/e{i}\"\nmethods = [\"POST\"]\nbuiltin = \"echo\"\n\n"
+        ));
+    }
+    let server = TestServer::start(&config).await;
+    for i in 0..12 {
+        let path = format!("/e{i}");
+        let reply = server.post(&path, format!("body {i}")).await;
+        assert_eq!(
+            (reply.status, reply.text()),
+            (StatusCode::OK, format!("body {i}")),
+            "{path}"
+        );
+        let wrong = server.get(&path).await;
+        assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(wrong.header("allow").as_deref(), Some("POST"));
+    }
+    for path in ["/e12", "/e", "/e1/", "/E1"] {
+        assert_eq!(
+            server.post(path, "").await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    server.shutdown().await;
+}
