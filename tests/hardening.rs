@@ -340,3 +340,62 @@ async fn http2_ignore_overflow_resets_only_that_stream() {
     assert_eq!(recorder.ids(), ["held", "queued", "after"]);
     server.shutdown().await;
 }
+
+const SLOW_READER: &str = r#"
+[server]
+idle_timeout_ms = 400
+header_read_timeout_ms = 400
+
+[[endpoint]]
+path = "/echo"
+methods = ["POST"]
+builtin = "echo"
+max_body_bytes = 33554432
+"#;
+
+/// A client that reads a large response slowly keeps its connection, on plain HTTP as on TLS:
+/// the idle watchdog counts bytes moving on the socket, not only requests answered, so a response
+/// that takes many `idle_timeout_ms` to drain arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_large_response_gets_all_of_it() {
+    const SIZE: usize = 24 * 1024 * 1024;
+    let server = TestServer::start(SLOW_READER).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; SIZE]).await.unwrap();
+    // About 3 s to drain: 256 KiB every 30 ms, more than seven idle_timeout_ms periods.
+    let started = Instant::now();
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let mut chunk = 0;
+        while chunk < buf.len() {
+            match stream.read(&mut buf[chunk..]).await.unwrap() {
+                0 => break,
+                n => chunk += n,
+            }
+        }
+        if chunk == 0 {
+            break;
+        }
+        received += chunk;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(started.elapsed() < PATIENCE * 4, "still reading");
+    }
+    assert!(
+        started.elapsed() > Duration::from_millis(400) * 2,
+        "the response drained within two idle periods; the test proves nothing"
+    );
+    // Head plus the whole echoed body.
+    assert!(
+        received > SIZE,
+        "received {received} of more than {SIZE} bytes"
+    );
+    assert_eq!(server.counters("/echo").completed, 1);
+    server.shutdown().await;
+}

@@ -274,8 +274,10 @@ async fn accept_loop(
                         None,
                         activity.clone(),
                     );
+                    // Watched on plain HTTP too: a slow reader of a large response makes
+                    // progress only on the socket, long after its request was answered.
                     serve_io(
-                        TokioIo::new(stream),
+                        TokioIo::new(Watched::new(stream, activity.clone())),
                         service,
                         &builder,
                         &connections,
