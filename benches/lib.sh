@@ -38,3 +38,21 @@ wait_quiet() {
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# fiddler_crab_config MODE PORT: the GET /ping benchmarks' config (one builtin endpoint, no access
+# log), on 127.0.0.1:PORT.
+fiddler_crab_config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$2"
+access_log = false
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+mode = "$1"
+builtin = "ping"
+queue = 1024
+overflow = "reject"
+EOF
+}

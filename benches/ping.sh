@@ -70,25 +70,8 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$work"' EXIT
 
-# others, host_busy, wait_quiet, free_port: shared with the other benchmark drivers.
+# others, host_busy, wait_quiet, free_port, fiddler_crab_config: shared with the other drivers.
 . "$(dirname "$0")/lib.sh"
-
-# fiddler_crab_config MODE PORT
-fiddler_crab_config() {
-  cat <<EOF
-[server]
-listen = "127.0.0.1:$2"
-access_log = false
-
-[[endpoint]]
-path = "/ping"
-methods = ["GET", "HEAD"]
-mode = "$1"
-builtin = "ping"
-queue = 1024
-overflow = "reject"
-EOF
-}
 
 # start_server NAME: starts it on CPU $SERVER_CPU, sets server_pid and url.
 start_server() {

@@ -31,31 +31,15 @@ cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
 if [ -n "${REF_BIN:-}" ]; then cp "$REF_BIN" "$work/fiddler_crab-ref"; fi
 . "$(dirname "$0")/lib.sh"
 
-config() { # MODE PORT
-  cat <<TOML
-[server]
-listen = "127.0.0.1:$2"
-access_log = false
-
-[[endpoint]]
-path = "/ping"
-methods = ["GET", "HEAD"]
-mode = "$1"
-builtin = "ping"
-queue = 1024
-overflow = "reject"
-TOML
-}
-
 # one NAME SECONDS: prints "requests instructions"
 one() {
   local name=$1 seconds=$2 port cmd pid requests
   port=$(free_port)
   case $name in
     bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
-    jellyfish | crab) config "$name" "$port" >"$work/$name.toml"
+    jellyfish | crab) fiddler_crab_config "$name" "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;
-    jellyfish-ref) config jellyfish "$port" >"$work/$name.toml"
+    jellyfish-ref) fiddler_crab_config jellyfish "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab-ref" --config "$work/$name.toml") ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
