@@ -73,13 +73,14 @@ pub(super) fn service(
             _ => route(&app, role, req, remote, local),
         };
         match step {
-            Step::Now(answer) if finish.is_nothing() => {
-                activity.answered_at_once();
-                Reply::now(answer)
-            }
             Step::Now(answer) => {
                 activity.answered_at_once();
-                Reply::now(finish.apply(&app, answer))
+                // Most answers need no finishing: then the answer is not moved through `apply`.
+                Reply::now(if finish.is_nothing() {
+                    answer
+                } else {
+                    finish.apply(&app, answer)
+                })
             }
             Step::Later(pending) => {
                 let in_flight = InFlight::new(&activity);

@@ -338,7 +338,7 @@ async fn serve_io<I, S>(
     let registration = connections.register(activity.clone());
     let conn = builder.serve_connection(io, service).into_owned();
     tokio::pin!(conn);
-    let Some(ended) = connections.run(&registration, &activity, conn).await else {
+    let Some(ended) = registration.serve(&activity, conn).await else {
         tracing::trace!(client = %remote, "idle connection closed");
         return;
     };

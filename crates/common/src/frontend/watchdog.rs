@@ -269,18 +269,16 @@ impl Connections {
             }
         }
     }
+}
 
+impl Registration {
     /// Drive `conn` until it ends, or until the sweeper finds it idle (`None`); once the drain
     /// begins, ask it to shut down gracefully and keep driving it.
-    pub(super) async fn run<C>(
-        &self,
-        registration: &Registration,
-        activity: &Activity,
-        conn: Pin<&mut C>,
-    ) -> Option<C::Output>
+    pub(super) async fn serve<C>(&self, activity: &Activity, conn: Pin<&mut C>) -> Option<C::Output>
     where
         C: hyper_util::server::graceful::GracefulConnection,
     {
+        let connections = &self.connections;
         let mut conn = conn;
         let mut waker: Option<Waker> = None;
         let mut graceful = false;
@@ -289,14 +287,14 @@ impl Connections {
             // and the drain can wake it; checked before the flags, which they set before waking.
             if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 waker = Some(cx.waker().clone());
-                if let Some(Some(entry)) = self.lock().entries.get_mut(registration.slot) {
+                if let Some(Some(entry)) = connections.lock().entries.get_mut(self.slot) {
                     entry.waker = Some(cx.waker().clone());
                 }
             }
             if activity.close.load(Ordering::SeqCst) {
                 return Poll::Ready(None);
             }
-            if !graceful && self.draining.load(Ordering::SeqCst) {
+            if !graceful && connections.draining.load(Ordering::SeqCst) {
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
             }
