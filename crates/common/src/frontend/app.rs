@@ -23,14 +23,14 @@ static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub(super) struct Table {
     id: u64,
-    endpoints: Vec<Arc<Endpoint>>,
+    /// In config order.
     routes: Vec<Route>,
     by_path: HashMap<String, usize>,
 }
 
 /// An endpoint and its `Allow` header (for a `405`).
 #[derive(Debug)]
-pub struct Route {
+pub(super) struct Route {
     /// The endpoint.
     pub endpoint: Arc<Endpoint>,
     /// Its methods, as an `Allow` header value.
@@ -40,15 +40,12 @@ pub struct Route {
 impl Table {
     fn new(endpoints: Vec<Arc<Endpoint>>) -> Table {
         let routes: Vec<Route> = endpoints
-            .iter()
-            .map(|e| {
-                let list: Vec<&str> = e.config.methods.iter().map(|m| m.as_str()).collect();
+            .into_iter()
+            .map(|endpoint| {
+                let list: Vec<&str> = endpoint.config.methods.iter().map(|m| m.as_str()).collect();
                 let allow = HeaderValue::from_str(&list.join(", "))
                     .unwrap_or_else(|_| HeaderValue::from_static("GET"));
-                Route {
-                    endpoint: e.clone(),
-                    allow,
-                }
+                Route { endpoint, allow }
             })
             .collect();
         let by_path = if routes.len() > LINEAR_ROUTES {
@@ -62,7 +59,6 @@ impl Table {
         };
         Table {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
-            endpoints,
             routes,
             by_path,
         }
@@ -148,7 +144,11 @@ impl App {
 
     /// The endpoints being served, in config order.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        self.table().endpoints.clone()
+        self.table()
+            .routes
+            .iter()
+            .map(|r| r.endpoint.clone())
+            .collect()
     }
 
     /// The endpoint serving `path` now, if any.
@@ -169,8 +169,8 @@ impl App {
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|e| !e.is_stopped());
         let mut count = 0;
-        for ep in &old.endpoints {
-            if !new.endpoints.iter().any(|n| Arc::ptr_eq(n, ep)) {
+        for ep in old.routes.iter().map(|r| &r.endpoint) {
+            if !new.routes.iter().any(|n| Arc::ptr_eq(&n.endpoint, ep)) {
                 ep.retire();
                 retired.push(ep.clone());
                 count += 1;
