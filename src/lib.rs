@@ -6,27 +6,24 @@
 //! - [`Server`]: built from a validated config; [`Server::run`] serves a bound listener until a
 //!   shutdown future resolves.
 //! - [`default_config`]: the embedded default config.
-//! - [`AdaptiveExecutor`]: adaptive mode, which composes crab and jellyfish by the traffic light.
 //! - [`Reloader`]: applies a new config to a running server (SIGHUP).
 #![deny(missing_docs)]
 
 use common::builtin::{Echo, Ping};
-use common::config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
 use common::endpoint::Endpoint;
-use common::exec::{ExecHandler, Registry as ChildRegistry};
 use common::executor::Executor;
-use common::frontend::{serve, serve_all, App, Listeners};
 use common::handler::Handler;
-use common::light::{available_parallelism_with_quota, TrafficLight};
+use config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
+use exec::{ExecHandler, Registry as ChildRegistry};
+use frontend::{serve, serve_all, App, Listeners};
+use light::{available_parallelism_with_quota, TrafficLight};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use adaptive::AdaptiveExecutor;
-pub use common::config;
-
-mod adaptive;
+pub use config;
 
 /// The embedded default config, with `@EXAMPLES@` still in it.
 pub const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../config/default.toml");
@@ -230,7 +227,7 @@ impl Server {
         }
     }
 
-    /// Serve `listener` until `shutdown` resolves, then drain (see [`common::frontend::serve`]).
+    /// Serve `listener` until `shutdown` resolves, then drain (see [`frontend::serve`]).
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         serve(listener, self.app, shutdown).await;
     }

@@ -2,10 +2,10 @@
 //! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use common::frontend::{Listeners, Tls};
-use common::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
 use fiddler_crab::config::Config;
 use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
+use frontend::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
+use frontend::{Listeners, Tls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,7 +174,7 @@ fn tls_for(
         // Nothing to reload on SIGHUP: the certificate lives only in memory.
         return Ok((Some(Tls::new(store, timeout, hsts)), None));
     } else if let Some(t) = tls_config {
-        let store = t.settings.load()?;
+        let store = frontend::tls::load(&t.settings)?;
         tracing::info!(cert = %t.settings.cert.display(), fingerprint = %store.fingerprint(), "certificate loaded");
         store
     } else {

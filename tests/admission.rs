@@ -7,8 +7,8 @@
 
 mod support;
 
-use common::light::{Light, TrafficLight};
 use hyper::StatusCode;
+use light::{Light, TrafficLight};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{held_job, job, registry, wait_until, Recorder, TestServer};

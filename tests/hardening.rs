@@ -7,8 +7,8 @@
 
 mod support;
 
-use common::light::{Light, TrafficLight};
 use hyper::StatusCode;
+use light::{Light, TrafficLight};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 
 mod support;
 
-use common::light::{Light, TrafficLight};
 use hyper::StatusCode;
+use light::{Light, TrafficLight};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 
 mod support;
 
-use common::light::{Light, TrafficLight};
 use hyper::StatusCode;
+use light::{Light, TrafficLight};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::BufRead;

@@ -4,13 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use common::builtin::Ping;
-use common::config::Config;
 use common::endpoint::Endpoint;
-use common::exec::Registry;
 use common::executor::{Executor, JobRunner};
-use common::frontend::{serve, App};
-use common::light::{Light, TrafficLight};
 use common::queue::Batch;
+use config::Config;
+use exec::Registry;
+use frontend::{serve, App};
+use light::{Light, TrafficLight};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! HTTPS end to end, with real handshakes: a rustls client trusting only the checked-in test CA
-//! (`crates/common/src/tls/fixtures`), hyper's HTTP/1.1 or HTTP/2 client over the TLS stream as
+//! (`crates/frontend/src/tls/fixtures`), hyper's HTTP/1.1 or HTTP/2 client over the TLS stream as
 //! ALPN decides, and `openssl s_client` playing the TLS 1.1 client rustls cannot be.
 //!
 //! What is proved: both HTTP versions are served over TLS, with `Strict-Transport-Security` exactly
@@ -15,11 +15,11 @@
 
 mod support;
 
-use common::frontend::Tls;
-use common::light::{Light, TrafficLight};
-use common::tls::CertStore;
+use frontend::tls::CertStore;
+use frontend::Tls;
 use hyper::header::HOST;
 use hyper::{StatusCode, Version};
+use light::{Light, TrafficLight};
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::path::Path;

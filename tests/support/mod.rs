@@ -17,16 +17,16 @@ pub mod tls;
 use bytes::Bytes;
 use common::counters::CountersSnapshot;
 use common::endpoint::{Endpoint, EndpointStatus};
-use common::frontend::App;
-use common::frontend::{Listeners, Tls};
 use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
-use common::light::TrafficLight;
 use fiddler_crab::config::Config;
 use fiddler_crab::{HandlerRegistry, ReloadSummary, Reloader, Server};
+use frontend::App;
+use frontend::{Listeners, Tls};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use light::TrafficLight;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -275,7 +275,7 @@ impl TestServer {
     /// End the test without shutting the server down: its task is dropped with the runtime.
     ///
     /// For tests of exec endpoints: a shutdown marks the process-wide registry of exec children
-    /// (`common::exec::children`) as shutting down, which would turn other tests' killed children
+    /// (`exec::children`) as shutting down, which would turn other tests' killed children
     /// into 503s (and, past the grace period, kill every child started afterwards).
     pub fn leave_running(mut self) {
         std::mem::forget(self.stop.take());

@@ -2,7 +2,7 @@
 //! one certificate's SHA-256 fingerprint), HTTPS connections whose HTTP version ALPN decides, and
 //! the real binary with its log collected.
 //!
-//! - [`fixture`], [`leaf_der`], [`fingerprint`]: the files in `crates/common/src/tls/fixtures`.
+//! - [`fixture`], [`leaf_der`], [`fingerprint`]: the files in `crates/frontend/src/tls/fixtures`.
 //! - [`trusting_test_ca`], [`pinning`]: client configs; [`Https`] connects with one and
 //!   [`HttpsConn`] sends requests over the TLS stream (hyper's HTTP/1.1 or HTTP/2 client).
 //! - [`client_hello_start`]: the first bytes of a real ClientHello, for stalling clients.
@@ -38,10 +38,10 @@ pub const HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// ALPN offers: HTTP/2 preferred, HTTP/1.1 accepted.
 pub const H2_FIRST: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// A file in `crates/common/src/tls/fixtures` (see its README: test material only).
+/// A file in `crates/frontend/src/tls/fixtures` (see its README: test material only).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/common/src/tls/fixtures")
+        .join("crates/frontend/src/tls/fixtures")
         .join(name)
 }
 

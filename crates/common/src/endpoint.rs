@@ -1,12 +1,12 @@
 //! A running endpoint: its config, handoff queue, counters, and supervised dispatcher thread.
 
-use crate::config::{EndpointConfig, Overflow};
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{dispatch, Executor, JobRunner};
 use crate::handler::{text_response, Handler, JobRequest, JobResponse};
 use crate::job::JobTiming;
 use crate::queue::HandoffQueue;
 use crate::supervisor::{Backoff, SupervisedThread};
+use config::{EndpointConfig, Overflow};
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
 use std::collections::BTreeMap;

@@ -1,7 +1,6 @@
 //! The job-time histogram: doubling buckets from 1 ms, lock-free (an observation is two relaxed
-//! atomic adds and a bit count), encoded for `/metrics` by prometheus-client's histogram encoder.
+//! atomic adds and a bit count). The front end encodes a [`HistogramSnapshot`] for `/metrics`.
 
-use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -31,8 +30,9 @@ impl JobHistogram {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    /// Encode as a Prometheus histogram (seconds).
-    pub fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    /// The buckets (upper bound in seconds, non-cumulative count; `f64::MAX` is `+Inf`), the sum
+    /// in seconds and the count, all from one pass so that count and buckets agree.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         let buckets: Vec<(f64, u64)> = self
             .buckets
             .iter()
@@ -42,8 +42,23 @@ impl JobHistogram {
         let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
         // The count from the same snapshot as the buckets, so the two always agree.
         let count = buckets.iter().map(|(_, n)| n).sum();
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        HistogramSnapshot {
+            sum,
+            count,
+            buckets,
+        }
     }
+}
+
+/// A histogram read once, in Prometheus' terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations, seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// (upper bound in seconds, count in this bucket), `f64::MAX` standing for `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// The bucket of a run of `us` microseconds: the first whose upper bound (1 ms × 2^i) holds it.

@@ -1,0 +1,333 @@
+//! Configuration in two stages: the raw TOML shape (serde, unknown keys refused) becomes a validated
+//! [`Config`] with real types. Every error names the file, the key and the problem.
+//!
+//! The documented reference of every key, with units and defaults, is `config/reference.toml`.
+//! Plain data only: the parts that use a setting depend on this crate, never the other way.
+//!
+//! # Layout
+//! - this file: the validated [`Config`] and its parts.
+//! - `raw`: the TOML shape (serde) and its validation into [`Config`].
+//! - [`light`]: the traffic light's colours and thresholds.
+//! - [`tls`]: the HTTPS certificate settings.
+
+pub mod light;
+mod raw;
+pub mod tls;
+
+use http::HeaderValue;
+use http::Method;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Paths the front end answers itself; an endpoint may not take them.
+pub const RESERVED_PATHS: &[&str] = &["/status", "/metrics", "/healthz", "/readyz"];
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file the config came from (or `<embedded default>`).
+    pub file: String,
+    /// The offending key, as a path such as `endpoint[1].exec.timeout_ms`.
+    pub key: String,
+    /// What is wrong, in a sentence a user can act on.
+    pub problem: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server-wide settings.
+    pub server: ServerConfig,
+    /// The traffic light.
+    pub light: LightConfig,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Server-wide settings (`[server]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Open connections at most; at the limit the server stops accepting.
+    pub max_connections: NonZeroUsize,
+    /// The kernel's queue of connections not yet accepted (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
+    /// Time a client has to send a complete request head; also how long a new connection may
+    /// stay silent before its first request.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay idle (no request in flight) after its first request.
+    pub idle_timeout: Duration,
+    /// Time a client has to send the request body.
+    pub body_read_timeout: Duration,
+    /// Time the running jobs get to finish on shutdown before children are killed.
+    pub shutdown_grace: Duration,
+    /// Largest request head (request line and headers); larger gets `431`. At least 8192.
+    pub max_header_bytes: usize,
+    /// Requests served on one HTTP/1 connection before it is closed (`Connection: close`).
+    pub max_requests_per_connection: NonZeroUsize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// Write one access-log line per answered request (never for ignored overflow).
+    pub access_log: bool,
+    /// A separate listener for `/status`, `/metrics`, `/healthz` and `/readyz` (which the main
+    /// listener then no longer answers).
+    pub admin_listen: Option<SocketAddr>,
+    /// HTTPS on the main listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS on the main listener (`[server.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate and key files, and the handshake timeout.
+    pub settings: crate::tls::TlsSettings,
+    /// `Strict-Transport-Security: max-age=N` on every HTTPS response, when set.
+    pub hsts_max_age: Option<u64>,
+    /// A plain-HTTP listener that redirects every request to HTTPS with `308`.
+    pub redirect_listen: Option<SocketAddr>,
+}
+
+/// The traffic light's sampler and policy (`[light]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LightConfig {
+    /// Time between two samples.
+    pub sample_every: Duration,
+    /// With no successful sample for this long, the light goes to `fail_safe`.
+    pub stale_after: Duration,
+    /// The light while the inputs are stale.
+    pub fail_safe: crate::light::Light,
+    /// Thresholds with hysteresis, and the minimum time in a state before going down.
+    pub policy: crate::light::LightPolicy,
+}
+
+/// How an endpoint's handed-off batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Serial: one job at a time on a dedicated OS thread, FIFO, with a pace wait.
+    Crab,
+    /// Concurrent: a small bounded pool of worker threads.
+    Jellyfish,
+    /// The traffic light picks, per handed-off batch: green → jellyfish at `workers`, yellow →
+    /// jellyfish at `yellow_workers`, red → crab.
+    Adaptive,
+}
+
+impl Mode {
+    /// The name used in config and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Crab => "crab",
+            Mode::Jellyfish => "jellyfish",
+            Mode::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// What happens to a request that finds the queue full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Close the connection without a single response byte (HTTP/2: reset the stream).
+    Ignore,
+    /// Answer `503 Service Unavailable` with `Retry-After` at once.
+    Reject,
+}
+
+impl Overflow {
+    /// The name used in config and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Ignore => "ignore",
+            Overflow::Reject => "reject",
+        }
+    }
+}
+
+/// One endpoint (`[[endpoint]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// Exact request path, starting with `/`.
+    pub path: String,
+    /// Methods allowed; others get `405` with `Allow`.
+    pub methods: Vec<Method>,
+    /// Execution mode.
+    pub mode: Mode,
+    /// Admitted-but-not-started jobs at most (the handoff queue's capacity).
+    pub queue: NonZeroUsize,
+    /// What a request that finds the queue full gets.
+    pub overflow: Overflow,
+    /// A job that waited longer than this is answered `504` and not run.
+    pub queue_timeout: Duration,
+    /// Pause between two jobs in crab mode (and in adaptive mode's crab runs).
+    pub pace: Duration,
+    /// Pool size in jellyfish mode and green adaptive batches; `None`: the CPUs the process may use.
+    pub workers: Option<NonZeroUsize>,
+    /// Pool size for yellow adaptive batches; `None`: half of `workers`, at least 1.
+    pub yellow_workers: Option<NonZeroUsize>,
+    /// Treat a request as overflow at once when the expected wait (queue depth ÷ concurrency ×
+    /// estimated job time) already exceeds `queue_timeout`.
+    pub expected_wait_admission: bool,
+    /// Largest request body accepted; larger gets `413` before anything is queued.
+    pub max_body_bytes: u64,
+    /// What runs the request.
+    pub handler: HandlerConfig,
+}
+
+/// What runs an endpoint's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerConfig {
+    /// A handler compiled into the server, by name (`ping`, `echo`, or one registered by a test).
+    Builtin(String),
+    /// An external program.
+    Exec(ExecConfig),
+}
+
+/// How an exec handler reads the program's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecOutput {
+    /// stdout is the body, sent with `content_type`.
+    Raw,
+    /// stdout starts with CGI/1.1 response headers (`Status:`, `Content-Type:`, ...).
+    Cgi,
+}
+
+/// An external program (`[endpoint.exec]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// argv: program and arguments, never through a shell.
+    pub command: Vec<String>,
+    /// Working directory of the child; the server's own when unset.
+    pub cwd: Option<PathBuf>,
+    /// How stdout becomes the response.
+    pub output: ExecOutput,
+    /// Content type of a raw response (and the default for CGI output without one).
+    pub content_type: HeaderValue,
+    /// Run time limit; then the process group gets SIGTERM.
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// stdout bytes at most; past it the child is killed and `502` answered.
+    pub max_output_bytes: usize,
+    /// Server environment variables passed through beside PATH, LANG and HOME.
+    pub pass_env: Vec<String>,
+    /// Variables set for the child.
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Parse and validate TOML text; `file` names the source in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let (key, line) = match e.span() {
+                Some(span) => raw::key_at(text, span.start),
+                None => ("(document)".to_string(), 0),
+            };
+            let problem = e.message().trim().to_string();
+            ConfigError {
+                file: file.to_string(),
+                key,
+                problem: if line > 0 {
+                    format!("{problem} (line {line})")
+                } else {
+                    problem
+                },
+            }
+        })?;
+        raw.validate(file)
+    }
+
+    /// Read, parse and validate a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".to_string(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml(&text, &file)
+    }
+
+    /// The endpoint paths, for logs.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.path.as_str())
+    }
+
+    /// Check that no two endpoints share a path (also done by [`Config::from_toml`]).
+    fn unique_paths(endpoints: &[EndpointConfig], file: &str) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, ep) in endpoints.iter().enumerate() {
+            if !seen.insert(ep.path.as_str()) {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    key: format!("endpoint[{i}].path"),
+                    problem: format!("`{}` is already used by an earlier endpoint", ep.path),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "listen {}, endpoints:", self.server.listen)?;
+        for ep in &self.endpoints {
+            write!(f, " {} ({})", ep.path, ep.mode.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_with_its_endpoint_index() {
+        let text = "[[endpoint]]\npath = \"/a\"\nbuiltin = \"ping\"\n\n[[endpoint]]\npath = \"/b\"\n[endpoint.exec]\ncommand = [\"x\"]\ntimeout_ms = \"soon\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.file, "t.toml");
+        assert_eq!(e.key, "endpoint[1].exec.timeout_ms");
+        assert!(e.problem.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let c = Config::from_toml(
+            "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let ep = &c.endpoints[0];
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            (ep.mode, ep.overflow, ep.queue.get()),
+            (Mode::Crab, Overflow::Ignore, 100)
+        );
+        assert_eq!(ep.methods, vec![Method::GET, Method::POST]);
+        assert!(ep.expected_wait_admission);
+    }
+
+    #[test]
+    fn the_server_default_mode_applies_where_an_endpoint_names_none() {
+        let text = "[server]\ndefault_mode = \"jellyfish\"\n[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\n[[endpoint]]\npath = \"/q\"\nmode = \"crab\"\nbuiltin = \"ping\"\n";
+        let c = Config::from_toml(text, "t.toml").unwrap();
+        assert_eq!(c.endpoints[0].mode, Mode::Jellyfish);
+        assert_eq!(c.endpoints[1].mode, Mode::Crab);
+    }
+
+    #[test]
+    fn yellow_workers_may_not_exceed_workers() {
+        let text = "[[endpoint]]\npath = \"/p\"\nmode = \"adaptive\"\nworkers = 2\nyellow_workers = 3\nbuiltin = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "endpoint[0].yellow_workers");
+    }
+}

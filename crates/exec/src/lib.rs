@@ -1,0 +1,111 @@
+//! The exec handler: runs an external program per request, CGI/1.1 style, on the calling thread.
+//!
+//! The program is started from its argv (never through a shell) in its own process group, with a
+//! cleared environment plus the CGI meta-variables, the request body on stdin. Its stdout becomes
+//! the response, as is (`output = "raw"`) or parsed as a CGI response (`output = "cgi"`). Every
+//! run is bounded: past `timeout` the whole group gets SIGTERM, then SIGKILL after `kill_grace`;
+//! past `max_output_bytes` of stdout it is killed at once; when the program exits, whatever it
+//! left running in its group is killed; every child is reaped.
+//!
+//! # Layout
+//! - `env`: the child's environment and the CGI meta-variables.
+//! - `child`: spawning, feeding, capturing, time limit, reaping.
+//! - `cgi`: stdout to response, raw or CGI.
+
+mod cgi;
+mod child;
+mod env;
+#[cfg(test)]
+mod tests;
+
+use child::Failure;
+pub use children::Registry;
+use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
+use config::{ExecConfig, ExecOutput};
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+
+/// Runs an endpoint's program for each request. See the [module docs](self).
+#[derive(Debug)]
+pub struct ExecHandler {
+    endpoint: String,
+    cfg: ExecConfig,
+    registry: Arc<Registry>,
+}
+
+impl ExecHandler {
+    /// The handler for the endpoint at `endpoint_path` (its `SCRIPT_NAME`), running `cfg`, whose
+    /// children register in the server's `registry`.
+    pub fn new(endpoint_path: &str, cfg: ExecConfig, registry: Arc<Registry>) -> ExecHandler {
+        ExecHandler {
+            endpoint: endpoint_path.to_string(),
+            cfg,
+            registry,
+        }
+    }
+
+    /// The answer for a run that failed with `failure`.
+    fn error(&self, failure: Failure) -> HandlerError {
+        match failure {
+            Failure::Spawn(e) => {
+                let program = self.cfg.command.first().map_or("", String::as_str);
+                HandlerError::BadGateway(format!("cannot start program `{program}`: {e}"))
+            }
+            Failure::Exit(code) => {
+                HandlerError::BadGateway(format!("program exited with status {code}"))
+            }
+            // Killed from outside while the server stops (its shutdown kill, most likely).
+            Failure::Signal(_) if self.registry.shutting_down() => {
+                HandlerError::Unavailable("server shutting down".into())
+            }
+            Failure::Signal(signal) => {
+                let name = Signal::try_from(signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| signal.to_string());
+                HandlerError::BadGateway(format!("program killed by signal {name}"))
+            }
+            Failure::Timeout => HandlerError::Timeout(format!(
+                "ran past timeout_ms ({} ms) and was killed",
+                self.cfg.timeout.as_millis()
+            )),
+            Failure::OutputCap => HandlerError::BadGateway(format!(
+                "output exceeded max_output_bytes ({})",
+                self.cfg.max_output_bytes
+            )),
+            Failure::OutputLeftOpen => HandlerError::BadGateway(
+                "program exited but a process outside its group kept stdout open".into(),
+            ),
+            Failure::Internal(what) => HandlerError::Internal(format!("exec: {what}")),
+        }
+    }
+}
+
+impl Handler for ExecHandler {
+    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+        let env = env::child_env(&self.endpoint, &self.cfg, req);
+        let run = child::run(&self.cfg, env, req.body.clone(), &self.registry);
+        let result =
+            run.result
+                .map_err(|failure| self.error(failure))
+                .and_then(|stdout| match self.cfg.output {
+                    ExecOutput::Raw => Ok(cgi::raw_response(stdout, &self.cfg.content_type)),
+                    ExecOutput::Cgi => cgi::cgi_response(stdout, &self.cfg.content_type),
+                });
+        match &result {
+            Ok(resp) => tracing::debug!(
+                endpoint = %self.endpoint,
+                status = resp.status().as_u16(),
+                stderr = %run.stderr,
+                "program finished"
+            ),
+            Err(e) => tracing::warn!(
+                endpoint = %self.endpoint,
+                status = e.status().as_u16(),
+                cause = %e,
+                stderr = %run.stderr,
+                "program failed"
+            ),
+        }
+        result
+    }
+}

@@ -1,0 +1,273 @@
+//! The app: what the front end serves, as a routing table that a config reload can swap.
+
+use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
+use children::Registry;
+use common::endpoint::Endpoint;
+use config::ServerConfig;
+use hyper::header::HeaderValue;
+use light::{Light, TrafficLight};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// Tables with more endpoints than this are searched by hash; smaller ones by a linear scan,
+/// which for a handful of short paths is faster than hashing the path.
+const LINEAR_ROUTES: usize = 8;
+
+/// Each table's identity, unique in the process (see [`App::with_table`]).
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The endpoints by path, with each one's precomputed `Allow` header. Immutable once built.
+#[derive(Debug)]
+pub(super) struct Table {
+    id: u64,
+    /// In config order.
+    routes: Vec<Route>,
+    by_path: HashMap<String, usize>,
+}
+
+/// An endpoint and its `Allow` header (for a `405`).
+#[derive(Debug)]
+pub(super) struct Route {
+    /// The endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// Its methods, as an `Allow` header value.
+    pub allow: HeaderValue,
+}
+
+impl Table {
+    fn new(endpoints: Vec<Arc<Endpoint>>) -> Table {
+        let routes: Vec<Route> = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let list: Vec<&str> = endpoint.config.methods.iter().map(|m| m.as_str()).collect();
+                let allow = HeaderValue::from_str(&list.join(", "))
+                    .unwrap_or_else(|_| HeaderValue::from_static("GET"));
+                Route { endpoint, allow }
+            })
+            .collect();
+        let by_path = if routes.len() > LINEAR_ROUTES {
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.endpoint.config.path.clone(), i))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Table {
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            routes,
+            by_path,
+        }
+    }
+
+    /// The route of `path`, if any.
+    pub(super) fn find(&self, path: &str) -> Option<&Route> {
+        if self.routes.len() > LINEAR_ROUTES {
+            self.by_path.get(path).and_then(|&i| self.routes.get(i))
+        } else {
+            self.routes.iter().find(|r| r.endpoint.config.path == path)
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's copy of the routing table it used last (see [`App::with_table`]).
+    static CACHED_TABLE: RefCell<Option<Arc<Table>>> = const { RefCell::new(None) };
+}
+
+/// Everything the front end serves.
+#[derive(Debug)]
+pub struct App {
+    /// Server-wide settings (fixed for the life of the process; a reload changes endpoints).
+    pub server: ServerConfig,
+    table: RwLock<Arc<Table>>,
+    /// The id of the table in `table` (read without the lock).
+    table_id: AtomicU64,
+    /// Endpoints a reload replaced or removed, still running the jobs they had admitted.
+    retired: Mutex<Vec<Arc<Endpoint>>>,
+    started: Instant,
+    open_connections: AtomicUsize,
+    readiness: Readiness,
+    children: Arc<Registry>,
+    light: TrafficLight,
+}
+
+impl App {
+    /// An app serving `endpoints`, which must have distinct paths (the config guarantees it),
+    /// whose exec handlers register their children in `children`.
+    pub fn new(
+        server: ServerConfig,
+        endpoints: Vec<Arc<Endpoint>>,
+        children: Arc<Registry>,
+        light: TrafficLight,
+    ) -> App {
+        let table = Table::new(endpoints);
+        App {
+            server,
+            table_id: AtomicU64::new(table.id),
+            table: RwLock::new(Arc::new(table)),
+            retired: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            open_connections: AtomicUsize::new(0),
+            readiness: Readiness::new(ReadinessPolicy::default()),
+            children,
+            light,
+        }
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Call `f` with the routing table now. The hot path of every request: a thread keeps the
+    /// table it used last and checks, with one atomic load, that it is still the current one; so
+    /// a lookup takes no lock and touches no shared reference count (a reload, which swaps the
+    /// table, costs each thread one locked read afterwards).
+    pub(super) fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
+        let id = self.table_id.load(Ordering::Acquire);
+        CACHED_TABLE.with(|cached| match cached.try_borrow_mut() {
+            Ok(mut cached) => {
+                let table = match cached.as_ref() {
+                    Some(table) if table.id == id => table,
+                    _ => cached.insert(self.table()),
+                };
+                f(table)
+            }
+            // Re-entered from inside `f` (nothing does): skip the cache.
+            Err(_) => f(&self.table()),
+        })
+    }
+
+    /// The endpoints being served, in config order.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.table()
+            .routes
+            .iter()
+            .map(|r| r.endpoint.clone())
+            .collect()
+    }
+
+    /// The endpoint serving `path` now, if any.
+    pub fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
+        self.table().find(path).map(|r| r.endpoint.clone())
+    }
+
+    /// Serve `endpoints` from now on. Endpoints of the old table that are not in the new one (by
+    /// identity) are retired: they admit nothing new, run every job they had admitted, then stop.
+    /// Returns how many were retired.
+    pub fn swap_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) -> usize {
+        let new = Arc::new(Table::new(endpoints));
+        let old = {
+            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            self.table_id.store(new.id, Ordering::Release);
+            std::mem::replace(&mut *table, new.clone())
+        };
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|e| !e.is_stopped());
+        let mut count = 0;
+        for ep in old.routes.iter().map(|r| &r.endpoint) {
+            if !new.routes.iter().any(|n| Arc::ptr_eq(&n.endpoint, ep)) {
+                ep.retire();
+                retired.push(ep.clone());
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Retired endpoints still draining.
+    pub fn draining(&self) -> usize {
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.iter().filter(|e| !e.is_stopped()).count()
+    }
+
+    /// The readiness verdict now (see [`crate::readiness`]).
+    pub fn readiness(&self) -> Verdict {
+        let endpoints = self.endpoints();
+        let min_fill = endpoints
+            .iter()
+            .map(|e| e.queue.depth() as f64 / e.queue.capacity().max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
+        let load = Load {
+            red: self.light.current() == Light::Red,
+            min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
+            closing: endpoints.iter().any(|e| e.queue.is_closed()),
+        };
+        self.readiness.check(load, Instant::now())
+    }
+
+    /// The server's live child process groups.
+    pub fn children(&self) -> &Arc<Registry> {
+        &self.children
+    }
+
+    /// Time since the app was built.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The server's traffic light.
+    pub fn light(&self) -> &TrafficLight {
+        &self.light
+    }
+
+    /// The traffic light as a number: 0 green, 1 yellow, 2 red.
+    pub fn light_level(&self) -> i64 {
+        match self.light.current() {
+            Light::Green => 0,
+            Light::Yellow => 1,
+            Light::Red => 2,
+        }
+    }
+
+    /// The traffic light's name.
+    pub fn light_name(&self) -> &'static str {
+        self.light.current().as_str()
+    }
+
+    /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.
+    pub fn mode_of(&self, path: &str) -> &'static str {
+        self.with_table(|t| t.find(path).map_or("-", |r| r.endpoint.mode()))
+    }
+
+    fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let mut all = self.endpoints();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Shutdown: stop admitting on every endpoint, retired ones included; queued jobs are shed.
+    pub fn close(&self) {
+        for ep in self.all_endpoints() {
+            ep.close();
+        }
+    }
+
+    /// True once every endpoint's dispatcher, retired ones included, has drained and stopped.
+    pub fn stopped(&self) -> bool {
+        self.all_endpoints().iter().all(|e| e.is_stopped())
+    }
+}

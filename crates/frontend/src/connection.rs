@@ -1,0 +1,173 @@
+//! One connection's service: which paths its listener serves, the access log, and the cap on
+//! requests per HTTP/1 connection.
+
+use super::access::AccessLine;
+use super::app::App;
+use super::router::route;
+use super::watchdog::{Activity, InFlight};
+use super::{to_body, Answer, Reply, Step};
+use common::handler::text_response;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The endpoints and the server's own paths (no admin listener configured).
+    PublicAndAdmin,
+    /// The endpoints only; the server's own paths are on the admin listener.
+    Public,
+    /// The server's own paths only: `/status`, `/metrics`, `/healthz`, `/readyz`.
+    Admin,
+    /// Plain HTTP redirecting everything to HTTPS on this port (`308 Permanent Redirect`).
+    Redirect(u16),
+}
+
+impl Role {
+    /// True if this listener answers the server's own paths.
+    pub fn serves_own_paths(self) -> bool {
+        matches!(self, Role::PublicAndAdmin | Role::Admin)
+    }
+
+    /// True if this listener serves the endpoints.
+    pub fn serves_endpoints(self) -> bool {
+        matches!(self, Role::PublicAndAdmin | Role::Public)
+    }
+}
+
+/// The hyper service for one connection. A request whose answer is decided at once (nearly
+/// everything but a body to read or a queued job to wait for) is answered without building an
+/// `async` state machine; see [`super::Step`].
+pub(super) fn service(
+    app: Arc<App>,
+    role: Role,
+    remote: SocketAddr,
+    local: SocketAddr,
+    hsts: Option<HeaderValue>,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<super::Body>,
+    Error = super::Ignored,
+    Future = Reply,
+> + Clone
+       + Send
+       + 'static {
+    let max_requests = app.server.max_requests_per_connection.get();
+    service_fn(move |req: Request<Incoming>| {
+        let finish = Finish {
+            logged: app
+                .server
+                .access_log
+                .then(|| Box::new(AccessLine::of(&req, remote))),
+            // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
+            last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
+            hsts: hsts.clone(),
+        };
+        let step = match role {
+            Role::Redirect(port) => Step::Now(Ok(redirect(&req, port))),
+            _ => route(&app, role, req, remote, local),
+        };
+        match step {
+            Step::Now(answer) => {
+                activity.answered_at_once();
+                // Most answers need no finishing: then the answer is not moved through `apply`.
+                Reply::now(if finish.is_nothing() {
+                    answer
+                } else {
+                    finish.apply(&app, answer)
+                })
+            }
+            Step::Later(pending) => {
+                let in_flight = InFlight::new(&activity);
+                let app = app.clone();
+                Reply::later(Box::pin(async move {
+                    let answer = pending.await;
+                    drop(in_flight);
+                    finish.apply(&app, answer)
+                }))
+            }
+        }
+    })
+}
+
+/// What is done to every answer before it is sent: the access log line, HSTS, and
+/// `Connection: close` on the last request a connection may make.
+struct Finish {
+    // Boxed: without an access log this is one word, not the line's 160 bytes moved per request.
+    logged: Option<Box<AccessLine>>,
+    last: bool,
+    hsts: Option<HeaderValue>,
+}
+
+impl Finish {
+    /// True if [`Finish::apply`] would leave the answer as it is.
+    fn is_nothing(&self) -> bool {
+        self.logged.is_none() && !self.last && self.hsts.is_none()
+    }
+
+    fn apply(self, app: &App, mut answer: Answer) -> Answer {
+        if let Ok(resp) = answer.as_mut() {
+            if let Some(line) = self.logged {
+                line.write(app, resp);
+            }
+            if let Some(hsts) = self.hsts {
+                resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
+            }
+            if self.last {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        answer
+    }
+}
+
+/// `308` to the same host and path on HTTPS; `400` without a usable Host.
+fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map_or(h, |(name, _)| name)
+        });
+    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' '])) else {
+        return to_body(text_response(
+            StatusCode::BAD_REQUEST,
+            "a Host header is needed to redirect to HTTPS",
+        ));
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    let mut resp = to_body(text_response(StatusCode::PERMANENT_REDIRECT, "use HTTPS"));
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            resp.headers_mut().insert(LOCATION, value);
+            resp
+        }
+        Err(_) => to_body(text_response(
+            StatusCode::BAD_REQUEST,
+            "cannot redirect this request",
+        )),
+    }
+}
+
+/// `404` for a path this listener does not serve.
+pub(super) fn not_here() -> hyper::Response<super::Body> {
+    to_body(text_response(
+        StatusCode::NOT_FOUND,
+        "no endpoint at this path",
+    ))
+}

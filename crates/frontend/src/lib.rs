@@ -1,0 +1,109 @@
+//! The shared front end: accept loop, TLS, routing, admission into the endpoints' queues, and the
+//! server's own `/status`, `/metrics` and probes.
+//!
+//! [`serve`] is the seam: it takes an already-bound listener and a shutdown future, so `main` binds
+//! the configured address and tests bind port 0.
+//!
+//! # Layout
+//! - `listener`: the accept loop, connection limit, plain and TLS serving, graceful drain.
+//! - `watchdog`: the connection table (idle and progress deadlines, drain).
+//! - `connection`: the per-connection service (roles: main, admin, redirect).
+//! - `router`: path and method to an endpoint or an own path.
+//! - `admission`: a request into its endpoint's queue, or overflow, turned into HTTP.
+//! - [`App`]: the running endpoints, the light, the child registry and readiness.
+//! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
+//! - [`readiness`]: `/readyz` with hysteresis.
+//! - `access`: the access-log line.
+//! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
+
+mod access;
+mod admission;
+mod app;
+mod connection;
+mod listener;
+mod metrics;
+pub mod readiness;
+mod router;
+mod status;
+pub mod tls;
+mod watchdog;
+
+pub use app::App;
+pub use connection::Role;
+pub use listener::{serve, serve_all, Listeners, Tls};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The body type of every response the front end sends.
+pub type Body = Full<Bytes>;
+
+/// The error that makes hyper drop a request without answering: `ignore` overflow. On HTTP/1 the
+/// connection is closed without a response byte; on HTTP/2 the stream is reset. A zero-sized type,
+/// so returning it allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Ignored;
+
+impl std::fmt::Display for Ignored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("overflow ignored")
+    }
+}
+
+impl std::error::Error for Ignored {}
+
+/// A response or a deliberate silence.
+pub type Answer = Result<Response<Body>, Ignored>;
+
+/// Turn a handler-style response into the front end's body type.
+fn to_body(resp: Response<Bytes>) -> Response<Body> {
+    resp.map(Full::new)
+}
+
+/// A request's slow path, boxed: reading a body, or waiting for a queued job's reply.
+type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// How a request is answered: at once (routing, the server's own paths, errors, overflow and
+/// inline builtins are decided synchronously), or later, by a boxed future. Keeping the fast path
+/// out of an `async` state machine keeps the per-request future a few words instead of kilobytes
+/// that hyper would move around for every request.
+enum Step {
+    Now(Answer),
+    Later(Pending),
+}
+
+/// The future the connection's service returns: a [`Step`] as a future.
+pub struct Reply(Option<Step>);
+
+impl Reply {
+    fn now(answer: Answer) -> Reply {
+        Reply(Some(Step::Now(answer)))
+    }
+
+    fn later(pending: Pending) -> Reply {
+        Reply(Some(Step::Later(pending)))
+    }
+}
+
+impl Future for Reply {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.0.take() {
+            Some(Step::Now(answer)) => Poll::Ready(answer),
+            Some(Step::Later(mut pending)) => match pending.as_mut().poll(cx) {
+                Poll::Ready(answer) => Poll::Ready(answer),
+                Poll::Pending => {
+                    self.0 = Some(Step::Later(pending));
+                    Poll::Pending
+                }
+            },
+            // Polled again after it completed (hyper never does): nothing more to say.
+            None => Poll::Ready(Err(Ignored)),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `GET /status`: counters, queue depth and busy state as JSON, answered by the front end itself.
+
+use super::app::App;
+use super::Body;
+use bytes::Bytes;
+use common::endpoint::EndpointStatus;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use std::collections::BTreeMap;
+
+#[derive(serde::Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    uptime_ms: u64,
+    connections: Connections,
+    children: usize,
+    light: light::LightStatus,
+    /// Endpoints a config reload replaced that still run jobs they had admitted.
+    draining_endpoints: usize,
+    endpoints: BTreeMap<&'a str, EndpointStatus>,
+}
+
+#[derive(serde::Serialize)]
+struct Connections {
+    open: usize,
+    max: usize,
+}
+
+/// The status document. Reads atomics only: never waits behind work.
+pub(super) fn render(app: &App) -> Response<Body> {
+    let endpoints = app.endpoints();
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_ms: app.uptime().as_millis() as u64,
+        connections: Connections {
+            open: app.open_connections(),
+            max: app.server.max_connections.get(),
+        },
+        children: app.children().live(),
+        light: app.light().snapshot(),
+        draining_endpoints: app.draining(),
+        endpoints: endpoints
+            .iter()
+            .map(|e| (e.config.path.as_str(), e.status()))
+            .collect(),
+    };
+    let (code, body) = match serde_json::to_vec_pretty(&status) {
+        Ok(mut json) => {
+            json.push(b'\n');
+            (StatusCode::OK, json)
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{{\"error\":\"{e}\"}}\n").into_bytes(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
