@@ -7,15 +7,15 @@
 //! decision is zero allocations. Without `--bench` (as under `cargo test --benches`) every case
 //! runs a handful of iterations only, as a smoke test. See `docs/BENCHMARKS.md`.
 
-use common::config::Overflow;
 use common::counters::EndpointCounters;
 use common::endpoint::{Admission, Endpoint};
-use common::frontend::Ignored;
 use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use common::job::Job;
 use common::queue::{HandoffQueue, Refused};
+use config::Overflow;
 use fiddler_crab::config::Config;
 use fiddler_crab::{HandlerRegistry, Server};
+use frontend::Ignored;
 use hyper::{HeaderMap, Method, Uri, Version};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
@@ -227,10 +227,8 @@ fn overflow_endpoint(scale: Scale, overflow: Overflow) -> anyhow::Result<Row> {
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no endpoint"))?;
     let hold = Arc::new(Hold::default());
-    let executor = fiddler_crab::executor_for(
-        &ep,
-        &common::light::TrafficLight::fixed(common::light::Light::Green),
-    )?;
+    let executor =
+        fiddler_crab::executor_for(&ep, &light::TrafficLight::fixed(light::Light::Green))?;
     let endpoint = Endpoint::start(ep, hold.clone(), executor)?;
     // One job to run (and block), then a full queue behind it.
     let (job, _running) = Job::new(request(), endpoint.counters.clone());
