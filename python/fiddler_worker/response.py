@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Mapping
 
+from .http import REASONS
 from .request import HTTPError
 
 __all__ = ["Response", "ResultError", "normalize", "from_exception", "error_reason", "encode_item"]
@@ -187,7 +188,7 @@ def from_exception(exc, where="handle"):
     if isinstance(exc, HTTPError):
         body = exc.body
         if body is None:
-            body = _reason_phrase(exc.status)
+            body = REASONS.get(exc.status, "Error")
         try:
             return normalize((exc.status, exc.headers, body), allow_stream=False)
         except ResultError as e:
@@ -197,11 +198,6 @@ def from_exception(exc, where="handle"):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
     return Response(500, TEXT_HEADERS, error_reason(exc).encode("utf-8"))
-
-
-def _reason_phrase(status):
-    from .http import REASONS
-    return REASONS.get(status, "Error")
 
 
 def encode_item(item):

@@ -231,6 +231,10 @@ def serve(listener, app, guard):
                 keep = _serve_buffered(conn, app, guard)
             except (Closed, OSError):
                 keep = False
+            except Exception:  # a bug in the helper: lose this connection, not the worker
+                log("internal error, closing the connection:")
+                traceback.print_exc()
+                keep = False
             if not keep:
                 close(fd)
             if guard.stopping:
