@@ -202,6 +202,10 @@ impl Server {
         light: TrafficLight,
     ) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
+        // Descendants that escape their job's process group come back to us to be killed.
+        if let Err(e) = children::become_subreaper() {
+            tracing::warn!(cause = %e, "not a child subreaper: a process that leaves its job's process group can outlive the job");
+        }
         let children = Arc::new(ChildRegistry::new());
         let endpoints = config
             .endpoints

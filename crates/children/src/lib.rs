@@ -9,12 +9,16 @@
 //! marks the `Group` reaped under the same lock that every signal takes, so a process group id
 //! that the kernel may already have handed to an unrelated process is never signalled.
 
+mod orphans;
+
+pub use orphans::{become_subreaper, kill_orphans};
+
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::io;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -125,14 +129,25 @@ impl Registry {
         }
         groups.live.insert(group.pgid(), group.clone());
         drop(groups);
+        orphans::registered().insert(group.pgid());
         Registered {
             registry: self.clone(),
             group,
         }
     }
 
-    /// SIGKILL every registered group, and every group that registers from now on. Used at
-    /// shutdown, after the grace period.
+    /// Spawn `command` (which should put the child in its own process group) and register its
+    /// group, with no moment in between at which an orphan scan could take the new child for an
+    /// escaped process (see [`kill_orphans`]).
+    pub fn spawn(self: &Arc<Self>, command: &mut Command) -> io::Result<(Child, Registered)> {
+        let _spawning = orphans::spawning();
+        let child = command.spawn()?;
+        let registered = self.register(Arc::new(Group::new(child.id())));
+        Ok((child, registered))
+    }
+
+    /// SIGKILL every registered group, and every group that registers from now on, then every
+    /// escaped descendant (see [`kill_orphans`]). Used at shutdown, after the grace period.
     pub fn kill_all(&self) {
         self.begin_shutdown();
         let mut groups = lock(&self.groups);
@@ -140,6 +155,8 @@ impl Registry {
         for group in groups.live.values() {
             group.signal(Signal::SIGKILL);
         }
+        drop(groups);
+        kill_orphans();
     }
 
     /// Mark the server as shutting down: a run whose program is killed from now on answers
@@ -178,6 +195,7 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.group.signal(Signal::SIGKILL);
         lock(&self.registry.groups).live.remove(&self.group.pgid());
+        orphans::registered().remove(&self.group.pgid());
     }
 }
 
@@ -193,25 +211,31 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
+    /// Tests that scan for orphans run one at a time (a scan kills every orphan of the process).
+    static ORPHAN_SCANS: Mutex<()> = Mutex::new(());
+
     fn leaked() -> Arc<Registry> {
         Arc::new(Registry::new())
     }
 
-    fn sleeper() -> std::process::Child {
-        Command::new("sleep")
-            .arg("100")
-            .process_group(0)
-            .stdin(Stdio::null())
-            .spawn()
+    /// Register a sleeper as `Registry::spawn` does, holding the spawn lock throughout, so a
+    /// parallel test's orphan scan never takes it for an escaped process.
+    fn registered_sleeper(registry: &Arc<Registry>) -> (std::process::Child, Registered) {
+        registry
+            .spawn(
+                Command::new("sleep")
+                    .arg("100")
+                    .process_group(0)
+                    .stdin(Stdio::null()),
+            )
             .unwrap()
     }
 
     #[test]
     fn guard_drop_kills_and_unregisters() {
         let registry = leaked();
-        let mut child = sleeper();
-        let group = Arc::new(Group::new(child.id()));
-        let guard = registry.register(group.clone());
+        let (mut child, guard) = registered_sleeper(&registry);
+        let group = guard.group().clone();
         assert_eq!(registry.live(), 1);
         drop(guard);
         assert_eq!(registry.live(), 0);
@@ -222,16 +246,15 @@ mod tests {
 
     #[test]
     fn kill_all_kills_live_and_later_groups() {
+        let _alone = ORPHAN_SCANS.lock().unwrap_or_else(|p| p.into_inner());
         let registry = leaked();
-        let mut first = sleeper();
-        let g1 = Arc::new(Group::new(first.id()));
-        let _r1 = registry.register(g1.clone());
+        let (mut first, _r1) = registered_sleeper(&registry);
+        let g1 = _r1.group().clone();
         assert!(!registry.shutting_down());
         registry.kill_all();
         assert!(registry.shutting_down());
-        let mut second = sleeper();
-        let g2 = Arc::new(Group::new(second.id()));
-        let _r2 = registry.register(g2.clone());
+        let (mut second, _r2) = registered_sleeper(&registry);
+        let g2 = _r2.group().clone();
         assert_eq!(registry.live(), 2);
         // Both were SIGKILLed: wait() returns (a hang here is the failure).
         assert!(!g1.reap(&mut first, true).unwrap().unwrap().success());
@@ -239,7 +262,49 @@ mod tests {
     }
 
     #[test]
+    fn an_escaped_grandchild_is_reparented_to_us_and_killed() {
+        let _alone = ORPHAN_SCANS.lock().unwrap_or_else(|p| p.into_inner());
+        become_subreaper().unwrap();
+        let registry = leaked();
+        let marker = format!("{}.25", 4000 + std::process::id() % 1000);
+        let script = format!("setsid sleep {marker} & echo started");
+        let (mut child, guard) = registry
+            .spawn(
+                Command::new("sh")
+                    .args(["-c", &script])
+                    .process_group(0)
+                    .stdout(Stdio::piped()),
+            )
+            .unwrap();
+        // sh exits at once; the escapee (its own session) is re-parented to this process.
+        let status = loop {
+            if let Some(status) = guard.group().reap(&mut child, false) {
+                break status.unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(status.success());
+        drop(guard);
+        let want = format!("sleep\0{marker}\0");
+        let alive = || {
+            std::fs::read_dir("/proc").unwrap().any(|e| {
+                let path = e.unwrap().path().join("cmdline");
+                std::fs::read(path).is_ok_and(|c| c == want.as_bytes())
+            })
+        };
+        let started = std::time::Instant::now();
+        while !alive() && started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(alive(), "the escapee should run until it is killed");
+        kill_orphans();
+        assert!(!alive());
+    }
+
+    #[test]
     fn reaped_group_is_never_signalled() {
+        // Never registered: held under the spawn lock so no parallel orphan scan reaps it first.
+        let _spawning = orphans::spawning();
         let mut child = Command::new("true").process_group(0).spawn().unwrap();
         let group = Group::new(child.id());
         group.reap(&mut child, true).unwrap().unwrap();

@@ -9,8 +9,10 @@
 //! - the stdin writer writes the body and closes stdin (a child that never reads it is fine).
 //!
 //! Readers end at end of file, which comes once every process holding the pipe is dead: the
-//! group is killed when the child exits. Only a process that left the group can keep a pipe
-//! open; then the run gives up after [`DRAIN_BOUND`] and the stranded thread ends when it does.
+//! group is killed when the child exits, and so is every process that left the group and was
+//! re-parented to the server (a child subreaper; see `children::kill_orphans`). Only a process
+//! that escaped while the server is no subreaper can keep a pipe open; then the run gives up
+//! after [`DRAIN_BOUND`] and the stranded thread ends when it does.
 
 use bytes::Bytes;
 use children::{Group, Registry};
@@ -117,10 +119,9 @@ fn supervise(
     if let Some(dir) = &cfg.cwd {
         command.current_dir(dir);
     }
-    let mut child = command.spawn().map_err(Failure::Spawn)?;
-    let group = Arc::new(Group::new(child.id()));
     // From here on, any return (or unwinding panic) drops the guard, which kills the group.
-    let guard = registry.register(group.clone());
+    let (mut child, guard) = registry.spawn(&mut command).map_err(Failure::Spawn)?;
+    let group = guard.group().clone();
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     if let Err(mpsc::SendError((mut child, group))) = child_tx.send((child, group.clone())) {
         group.signal(Signal::SIGKILL);
@@ -156,6 +157,9 @@ fn supervise(
         Ok(status) => status,
         Err(RecvTimeoutError::Timeout) => {
             stop(guard.group(), &exit_rx, cfg.kill_grace);
+            // Whatever escaped the group (setsid) and outlived its parent is ours now: kill it,
+            // so it neither runs on nor holds the pipes open.
+            children::kill_orphans();
             *stderr_out = recv_until(&err_rx, Instant::now() + DRAIN_BOUND).unwrap_or_default();
             return Err(Failure::Timeout);
         }
@@ -163,7 +167,9 @@ fn supervise(
             return Err(Failure::Internal("lost the program's waiter thread".into()));
         }
     };
-    // The child is reaped and its group killed: the pipes reach end of file promptly.
+    // The child is reaped and its group killed, and whatever escaped the group is killed now:
+    // the pipes reach end of file promptly.
+    children::kill_orphans();
     let drained_by = Instant::now() + DRAIN_BOUND;
     *stderr_out = recv_until(&err_rx, drained_by)
         .unwrap_or_else(|_| "(stderr still open; not read)".to_string());

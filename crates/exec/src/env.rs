@@ -43,11 +43,20 @@ pub(crate) fn child_env(
     env
 }
 
+/// The part of `path` after the endpoint path `script_name` (RFC 3875 §4.1.5): empty when the
+/// request is for the endpoint path itself; the whole path if it does not start with it.
+fn path_info<'a>(script_name: &str, path: &'a str) -> &'a str {
+    match path.strip_prefix(script_name.trim_end_matches('/')) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
 /// The CGI/1.1 meta-variables for `req` arriving at the endpoint `endpoint`.
 ///
-/// `SCRIPT_NAME` is the endpoint path and `PATH_INFO` the request path as received (not
-/// percent-decoded). Endpoints match exactly, so both are the same string: a script written for
-/// either convention finds the path it expects.
+/// `SCRIPT_NAME` is the endpoint path and `PATH_INFO` the part of the request path after it
+/// (RFC 3875 §4.1.5), as received (not percent-decoded): empty for a request to the endpoint
+/// path itself.
 ///
 /// Every request header becomes `HTTP_<NAME>` (upper case, `-` as `_`, repeated values joined
 /// with `", "`), except: `Content-Type` and `Content-Length` (they are `CONTENT_TYPE` and
@@ -67,7 +76,7 @@ pub(crate) fn cgi_vars(endpoint: &str, req: &JobRequest) -> BTreeMap<String, Str
     );
     set("REQUEST_METHOD", req.method.as_str().into());
     set("SCRIPT_NAME", endpoint.into());
-    set("PATH_INFO", req.uri.path().into());
+    set("PATH_INFO", path_info(endpoint, req.uri.path()).into());
     set("QUERY_STRING", req.uri.query().unwrap_or("").into());
     if let Some(ct) = req
         .headers
@@ -211,7 +220,7 @@ mod tests {
         assert!(v["SERVER_SOFTWARE"].starts_with("fiddler_crab/"));
         assert_eq!(v["REQUEST_METHOD"], "POST");
         assert_eq!(v["SCRIPT_NAME"], "/run");
-        assert_eq!(v["PATH_INFO"], "/run");
+        assert_eq!(v["PATH_INFO"], "");
         assert_eq!(v["QUERY_STRING"], "a=1&b=2");
         assert_eq!(v["CONTENT_TYPE"], "text/plain");
         assert_eq!(v["CONTENT_LENGTH"], "5");
@@ -274,6 +283,14 @@ mod tests {
         let v = cgi_vars("/run", &req);
         assert_eq!(v["SERVER_NAME"], "[::1]");
         assert_eq!(v["SERVER_PROTOCOL"], "HTTP/2.0");
+    }
+
+    #[test]
+    fn path_info_is_what_follows_the_script_name() {
+        assert_eq!(path_info("/run", "/run"), "");
+        assert_eq!(path_info("/run", "/run/a/b"), "/a/b");
+        assert_eq!(path_info("/llm/", "/llm/v1/chat"), "/v1/chat");
+        assert_eq!(path_info("/run", "/runner"), "/runner");
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    // The server's cipher suite order (the provider's: AEADs with forward secrecy, strongest
+    // first) wins over the client's.
+    config.ignore_client_order = true;
     Arc::new(config)
 }
 

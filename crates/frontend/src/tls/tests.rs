@@ -252,6 +252,34 @@ async fn a_tls13_only_client_connects() {
     assert_eq!(echo(&mut tls, "over 1.3\n").await, "over 1.3\n");
 }
 
+/// A client that prefers ChaCha20 gets the server's first choice (AES-256-GCM) all the same: the
+/// server's cipher order wins (testssl's "server cipher order").
+#[tokio::test]
+async fn the_servers_cipher_order_wins_over_the_clients() {
+    let mut server = EchoServer::start(store_a(), GENEROUS).await;
+    let mut provider = provider::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    let mut roots = RootCertStore::empty();
+    roots.add(leaf_der("ca.pem")).unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = connect(server.addr, Arc::new(config)).await.unwrap();
+    server.next_outcome().await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+    );
+}
+
 /// rustls clients cannot speak TLS 1.1, so the openssl command line plays the old client (with
 /// its own security level lowered so that it really sends a 1.1 hello). A TLS 1.2 run first shows
 /// the harness can succeed at all.
