@@ -19,8 +19,9 @@
 # SERVER_CPU / LOADGEN_CPU (default 0 / 1), RESULTS (directory for the raw files), SVG (default
 # docs/adaptive.svg), IDLE_MAX (% busy the machine may be before a run, default 15), IDLE_WAIT
 # (s to wait for that at most, default 1800), OTHER_MAX (default 5). Before each run the script
-# waits until no other benchmark or build (bench_server, loadgen, flood.sh, ping.sh, wrk, cargo,
-# rustc) runs and the machine is nearly idle; it repeats a run (five tries) if one ran meanwhile or
+# waits until no other benchmark or build (bench_server, loadgen, flood.sh, ping.sh, workers.sh,
+# overflow.sh and their servers, wrk, cargo, rustc) runs and the machine is nearly idle; it
+# repeats a run (five tries) if one ran meanwhile or
 # if CPU time that none of the run's processes used (all CPUs' busy time less the server and its
 # jobs, the hog, the load generator and the poller) exceeds OTHER_MAX % of one CPU. See
 # docs/BENCHMARKS.md.
@@ -39,7 +40,7 @@ LOADGEN_CPU=${LOADGEN_CPU:-1}
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS=${RESULTS:-bench-results/adaptive-$STAMP}
 SVG=${SVG:-docs/adaptive.svg}
-OTHERS='bench_server|loadgen|flood\.sh|ping\.sh'
+OTHERS='bench_server|loadgen|flood\.sh|ping\.sh|workers\.sh|overflow\.sh|/fc-(ping|workers|overflow)\.'
 # Process names of load generators and builds.
 OTHER_NAMES='wrk|cargo|rustc'
 if [ $((HOG_AT + HOG_FOR)) -gt "$DURATION" ]; then

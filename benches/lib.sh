@@ -56,3 +56,290 @@ queue = 1024
 overflow = "reject"
 EOF
 }
+
+# ensure_cmd COMMAND PACKAGE...: when COMMAND is missing, installs the first Debian PACKAGE that
+# apt-get can install (running `apt-get update` once if an install fails), without starting any
+# service the package ships (a policy-rc.d that says no, for the install only). Returns non-zero,
+# with a message, when COMMAND is still missing.
+ensure_cmd() {
+  local cmd=$1 pkg made=0 policy=/usr/sbin/policy-rc.d
+  shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "$cmd not found, and not root to install it (Debian: apt-get install -y $1)" >&2
+    return 1
+  fi
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made=1
+  fi
+  for pkg in "$@"; do
+    echo "installing $pkg (for $cmd)" >&2
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >&2; then break; fi
+    if [ "${APT_UPDATED:-0}" = 0 ]; then
+      APT_UPDATED=1
+      apt-get update -q >&2 || true
+      if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >&2; then break; fi
+    fi
+  done
+  if [ "$made" = 1 ]; then rm -f "$policy"; fi
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo "$cmd is still missing after trying to install: $*" >&2
+  return 1
+}
+
+# ensure_gunicorn: gunicorn in the repository's .venv (gitignored; created once, then reused).
+# Sets GUNICORN to its path. Run from the repository root.
+ensure_gunicorn() {
+  GUNICORN=$PWD/.venv/bin/gunicorn
+  [ -x "$GUNICORN" ] && return 0
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv >&2 || { echo "cannot create .venv (python3 -m venv)" >&2; return 1; }
+  fi
+  .venv/bin/pip install -q gunicorn >&2 || { echo "cannot install gunicorn into .venv" >&2; return 1; }
+  [ -x "$GUNICORN" ]
+}
+
+# Every process (pid, parent) from /proc, for the two tree helpers below.
+_proc_stats() { cat /proc/[0-9]*/stat 2>/dev/null || true; }
+
+# tree_ticks PID...: CPU clock ticks (utime + stime) of these processes and all their living
+# descendants, plus what their reaped children used (cutime + cstime), so a worker that exited or
+# was replaced during a run still counts. For servers of several processes (nginx's master and
+# worker, gunicorn's arbiter and workers, fiddler_crab and its worker processes).
+tree_ticks() {
+  _proc_stats | awk -v roots="$*" '
+    { pid = $1; s = $0; sub(/.*\) /, "", s); split(s, f, " ")
+      parent[pid] = f[2]; ticks[pid] = f[12] + f[13] + f[14] + f[15] }
+    END {
+      n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1
+      total = 0
+      for (p in ticks) {
+        q = p; hops = 0
+        while (!(q in root) && (q in parent) && q > 1 && hops < 64) { q = parent[q]; hops++ }
+        if (q in root) total += ticks[p]
+      }
+      print total
+    }'
+}
+
+# tree_pids PID...: these processes and all their living descendants, one per line.
+tree_pids() {
+  _proc_stats | awk -v roots="$*" '
+    { s = $0; sub(/.*\) /, "", s); split(s, f, " "); parent[$1] = f[2] }
+    END {
+      n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1
+      for (p in parent) {
+        q = p; hops = 0
+        while (!(q in root) && (q in parent) && q > 1 && hops < 64) { q = parent[q]; hops++ }
+        if (q in root) print p
+      }
+    }'
+}
+
+# stop_tree PID...: SIGTERM to each (the servers' graceful stop), then SIGKILL to whatever is left
+# of their process trees after STOP_GRACE seconds (default 10). Only these processes and their
+# descendants are signalled.
+stop_tree() {
+  local pids p left="" i
+  [ $# -gt 0 ] || return 0
+  pids=$(tree_pids "$@")
+  kill -TERM "$@" 2>/dev/null || true
+  for i in $(seq 1 $((${STOP_GRACE:-10} * 10))); do
+    left=""
+    for p in $pids; do if kill -0 "$p" 2>/dev/null; then left="$left $p"; fi; done
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  if [ -n "$left" ]; then
+    echo "still running after ${STOP_GRACE:-10} s, killed:$left" >&2
+    # shellcheck disable=SC2086
+    kill -KILL $left 2>/dev/null || true
+  fi
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+cpu_busy_ticks() { # busy clock ticks of CPU $1 (/proc/stat)
+  awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
+to_us() { # wrk latency such as 812.00us, 1.23ms, 2.00s → microseconds
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
+    else if (v ~ /s$/) print n * 1000000; else print n }'
+}
+
+# wait_http URL [TRIES] [PID]: until URL answers 2xx (a TLS certificate is not checked), 0.1 s
+# apart, at most TRIES times (default 100), or until process PID has exited. Returns non-zero if
+# it never did.
+wait_http() {
+  local i
+  for i in $(seq 1 "${2:-100}"); do
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then return 1; fi
+    if python3 -c 'import ssl, sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2, context=ssl._create_unverified_context())' \
+      "$1" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# wait_tcp HOST PORT [TRIES] [PID]: until HOST:PORT accepts a connection (nothing is sent), 0.1 s
+# apart, at most TRIES times (default 100), or until process PID has exited.
+wait_tcp() {
+  local i
+  for i in $(seq 1 "${3:-100}"); do
+    if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then return 1; fi
+    if python3 -c 'import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()' "$1" "$2" \
+      2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# nginx_conf DIR LOG SERVERS: an nginx.conf for nginx_cmd DIR: pid, error log and temp files in
+# DIR, the http block's server (and upstream) blocks from SERVERS. LOG "on" writes the access log
+# to DIR/access.log as nginx does by default (combined format, one write per line: no buffer=);
+# "off" writes none.
+nginx_conf() {
+  local log="access_log off;"
+  if [ "$2" = on ]; then log="access_log $1/access.log;"; fi
+  printf '%s\n' \
+    "pid $1/nginx.pid;" \
+    "error_log $1/error.log error;" \
+    "events { worker_connections 4096; }" \
+    "http {" \
+    "    $log" \
+    "    client_body_temp_path $1/client_body;" \
+    "    proxy_temp_path $1/proxy;" \
+    "    fastcgi_temp_path $1/fastcgi;" \
+    "    uwsgi_temp_path $1/uwsgi;" \
+    "    scgi_temp_path $1/scgi;" \
+    "$3" \
+    "}"
+}
+
+# nginx_cmd DIR: nginx in the foreground (master and one worker) on DIR/nginx.conf, writing only
+# into DIR. Prints the command line as words for an array: cmd=($(nginx_cmd DIR)) would split the
+# -g value, so use: mapfile -t cmd < <(nginx_cmd DIR).
+nginx_cmd() {
+  printf '%s\n' "$(command -v nginx)" -p "$1" -c "$1/nginx.conf" -e "$1/error.log" \
+    -g "daemon off; master_process on; worker_processes 1;"
+}
+
+# ----------------------------------------------------------------------------------------------
+# The closed-loop wrk measurement shared by ping.sh, workers.sh and overflow.sh.
+#
+# The caller defines start_server NAME, which starts the server pinned to $SERVER_CPU, sets
+# server_pids (an array: the roots of the server's process trees; nginx → gunicorn has two), url
+# (what wrk loads) and returns non-zero if the server did not start (having said why); and sets
+# SERVER_CPU, LOADGEN_CPU, THREADS, CONNECTIONS, DURATION, WARMUP, CLK_TCK and WRK_ARGS (an array
+# of extra wrk arguments: -H 'Connection: close', -s SCRIPT).
+WRK_COLUMNS="server round requests rps p50_us p99_us cpu_us busy_pct non2xx err_connect err_read err_write err_timeout others_pct cpu_attempt_us"
+
+server_pids=()
+stop_server() {
+  if [ ${#server_pids[@]} -gt 0 ]; then stop_tree "${server_pids[@]}"; fi
+  server_pids=()
+}
+
+# wrk_measure NAME ROUND RESULTS: a warm-up (WARMUP s, none if 0) and a measured wrk run against a
+# fresh server; appends one row (WRK_COLUMNS) to RESULTS. Server CPU is the utime + stime of all
+# its processes over the run (tree_ticks). Waits for a quiet machine first, and repeats a run
+# during which another benchmark or build ran or other work took more than INTRUDERS_MAX % of
+# either CPU, MAX_ATTEMPTS times at most (default 10). Returns 1 if the server did not start.
+wrk_measure() {
+  local name=$1 round=$2 results=$3 before after t0 t1 core0 core1 lg0 lg1 wrk_cpu wrk_out
+  local requests rps p50 p99 non2xx cpu_us cpu_att intruders lg_intruders busy attempt=0
+  local e_conn e_read e_write e_time
+  while :; do
+    attempt=$((attempt + 1))
+    wait_quiet
+    if ! start_server "$name"; then
+      stop_server
+      return 1
+    fi
+    if [ "$WARMUP" != 0 ]; then
+      taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "${WRK_ARGS[@]}" \
+        "$url" >/dev/null 2>&1 || true
+    fi
+    before=$(tree_ticks "${server_pids[@]}")
+    core0=$(cpu_busy_ticks "$SERVER_CPU")
+    lg0=$(cpu_busy_ticks "$LOADGEN_CPU")
+    t0=$(date +%s.%N)
+    wrk_out=$(taskset -c "$LOADGEN_CPU" /usr/bin/time -f 'WRK_CPU %U %S' \
+      wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" 2>&1) ||
+      true
+    t1=$(date +%s.%N)
+    lg1=$(cpu_busy_ticks "$LOADGEN_CPU")
+    core1=$(cpu_busy_ticks "$SERVER_CPU")
+    after=$(tree_ticks "${server_pids[@]}")
+    stop_server
+    # Whatever else ran on the server's CPU and on wrk's CPU meanwhile, % of the wall time.
+    intruders=$(awk -v c=$((core1 - core0 - after + before)) -v hz="$CLK_TCK" -v t0="$t0" \
+      -v t1="$t1" 'BEGIN { v = c / hz / (t1 - t0) * 100; printf "%.0f", v < 0 ? 0 : v }')
+    wrk_cpu=$(awk '$1 == "WRK_CPU" {print $2 + $3}' <<<"$wrk_out")
+    lg_intruders=$(awk -v c=$((lg1 - lg0)) -v w="${wrk_cpu:-0}" -v hz="$CLK_TCK" -v t0="$t0" \
+      -v t1="$t1" 'BEGIN { v = (c / hz - w) / (t1 - t0) * 100; printf "%.0f", v < 0 ? 0 : v }')
+    if [ "$attempt" -ge "${MAX_ATTEMPTS:-10}" ]; then
+      if [ "${MAX_ATTEMPTS:-10}" -gt 1 ]; then
+        echo "$name round $round: still disturbed after $attempt attempts; keeping this one" >&2
+      fi
+      break
+    elif [ -n "$(others)" ]; then
+      echo "another benchmark or build ran during $name round $round; repeating it" >&2
+    elif [ "$intruders" -gt "${INTRUDERS_MAX:-3}" ] ||
+      [ "$lg_intruders" -gt "${INTRUDERS_MAX:-3}" ]; then
+      echo "other work took ${intruders}% of CPU $SERVER_CPU and ${lg_intruders}% of CPU" \
+        "$LOADGEN_CPU during $name round $round; repeating it" >&2
+    else
+      break
+    fi
+  done
+  requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' <<<"$wrk_out")
+  requests=${requests:-0}
+  rps=$(sed -n 's/^Requests\/sec: *//p' <<<"$wrk_out")
+  p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$wrk_out")")
+  p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$wrk_out")")
+  non2xx=$(sed -n 's/^ *Non-2xx or 3xx responses: *//p' <<<"$wrk_out")
+  non2xx=${non2xx:-0}
+  read -r e_conn e_read e_write e_time < <(sed -n \
+    's/^ *Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\).*/\1 \2 \3 \4/p' \
+    <<<"$wrk_out" | grep . || echo 0 0 0 0)
+  if [ "$requests" = 0 ]; then
+    echo "$name round $round: wrk completed no request:" >&2
+    echo "$wrk_out" >&2
+  fi
+  cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+    'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+  # Per attempt: completed requests plus the ones that ended in a read or write error (a server
+  # that closes a connection unanswered: ignored overflow).
+  cpu_att=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n=$((requests + e_read + e_write)) \
+    'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+  # Of the wall time between the two CPU samples (wrk's start-up and exit included).
+  busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { printf "%.0f", t / hz / (t1 - t0) * 100 }')
+  printf '%s\t' "$name" "$round" "$requests" "${rps:-0}" "$p50" "$p99" "$cpu_us" "$busy" "$non2xx" \
+    "$e_conn" "$e_read" "$e_write" "$e_time" \
+    "$((intruders > lg_intruders ? intruders : lg_intruders))" >>"$results"
+  printf '%s\n' "$cpu_att" >>"$results"
+  echo "$name round $round: ${rps:-0} req/s, p50 ${p50} us, p99 ${p99} us, ${cpu_us} CPU-us/req" \
+    "(${cpu_att} per attempt), server CPU ${busy}% of one core, non-2xx $non2xx, socket errors" \
+    "c/r/w/t $e_conn/$e_read/$e_write/$e_time, others on CPU $SERVER_CPU / $LOADGEN_CPU:" \
+    "${intruders}% / ${lg_intruders}%" >&2
+}
+
+# new_results FILE: an empty results file with its column names.
+new_results() {
+  tr ' ' '\t' <<<"$WRK_COLUMNS" >"$1"
+}
+
+# machine_line: one line about the machine, for the reports.
+machine_line() {
+  echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
+}
