@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by the benchmark drivers (sourced, not run). `others` reads the caller's
 # OTHERS (a pgrep -f pattern) and OTHER_NAMES (a pgrep -x pattern).
 

@@ -44,7 +44,7 @@
 # ROUNDS rounds, servers in turn, medians. Loopback only; every run ends by itself. Installs wrk,
 # nginx-light and haproxy (Debian) when missing.
 #
-#   bash benches/overflow.sh                                  # both parts, 3 rounds (about 7 min)
+#   bash benches/overflow.sh                                  # both parts, 3 rounds (about 6 min)
 #   PARTS=flood ROUNDS=1 DURATION=3 bash benches/overflow.sh  # a quick look at part 1
 #
 # Environment: PARTS (default "flood full"), ROUNDS (default 3), DURATION (s of load per run,

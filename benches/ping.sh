@@ -25,8 +25,8 @@
 # a new connection (wrk -H 'Connection: close'), reported in its own table. Loopback only; every
 # run ends by itself. Installs wrk and nginx-light (Debian) when missing.
 #
-#   bash benches/ping.sh                          # 3 rounds of 10 s per server (about 5 minutes)
-#   CONN=both bash benches/ping.sh                # keep-alive, then a connection per request (10 min)
+#   bash benches/ping.sh                          # 3 rounds of 10 s per server (about 4.5 minutes)
+#   CONN=both bash benches/ping.sh                # keep-alive, then a connection per request (9 min)
 #   ROUNDS=1 DURATION=3 bash benches/ping.sh      # a quick look
 #
 # Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2; 0
