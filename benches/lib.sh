@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# Shell helpers shared by the benchmark drivers (sourced, not run). `others` reads the caller's
-# OTHERS (a pgrep -f pattern) and OTHER_NAMES (a pgrep -x pattern).
+# Shell helpers shared by the benchmark drivers (sourced, not run): the quiet-machine wait,
+# fiddler_crab's /ping config, anchor installs (apt, gunicorn in .venv), CPU of a process tree,
+# readiness waits, nginx configs, and the closed-loop wrk measurement (wrk_measure). `others` reads
+# the caller's OTHERS (a pgrep -f pattern) and OTHER_NAMES (a pgrep -x pattern).
 
 # Other benchmarks' processes (never this script's own: none of its command lines match).
 others() {
