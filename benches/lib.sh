@@ -90,16 +90,22 @@ ensure_cmd() {
   return 1
 }
 
-# ensure_gunicorn: gunicorn in the repository's .venv (gitignored; created once, then reused).
-# Sets GUNICORN to its path. Run from the repository root.
+# ensure_gunicorn: gunicorn in the repository's .venv (gitignored), made or completed by
+# scripts/venv.sh, the one script that owns that venv (idempotent; it also installs what the tests
+# need); without that script, a venv with gunicorn alone. Sets GUNICORN to its path. Run from the
+# repository root.
 ensure_gunicorn() {
   GUNICORN=$PWD/.venv/bin/gunicorn
-  [ -x "$GUNICORN" ] && return 0
-  if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv >&2 || { echo "cannot create .venv (python3 -m venv)" >&2; return 1; }
+  if [ -f scripts/venv.sh ]; then
+    bash scripts/venv.sh >&2 || echo "scripts/venv.sh failed" >&2
+  elif [ ! -x "$GUNICORN" ]; then
+    if [ ! -x .venv/bin/python ]; then python3 -m venv .venv >&2 || true; fi
+    .venv/bin/pip install -q gunicorn >&2 || true
   fi
-  .venv/bin/pip install -q gunicorn >&2 || { echo "cannot install gunicorn into .venv" >&2; return 1; }
-  [ -x "$GUNICORN" ]
+  [ -x "$GUNICORN" ] && return 0
+  echo "gunicorn is missing from .venv (bash scripts/venv.sh, or python3 -m venv .venv &&" \
+    ".venv/bin/pip install gunicorn)" >&2
+  return 1
 }
 
 # Every process (pid, parent) from /proc, for the two tree helpers below.

@@ -27,7 +27,7 @@
 # by kind) and p50/p99 of the 200s.
 #
 # Loopback only; every run ends by itself. Installs wrk and nginx-light (Debian) when missing, and
-# gunicorn into the repository's .venv (created once, gitignored).
+# gunicorn into the repository's .venv (gitignored) through scripts/venv.sh.
 #
 #   bash benches/workers.sh                         # 3 rounds × 10 s per server (about 2 minutes)
 #   ROLL=1 bash benches/workers.sh                  # the rolling restart (about 1 minute)
