@@ -102,18 +102,37 @@ fn load(cli: &Cli) -> Result<(Config, HandlerRegistry), String> {
     Ok((config, registry))
 }
 
+/// Logging to stderr, filtered by `RUST_LOG` (default `info`). The filter is tracing-subscriber's
+/// `Targets` (`warn`, `info,access=off`, `fiddler_crab=debug,hyper=warn`: a level, and per-target
+/// levels), not its regex-based `EnvFilter`: the same directives users write in practice, for
+/// about 350 kB less binary. A directive it cannot parse is reported and `info` used.
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (default_filter(), Some(format!("RUST_LOG={spec:?}: {e}"))),
+        },
+        _ => (default_filter(), None),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
     }
+    if let Some(bad) = bad {
+        tracing::warn!(problem = %bad, "cannot parse RUST_LOG; logging at info");
+    }
+}
+
+fn default_filter() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
 }
 
 fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<()> {
