@@ -6,9 +6,9 @@
 //!
 //! # Layout
 //! - `listener`: the accept loop, connection limit, plain and TLS serving, graceful drain.
-//! - `watchdog`: the connection table (idle and progress deadlines, drain).
-//! - `connection`: the per-connection service (roles: main, admin, redirect).
-//! - `router`: path and method to an endpoint or an own path.
+//! - `connections`: the connection table (idle and progress deadlines, drain).
+//! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
+//! - `router`: path and method to an endpoint or an own path; a listener's [`Role`].
 //! - `admission`: a request into its endpoint's queue, or overflow, turned into HTTP.
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
@@ -19,18 +19,18 @@
 mod access;
 mod admission;
 mod app;
-mod connection;
+mod connections;
 mod listener;
 mod metrics;
 pub mod readiness;
 mod router;
+mod service;
 mod status;
 pub mod tls;
-mod watchdog;
 
 pub use app::App;
-pub use connection::Role;
 pub use listener::{serve, serve_all, Listeners, Tls};
+pub use router::Role;
 
 use bytes::Bytes;
 use http_body_util::Full;

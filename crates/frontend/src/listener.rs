@@ -2,8 +2,9 @@
 //! graceful drain on shutdown.
 
 use super::app::App;
-use super::connection::{self, Role};
-use super::watchdog::{Activity, Connections, Watched};
+use super::connections::{Activity, ConnectionTable, Watched};
+use super::router::Role;
+use super::service;
 use super::Ignored;
 use common::supervisor::{supervise_task, Backoff};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -90,7 +91,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 /// every queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any
 /// child still alive, and let connections finish their last response.
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let connections = Arc::new(Connections::default());
+    let connections = Arc::new(ConnectionTable::default());
     let sweeper = {
         let (connections, silent, idle) = (
             connections.clone(),
@@ -230,7 +231,7 @@ async fn accept_loop(
     tls: Option<Arc<Tls>>,
     app: Arc<App>,
     builder: Arc<Builder<TokioExecutor>>,
-    connections: Arc<Connections>,
+    connections: Arc<ConnectionTable>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -266,7 +267,7 @@ async fn accept_loop(
             match tls.filter(|_| role.serves_endpoints()) {
                 None => {
                     let activity = Arc::new(Activity::default());
-                    let service = connection::service(
+                    let service = service::for_connection(
                         app.clone(),
                         role,
                         remote,
@@ -293,7 +294,7 @@ async fn accept_loop(
                         Ok(stream) => {
                             let activity = Arc::new(Activity::default());
                             let hsts = tls.hsts.clone();
-                            let service = connection::service(
+                            let service = service::for_connection(
                                 app.clone(),
                                 role,
                                 remote,
@@ -316,12 +317,12 @@ async fn accept_loop(
 }
 
 /// Serve one connection (plain or TLS) with hyper until it ends, registered for the idle sweep
-/// and the graceful drain (see [`super::watchdog`]).
+/// and the graceful drain (see [`super::connections`]).
 async fn serve_io<I, S>(
     io: TokioIo<I>,
     service: S,
     builder: &Builder<TokioExecutor>,
-    connections: &Arc<Connections>,
+    connections: &Arc<ConnectionTable>,
     remote: std::net::SocketAddr,
     activity: Arc<Activity>,
 ) where

@@ -1,5 +1,6 @@
-//! The idle watchdog and the graceful drain: every open connection is registered in one
-//! [`Connections`] table, which a single sweeper task walks a few times per period.
+//! The connection table: every open connection of a server, registered in one [`ConnectionTable`]
+//! that a single sweeper task walks a few times per period (the idle watchdog) and that the
+//! graceful drain wakes and waits on.
 //!
 //! "Progress" is any byte read from or written to the socket, counted by [`Watched`] (one relaxed
 //! add per I/O call, no clock read), and every answered request. At each sweep the watchdog
@@ -138,7 +139,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// Every open connection of a server: for the idle sweep and the graceful drain.
 #[derive(Debug, Default)]
-pub(super) struct Connections {
+pub(super) struct ConnectionTable {
     slots: Mutex<Slots>,
     draining: AtomicBool,
 }
@@ -159,9 +160,9 @@ struct Entry {
     quiet_since: Instant,
 }
 
-/// A connection's place in [`Connections`], given up when dropped.
+/// A connection's place in [`ConnectionTable`], given up when dropped.
 pub(super) struct Registration {
-    connections: Arc<Connections>,
+    connections: Arc<ConnectionTable>,
     slot: usize,
 }
 
@@ -177,7 +178,7 @@ impl Drop for Registration {
     }
 }
 
-impl Connections {
+impl ConnectionTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -312,7 +313,7 @@ mod tests {
     async fn a_quiet_connection_is_closed_after_its_period_and_a_busy_one_never() {
         let silent = Duration::from_secs(2);
         let idle = Duration::from_secs(60);
-        let connections = Arc::new(Connections::default());
+        let connections = Arc::new(ConnectionTable::default());
         let quiet = Arc::new(Activity::default());
         let busy = Arc::new(Activity::default());
         let _q = connections.register(quiet.clone());
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_and_live_counts_registrations() {
-        let connections = Arc::new(Connections::default());
+        let connections = Arc::new(ConnectionTable::default());
         let a = connections.register(Arc::new(Activity::default()));
         let b = connections.register(Arc::new(Activity::default()));
         assert_eq!(connections.live(), 2);
