@@ -42,7 +42,6 @@ impl Default for ReadinessPolicy {
 struct State {
     ready: bool,
     recovered_since: Option<Instant>,
-    changed: Instant,
 }
 
 /// The readiness state machine.
@@ -69,7 +68,6 @@ impl Readiness {
             state: Mutex::new(State {
                 ready: true,
                 recovered_since: None,
-                changed: Instant::now(),
             }),
         }
     }
@@ -87,10 +85,7 @@ impl Readiness {
         }
         let saturated = load.red || load.min_fill >= 1.0;
         if saturated {
-            if s.ready {
-                s.ready = false;
-                s.changed = now;
-            }
+            s.ready = false;
             s.recovered_since = None;
             return Verdict {
                 ready: false,
@@ -113,7 +108,6 @@ impl Readiness {
         let since = *s.recovered_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.policy.hold {
             s.ready = true;
-            s.changed = now;
             s.recovered_since = None;
             return Verdict {
                 ready: true,
