@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What a connection is doing.
@@ -142,6 +143,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 pub(super) struct ConnectionTable {
     slots: Mutex<Slots>,
     draining: AtomicBool,
+    /// Notified when the last registered connection goes (see [`ConnectionTable::all_closed`]).
+    emptied: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +177,11 @@ impl Drop for Registration {
                 slots.free.push(self.slot);
                 slots.live -= 1;
             }
+        }
+        let emptied = slots.live == 0;
+        drop(slots);
+        if emptied {
+            self.connections.emptied.notify_waiters();
         }
     }
 }
@@ -214,6 +222,20 @@ impl ConnectionTable {
     /// Connections registered now.
     pub(super) fn live(&self) -> usize {
         self.lock().live
+    }
+
+    /// Resolves once no connection is registered (at once if none is).
+    pub(super) async fn all_closed(&self) {
+        loop {
+            // Enabled before the check, so a last close between the two is not missed.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Begin the graceful drain: every connection finishes the requests it has and closes
@@ -349,5 +371,26 @@ mod tests {
         assert_eq!(c.slot, slot, "a freed slot is taken again");
         drop((b, c));
         assert_eq!(connections.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn all_closed_resolves_when_the_last_registration_goes() {
+        let connections = Arc::new(ConnectionTable::default());
+        connections.all_closed().await; // none registered: at once
+        let a = connections.register(Arc::new(Activity::default()));
+        let b = connections.register(Arc::new(Activity::default()));
+        let waiting = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.all_closed().await }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one connection is still open");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("all_closed resolves once the last one goes")
+            .expect("the waiting task");
     }
 }
