@@ -90,8 +90,8 @@ async fn an_idle_server_stops_at_once() {
     server.shutdown().await;
 }
 
-/// The only exec test in this binary: past the grace period the server SIGKILLs every child in
-/// the process-wide registry, and every child started afterwards.
+/// Past the grace period the server SIGKILLs every child in its registry (its own: each server
+/// keeps one), and every child started afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_still_running_after_the_grace_period_is_killed() {
     let dir = TempDir::new("grace");
