@@ -22,9 +22,29 @@ pub struct Binary {
 impl Binary {
     /// Start it with `args`, logging at `info` without colours.
     pub fn start(args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fiddler_crab"))
-            .args(args)
-            .env("RUST_LOG", "info")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fiddler_crab"));
+        command.args(args);
+        Binary::spawn(command, "info")
+    }
+
+    /// Start it with `args` allowed at most `open_files` open file descriptors (`ulimit -n` in a
+    /// shell that then `exec`s the binary, so the child is the binary itself), logging with the
+    /// `rust_log` filter.
+    pub fn start_with_open_files(args: &[&str], open_files: u64, rust_log: &str) -> Binary {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"ulimit -n "$1" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(open_files.to_string())
+            .arg(env!("CARGO_BIN_EXE_fiddler_crab"))
+            .args(args);
+        Binary::spawn(command, rust_log)
+    }
+
+    fn spawn(mut command: Command, rust_log: &str) -> Binary {
+        let mut child = command
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
