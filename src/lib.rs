@@ -15,6 +15,7 @@ use common::executor::Executor;
 use common::handler::Handler;
 use config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
 use exec::{ExecHandler, Registry as ChildRegistry};
+use frontend::readiness::Readiness;
 use frontend::{serve, serve_all, App, Listeners};
 use light::{available_parallelism_with_quota, TrafficLight};
 use std::collections::HashMap;
@@ -201,6 +202,17 @@ impl Server {
         registry: &HandlerRegistry,
         light: TrafficLight,
     ) -> Result<Server, BuildError> {
+        Server::build_with(config, registry, light, Readiness::default())
+    }
+
+    /// Start every endpoint of `config` with a given traffic light, judging `/readyz` with
+    /// `readiness` (for example on a test's manual clock, so its hold passes without waiting).
+    pub fn build_with(
+        config: &Config,
+        registry: &HandlerRegistry,
+        light: TrafficLight,
+        readiness: Readiness,
+    ) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
         // Descendants that escape their job's process group come back to us to be killed.
         if let Err(e) = children::become_subreaper() {
@@ -213,7 +225,10 @@ impl Server {
             .map(|ep| start_endpoint(ep, registry, &children, &light))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
-            app: Arc::new(App::new(config.server.clone(), endpoints, children, light)),
+            app: Arc::new(
+                App::new(config.server.clone(), endpoints, children, light)
+                    .with_readiness(readiness),
+            ),
             registry: registry.clone(),
         })
     }

@@ -2,9 +2,8 @@
 //! with a short reason, the time limit (504, whole process group killed), the output cap, an
 //! allow-listed environment, and the embedded default's `/wordcount`.
 //!
-//! No test here shuts its server down (see [`support::TestServer::leave_running`]): the registry
-//! of exec children is process-wide, and one test's shutdown would change how the others'
-//! killed children answer.
+//! Every test shuts its server down: each server has its own registry of children, so one test's
+//! shutdown never touches another's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -76,7 +75,7 @@ async fn raw_output_is_the_body_with_the_configured_content_type() {
         "stdin did not reach stdout intact"
     );
     assert_eq!(server.counters("/cat").completed, 1);
-    server.leave_running();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +109,7 @@ async fn cgi_output_sets_status_content_type_and_headers() {
     );
     assert_eq!(plain.header("x-only").as_deref(), Some("header"));
     assert_eq!(plain.text(), "just the body");
-    server.leave_running();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +147,7 @@ async fn a_failing_program_is_answered_502_with_a_short_reason() {
     }
     // The crab carries on after each failure.
     assert_bad_gateway(&server.post("/exit3", "").await, "3");
-    server.leave_running();
+    server.shutdown().await;
 }
 
 fn read_pid(file: &Path) -> i32 {
@@ -194,7 +193,7 @@ async fn a_program_past_its_time_limit_gets_504_and_its_whole_group_dies() {
         let c = server.counters(&path);
         assert_eq!((c.admitted, c.timed_out), (1, 1), "{path}");
     }
-    server.leave_running();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +208,7 @@ async fn output_over_max_output_bytes_is_502() {
     assert_bad_gateway(&server.get("/just-over").await, "max_output_bytes");
     let at_cap = server.get("/at-cap").await;
     assert_eq!((at_cap.status, at_cap.body.len()), (StatusCode::OK, 100));
-    server.leave_running();
+    server.shutdown().await;
 }
 
 /// `NAME=value` lines into a map.
@@ -280,7 +279,7 @@ async fn the_child_sees_cgi_variables_and_only_allowed_server_variables() {
             );
         }
     }
-    server.leave_running();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +295,7 @@ async fn the_child_runs_in_the_configured_directory() {
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let reported = std::fs::canonicalize(reply.text().trim()).unwrap();
     assert_eq!(reported, std::fs::canonicalize(dir.path()).unwrap());
-    server.leave_running();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,5 +319,5 @@ async fn the_embedded_default_serves_wordcount() {
         server.get("/wordcount").await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
-    server.leave_running();
+    server.shutdown().await;
 }

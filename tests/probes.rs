@@ -2,16 +2,20 @@
 //! (red light, every queue full) or shutting down, and 200 again only after a held recovery;
 //! `/metrics` is valid OpenMetrics text whose counters move with the requests; an admin listener
 //! serves only these paths, the main listener only the endpoints.
+//!
+//! Readiness reads a manual clock here: the recovery hold is proved exact (not ready 1 ms before
+//! it, ready at it) through real sockets without waiting for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use frontend::readiness::{ManualClock, Readiness, ReadinessPolicy};
 use hyper::StatusCode;
 use light::{Light, TrafficLight};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{held_job, job, registry, request, wait_until, Recorder, TestServer, PATIENCE};
+use std::time::Duration;
+use support::{held_job, job, registry, request, wait_until, Recorder, TestServer};
 
 const WORK: &str = r#"
 [[endpoint]]
@@ -23,12 +27,21 @@ expected_wait_admission = false
 "#;
 
 /// How long `/readyz` must see a recovered server before it says ready again.
-const HOLD: Duration = Duration::from_secs(2);
+const HOLD: Duration = ReadinessPolicy::DEFAULT_HOLD;
 
-async fn start(recorder: &Arc<Recorder>, light: &TrafficLight) -> TestServer {
+/// A server whose `/readyz` reads `clock`, the default policy otherwise.
+async fn start(
+    recorder: &Arc<Recorder>,
+    light: &TrafficLight,
+    clock: &Arc<ManualClock>,
+) -> TestServer {
     TestServer::launch(WORK)
         .registry(&registry("recorder", recorder.clone()))
         .light(light)
+        .readiness(Readiness::with_clock(
+            ReadinessPolicy::default(),
+            clock.clone(),
+        ))
         .start()
         .await
 }
@@ -39,28 +52,24 @@ async fn readyz(server: &TestServer) -> (StatusCode, String) {
     (reply.status, reply.text().trim().to_string())
 }
 
-/// Poll `/readyz` until it is 200; every answer before must be 503 `recovering`. Returns when.
-async fn wait_ready_through_recovering(server: &TestServer) -> Instant {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match readyz(server).await {
-            (StatusCode::OK, reason) => {
-                assert_eq!(reason, "ok");
-                return Instant::now();
-            }
-            (StatusCode::SERVICE_UNAVAILABLE, reason) => assert_eq!(reason, "recovering"),
-            other => panic!("/readyz answered {other:?}"),
-        }
-        assert!(Instant::now() < deadline, "/readyz never recovered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The server has just recovered: `/readyz` says `recovering` from this probe on until the clock
+/// has moved the whole hold, and `ok` from then on.
+async fn assert_ready_exactly_after_the_hold(server: &TestServer, clock: &ManualClock) {
+    let recovering = (StatusCode::SERVICE_UNAVAILABLE, "recovering".to_string());
+    assert_eq!(readyz(server).await, recovering);
+    clock.advance(HOLD - Duration::from_millis(1));
+    assert_eq!(readyz(server).await, recovering, "ready before the hold");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(readyz(server).await, (StatusCode::OK, "ok".into()));
+    assert_eq!(readyz(server).await, (StatusCode::OK, "ok".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_light_and_recovers_only_after_the_hold() {
     let recorder = Recorder::new(Duration::ZERO);
     let light = TrafficLight::fixed(Light::Green);
-    let server = start(&recorder, &light).await;
+    let clock = ManualClock::new();
+    let server = start(&recorder, &light, &clock).await;
 
     assert_eq!(readyz(&server).await, (StatusCode::OK, "ok".into()));
     light.set(Light::Red);
@@ -72,19 +81,20 @@ async fn readyz_follows_the_light_and_recovers_only_after_the_hold() {
     assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(server.post("/work", "").await.status, StatusCode::OK);
 
+    // Red again while recovering restarts the hold.
     light.set(Light::Green);
-    let recovered = Instant::now();
     assert_eq!(
         readyz(&server).await,
         (StatusCode::SERVICE_UNAVAILABLE, "recovering".into())
     );
-    let ready = wait_ready_through_recovering(&server).await;
-    assert!(
-        ready - recovered >= HOLD,
-        "ready again {:?} after the light went green",
-        ready - recovered
+    clock.advance(HOLD - Duration::from_millis(1));
+    light.set(Light::Red);
+    assert_eq!(
+        readyz(&server).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "red".into())
     );
-    assert_eq!(readyz(&server).await, (StatusCode::OK, "ok".into()));
+    light.set(Light::Green);
+    assert_ready_exactly_after_the_hold(&server, &clock).await;
     server.shutdown().await;
 }
 
@@ -92,7 +102,8 @@ async fn readyz_follows_the_light_and_recovers_only_after_the_hold() {
 async fn readyz_is_503_queues_full_while_every_queue_is_full() {
     let recorder = Recorder::new(Duration::ZERO);
     let light = TrafficLight::fixed(Light::Green);
-    let server = start(&recorder, &light).await;
+    let clock = ManualClock::new();
+    let server = start(&recorder, &light, &clock).await;
     let client = server.client();
 
     let held = client.spawn(held_job("/work", "held"));
@@ -113,9 +124,7 @@ async fn readyz_is_503_queues_full_while_every_queue_is_full() {
         assert_eq!(reply.await.unwrap().status, StatusCode::OK);
     }
     server.wait_queued("/work", 0).await;
-    let drained = Instant::now();
-    let ready = wait_ready_through_recovering(&server).await;
-    assert!(ready - drained >= HOLD, "ready {:?} after", ready - drained);
+    assert_ready_exactly_after_the_hold(&server, &clock).await;
     server.shutdown().await;
 }
 
@@ -123,7 +132,8 @@ async fn readyz_is_503_queues_full_while_every_queue_is_full() {
 async fn readyz_is_503_shutting_down_during_the_drain() {
     let recorder = Recorder::new(Duration::ZERO);
     let light = TrafficLight::fixed(Light::Green);
-    let mut server = start(&recorder, &light).await;
+    let clock = ManualClock::new();
+    let mut server = start(&recorder, &light, &clock).await;
     let client = server.client();
     // A kept-open connection: new ones are no longer accepted once shutdown begins.
     let mut probe = client.connect_h1().await;
@@ -347,7 +357,8 @@ const WORK_LABELS: &[(&str, &str)] = &[("endpoint", "/work"), ("mode", "crab")];
 async fn metrics_parse_as_openmetrics_and_count_what_happened() {
     let recorder = Recorder::new(Duration::from_millis(3));
     let light = TrafficLight::fixed(Light::Green);
-    let server = start(&recorder, &light).await;
+    let clock = ManualClock::new();
+    let server = start(&recorder, &light, &clock).await;
     let client = server.client();
 
     let before = scrape(&server).await;

@@ -11,7 +11,8 @@ use nix::unistd::Pid;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    held_job, is_dead, job, registry, wait_until, within, Client, Recorder, TempDir, TestServer,
+    held_job, is_dead, job, read_to_close, registry, wait_until, within, Client, Recorder, TempDir,
+    TestServer,
 };
 
 const WORK: &str = r#"
@@ -83,6 +84,38 @@ async fn queued_jobs_get_503_while_the_running_job_still_runs() {
     server.join().await;
 }
 
+/// The drain waits for the last connection, not for a timer: with a grace period of an hour, `run`
+/// is still running while one request is in flight, and returns right after its response is
+/// written and its (keep-alive) connection closed, well within the test's patience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_ends_as_soon_as_the_last_connection_closes() {
+    let recorder = Recorder::new(Duration::ZERO);
+    let toml = WORK.replace("shutdown_grace_ms = 10000", "shutdown_grace_ms = 3600000");
+    let mut server = TestServer::start_with(&toml, &registry("recorder", recorder.clone())).await;
+    let endpoint = server.endpoint("/work");
+    // Keep-alive: only the drain closes this connection after its response.
+    let in_flight = server
+        .client()
+        .open_raw(
+            b"POST /work HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: 0\r\n\
+              x-id: last\r\nx-hold: 1\r\n\r\n",
+        )
+        .await;
+    recorder.gate().wait_arrived(1).await;
+
+    server.begin_shutdown();
+    wait_until("the queue is closed", || endpoint.queue.is_closed()).await;
+    assert!(
+        !server.has_stopped(),
+        "run returned with a request in flight"
+    );
+    recorder.gate().open();
+    let response = String::from_utf8_lossy(&read_to_close(in_flight).await).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert!(response.ends_with("last"), "{response:?}");
+    server.join().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_server_stops_at_once() {
     let server = TestServer::start("[[endpoint]]\npath = \"/ping\"\nbuiltin = \"ping\"\n").await;
@@ -90,8 +123,8 @@ async fn an_idle_server_stops_at_once() {
     server.shutdown().await;
 }
 
-/// The only exec test in this binary: past the grace period the server SIGKILLs every child in
-/// the process-wide registry, and every child started afterwards.
+/// Past the grace period the server SIGKILLs every child in its registry (its own: each server
+/// keeps one), and every child started afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_still_running_after_the_grace_period_is_killed() {
     let dir = TempDir::new("grace");

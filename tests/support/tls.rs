@@ -1,13 +1,13 @@
 //! TLS test support: the checked-in certificates, rustls clients (trusting the test CA, or pinning
-//! one certificate's SHA-256 fingerprint), HTTPS connections whose HTTP version ALPN decides, and
-//! the real binary with its log collected.
+//! one certificate's SHA-256 fingerprint), and HTTPS connections whose HTTP version ALPN decides.
 //!
 //! - [`fixture`], [`leaf_der`], [`fingerprint`]: the files in `crates/frontend/src/tls/fixtures`.
 //! - [`trusting_test_ca`], [`pinning`]: client configs; [`Https`] connects with one and
 //!   [`HttpsConn`] sends requests over the TLS stream (hyper's HTTP/1.1 or HTTP/2 client).
 //! - [`client_hello_start`]: the first bytes of a real ClientHello, for stalling clients.
-//! - [`Binary`]: `fiddler_crab` as a child process, its stderr collected, killed on drop.
+//! - [`Binary`] and [`log_field`] (from [`super::binary`], where they live now).
 
+pub use super::binary::{log_field, Binary};
 use super::{Reply, PATIENCE};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -317,130 +317,4 @@ impl Drop for HttpsConn {
     fn drop(&mut self) {
         self.driver.abort();
     }
-}
-
-/// The real `fiddler_crab` binary as a child process: its stderr collected line by line, killed
-/// (SIGKILL) if the test ends before it exits.
-pub struct Binary {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    /// Start it with `args`, logging at `info` without colours.
-    pub fn start(args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fiddler_crab"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr piped");
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-            }
-        });
-        Binary { child, stderr }
-    }
-
-    /// Wait until something accepts TCP connections at `addr`; fails if the binary exits first.
-    pub async fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = self.child.try_wait().expect("poll the child") {
-                panic!(
-                    "the binary exited before listening: {status}\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the binary never listened on {addr}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The first log line containing `words`, once it is there; fails after [`PATIENCE`].
-    pub async fn wait_logged(&self, words: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(line) = self.logged(words) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`{words}` was not logged within {PATIENCE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The first log line containing `words`, if any yet.
-    pub fn logged(&self, words: &str) -> Option<String> {
-        self.lines().into_iter().find(|l| l.contains(words))
-    }
-
-    /// How many log lines contain `words`.
-    pub fn count_logged(&self, words: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(words)).count()
-    }
-
-    /// Everything logged so far.
-    pub fn log(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Send `signal` to the binary.
-    pub fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
-        kill(pid, signal).expect("signal the binary");
-    }
-
-    /// SIGTERM, then wait for the exit; fails after [`PATIENCE`].
-    pub async fn stop(mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the child") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {PATIENCE:?} of SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of `key=` in a human-format log line (up to the next space), if present.
-pub fn log_field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    let rest = line.get(start..)?;
-    Some(rest.split_whitespace().next().unwrap_or("").to_string())
 }

@@ -7,6 +7,10 @@
 //! past `max_output_bytes` of stdout it is killed at once; when the program exits, whatever it
 //! left running in its group is killed; every child is reaped.
 //!
+//! While it runs, each child's process group is registered in the server's own [`Registry`] (one
+//! per server, held by the front end's `App`), so a shutdown kills that server's children and no
+//! other server's.
+//!
 //! # Layout
 //! - `env`: the child's environment and the CGI meta-variables.
 //! - `child`: spawning, feeding, capturing, time limit, reaping.

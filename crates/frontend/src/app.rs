@@ -1,6 +1,6 @@
 //! The app: what the front end serves, as a routing table that a config reload can swap.
 
-use crate::readiness::{Load, Readiness, ReadinessPolicy, Verdict};
+use crate::readiness::{Load, Readiness, Verdict};
 use children::Registry;
 use common::endpoint::Endpoint;
 use config::ServerConfig;
@@ -113,10 +113,16 @@ impl App {
             retired: Mutex::new(Vec::new()),
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
-            readiness: Readiness::new(ReadinessPolicy::default()),
+            readiness: Readiness::default(),
             children,
             light,
         }
+    }
+
+    /// Judge readiness with `readiness` (its policy and clock) instead of the default.
+    pub fn with_readiness(mut self, readiness: Readiness) -> App {
+        self.readiness = readiness;
+        self
     }
 
     fn table(&self) -> Arc<Table> {
@@ -197,7 +203,7 @@ impl App {
             min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
             closing: endpoints.iter().any(|e| e.queue.is_closed()),
         };
-        self.readiness.check(load, Instant::now())
+        self.readiness.check_now(load)
     }
 
     /// The server's live child process groups.

@@ -5,32 +5,39 @@
 //! the configured address and tests bind port 0.
 //!
 //! # Layout
-//! - `listener`: the accept loop, connection limit, plain and TLS serving, graceful drain.
-//! - `watchdog`: the connection table (idle and progress deadlines, drain).
-//! - `connection`: the per-connection service (roles: main, admin, redirect).
-//! - `router`: path and method to an endpoint or an own path.
+//! A request passes through the first five in order. Imports point one way, from the listener
+//! towards the app: nothing imports the listener, and the router does not import the service.
+//! - `listener`: the bound sockets ([`Listeners`], [`Tls`]), [`serve_all`] and the drain (jobs
+//!   first, then connections; returns when the last connection closes).
+//!   - `listener/accept`: one socket's accept loop as a struct: connection limit, accept errors
+//!     sorted (and their log rate-limited), optional bounded TLS handshake, one serve path.
+//!   - `listener/stream`: plain TCP or TLS as one I/O type.
+//! - `connections`: the connection table: socket progress, the idle sweeper, the drain's wake-up
+//!   and its wait for the last close.
+//! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
+//! - `router`: path and method to an endpoint or an own path; a listener's [`Role`].
 //! - `admission`: a request into its endpoint's queue, or overflow, turned into HTTP.
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
-//! - [`readiness`]: `/readyz` with hysteresis.
+//! - [`readiness`]: `/readyz` with hysteresis, on an injectable clock.
 //! - `access`: the access-log line.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
 
 mod access;
 mod admission;
 mod app;
-mod connection;
+mod connections;
 mod listener;
 mod metrics;
 pub mod readiness;
 mod router;
+mod service;
 mod status;
 pub mod tls;
-mod watchdog;
 
 pub use app::App;
-pub use connection::Role;
 pub use listener::{serve, serve_all, Listeners, Tls};
+pub use router::Role;
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -1,22 +1,39 @@
-//! The accept loop, written once: connection limit, per-connection hyper (HTTP/1.1 and HTTP/2),
-//! graceful drain on shutdown.
+//! The listeners: one accept loop per bound socket (see [`accept`]), and the graceful drain once
+//! the shutdown future resolves.
+//!
+//! # Layout
+//! - `accept`: [`accept::AcceptLoop`], one socket's loop: connection limit, accept errors,
+//!   optional TLS handshake, one serve path for every connection.
+//! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
+
+mod accept;
+mod stream;
 
 use super::app::App;
-use super::connection::{self, Role};
-use super::watchdog::{Activity, Connections, Watched};
-use super::Ignored;
+use super::connections::ConnectionTable;
+use super::router::Role;
+use accept::AcceptLoop;
 use common::supervisor::{supervise_task, Backoff};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// Open connections at most on the admin listener (probes and scrapes only).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// How long jobs have to report after their children were killed at the end of the grace period.
+const KILLED_JOBS_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long connections have to write their last responses once every job is answered.
+const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How often the drain looks whether every endpoint's dispatcher has stopped (they are threads;
+/// an endpoint offers no awaitable stop signal).
+const JOBS_STOPPED_POLL: Duration = Duration::from_millis(20);
 
 /// The sockets a server listens on, already bound.
 #[derive(Debug)]
@@ -81,6 +98,16 @@ impl Tls {
     }
 }
 
+/// What every connection of a server shares, whichever listener accepted it.
+#[derive(Debug)]
+struct Shared {
+    app: Arc<App>,
+    /// hyper's HTTP/1.1 and HTTP/2 settings (deadlines, header size, h2 limits).
+    builder: Builder<TokioExecutor>,
+    /// Every open connection: for the idle sweep and the drain.
+    connections: Arc<ConnectionTable>,
+}
+
 /// Serve `app` on `listener` until `shutdown` resolves; see [`serve_all`].
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     serve_all(Listeners::main(listener), app, shutdown).await;
@@ -88,9 +115,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 
 /// Serve `app` on every listener until `shutdown` resolves, then drain: stop accepting, close
 /// every queue (queued jobs are answered `503`), give running jobs `shutdown_grace`, kill any
-/// child still alive, and let connections finish their last response.
+/// child still alive, and let connections finish their last response. Returns as soon as the
+/// last connection has closed.
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let connections = Arc::new(Connections::default());
+    let connections = Arc::new(ConnectionTable::default());
     let sweeper = {
         let (connections, silent, idle) = (
             connections.clone(),
@@ -103,61 +131,22 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
             move || connections.clone().sweeper(silent, idle),
         ))
     };
-    let builder = Arc::new(connection_builder(&app));
+    let shared = Arc::new(Shared {
+        builder: connection_builder(&app),
+        app: app.clone(),
+        connections: connections.clone(),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    let main_role = if listeners.admin.is_some() {
-        Role::Public
-    } else {
-        Role::PublicAndAdmin
-    };
-    let https_port = listeners.main.local_addr().map(|a| a.port()).unwrap_or(443);
-    let tls = listeners.tls.map(Arc::new);
-    // Each listener has its own connection limit, so a flood on the public port never locks the
-    // probes on the admin port out (a liveness probe failing under attack would restart the pod).
-    let max = app.server.max_connections.get();
-    let mut loops = vec![(listeners.main, main_role, "accept-loop", max)];
-    if let Some(admin) = listeners.admin {
-        loops.push((
-            admin,
-            Role::Admin,
-            "admin-accept-loop",
-            ADMIN_MAX_CONNECTIONS,
-        ));
-    }
-    if let Some(redirect) = listeners.redirect {
-        loops.push((
-            redirect,
-            Role::Redirect(https_port),
-            "redirect-accept-loop",
-            max,
-        ));
-    }
-    let accepts: Vec<_> = loops
+    let accepts: Vec<_> = accept_loops(listeners, &shared)
         .into_iter()
-        .map(|(listener, role, name, max)| {
-            let listener = Arc::new(listener);
-            let limit = Arc::new(Semaphore::new(max));
-            let (app, connections, builder, limit, stop_rx, tls) = (
-                app.clone(),
-                connections.clone(),
-                builder.clone(),
-                limit,
-                stop_rx.clone(),
-                tls.clone(),
-            );
-            tokio::spawn(supervise_task(name, Backoff::default(), move || {
-                accept_loop(
-                    listener.clone(),
-                    role,
-                    tls.clone(),
-                    app.clone(),
-                    builder.clone(),
-                    connections.clone(),
-                    limit.clone(),
-                    stop_rx.clone(),
-                )
-            }))
+        .map(|accept| {
+            let accept = Arc::new(accept);
+            let stop = stop_rx.clone();
+            tokio::spawn(supervise_task(
+                accept.name(),
+                Backoff::default(),
+                move || accept.clone().run(stop.clone()),
+            ))
         })
         .collect();
 
@@ -167,39 +156,88 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
     for accept in accepts {
         let _ = accept.await;
     }
+    drain(&app, &connections).await;
+    sweeper.abort();
+    tracing::info!("stopped");
+}
+
+/// One accept loop per listener. Each has its own connection limit, so a flood on the public port
+/// never locks the probes on the admin port out (a liveness probe failing under attack would
+/// restart the pod). TLS, when configured, is on the main listener only.
+fn accept_loops(listeners: Listeners, shared: &Arc<Shared>) -> Vec<AcceptLoop> {
+    let max = shared.app.server.max_connections.get();
+    let https_port = listeners.main.local_addr().map(|a| a.port()).unwrap_or(443);
+    let main_role = if listeners.admin.is_some() {
+        Role::Public
+    } else {
+        Role::PublicAndAdmin
+    };
+    let mut loops = vec![AcceptLoop::new(
+        "accept-loop",
+        listeners.main,
+        main_role,
+        listeners.tls,
+        max,
+        shared.clone(),
+    )];
+    if let Some(admin) = listeners.admin {
+        loops.push(AcceptLoop::new(
+            "admin-accept-loop",
+            admin,
+            Role::Admin,
+            None,
+            ADMIN_MAX_CONNECTIONS,
+            shared.clone(),
+        ));
+    }
+    if let Some(redirect) = listeners.redirect {
+        loops.push(AcceptLoop::new(
+            "redirect-accept-loop",
+            redirect,
+            Role::Redirect(https_port),
+            None,
+            max,
+            shared.clone(),
+        ));
+    }
+    loops
+}
+
+/// The drain, once no listener accepts any more: jobs first, then connections. Connections stay
+/// open while jobs run, so a probe on a kept-open connection still gets its `503 shutting-down`.
+async fn drain(app: &App, connections: &ConnectionTable) {
     app.close();
     app.children().begin_shutdown();
-
     let grace = app.server.shutdown_grace;
-    let deadline = Instant::now() + grace;
-    while !app.stopped() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !app.stopped() {
+    if tokio::time::timeout(grace, jobs_stopped(app))
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "jobs still running after the grace period; killing children"
         );
         app.children().kill_all();
-        let hard = Instant::now() + Duration::from_secs(5);
-        while !app.stopped() && Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = tokio::time::timeout(KILLED_JOBS_LIMIT, jobs_stopped(app)).await;
     }
     // Every job is answered now; let connections write their last responses.
     connections.drain();
-    let hard = Instant::now() + Duration::from_secs(5);
-    while connections.live() > 0 && Instant::now() < hard {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if connections.live() > 0 {
+    if tokio::time::timeout(CONNECTION_DRAIN_LIMIT, connections.all_closed())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             open = connections.live(),
             "some connections did not close in time"
         );
     }
-    sweeper.abort();
-    tracing::info!("stopped");
+}
+
+/// Resolves once every endpoint's dispatcher, retired ones included, has stopped.
+async fn jobs_stopped(app: &App) {
+    while !app.stopped() {
+        tokio::time::sleep(JOBS_STOPPED_POLL).await;
+    }
 }
 
 fn connection_builder(app: &App) -> Builder<TokioExecutor> {
@@ -221,168 +259,4 @@ fn connection_builder(app: &App) -> Builder<TokioExecutor> {
         .keep_alive_interval(Some(server.header_read_timeout))
         .keep_alive_timeout(server.header_read_timeout);
     builder
-}
-
-#[allow(clippy::too_many_arguments)] // the loop's whole context, passed once per restart
-async fn accept_loop(
-    listener: Arc<TcpListener>,
-    role: Role,
-    tls: Option<Arc<Tls>>,
-    app: Arc<App>,
-    builder: Arc<Builder<TokioExecutor>>,
-    connections: Arc<Connections>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        // At the connection limit, stop accepting: the kernel's backlog absorbs the flood.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let (builder, connections, tls) = (builder.clone(), connections.clone(), tls.clone());
-        app.connection_opened();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tls.filter(|_| role.serves_endpoints()) {
-                None => {
-                    let activity = Arc::new(Activity::default());
-                    let service = connection::service(
-                        app.clone(),
-                        role,
-                        remote,
-                        local,
-                        None,
-                        activity.clone(),
-                    );
-                    // Watched on plain HTTP too: a slow reader of a large response makes
-                    // progress only on the socket, long after its request was answered.
-                    serve_io(
-                        TokioIo::new(Watched::new(stream, activity.clone())),
-                        service,
-                        &builder,
-                        &connections,
-                        remote,
-                        activity,
-                    )
-                    .await;
-                }
-                // A failed or stalled handshake costs this task at most the handshake timeout.
-                Some(tls) => {
-                    match crate::tls::handshake(&tls.acceptor, stream, tls.handshake_timeout).await
-                    {
-                        Ok(stream) => {
-                            let activity = Arc::new(Activity::default());
-                            let hsts = tls.hsts.clone();
-                            let service = connection::service(
-                                app.clone(),
-                                role,
-                                remote,
-                                local,
-                                hsts,
-                                activity.clone(),
-                            );
-                            let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                            serve_io(io, service, &builder, &connections, remote, activity).await;
-                        }
-                        Err(e) => {
-                            tracing::trace!(client = %remote, cause = %e, "TLS handshake failed")
-                        }
-                    }
-                }
-            }
-            app.connection_closed();
-        });
-    }
-}
-
-/// Serve one connection (plain or TLS) with hyper until it ends, registered for the idle sweep
-/// and the graceful drain (see [`super::watchdog`]).
-async fn serve_io<I, S>(
-    io: TokioIo<I>,
-    service: S,
-    builder: &Builder<TokioExecutor>,
-    connections: &Arc<Connections>,
-    remote: std::net::SocketAddr,
-    activity: Arc<Activity>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<super::Body>,
-            Error = Ignored,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let registration = connections.register(activity.clone());
-    let conn = builder.serve_connection(io, service).into_owned();
-    tokio::pin!(conn);
-    let Some(ended) = registration.serve(&activity, conn).await else {
-        tracing::trace!(client = %remote, "idle connection closed");
-        return;
-    };
-    if let Err(e) = ended {
-        // Ignored overflow ends a connection on purpose: no log at all for it.
-        if !is_ignored(e.as_ref()) {
-            tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
-        }
-    }
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Connection-level errors concern one client and are nothing; others (such as running out of file
-/// descriptors) are logged once and followed by a short pause so the loop does not spin.
-async fn accept_error(e: io::Error) {
-    use io::ErrorKind::*;
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
-    ) {
-        return;
-    }
-    tracing::error!(cause = %e, "accept failed; pausing");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-fn is_ignored(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<Ignored>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }

@@ -4,8 +4,12 @@
 //! queue is full. Ready again only once it has stayed recovered for `hold`: the light is not red
 //! and some queue is below the low-water mark. So a pod at its limit leaves rotation at once and
 //! does not flap back in on the first quiet instant. Evaluated at probe time; no thread.
+//!
+//! The time comes from a [`Clock`]: the system's, or a [`ManualClock`] that a test moves by hand,
+//! so the hold can be tested through real sockets without waiting for it.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the probe sees of the server right now.
@@ -29,12 +33,61 @@ pub struct ReadinessPolicy {
     pub low_water: f64,
 }
 
+impl ReadinessPolicy {
+    /// The default [`ReadinessPolicy::hold`].
+    pub const DEFAULT_HOLD: Duration = Duration::from_secs(2);
+}
+
 impl Default for ReadinessPolicy {
     fn default() -> Self {
         ReadinessPolicy {
-            hold: Duration::from_secs(2),
+            hold: ReadinessPolicy::DEFAULT_HOLD,
             low_water: 0.75,
         }
+    }
+}
+
+/// Where readiness reads the time.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The time now.
+    fn now(&self) -> Instant;
+}
+
+/// The system's monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that stands still until [`ManualClock::advance`] moves it: for tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    elapsed: Mutex<Duration>,
+}
+
+impl ManualClock {
+    /// A clock standing at the time it was made.
+    pub fn new() -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            start: Instant::now(),
+            elapsed: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    /// Move the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.elapsed.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + *self.elapsed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -42,14 +95,21 @@ impl Default for ReadinessPolicy {
 struct State {
     ready: bool,
     recovered_since: Option<Instant>,
-    changed: Instant,
 }
 
-/// The readiness state machine.
+/// The readiness state machine, with its policy and clock.
 #[derive(Debug)]
 pub struct Readiness {
     policy: ReadinessPolicy,
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
+}
+
+impl Default for Readiness {
+    /// The default policy on the system clock.
+    fn default() -> Self {
+        Readiness::new(ReadinessPolicy::default())
+    }
 }
 
 /// The probe's verdict.
@@ -62,16 +122,26 @@ pub struct Verdict {
 }
 
 impl Readiness {
-    /// Ready at start.
+    /// Ready at start, on the system clock.
     pub fn new(policy: ReadinessPolicy) -> Readiness {
+        Readiness::with_clock(policy, Arc::new(SystemClock))
+    }
+
+    /// Ready at start, reading the time from `clock`.
+    pub fn with_clock(policy: ReadinessPolicy, clock: Arc<dyn Clock>) -> Readiness {
         Readiness {
             policy,
+            clock,
             state: Mutex::new(State {
                 ready: true,
                 recovered_since: None,
-                changed: Instant::now(),
             }),
         }
+    }
+
+    /// Judge `load` now, by the clock.
+    pub fn check_now(&self, load: Load) -> Verdict {
+        self.check(load, self.clock.now())
     }
 
     /// Judge `load` at `now`.
@@ -87,10 +157,7 @@ impl Readiness {
         }
         let saturated = load.red || load.min_fill >= 1.0;
         if saturated {
-            if s.ready {
-                s.ready = false;
-                s.changed = now;
-            }
+            s.ready = false;
             s.recovered_since = None;
             return Verdict {
                 ready: false,
@@ -113,7 +180,6 @@ impl Readiness {
         let since = *s.recovered_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.policy.hold {
             s.ready = true;
-            s.changed = now;
             s.recovered_since = None;
             return Verdict {
                 ready: true,
@@ -182,6 +248,18 @@ mod tests {
                 .ready
         );
         assert!(r.check(load(false, 0.0), t0 + Duration::from_secs(5)).ready);
+    }
+
+    #[test]
+    fn the_manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new();
+        let r = Readiness::with_clock(ReadinessPolicy::default(), clock.clone());
+        assert!(!r.check_now(load(true, 0.0)).ready);
+        assert!(!r.check_now(load(false, 0.0)).ready);
+        clock.advance(ReadinessPolicy::default().hold - Duration::from_millis(1));
+        assert!(!r.check_now(load(false, 0.0)).ready);
+        clock.advance(Duration::from_millis(1));
+        assert!(r.check_now(load(false, 0.0)).ready);
     }
 
     #[test]

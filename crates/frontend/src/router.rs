@@ -1,7 +1,7 @@
-//! The router: path to endpoint, `404`/`405`, and the paths the server answers itself.
+//! The router: path to endpoint, `404`/`405`, the paths the server answers itself, and which of
+//! them a listener serves (its [`Role`]).
 
 use super::app::App;
-use super::connection::{not_here, Role};
 use super::{admission, metrics, status, to_body, Step};
 use common::handler::text_response;
 use hyper::body::Incoming;
@@ -9,6 +9,31 @@ use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The endpoints and the server's own paths (no admin listener configured).
+    PublicAndAdmin,
+    /// The endpoints only; the server's own paths are on the admin listener.
+    Public,
+    /// The server's own paths only: `/status`, `/metrics`, `/healthz`, `/readyz`.
+    Admin,
+    /// Plain HTTP redirecting everything to HTTPS on this port (`308 Permanent Redirect`).
+    Redirect(u16),
+}
+
+impl Role {
+    /// True if this listener answers the server's own paths.
+    pub fn serves_own_paths(self) -> bool {
+        matches!(self, Role::PublicAndAdmin | Role::Admin)
+    }
+
+    /// True if this listener serves the endpoints.
+    pub fn serves_endpoints(self) -> bool {
+        matches!(self, Role::PublicAndAdmin | Role::Public)
+    }
+}
 
 /// Paths the server answers itself (see [`config::RESERVED_PATHS`]).
 #[derive(Debug, Clone, Copy)]
@@ -94,4 +119,12 @@ fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {
     ));
     resp.headers_mut().insert(ALLOW, allow);
     resp
+}
+
+/// `404` for a path this listener does not serve.
+pub(super) fn not_here() -> hyper::Response<super::Body> {
+    to_body(text_response(
+        StatusCode::NOT_FOUND,
+        "no endpoint at this path",
+    ))
 }

@@ -9,11 +9,12 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use std::collections::BTreeMap;
 
+/// The `/status` JSON document.
 #[derive(serde::Serialize)]
-struct Status<'a> {
+struct StatusDocument<'a> {
     version: &'static str,
     uptime_ms: u64,
-    connections: Connections,
+    connections: ConnectionCounts,
     children: usize,
     light: light::LightStatus,
     /// Endpoints a config reload replaced that still run jobs they had admitted.
@@ -21,8 +22,9 @@ struct Status<'a> {
     endpoints: BTreeMap<&'a str, EndpointStatus>,
 }
 
+/// Open connections against the main listener's limit.
 #[derive(serde::Serialize)]
-struct Connections {
+struct ConnectionCounts {
     open: usize,
     max: usize,
 }
@@ -30,10 +32,10 @@ struct Connections {
 /// The status document. Reads atomics only: never waits behind work.
 pub(super) fn render(app: &App) -> Response<Body> {
     let endpoints = app.endpoints();
-    let status = Status {
+    let status = StatusDocument {
         version: env!("CARGO_PKG_VERSION"),
         uptime_ms: app.uptime().as_millis() as u64,
-        connections: Connections {
+        connections: ConnectionCounts {
             open: app.open_connections(),
             max: app.server.max_connections.get(),
         },

@@ -57,9 +57,10 @@ pub struct LightStatus {
     pub last_error: Option<String>,
 }
 
-/// What only the sampler, the watchdog and status rendering touch, behind [`Shared::status`].
+/// The light's state machine and sampling record: what only the sampler, the watchdog and status
+/// rendering touch, behind [`Shared::status`].
 #[derive(Debug)]
-struct Status {
+struct SamplerState {
     state: LightState,
     changed_unix_ms: u64,
     last_sample: Option<(Sample, Instant)>,
@@ -75,7 +76,7 @@ struct Status {
 struct Shared {
     /// The light as a `u8`: the request path's one atomic load.
     light: AtomicU8,
-    status: Mutex<Status>,
+    status: Mutex<SamplerState>,
     /// Wakes the sampler and watchdog early when stopping.
     wake: Condvar,
     restarts: OnceLock<Arc<AtomicU64>>,
@@ -87,7 +88,7 @@ impl Shared {
         let now = Instant::now();
         Shared {
             light: AtomicU8::new(light as u8),
-            status: Mutex::new(Status {
+            status: Mutex::new(SamplerState {
                 state: LightState::new(light, now),
                 changed_unix_ms: unix_ms(),
                 last_sample: None,
@@ -104,12 +105,12 @@ impl Shared {
     }
 
     /// The status lock. Nothing panics while holding it; a poisoned lock is used as is.
-    fn lock(&self) -> MutexGuard<'_, Status> {
+    fn lock(&self) -> MutexGuard<'_, SamplerState> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publish a change made to `status.state`.
-    fn publish(&self, status: &mut Status, light: Light) {
+    fn publish(&self, status: &mut SamplerState, light: Light) {
         self.light.store(light as u8, Ordering::Relaxed);
         status.changed_unix_ms = unix_ms();
     }

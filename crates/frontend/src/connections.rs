@@ -1,5 +1,6 @@
-//! The idle watchdog and the graceful drain: every open connection is registered in one
-//! [`Connections`] table, which a single sweeper task walks a few times per period.
+//! The connection table: every open connection of a server, registered in one [`ConnectionTable`]
+//! that a single sweeper task walks a few times per period (the idle watchdog) and that the
+//! graceful drain wakes and waits on.
 //!
 //! "Progress" is any byte read from or written to the socket, counted by [`Watched`] (one relaxed
 //! add per I/O call, no clock read), and every answered request. At each sweep the watchdog
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What a connection is doing.
@@ -138,9 +140,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// Every open connection of a server: for the idle sweep and the graceful drain.
 #[derive(Debug, Default)]
-pub(super) struct Connections {
+pub(super) struct ConnectionTable {
     slots: Mutex<Slots>,
     draining: AtomicBool,
+    /// Notified when the last registered connection goes (see [`ConnectionTable::all_closed`]).
+    emptied: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -159,9 +163,9 @@ struct Entry {
     quiet_since: Instant,
 }
 
-/// A connection's place in [`Connections`], given up when dropped.
+/// A connection's place in [`ConnectionTable`], given up when dropped.
 pub(super) struct Registration {
-    connections: Arc<Connections>,
+    connections: Arc<ConnectionTable>,
     slot: usize,
 }
 
@@ -174,10 +178,15 @@ impl Drop for Registration {
                 slots.live -= 1;
             }
         }
+        let emptied = slots.live == 0;
+        drop(slots);
+        if emptied {
+            self.connections.emptied.notify_waiters();
+        }
     }
 }
 
-impl Connections {
+impl ConnectionTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -213,6 +222,20 @@ impl Connections {
     /// Connections registered now.
     pub(super) fn live(&self) -> usize {
         self.lock().live
+    }
+
+    /// Resolves once no connection is registered (at once if none is).
+    pub(super) async fn all_closed(&self) {
+        loop {
+            // Enabled before the check, so a last close between the two is not missed.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Begin the graceful drain: every connection finishes the requests it has and closes
@@ -312,7 +335,7 @@ mod tests {
     async fn a_quiet_connection_is_closed_after_its_period_and_a_busy_one_never() {
         let silent = Duration::from_secs(2);
         let idle = Duration::from_secs(60);
-        let connections = Arc::new(Connections::default());
+        let connections = Arc::new(ConnectionTable::default());
         let quiet = Arc::new(Activity::default());
         let busy = Arc::new(Activity::default());
         let _q = connections.register(quiet.clone());
@@ -337,7 +360,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_and_live_counts_registrations() {
-        let connections = Arc::new(Connections::default());
+        let connections = Arc::new(ConnectionTable::default());
         let a = connections.register(Arc::new(Activity::default()));
         let b = connections.register(Arc::new(Activity::default()));
         assert_eq!(connections.live(), 2);
@@ -348,5 +371,26 @@ mod tests {
         assert_eq!(c.slot, slot, "a freed slot is taken again");
         drop((b, c));
         assert_eq!(connections.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn all_closed_resolves_when_the_last_registration_goes() {
+        let connections = Arc::new(ConnectionTable::default());
+        connections.all_closed().await; // none registered: at once
+        let a = connections.register(Arc::new(Activity::default()));
+        let b = connections.register(Arc::new(Activity::default()));
+        let waiting = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.all_closed().await }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one connection is still open");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("all_closed resolves once the last one goes")
+            .expect("the waiting task");
     }
 }

@@ -1,10 +1,10 @@
-//! One connection's service: which paths its listener serves, the access log, and the cap on
-//! requests per HTTP/1 connection.
+//! One connection's hyper service: the router behind it, the access log, HSTS, the redirect
+//! listener's answer, and the cap on requests per HTTP/1 connection.
 
 use super::access::AccessLine;
 use super::app::App;
-use super::router::route;
-use super::watchdog::{Activity, InFlight};
+use super::connections::{Activity, InFlight};
+use super::router::{route, Role};
 use super::{to_body, Answer, Reply, Step};
 use common::handler::text_response;
 use hyper::body::Incoming;
@@ -14,35 +14,10 @@ use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The endpoints and the server's own paths (no admin listener configured).
-    PublicAndAdmin,
-    /// The endpoints only; the server's own paths are on the admin listener.
-    Public,
-    /// The server's own paths only: `/status`, `/metrics`, `/healthz`, `/readyz`.
-    Admin,
-    /// Plain HTTP redirecting everything to HTTPS on this port (`308 Permanent Redirect`).
-    Redirect(u16),
-}
-
-impl Role {
-    /// True if this listener answers the server's own paths.
-    pub fn serves_own_paths(self) -> bool {
-        matches!(self, Role::PublicAndAdmin | Role::Admin)
-    }
-
-    /// True if this listener serves the endpoints.
-    pub fn serves_endpoints(self) -> bool {
-        matches!(self, Role::PublicAndAdmin | Role::Public)
-    }
-}
-
 /// The hyper service for one connection. A request whose answer is decided at once (nearly
 /// everything but a body to read or a queued job to wait for) is answered without building an
 /// `async` state machine; see [`super::Step`].
-pub(super) fn service(
+pub(super) fn for_connection(
     app: Arc<App>,
     role: Role,
     remote: SocketAddr,
@@ -162,12 +137,4 @@ fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body
             "cannot redirect this request",
         )),
     }
-}
-
-/// `404` for a path this listener does not serve.
-pub(super) fn not_here() -> hyper::Response<super::Body> {
-    to_body(text_response(
-        StatusCode::NOT_FOUND,
-        "no endpoint at this path",
-    ))
 }

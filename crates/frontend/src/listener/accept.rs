@@ -1,0 +1,284 @@
+//! One listener's accept loop: wait for a connection slot, accept, sort accept errors, and serve
+//! each connection (plain or after a bounded TLS handshake) on one path.
+
+use super::stream::ClientStream;
+use super::{Shared, Tls};
+use crate::app::App;
+use crate::connections::{Activity, Watched};
+use crate::router::Role;
+use crate::{service, Ignored};
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// How long the loop pauses after an accept error that is not one client's (such as running out of
+/// file descriptors), so that it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// At most one `ERROR` line per this period for accept errors; the others are counted (and logged
+/// at `debug`), and the next `ERROR` line says how many there were.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One listener's accept loop and everything it needs: built once, run again by the supervisor
+/// after a panic.
+pub(super) struct AcceptLoop {
+    name: &'static str,
+    socket: TcpListener,
+    role: Role,
+    tls: Option<Tls>,
+    /// One permit per open connection: at the limit the loop stops accepting, and the kernel's
+    /// backlog absorbs the flood.
+    limit: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    errors: Mutex<ErrorLog>,
+}
+
+impl AcceptLoop {
+    /// The loop for `socket`, serving `role`, with at most `max` connections open at once.
+    pub(super) fn new(
+        name: &'static str,
+        socket: TcpListener,
+        role: Role,
+        tls: Option<Tls>,
+        max: usize,
+        shared: Arc<Shared>,
+    ) -> AcceptLoop {
+        AcceptLoop {
+            name,
+            socket,
+            role,
+            tls,
+            limit: Arc::new(Semaphore::new(max)),
+            shared,
+            errors: Mutex::new(ErrorLog::new(ACCEPT_ERROR_LOG_EVERY)),
+        }
+    }
+
+    /// The loop's name, for the supervisor and the logs.
+    pub(super) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Accept and serve connections until the stop flag is set (or its sender is gone).
+    pub(super) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.accept() => accepted,
+                _ = stop.wait_for(|&stop| stop) => return,
+            };
+            let Some((open, stream, remote)) = accepted else {
+                return;
+            };
+            tokio::spawn(self.clone().serve(open, stream, remote));
+        }
+    }
+
+    /// Wait for a connection slot, then for a connection; `None` once the slots are closed.
+    async fn accept(&self) -> Option<(OpenConnection, TcpStream, SocketAddr)> {
+        let permit = self.limit.clone().acquire_owned().await.ok()?;
+        loop {
+            match self.socket.accept().await {
+                Ok((stream, remote)) => {
+                    let open = OpenConnection::new(&self.shared.app, permit);
+                    return Some((open, stream, remote));
+                }
+                Err(e) => self.accept_failed(e).await,
+            }
+        }
+    }
+
+    /// Sort an accept error: one client's trouble (a reset before the accept) is nothing; anything
+    /// else (out of file descriptors, out of memory) is logged, at most once per
+    /// [`ACCEPT_ERROR_LOG_EVERY`], and followed by a short pause. The loop never ends on one.
+    async fn accept_failed(&self, e: io::Error) {
+        if concerns_one_client(&e) {
+            return;
+        }
+        let logged = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(Instant::now());
+        match logged {
+            Some(suppressed) => tracing::error!(
+                listener = self.name,
+                cause = %e,
+                suppressed,
+                "accept failed; pausing"
+            ),
+            None => tracing::debug!(
+                listener = self.name,
+                cause = %e,
+                "accept failed again; pausing"
+            ),
+        }
+        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    }
+
+    /// Serve one accepted connection until it ends: the TLS handshake first if this listener has
+    /// TLS (a failed or stalled one costs at most the handshake timeout), then hyper, registered
+    /// in the connection table for the idle sweep and the drain.
+    async fn serve(self: Arc<Self>, open: OpenConnection, tcp: TcpStream, remote: SocketAddr) {
+        let _open = open;
+        let Ok(local) = tcp.local_addr() else {
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (stream, hsts) = match &self.tls {
+            None => (ClientStream::Plain(tcp), None),
+            Some(tls) => {
+                match crate::tls::handshake(&tls.acceptor, tcp, tls.handshake_timeout).await {
+                    Ok(stream) => (ClientStream::Tls(Box::new(stream)), tls.hsts.clone()),
+                    Err(e) => {
+                        tracing::trace!(client = %remote, cause = %e, "TLS handshake failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let shared = &self.shared;
+        let activity = Arc::new(Activity::default());
+        let service = service::for_connection(
+            shared.app.clone(),
+            self.role,
+            remote,
+            local,
+            hsts,
+            activity.clone(),
+        );
+        // Socket progress is counted on plain HTTP and TLS alike: a slow reader of a large
+        // response makes progress only on the socket, long after its request was answered.
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let registration = shared.connections.register(activity.clone());
+        let conn = shared.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        match registration.serve(&activity, conn).await {
+            None => tracing::trace!(client = %remote, "idle connection closed"),
+            // Ignored overflow ends a connection on purpose: no log at all for it.
+            Some(Err(e)) if !is_ignored(e.as_ref()) => {
+                tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// An accepted connection: holds its slot under the listener's limit and counts it open in the
+/// app until dropped (however its task ends).
+struct OpenConnection {
+    app: Arc<App>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(app: &Arc<App>, slot: OwnedSemaphorePermit) -> OpenConnection {
+        app.connection_opened();
+        OpenConnection {
+            app: app.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.app.connection_closed();
+    }
+}
+
+/// True for an accept error that concerns one client only (it reset or went away before the
+/// accept): nothing to log, nothing to wait for.
+fn concerns_one_client(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
+    )
+}
+
+fn is_ignored(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Ignored>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Rate limit for the accept-error log: the first error of a period is logged, the rest of the
+/// period's are counted.
+#[derive(Debug)]
+struct ErrorLog {
+    every: Duration,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn new(every: Duration) -> ErrorLog {
+        ErrorLog {
+            every,
+            last_logged: None,
+            suppressed: 0,
+        }
+    }
+
+    /// An error at `now`: `Some(n)` if it is to be logged, `n` being how many were suppressed
+    /// since the last logged one; `None` if it is only counted.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        match self.last_logged {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_accept_error_line_per_period_and_the_next_counts_the_suppressed() {
+        let every = Duration::from_secs(10);
+        let mut log = ErrorLog::new(every);
+        let t0 = Instant::now();
+        assert_eq!(log.failed(t0), Some(0), "the first error is logged");
+        // An error every 100 ms for the rest of the period: counted, not logged.
+        for i in 1..100 {
+            assert_eq!(log.failed(t0 + Duration::from_millis(100) * i), None);
+        }
+        assert_eq!(log.failed(t0 + every), Some(99));
+        assert_eq!(log.failed(t0 + every + Duration::from_secs(1)), None);
+        // A quiet spell longer than the period: the next error is logged at once.
+        assert_eq!(log.failed(t0 + every * 5), Some(1));
+    }
+
+    #[test]
+    fn a_clients_own_accept_errors_are_nothing_and_the_rest_are_not() {
+        use io::ErrorKind::*;
+        for kind in [
+            ConnectionAborted,
+            ConnectionReset,
+            ConnectionRefused,
+            Interrupted,
+        ] {
+            assert!(concerns_one_client(&io::Error::from(kind)), "{kind:?}");
+        }
+        let emfile = io::Error::from_raw_os_error(nix::libc::EMFILE);
+        assert!(!concerns_one_client(&emfile));
+        assert!(!concerns_one_client(&io::Error::from(OutOfMemory)));
+    }
+}
