@@ -224,23 +224,29 @@ pub struct ExecConfig {
 
 impl Config {
     /// Parse and validate TOML text; `file` names the source in errors.
+    ///
+    /// A parse error names the key path serde was at (`endpoint[1].exec.timeout_ms`, tracked by
+    /// `serde_path_to_error`), and the line where toml located the problem.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-            let (key, line) = match e.span() {
-                Some(span) => raw::key_at(text, span.start),
-                None => ("(document)".to_string(), 0),
-            };
-            let problem = e.message().trim().to_string();
-            ConfigError {
-                file: file.to_string(),
-                key,
-                problem: if line > 0 {
-                    format!("{problem} (line {line})")
-                } else {
-                    problem
-                },
-            }
-        })?;
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let e = e.into_inner();
+                let problem = e.message().trim();
+                ConfigError {
+                    file: file.to_string(),
+                    // An empty path (a syntax error, before any key was read) prints as ".".
+                    key: if path == "." {
+                        "(document)".to_string()
+                    } else {
+                        path
+                    },
+                    problem: match e.span() {
+                        Some(span) => format!("{problem} (line {})", line_of(text, span.start)),
+                        None => problem.to_string(),
+                    },
+                }
+            })?;
         raw.validate(file)
     }
 
@@ -276,6 +282,12 @@ impl Config {
     }
 }
 
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.bytes().filter(|&b| b == b'\n').count() + 1
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "listen {}, endpoints:", self.server.listen)?;
@@ -297,6 +309,15 @@ mod tests {
         assert_eq!(e.file, "t.toml");
         assert_eq!(e.key, "endpoint[1].exec.timeout_ms");
         assert!(e.problem.contains("invalid type"), "{e}");
+        assert!(e.problem.ends_with("(line 9)"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_document_and_its_line() {
+        let text = "[[endpoint]]\npath = \"/a\"\nbuiltin = = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "(document)");
+        assert!(e.problem.ends_with("(line 3)"), "{e}");
     }
 
     #[test]
