@@ -2,7 +2,7 @@
 
 use super::{
     Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
-    Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
+    ModeConfig, Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
 };
 use crate::light::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
@@ -197,8 +197,8 @@ struct RawEndpoint {
     overflow: Overflow,
     #[serde(default = "default_queue_timeout_ms")]
     queue_timeout_ms: u64,
-    #[serde(default)]
-    pace_ms: u64,
+    // The mode's own keys: which mode reads which is `Mode::keys`.
+    pace_ms: Option<u64>,
     workers: Option<usize>,
     yellow_workers: Option<usize>,
     #[serde(default = "default_true")]
@@ -421,6 +421,7 @@ impl RawEndpoint {
         if self.queue > MAX_QUEUE {
             return Err(p.at(key("queue"), format!("must be at most {MAX_QUEUE}")));
         }
+        let mode = self.mode_config(p, at, default_mode)?;
         let handler = match (self.builtin, self.exec) {
             (Some(name), None) => HandlerConfig::Builtin(name),
             (None, Some(exec)) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
@@ -434,6 +435,46 @@ impl RawEndpoint {
                 ))
             }
         };
+        Ok(EndpointConfig {
+            path: self.path,
+            methods,
+            mode,
+            expected_wait_admission: self.expected_wait_admission,
+            queue: p.nonzero(key("queue"), self.queue)?,
+            overflow: self.overflow,
+            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
+            max_body_bytes: self.max_body_bytes,
+            handler,
+        })
+    }
+
+    /// The endpoint's mode (its own, or the server's default) with that mode's settings. A key
+    /// only other modes read is an error, so a setting never silently does nothing.
+    fn mode_config(
+        &self,
+        p: &Problems<'_>,
+        at: &str,
+        default_mode: Mode,
+    ) -> Result<ModeConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        let mode = self.mode.unwrap_or(default_mode);
+        let given = [
+            ("pace_ms", self.pace_ms.is_some()),
+            ("workers", self.workers.is_some()),
+            ("yellow_workers", self.yellow_workers.is_some()),
+        ];
+        for (name, _) in given.iter().filter(|(_, set)| *set) {
+            if !mode.keys().contains(name) {
+                return Err(p.at(
+                    key(name),
+                    format!(
+                        "not used by mode \"{mode}\" ({} only)",
+                        Mode::users_of(name)
+                    ),
+                ));
+            }
+        }
+        let pace = Duration::from_millis(self.pace_ms.unwrap_or(0));
         let workers = self
             .workers
             .map(|w| p.pool_size(key("workers"), w))
@@ -450,19 +491,14 @@ impl RawEndpoint {
                 ));
             }
         }
-        Ok(EndpointConfig {
-            path: self.path,
-            methods,
-            mode: self.mode.unwrap_or(default_mode),
-            workers,
-            yellow_workers,
-            expected_wait_admission: self.expected_wait_admission,
-            queue: p.nonzero(key("queue"), self.queue)?,
-            overflow: self.overflow,
-            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
-            pace: Duration::from_millis(self.pace_ms),
-            max_body_bytes: self.max_body_bytes,
-            handler,
+        Ok(match mode {
+            Mode::Crab => ModeConfig::Crab { pace },
+            Mode::Jellyfish => ModeConfig::Jellyfish { workers },
+            Mode::Adaptive => ModeConfig::Adaptive {
+                workers,
+                yellow_workers,
+                pace,
+            },
         })
     }
 }
