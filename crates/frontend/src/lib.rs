@@ -9,7 +9,7 @@
 //! - `watchdog`: the connection table (idle and progress deadlines, drain).
 //! - `connection`: the per-connection service (roles: main, admin, redirect).
 //! - `router`: path and method to an endpoint or an own path.
-//! - `admission`: a request into its endpoint's queue, or overflow, turned into HTTP.
+//! - `admission`: a request to its endpoint's admission, and the outcome as HTTP.
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
 //! - [`readiness`]: `/readyz` with hysteresis.
