@@ -27,7 +27,10 @@ const SLOT_YIELDS: u32 = 64;
 /// builtins, microseconds) hold a slot that a batch's job can find taken.
 const SLOT_POLL: Duration = Duration::from_micros(100);
 
-/// Runs handed-off batches. Implemented by the `crab` and `jellyfish` crates.
+/// Runs handed-off batches. Implemented by the `crab`, `jellyfish` and `adaptive` crates.
+///
+/// Every job an executor runs goes through [`JobRunner::run`] with the executor's limit, so it
+/// runs in one of the runner's running slots, shared with the endpoint's inline runs.
 pub trait Executor: Send + Sync + 'static {
     /// The mode, for status and logs.
     fn mode(&self) -> Mode;
@@ -44,8 +47,8 @@ pub trait Executor: Send + Sync + 'static {
     }
 
     /// True if, right now, a cheap non-blocking handler may run directly on the front end's async
-    /// worker when nothing is queued (a concurrent mode with a free slot). Default false: serial
-    /// modes always go through their own thread.
+    /// worker (a concurrent mode), when nothing is queued and one of [`Executor::concurrency`]
+    /// running slots is free. Default false: serial modes always go through their own thread.
     fn allows_inline(&self) -> bool {
         false
     }
@@ -56,8 +59,8 @@ pub trait Executor: Send + Sync + 'static {
     }
 }
 
-/// What every mode does with one job: the turn checks, the handler call with its panic contained,
-/// and the one reply.
+/// What every mode does with one job: a running slot, the turn checks, the handler call with its
+/// panic contained, and the one reply.
 pub struct JobRunner {
     endpoint: Arc<str>,
     handler: Arc<dyn Handler>,
