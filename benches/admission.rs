@@ -7,9 +7,10 @@
 //! decision is zero allocations. Without `--bench` (as under `cargo test --benches`) every case
 //! runs a handful of iterations only, as a smoke test. See `docs/BENCHMARKS.md`.
 
+use common::admission::{Outcome, Refusal};
 use common::counters::EndpointCounters;
-use common::endpoint::{Admission, Endpoint};
-use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
+use common::endpoint::Endpoint;
+use common::handler::{text_response, Handler, HandlerError, JobRequest, JobResponse};
 use common::job::Job;
 use common::queue::{HandoffQueue, Refused};
 use config::Overflow;
@@ -23,6 +24,7 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,14 +146,16 @@ fn overflow_has_room(scale: Scale) -> Row {
     let queue = HandoffQueue::new(FLOOD_QUEUE);
     let counters = Arc::new(EndpointCounters::default());
     fill(&queue, &counters);
+    // Stands in for the endpoint's `overflowed` counter, which only its admission changes.
+    let overflowed = AtomicU64::new(0);
     let row = measure(
-        "overflow: HandoffQueue::has_room + bump(overflowed)",
+        "overflow: HandoffQueue::has_room + count overflowed",
         scale,
         scale.iters,
         |n| {
             for _ in 0..n {
                 if !black_box(&queue).has_room() {
-                    EndpointCounters::bump(&counters.overflowed);
+                    overflowed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         },
@@ -191,7 +195,8 @@ impl Handler for Hold {
 
 /// True while `endpoint` runs a (held) job and has no room in its queue.
 fn held_and_full(endpoint: &Endpoint) -> bool {
-    endpoint.status().busy && !endpoint.queue.has_room()
+    let status = endpoint.status();
+    status.busy() && status.queue_depth >= status.queue_capacity
 }
 
 /// Wait until `endpoint` runs one job and has a full queue behind it.
@@ -205,11 +210,26 @@ fn wait_full(endpoint: &Endpoint) -> anyhow::Result<()> {
 }
 
 /// The front end's overflow decision, as `frontend/admission.rs` makes it: the endpoint's
-/// admission check, then its counted refusal (`Endpoint::refuse`: silence or a `503`).
+/// admission check (which counts a refusal), then the refusal as silence or a `503`.
 fn admit_or_overflow(endpoint: &Endpoint) -> Result<Option<JobResponse>, Ignored> {
-    match endpoint.admission() {
-        Admission::Open => Ok(None),
-        refused => endpoint.refuse(refused).map(Some).ok_or(Ignored),
+    match endpoint.admission().check() {
+        Ok(()) => Ok(None),
+        Err(Refusal::OverflowIgnored) => Err(Ignored),
+        Err(Refusal::OverflowRejected { retry_after_secs }) => {
+            let mut resp = text_response(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                "queue full, retry later",
+            );
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(retry_after_secs),
+            );
+            Ok(Some(resp))
+        }
+        Err(Refusal::ShuttingDown) => Ok(Some(text_response(
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        ))),
     }
 }
 
@@ -231,29 +251,23 @@ fn overflow_endpoint(scale: Scale, overflow: Overflow) -> anyhow::Result<Row> {
         fiddler_crab::executor_for(&ep, &light::TrafficLight::fixed(light::Light::Green))?;
     let endpoint = Endpoint::start(ep, hold.clone(), executor)?;
     // One job to run (and block), then a full queue behind it.
-    let (job, _running) = Job::new(request(), endpoint.counters.clone());
-    if let Err(Refused::Full(job) | Refused::Closed(job)) = endpoint.queue.try_push(job) {
-        job.discard();
-    }
     let mut waiters = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !held_and_full(&endpoint) {
         anyhow::ensure!(Instant::now() < deadline, "endpoint did not fill up");
-        let (job, waiter) = Job::new(request(), endpoint.counters.clone());
-        match endpoint.queue.try_push(job) {
-            Ok(()) => waiters.push(waiter),
-            Err(Refused::Full(job) | Refused::Closed(job)) => job.discard(),
+        if let Outcome::Queued(waiter) = endpoint.admission().try_admit(request(), false) {
+            waiters.push(waiter);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     wait_full(&endpoint)?;
     let (name, note) = match overflow {
         Overflow::Ignore => (
-            "overflow: Endpoint::admission + overflow decision (ignore)",
+            "overflow: Admission::check + overflow decision (ignore)",
             "as admission.rs: Err(Ignored)".to_string(),
         ),
         Overflow::Reject => (
-            "overflow: Endpoint::admission + overflow decision (reject)",
+            "overflow: Admission::check + overflow decision (reject)",
             "as admission.rs: 503 + Retry-After built".to_string(),
         ),
     };
@@ -283,9 +297,9 @@ fn drain_and_discard(queue: &HandoffQueue) {
     }
 }
 
-/// Admitted jobs, one thread: `Job::new` + `bump(admitted)` + `try_push`; whenever the queue is
-/// full the same thread takes the batch and pops every job (the executor's side), as `dispatch`
-/// does.
+/// Admitted jobs, one thread: `Job::new` + `try_push` (which counts the admission); whenever the
+/// queue is full the same thread takes the batch and pops every job (the executor's side), as
+/// `dispatch` does.
 fn admitted_in_thread(scale: Scale, capacity: usize) -> Row {
     let queue = HandoffQueue::new(capacity);
     let counters = Arc::new(EndpointCounters::default());
@@ -302,7 +316,6 @@ fn admitted_in_thread(scale: Scale, capacity: usize) -> Row {
         |n| {
             for _ in 0..n {
                 let (job, waiter) = Job::new(request(), counters.clone());
-                EndpointCounters::bump(&counters.admitted);
                 if let Err(Refused::Full(job) | Refused::Closed(job)) = queue.try_push(job) {
                     job.discard();
                 }
@@ -344,8 +357,8 @@ fn condvar_notify_reference(scale: Scale) -> Row {
 /// discards the jobs; the producer retries (yielding) whenever the queue is full.
 fn admitted_cross_thread(scale: Scale, capacity: usize) -> Row {
     let counters = Arc::new(EndpointCounters::default());
-    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
     let name = if capacity == FLOOD_QUEUE {
         "admitted: Job::new + try_push, consumer thread (queue 20)"
     } else {
@@ -372,12 +385,11 @@ fn admitted_cross_thread(scale: Scale, capacity: usize) -> Row {
             };
             for _ in 0..n {
                 let (mut job, waiter) = Job::new(request(), counters.clone());
-                EndpointCounters::bump(&counters.admitted);
                 loop {
                     match queue.try_push(job) {
                         Ok(()) => break,
                         Err(Refused::Full(back)) => {
-                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            retries.fetch_add(1, Ordering::Relaxed);
                             job = back;
                             // Yield rather than spin: on a loaded 2-core machine a spinning
                             // producer can keep the consumer off the CPU.
@@ -391,14 +403,14 @@ fn admitted_cross_thread(scale: Scale, capacity: usize) -> Row {
                 }
                 drop(waiter);
             }
-            total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            total.fetch_add(n, Ordering::Relaxed);
             queue.close();
             let _ = consumer.join();
         },
         String::new(),
     );
-    let retries = retries.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let total = total.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+    let retries = retries.load(Ordering::Relaxed) as f64;
+    let total = total.load(Ordering::Relaxed).max(1) as f64;
     row.note = format!(
         "per job; {:.2} full-queue retries per job; allocs include a thread spawn per rep",
         retries / total
@@ -478,7 +490,7 @@ fn loopback_overflow(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let overflowed: u64 = app
         .endpoints()
         .iter()
-        .map(|e| e.counters.snapshot().overflowed)
+        .map(|e| e.counters().overflowed)
         .sum();
 
     hold.release();

@@ -13,13 +13,14 @@ use common::builtin::{Echo, Ping};
 use common::endpoint::Endpoint;
 use common::executor::Executor;
 use common::handler::Handler;
-use config::{Config, ConfigError, EndpointConfig, HandlerConfig, Mode};
+use config::{Config, ConfigError, EndpointConfig, HandlerConfig, ModeConfig};
 use exec::{ExecHandler, Registry as ChildRegistry};
 use frontend::readiness::Readiness;
 use frontend::{serve, serve_all, App, Listeners};
 use light::{available_parallelism_with_quota, TrafficLight};
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -123,28 +124,34 @@ pub fn executor_for(
     light: &TrafficLight,
 ) -> std::io::Result<Arc<dyn Executor>> {
     let name = format!("fc-pool{}", ep.path.replace('/', "-"));
-    let workers = pool_size(ep);
     Ok(match ep.mode {
-        Mode::Crab => Arc::new(crab::CrabExecutor::new(ep.pace)),
-        Mode::Jellyfish => Arc::new(jellyfish::JellyfishExecutor::new(&name, workers)?),
-        Mode::Adaptive => {
-            let yellow = ep.yellow_workers.map_or((workers / 2).max(1), |y| y.get());
+        ModeConfig::Crab { pace } => Arc::new(crab::CrabExecutor::new(pace)),
+        ModeConfig::Jellyfish { workers } => Arc::new(jellyfish::JellyfishExecutor::new(
+            &name,
+            pool_size(workers),
+        )?),
+        ModeConfig::Adaptive {
+            workers,
+            yellow_workers,
+            pace,
+        } => {
+            let workers = pool_size(workers);
+            let yellow = yellow_workers.map_or((workers / 2).max(1), |y| y.get());
             Arc::new(AdaptiveExecutor::new(
                 &name,
                 light.clone(),
                 workers,
                 yellow,
-                ep.pace,
+                pace,
             )?)
         }
     })
 }
 
-/// The pool size of a jellyfish or adaptive endpoint: `workers`, or the CPUs the process may
-/// use (its cgroup's CPU quota included).
-pub fn pool_size(ep: &EndpointConfig) -> usize {
-    ep.workers
-        .map_or_else(available_parallelism_with_quota, |w| w.get())
+/// A pool's size: `workers` as configured, or the CPUs the process may use (its cgroup's CPU
+/// quota included).
+pub fn pool_size(workers: Option<NonZeroUsize>) -> usize {
+    workers.map_or_else(available_parallelism_with_quota, |w| w.get())
 }
 
 /// Start the configured traffic light on the real machine's CPU, memory and pressure.

@@ -141,6 +141,35 @@ fn zero_and_out_of_range_numbers_are_refused() {
 }
 
 #[test]
+fn a_key_of_another_mode_is_refused_with_its_path() {
+    let jellyfish = "[[endpoint]]\npath = \"/ping\"\nmode = \"jellyfish\"\nbuiltin = \"ping\"\n";
+    assert_error(
+        &format!("{PING}\n{}pace_ms = 5\n", jellyfish.replace("/ping", "/j")),
+        "endpoint[1].pace_ms",
+        &["not used by mode \"jellyfish\" (crab and adaptive only)"],
+    );
+    assert_error(
+        &format!("{PING}workers = 2\n"),
+        "endpoint[0].workers",
+        &["not used by mode \"crab\" (jellyfish and adaptive only)"],
+    );
+    assert_error(
+        &format!("{jellyfish}yellow_workers = 1\n"),
+        "endpoint[0].yellow_workers",
+        &["not used by mode \"jellyfish\" (adaptive only)"],
+    );
+    // The server's default mode is the endpoint's mode when it names none.
+    assert_error(
+        &format!("[server]\ndefault_mode = \"jellyfish\"\n\n{PING}pace_ms = 5\n"),
+        "endpoint[0].pace_ms",
+        &["not used by mode \"jellyfish\""],
+    );
+    // Every key of its own mode is accepted.
+    let adaptive = "[[endpoint]]\npath = \"/a\"\nmode = \"adaptive\"\nworkers = 2\nyellow_workers = 1\npace_ms = 5\nbuiltin = \"ping\"\n";
+    Config::from_toml(adaptive, "test.toml").expect("adaptive reads all three");
+}
+
+#[test]
 fn an_unknown_builtin_is_named_with_the_known_ones() {
     assert_error(
         "[[endpoint]]\npath = \"/x\"\nbuiltin = \"pong\"\n",
@@ -198,6 +227,11 @@ fn check_names_file_key_and_problem_and_exits_2() {
             format!("{PING}pase_ms = 5\n"),
             "endpoint[0].pase_ms",
             "unknown field",
+        ),
+        (
+            format!("{PING}mode = \"jellyfish\"\npace_ms = 5\n"),
+            "endpoint[0].pace_ms",
+            "not used by mode \"jellyfish\" (crab and adaptive only)",
         ),
     ];
     for (i, (text, key, problem)) in cases.iter().enumerate() {

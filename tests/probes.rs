@@ -146,7 +146,7 @@ async fn readyz_is_503_shutting_down_during_the_drain() {
     recorder.gate().wait_arrived(1).await;
     let endpoint = server.endpoint("/work");
     server.begin_shutdown();
-    wait_until("the queue is closed", || endpoint.queue.is_closed()).await;
+    wait_until("the queue is closed", || endpoint.admission().is_closed()).await;
 
     let reply = probe.send(request("GET", "/readyz", "")).await;
     assert_eq!(

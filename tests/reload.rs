@@ -88,9 +88,9 @@ async fn a_changed_endpoint_gets_a_fresh_queue_and_the_old_one_runs_what_it_admi
         !Arc::ptr_eq(&old, &fresh),
         "a changed endpoint kept its queue"
     );
-    assert!(old.queue.is_closed(), "the old queue still admits");
-    assert_eq!(fresh.queue.capacity(), 4);
-    assert_eq!(fresh.counters.snapshot().admitted, 0);
+    assert!(old.admission().is_closed(), "the old queue still admits");
+    assert_eq!(fresh.admission().queue_capacity(), 4);
+    assert_eq!(fresh.counters().admitted, 0);
     assert_eq!(server.status_json().await["draining_endpoints"], 1);
 
     // New requests go to the fresh queue and its own executor, past the held old one.
@@ -99,7 +99,7 @@ async fn a_changed_endpoint_gets_a_fresh_queue_and_the_old_one_runs_what_it_admi
         (reply.status, reply.text()),
         (StatusCode::OK, "new-0".into())
     );
-    assert_eq!(fresh.counters.snapshot().admitted, 1);
+    assert_eq!(fresh.counters().admitted, 1);
 
     recorder.gate().release();
     let held = within("the held old job", held).await.unwrap();
@@ -113,7 +113,7 @@ async fn a_changed_endpoint_gets_a_fresh_queue_and_the_old_one_runs_what_it_admi
             .unwrap();
         assert_eq!((reply.status, reply.text()), (StatusCode::OK, id));
     }
-    let c = old.counters.snapshot();
+    let c = old.counters();
     assert_eq!(
         (c.admitted, c.completed),
         (3, 3),
@@ -169,7 +169,7 @@ async fn a_reload_that_cannot_be_built_changes_nothing() {
     assert!(refused.to_string().contains("nope"), "{refused}");
 
     assert!(Arc::ptr_eq(&before, &server.endpoint("/work")));
-    assert!(!before.queue.is_closed());
+    assert!(!before.admission().is_closed());
     assert_eq!(server.post("/work", "").await.status, StatusCode::OK);
     assert_eq!(server.post("/x", "").await.status, StatusCode::NOT_FOUND);
     server.shutdown().await;

@@ -41,7 +41,7 @@ async fn the_running_job_finishes_and_queued_jobs_get_503() {
     server.wait_queued("/work", 3).await;
 
     server.begin_shutdown();
-    wait_until("the queue is closed", || endpoint.queue.is_closed()).await;
+    wait_until("the queue is closed", || endpoint.admission().is_closed()).await;
     recorder.gate().release();
 
     let held = within("the held job's answer", held).await.unwrap();
@@ -54,7 +54,7 @@ async fn the_running_job_finishes_and_queued_jobs_get_503() {
     server.join().await;
 
     assert_eq!(recorder.ids(), ["held"], "a queued job ran during shutdown");
-    let c = endpoint.counters.snapshot();
+    let c = endpoint.counters();
     assert_eq!((c.admitted, c.completed, c.failed), (4, 1, 3));
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
@@ -104,7 +104,7 @@ async fn the_drain_ends_as_soon_as_the_last_connection_closes() {
     recorder.gate().wait_arrived(1).await;
 
     server.begin_shutdown();
-    wait_until("the queue is closed", || endpoint.queue.is_closed()).await;
+    wait_until("the queue is closed", || endpoint.admission().is_closed()).await;
     assert!(
         !server.has_stopped(),
         "run returned with a request in flight"

@@ -58,7 +58,7 @@ async fn status_answers_while_a_job_holds_the_crab() {
     recorder.gate().open();
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
     assert_eq!(queued.await.unwrap().status, StatusCode::OK);
-    wait_until("the crab is idle", || !server.status_of("/work").busy).await;
+    wait_until("the crab is idle", || !server.status_of("/work").busy()).await;
     let status = server.status_json().await;
     assert_eq!(status["endpoints"]["/work"]["busy"], false);
     assert_eq!(status["endpoints"]["/work"]["counters"]["completed"], 2);

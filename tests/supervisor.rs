@@ -7,7 +7,7 @@ use common::builtin::Ping;
 use common::endpoint::Endpoint;
 use common::executor::{Executor, JobRunner};
 use common::queue::Batch;
-use config::Config;
+use config::{Config, Mode};
 use exec::Registry;
 use frontend::{serve, App};
 use light::{Light, TrafficLight};
@@ -22,8 +22,8 @@ struct FailsOnce {
 }
 
 impl Executor for FailsOnce {
-    fn mode(&self) -> &'static str {
-        "fails-once"
+    fn mode(&self) -> Mode {
+        Mode::Crab
     }
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
@@ -31,7 +31,7 @@ impl Executor for FailsOnce {
             panic!("deliberate dispatcher failure");
         }
         while let Some(job) = batch.pop() {
-            runner.begin_and_run(job);
+            runner.run(job, 1);
         }
     }
 }

@@ -227,14 +227,14 @@ impl TestServer {
 
     /// The endpoint's counters now.
     pub fn counters(&self, path: &str) -> CountersSnapshot {
-        self.endpoint(path).counters.snapshot()
+        self.endpoint(path).counters()
     }
 
     /// Wait until exactly `n` jobs are admitted and not yet started at `path`.
     pub async fn wait_queued(&self, path: &str, n: usize) {
         let endpoint = self.endpoint(path);
         wait_until(&format!("{n} jobs queued at {path}"), || {
-            endpoint.queue.depth() == n
+            endpoint.admission().queue_depth() == n
         })
         .await;
     }

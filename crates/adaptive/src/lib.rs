@@ -5,6 +5,7 @@
 
 use common::executor::{Executor, JobRunner};
 use common::queue::Batch;
+use config::Mode;
 use crab::CrabExecutor;
 use jellyfish::JellyfishExecutor;
 use light::{Light, TrafficLight};
@@ -53,8 +54,8 @@ impl AdaptiveExecutor {
 }
 
 impl Executor for AdaptiveExecutor {
-    fn mode(&self) -> &'static str {
-        "adaptive"
+    fn mode(&self) -> Mode {
+        Mode::Adaptive
     }
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {

@@ -3,57 +3,63 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Outcome counters of one endpoint. Every admitted job is counted in exactly one outcome.
+///
+/// Only this crate changes them, each in one place per outcome: `admitted` where a job enters the
+/// queue or an inline run takes its running slot; `completed` / `failed` / `timed_out` where a
+/// result becomes a response (`job::respond`); `skipped` at a job's turn; `failed` also for a job
+/// dropped unanswered; `overflowed` and `shed_by_wait` where [`crate::admission::Admission`]
+/// refuses. Everyone else reads a [`CountersSnapshot`].
 #[derive(Debug, Default)]
 pub struct EndpointCounters {
-    /// Entered the handoff queue.
-    pub admitted: AtomicU64,
-    /// Ran and answered by the handler (any status the handler chose).
-    pub completed: AtomicU64,
-    /// Answered with an error: handler failure (502/500), a panic, or shutdown (503).
-    pub failed: AtomicU64,
-    /// Answered `504`: waited past `queue_timeout_ms`, or ran past the handler's time limit.
-    pub timed_out: AtomicU64,
-    /// Not run because the client had gone before the job's turn came.
-    pub skipped: AtomicU64,
-    /// Found the queue full: ignored or rejected. Not admitted, so outside the sum above.
-    pub overflowed: AtomicU64,
-    /// Handler panics caught (each also counted in `failed`).
-    pub panics: AtomicU64,
-    /// Overflowed because the expected wait already exceeded the queue timeout (also in
-    /// `overflowed`).
-    pub shed_by_wait: AtomicU64,
+    /// See [`CountersSnapshot::admitted`].
+    pub(crate) admitted: AtomicU64,
+    /// See [`CountersSnapshot::completed`].
+    pub(crate) completed: AtomicU64,
+    /// See [`CountersSnapshot::failed`].
+    pub(crate) failed: AtomicU64,
+    /// See [`CountersSnapshot::timed_out`].
+    pub(crate) timed_out: AtomicU64,
+    /// See [`CountersSnapshot::skipped`].
+    pub(crate) skipped: AtomicU64,
+    /// See [`CountersSnapshot::overflowed`].
+    pub(crate) overflowed: AtomicU64,
+    /// See [`CountersSnapshot::panics`].
+    pub(crate) panics: AtomicU64,
+    /// See [`CountersSnapshot::shed_by_wait`].
+    pub(crate) shed_by_wait: AtomicU64,
 }
 
 /// A point-in-time copy of [`EndpointCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CountersSnapshot {
-    /// See [`EndpointCounters::admitted`].
+    /// Admitted: entered the handoff queue, or ran inline in a free running slot.
     pub admitted: u64,
-    /// See [`EndpointCounters::completed`].
+    /// Ran and answered by the handler (any status the handler chose).
     pub completed: u64,
-    /// See [`EndpointCounters::failed`].
+    /// Answered with an error: handler failure (502/500), a panic, or shutdown (503).
     pub failed: u64,
-    /// See [`EndpointCounters::timed_out`].
+    /// Answered `504`: waited past `queue_timeout_ms`, or ran past the handler's time limit.
     pub timed_out: u64,
-    /// See [`EndpointCounters::skipped`].
+    /// Not run because the client had gone before the job's turn came.
     pub skipped: u64,
-    /// See [`EndpointCounters::overflowed`].
+    /// Found the queue full: ignored or rejected. Not admitted, so outside the sum above.
     pub overflowed: u64,
-    /// See [`EndpointCounters::panics`].
+    /// Handler panics caught (each also counted in `failed`).
     pub panics: u64,
-    /// See [`EndpointCounters::shed_by_wait`].
+    /// Overflowed because the expected wait already exceeded the queue timeout (also in
+    /// `overflowed`).
     pub shed_by_wait: u64,
 }
 
 impl EndpointCounters {
     /// Add one to `counter`.
     #[inline]
-    pub fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
 
     /// Count one answered job by its result: completed, timed out, or failed.
-    pub fn record<T, E: OutcomeKind>(&self, result: &Result<T, E>) {
+    pub(crate) fn record<T, E: OutcomeKind>(&self, result: &Result<T, E>) {
         let counter = match result {
             Ok(_) => &self.completed,
             Err(e) if e.is_timeout() => &self.timed_out,

@@ -3,7 +3,8 @@
 //! A mode implements [`Executor::run_batch`]: how a handed-off batch's jobs are scheduled (serially,
 //! concurrently, ...). Everything a job needs checked or counted lives in [`JobRunner`], so every
 //! mode keeps the same guarantees: skip-if-client-gone, queue timeout, exactly one response, panics
-//! contained.
+//! contained, and one concurrency limit: a job runs only in one of the runner's running slots,
+//! which inline runs on the front end take too (see [`JobRunner::run`]).
 
 use crate::counters::EndpointCounters;
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
@@ -11,6 +12,7 @@ use crate::histogram::JobHistogram;
 use crate::job::{Job, Turn};
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
+use config::Mode;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,24 +21,34 @@ use std::time::{Duration, Instant};
 /// How long an idle dispatcher sleeps between looks at its queue's state.
 const IDLE_TICK: Duration = Duration::from_millis(200);
 
-/// Runs handed-off batches. Implemented by the `crab` and `jellyfish` crates.
+/// Tries to take a running slot by yielding the thread before waiting in [`SLOT_POLL`] sleeps.
+const SLOT_YIELDS: u32 = 64;
+/// How long a job whose slots are all taken sleeps between two looks. Only inline runs (cheap
+/// builtins, microseconds) hold a slot that a batch's job can find taken.
+const SLOT_POLL: Duration = Duration::from_micros(100);
+
+/// Runs handed-off batches. Implemented by the `crab`, `jellyfish` and `adaptive` crates.
+///
+/// Every job an executor runs goes through [`JobRunner::run`] with the executor's limit, so it
+/// runs in one of the runner's running slots, shared with the endpoint's inline runs.
 pub trait Executor: Send + Sync + 'static {
-    /// The mode's name, for status and logs.
-    fn mode(&self) -> &'static str;
+    /// The mode, for status and logs.
+    fn mode(&self) -> Mode;
 
     /// Run every job of `batch` through `runner`, in whatever schedule the mode chooses, and return
     /// when each has been answered. Called from the endpoint's dispatcher thread, one batch at a time.
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>);
 
     /// How many jobs the executor would run at once if handed a batch now (at least 1). Admission
-    /// by expected wait divides the queue depth by this.
+    /// by expected wait divides the queue depth by this, and an inline run needs one of this many
+    /// running slots free.
     fn concurrency(&self) -> usize {
         1
     }
 
     /// True if, right now, a cheap non-blocking handler may run directly on the front end's async
-    /// worker when nothing is queued (a concurrent mode with a free slot). Default false: serial
-    /// modes always go through their own thread.
+    /// worker (a concurrent mode), when nothing is queued and one of [`Executor::concurrency`]
+    /// running slots is free. Default false: serial modes always go through their own thread.
     fn allows_inline(&self) -> bool {
         false
     }
@@ -47,14 +59,16 @@ pub trait Executor: Send + Sync + 'static {
     }
 }
 
-/// What every mode does with one job: the turn checks, the handler call with its panic contained,
-/// and the one reply.
+/// What every mode does with one job: a running slot, the turn checks, the handler call with its
+/// panic contained, and the one reply.
 pub struct JobRunner {
     endpoint: Arc<str>,
     handler: Arc<dyn Handler>,
     queue: Arc<HandoffQueue>,
     queue_timeout: Duration,
     counters: Arc<EndpointCounters>,
+    /// Running slots taken: jobs running now, inline runs included. Every run takes one under a
+    /// limit first (see [`JobRunner::run`]), so one cap covers the inline path and the executor.
     running: AtomicUsize,
     /// Moving average of handler run time, in microseconds (0 until the first job ran).
     job_time_us: AtomicU64,
@@ -99,44 +113,58 @@ impl JobRunner {
         }
     }
 
-    /// The job's turn has come: returns it if it should run now; otherwise it has already been
-    /// answered or dropped and counted (expired, client gone, too old, shutting down).
-    pub fn begin(&self, job: Job) -> Option<Job> {
-        match job.take_turn(self.queue_timeout, self.queue.is_shedding()) {
-            Turn::Run(job) => Some(job),
-            Turn::Done => None,
-        }
-    }
-
-    /// Run a started job on this thread and answer it. A handler panic is answered `500`.
-    pub fn run(&self, job: Job) {
-        let result = self.call(&job.request);
+    /// Run a job whose turn has come, as one of at most `limit` jobs running at once (inline runs
+    /// included): wait for a free running slot, then the turn checks (expired, client gone, too
+    /// old, shutting down: answered or dropped and counted there), then the handler with its
+    /// panic turned into `500`, then the one answer. True if the handler ran.
+    pub fn run(&self, job: Job, limit: usize) -> bool {
+        let slot = self.claim(limit);
+        let job = match job.take_turn(self.queue_timeout, self.queue.is_shedding()) {
+            Turn::Run(job) => job,
+            Turn::Done => return false,
+        };
+        let (result, _took) = self.call(&slot, &job.request);
+        drop(slot);
         job.finish(result);
+        true
     }
 
-    /// Call the handler for `request` on this thread: count it as running, time it, and turn a
-    /// panic into `500`. The caller answers and counts the outcome.
-    pub fn call(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
-        self.running.fetch_add(1, Ordering::AcqRel);
-        self.call_claimed(request)
-    }
-
-    /// [`JobRunner::call`], but only if fewer than `limit` jobs are running (pool jobs included);
-    /// `None` when no slot is free.
-    pub fn call_if_below(
-        &self,
-        limit: usize,
-        request: &JobRequest,
-    ) -> Option<Result<JobResponse, HandlerError>> {
+    /// A running slot if fewer than `limit` are taken now (`None` otherwise). Lock-free: one
+    /// compare-and-swap.
+    pub(crate) fn try_claim(&self, limit: usize) -> Option<RunningSlot<'_>> {
         self.running
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(self.call_claimed(request))
+        Some(RunningSlot(&self.running))
     }
 
-    fn call_claimed(&self, request: &JobRequest) -> Result<JobResponse, HandlerError> {
+    /// A running slot under `limit`, waiting for one if all are taken. An executor runs at most
+    /// `limit` jobs of its own at once, so what it can find taken is inline runs, which last
+    /// microseconds: it yields, then polls.
+    fn claim(&self, limit: usize) -> RunningSlot<'_> {
+        let mut tries = 0u32;
+        loop {
+            if let Some(slot) = self.try_claim(limit.max(1)) {
+                return slot;
+            }
+            tries = tries.saturating_add(1);
+            if tries < SLOT_YIELDS {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(SLOT_POLL);
+            }
+        }
+    }
+
+    /// Call the handler for `request` on this thread, in a slot already taken: time it, and turn
+    /// a panic into `500`. Returns the result and the run time; the caller answers and counts.
+    pub(crate) fn call(
+        &self,
+        _slot: &RunningSlot<'_>,
+        request: &JobRequest,
+    ) -> (Result<JobResponse, HandlerError>, Duration) {
         let started = Instant::now();
         // Only read while no job has finished yet (see `job_time`): not stored after that.
         if self.job_time_us.load(Ordering::Relaxed) == 0 {
@@ -158,25 +186,14 @@ impl JobRunner {
         if let Err(e) = &result {
             tracing::debug!(endpoint = %self.endpoint, status = e.status().as_u16(), cause = %e, "job failed");
         }
-        self.record_job_time(started.elapsed());
-        self.running.fetch_sub(1, Ordering::AcqRel);
-        result
+        let took = started.elapsed();
+        self.record_job_time(took);
+        (result, took)
     }
 
     /// True if the handler may run on the caller's async worker (see [`Handler::is_inline`]).
     pub fn handler_is_inline(&self) -> bool {
         self.handler.is_inline()
-    }
-
-    /// Begin the job's turn and run it if it should run; true if it ran.
-    pub fn begin_and_run(&self, job: Job) -> bool {
-        match self.begin(job) {
-            Some(job) => {
-                self.run(job);
-                true
-            }
-            None => false,
-        }
     }
 
     /// The run-time histogram (a shared handle).
@@ -232,12 +249,23 @@ impl JobRunner {
     }
 }
 
+/// One taken running slot of a [`JobRunner`]; given back when dropped, also when a panic unwinds
+/// past it.
+#[derive(Debug)]
+pub(crate) struct RunningSlot<'a>(&'a AtomicUsize);
+
+impl Drop for RunningSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The dispatcher loop: wait until jobs are pending, hand the whole batch to the executor, repeat;
 /// return when the queue is closed and drained.
 pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobRunner>) {
     let mut spare = VecDeque::new();
     while let Some(mut batch) = queue.take_batch(spare, IDLE_TICK) {
-        tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = executor.mode(), "batch handed off");
+        tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = %executor.mode(), "batch handed off");
         executor.run_batch(&mut batch, runner);
         spare = batch.into_spare();
     }
@@ -284,7 +312,10 @@ mod tests {
         ));
         assert_eq!(runner.job_time(), None, "nothing started: no estimate");
         let r = runner.clone();
-        let worker = std::thread::spawn(move || r.call(&request()).is_ok());
+        let worker = std::thread::spawn(move || {
+            let slot = r.try_claim(1).unwrap();
+            r.call(&slot, &request()).0.is_ok()
+        });
         while runner.running() == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -298,6 +329,7 @@ mod tests {
         );
         release.send(()).unwrap();
         assert!(worker.join().unwrap());
+        assert_eq!(runner.running(), 0, "the slot is given back");
         // Finished: the moving average takes over.
         let done = runner.job_time().unwrap();
         assert!(done >= Duration::from_millis(20), "{done:?}");

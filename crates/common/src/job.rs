@@ -2,8 +2,10 @@
 //!
 //! A job is `Queued` until either the executor starts it or the front end's queue deadline expires
 //! it; an atomic compare-and-swap decides which, so a job is never both answered `504` and run.
-//! Every admitted job is counted in exactly one outcome: by [`Job::finish`], by the executor's
-//! skip/expire checks, or, if it is dropped unanswered (a crash), by its `Drop`.
+//! A job counts as admitted when it enters the queue ([`crate::queue::HandoffQueue::try_push`]), and
+//! then in exactly one outcome: by `respond` (from [`Job::finish`], or from the front end's
+//! expiry in [`crate::admission`]), by the executor's skip check, or, if it is dropped unanswered
+//! (a crash), by its `Drop`.
 //!
 //! The same transition out of `Queued` gives the job's queue slot back, exactly once: whoever wins
 //! it (the executor starting the job, the front end expiring it, or the drop of a job that never
@@ -24,7 +26,7 @@ const EXPIRED: u8 = 2;
 
 /// The state a job and its waiting front end share.
 #[derive(Debug, Default)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     state: AtomicU8,
     /// The queue's depth counter, once the job holds a slot in it.
     slot: OnceLock<Arc<AtomicUsize>>,
@@ -34,13 +36,18 @@ impl Ticket {
     /// Front end, at the queue deadline (or shutdown): expire the job if it has not started. True
     /// if it expired: the front end answers it, its queue slot is free, and the executor will
     /// discard it unrun.
-    pub fn expire(&self) -> bool {
+    pub(crate) fn expire(&self) -> bool {
         self.leave_queue(EXPIRED)
     }
 
     /// The queue: the job now holds one unit of `depth`, released when it leaves the queue.
-    pub(crate) fn hold(&self, depth: Arc<AtomicUsize>) {
+    fn hold(&self, depth: Arc<AtomicUsize>) {
         let _ = self.slot.set(depth);
+    }
+
+    /// True once the job entered a queue (it was admitted).
+    fn is_admitted(&self) -> bool {
+        self.slot.get().is_some()
     }
 
     fn start(&self) -> bool {
@@ -84,13 +91,14 @@ pub struct JobTiming {
     pub run: Duration,
 }
 
-/// The front end's half of a job: waits for the reply.
+/// The front end's half of a queued job: hand it to [`crate::admission::Admission::wait`] for the
+/// one reply.
 #[derive(Debug)]
 pub struct Waiter {
     /// Shared with the job; used to expire it at the queue deadline.
-    pub ticket: Arc<Ticket>,
+    pub(crate) ticket: Arc<Ticket>,
     /// Resolves with the response, or with an error if the job was dropped unanswered.
-    pub reply: oneshot::Receiver<JobResponse>,
+    pub(crate) reply: oneshot::Receiver<JobResponse>,
 }
 
 /// What the executor should do with a job whose turn has come.
@@ -143,9 +151,7 @@ impl Job {
             return Turn::Done;
         }
         if self.admitted_at.elapsed() > queue_timeout {
-            self.finish(Err(HandlerError::Timeout(
-                "waited in queue past queue_timeout_ms".into(),
-            )));
+            self.finish(Err(waited_too_long()));
             return Turn::Done;
         }
         Turn::Run(self)
@@ -153,51 +159,77 @@ impl Job {
 
     /// Answer the job and count its outcome. A client that left meanwhile just never reads it.
     pub fn finish(mut self, result: Result<JobResponse, HandlerError>) {
-        self.counters.record(&result);
-        let mut response = match result {
-            Ok(resp) => resp,
-            Err(e) => text_response(e.status(), &e.to_string()),
-        };
         let now = Instant::now();
         let started = self.started_at.unwrap_or(now);
-        response.extensions_mut().insert(JobTiming {
+        let timing = JobTiming {
             queue_wait: started.saturating_duration_since(self.admitted_at),
             run: now.saturating_duration_since(started),
-        });
+        };
+        let response = respond(&self.counters, result, Some(timing));
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(response);
         }
     }
 
-    /// Forget a job that was never admitted (the queue refused it): no reply, no count.
+    /// The queue admits the job: it holds one unit of the queue's `depth` until it leaves the
+    /// queue, and counts as admitted. Called once, before any executor can see the job.
+    pub(crate) fn admit(&self, depth: Arc<AtomicUsize>) {
+        self.ticket.hold(depth);
+        EndpointCounters::bump(&self.counters.admitted);
+    }
+
+    /// Forget the job without an answer or an outcome (its waiter sees the reply channel close).
+    /// For tests and benchmarks that play the executor; a job the queue refused needs no discard.
     pub fn discard(mut self) {
         self.reply = None;
     }
 
-    /// The ticket, for the queue to attach the job's slot.
-    pub(crate) fn ticket(&self) -> &Ticket {
-        &self.ticket
-    }
-
     /// Answer `503` because the server is shutting down; the job never runs.
     pub fn shed(self) {
-        self.finish(Err(HandlerError::Unavailable(
-            "server shutting down".into(),
-        )));
+        self.finish(Err(shutting_down()));
     }
+}
+
+/// The one place a handler's result becomes its response: count the outcome (completed, timed
+/// out or failed), turn an error into its plain-text status, attach the timing for the access log.
+pub(crate) fn respond(
+    counters: &EndpointCounters,
+    result: Result<JobResponse, HandlerError>,
+    timing: Option<JobTiming>,
+) -> JobResponse {
+    counters.record(&result);
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => text_response(e.status(), &e.to_string()),
+    };
+    if let Some(timing) = timing {
+        response.extensions_mut().insert(timing);
+    }
+    response
+}
+
+/// A job shed because the server is shutting down: `503`.
+pub(crate) fn shutting_down() -> HandlerError {
+    HandlerError::Unavailable("server shutting down".into())
+}
+
+/// A job still queued at its deadline: `504`.
+pub(crate) fn waited_too_long() -> HandlerError {
+    HandlerError::Timeout("waited in queue past queue_timeout_ms".into())
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         // Never got its turn: give its queue slot back.
         self.ticket.leave_queue(EXPIRED);
-        // Dropped with its reply still pending: a crash unwound past it. The front end sees the
-        // closed channel and answers 500; count it here so the sum still adds up.
-        if self.reply.is_some() {
+        // Admitted, and dropped with its reply still pending: a crash unwound past it. The front
+        // end sees the closed channel and answers 500; count it here so the sum still adds up.
+        // (A job the queue refused was never admitted: nothing to count.)
+        if self.reply.is_some() && self.ticket.is_admitted() {
             EndpointCounters::bump(&self.counters.failed);
         }
     }
 }
 
 /// Status for a job whose executor dropped it unanswered.
-pub const DROPPED_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+pub(crate) const DROPPED_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;

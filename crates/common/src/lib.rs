@@ -1,9 +1,10 @@
 //! The contract every fiddler_crab mode and handler obeys.
 //!
-//! A request is admitted into its endpoint's bounded [`queue::HandoffQueue`] in O(1) or treated
-//! as overflow; an idle executor takes the whole pending batch and runs it; the handler's answer
-//! goes back to the waiting connection through a one-shot channel. Nothing here knows which modes
-//! exist: `crab` and `jellyfish` implement [`executor::Executor`].
+//! A request goes to its endpoint's [`admission::Admission`], which runs a cheap handler inline,
+//! admits the job into the bounded [`queue::HandoffQueue`] in O(1), or treats it as overflow, and
+//! counts the outcome; an idle executor takes the whole pending batch and runs it; the handler's
+//! answer goes back to the waiting connection through a one-shot channel. Nothing here runs a
+//! mode: `crab`, `jellyfish` and `adaptive` implement [`executor::Executor`].
 //!
 //! # Layout
 //! - [`handler`]: the handler trait and the request/response types handlers see.
@@ -12,11 +13,15 @@
 //! - [`counters`]: per-endpoint counters that add up.
 //! - [`histogram`]: the lock-free job-time histogram behind `/metrics`.
 //! - [`queue`]: the bounded handoff queue and the batches it hands over.
-//! - [`executor`]: the executor trait, the per-job runner and the dispatcher loop.
-//! - [`endpoint`]: a running endpoint (queue, runner, supervised dispatcher), admission.
+//! - [`executor`]: the executor trait, the per-job runner (its running slots cap inline and
+//!   executor runs together) and the dispatcher loop.
+//! - [`admission`]: one request in, one counted outcome out (inline, queued, refused), and the
+//!   wait for a queued job's reply.
+//! - [`endpoint`]: a running endpoint: config, admission, supervised dispatcher, status.
 //! - [`supervisor`]: restart-with-backoff for threads and tasks; the panic hook.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod builtin;
 pub mod counters;
 pub mod endpoint;

@@ -8,11 +8,15 @@
 //! `depth` counts jobs admitted and not yet started (nor expired), wherever they sit (filling
 //! queue or handed-off batch), so the capacity bounds the wait of every admitted job: at most
 //! `capacity` jobs are ahead of it, whatever the executor's batch size. A job releases its slot
-//! when it leaves the queue (see [`crate::job`]).
+//! when it leaves the queue (see [`crate::job`]). A job is admitted, and counted so, the moment it
+//! enters: a refused one was never admitted and needs nothing undone.
+//!
+//! The queue is open, then closed (a retired endpoint: nothing new, pending jobs still run), or
+//! closed and shedding (shutdown: pending jobs are answered `503`): one atomic state.
 
 use crate::job::Job;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,10 +29,16 @@ pub enum Refused {
     Closed(Job),
 }
 
+/// [`HandoffQueue::state`]: admitting.
+const OPEN: u8 = 0;
+/// Refusing new jobs; pending ones still run.
+const CLOSED: u8 = 1;
+/// Refusing new jobs; pending ones are answered `503` instead of run.
+const SHEDDING: u8 = 2;
+
 #[derive(Debug, Default)]
 struct Filling {
     jobs: VecDeque<Job>,
-    closed: bool,
     /// The executor is asleep in `take_batch`: only then does a push need to wake it (a futex
     /// call), so a busy executor costs the front end no system call per admission.
     waiting: bool,
@@ -39,8 +49,9 @@ struct Filling {
 pub struct HandoffQueue {
     capacity: usize,
     depth: Arc<AtomicUsize>,
-    closed: AtomicBool,
-    shedding: AtomicBool,
+    /// `OPEN`, `CLOSED` or `SHEDDING`; it only moves forward. Read under the `filling` lock where
+    /// it must be exact (a push, the dispatcher's end), with a plain load elsewhere.
+    state: AtomicU8,
     filling: Mutex<Filling>,
     ready: Condvar,
 }
@@ -51,11 +62,9 @@ impl HandoffQueue {
         HandoffQueue {
             capacity,
             depth: Arc::new(AtomicUsize::new(0)),
-            closed: AtomicBool::new(false),
-            shedding: AtomicBool::new(false),
+            state: AtomicU8::new(OPEN),
             filling: Mutex::new(Filling {
                 jobs: VecDeque::with_capacity(capacity.min(4096)),
-                closed: false,
                 waiting: false,
             }),
             ready: Condvar::new(),
@@ -76,15 +85,17 @@ impl HandoffQueue {
     /// The front end asks this before reading a body, so overflow costs nearly nothing.
     #[inline]
     pub fn has_room(&self) -> bool {
-        self.depth.load(Ordering::Relaxed) < self.capacity && !self.closed.load(Ordering::Relaxed)
+        self.depth.load(Ordering::Relaxed) < self.capacity
+            && self.state.load(Ordering::Relaxed) == OPEN
     }
 
-    /// True once [`HandoffQueue::close`] was called.
+    /// True once [`HandoffQueue::close`] (or [`HandoffQueue::close_and_shed`]) was called.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) != OPEN
     }
 
-    /// Admit `job` or give it back. O(1): never waits for the executor.
+    /// Admit `job` (it holds a unit of depth, and counts as admitted) or give it back. O(1): never
+    /// waits for the executor.
     pub fn try_push(&self, job: Job) -> Result<(), Refused> {
         if self.is_closed() {
             return Err(Refused::Closed(job));
@@ -93,12 +104,14 @@ impl HandoffQueue {
             return Err(Refused::Full(job));
         }
         let mut filling = self.lock();
-        if filling.closed {
+        // Under the lock: `close` stores its state before taking the lock, so once it has, no job
+        // gets in behind the dispatcher's last look.
+        if self.is_closed() {
             drop(filling);
             self.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Closed(job));
         }
-        job.ticket().hold(self.depth.clone());
+        job.admit(self.depth.clone());
         filling.jobs.push_back(job);
         let wake = filling.waiting;
         drop(filling);
@@ -128,7 +141,7 @@ impl HandoffQueue {
                 std::mem::swap(&mut filling.jobs, &mut spare);
                 return Some(Batch { jobs: spare });
             }
-            if filling.closed {
+            if self.is_closed() {
                 return None;
             }
             filling.waiting = true;
@@ -142,20 +155,25 @@ impl HandoffQueue {
 
     /// True once pending jobs are to be answered `503` instead of run (shutdown).
     pub fn is_shedding(&self) -> bool {
-        self.shedding.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == SHEDDING
     }
 
     /// Shutdown: refuse new jobs, and have pending ones answered `503` rather than run.
     pub fn close_and_shed(&self) {
-        self.shedding.store(true, Ordering::Release);
-        self.close();
+        self.move_to(SHEDDING);
     }
 
     /// Refuse new jobs from now on and wake the executor. Pending jobs still run (a retired
     /// endpoint after a config reload drains this way); the dispatcher ends once they are done.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.lock().closed = true;
+        self.move_to(CLOSED);
+    }
+
+    /// Move the state forward to `state` (never back), then wake the executor. Taking the lock
+    /// after the store orders it before every later push's and the dispatcher's look.
+    fn move_to(&self, state: u8) {
+        self.state.fetch_max(state, Ordering::AcqRel);
+        drop(self.lock());
         self.ready.notify_all();
     }
 

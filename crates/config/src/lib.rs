@@ -7,10 +7,12 @@
 //! # Layout
 //! - this file: the validated [`Config`] and its parts.
 //! - `raw`: the TOML shape (serde) and its validation into [`Config`].
+//! - [`mode`]: the execution modes, each with its own settings.
 //! - [`light`]: the traffic light's colours and thresholds.
 //! - [`tls`]: the HTTPS certificate settings.
 
 pub mod light;
+pub mod mode;
 mod raw;
 pub mod tls;
 
@@ -22,6 +24,8 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use mode::{Mode, ModeConfig};
 
 /// Paths the front end answers itself; an endpoint may not take them.
 pub const RESERVED_PATHS: &[&str] = &["/status", "/metrics", "/healthz", "/readyz"];
@@ -106,30 +110,6 @@ pub struct LightConfig {
     pub policy: crate::light::LightPolicy,
 }
 
-/// How an endpoint's handed-off batches run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Serial: one job at a time on a dedicated OS thread, FIFO, with a pace wait.
-    Crab,
-    /// Concurrent: a small bounded pool of worker threads.
-    Jellyfish,
-    /// The traffic light picks, per handed-off batch: green → jellyfish at `workers`, yellow →
-    /// jellyfish at `yellow_workers`, red → crab.
-    Adaptive,
-}
-
-impl Mode {
-    /// The name used in config and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Crab => "crab",
-            Mode::Jellyfish => "jellyfish",
-            Mode::Adaptive => "adaptive",
-        }
-    }
-}
-
 /// What happens to a request that finds the queue full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,20 +137,14 @@ pub struct EndpointConfig {
     pub path: String,
     /// Methods allowed; others get `405` with `Allow`.
     pub methods: Vec<Method>,
-    /// Execution mode.
-    pub mode: Mode,
+    /// Execution mode, with the settings only that mode has.
+    pub mode: ModeConfig,
     /// Admitted-but-not-started jobs at most (the handoff queue's capacity).
     pub queue: NonZeroUsize,
     /// What a request that finds the queue full gets.
     pub overflow: Overflow,
     /// A job that waited longer than this is answered `504` and not run.
     pub queue_timeout: Duration,
-    /// Pause between two jobs in crab mode (and in adaptive mode's crab runs).
-    pub pace: Duration,
-    /// Pool size in jellyfish mode and green adaptive batches; `None`: the CPUs the process may use.
-    pub workers: Option<NonZeroUsize>,
-    /// Pool size for yellow adaptive batches; `None`: half of `workers`, at least 1.
-    pub yellow_workers: Option<NonZeroUsize>,
     /// Treat a request as overflow at once when the expected wait (queue depth ÷ concurrency ×
     /// estimated job time) already exceeds `queue_timeout`.
     pub expected_wait_admission: bool,
@@ -224,20 +198,26 @@ pub struct ExecConfig {
 
 impl Config {
     /// Parse and validate TOML text; `file` names the source in errors.
+    ///
+    /// A parse error names the key path serde was at (`endpoint[1].exec.timeout_ms`, tracked by
+    /// `serde_path_to_error`), and the line where toml located the problem.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-            let (key, line) = match e.span() {
-                Some(span) => raw::key_at(text, span.start),
-                None => ("(document)".to_string(), 0),
-            };
-            let problem = e.message().trim().to_string();
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            let problem = e.message().trim();
             ConfigError {
                 file: file.to_string(),
-                key,
-                problem: if line > 0 {
-                    format!("{problem} (line {line})")
+                // An empty path (a syntax error, before any key was read) prints as ".".
+                key: if path == "." {
+                    "(document)".to_string()
                 } else {
-                    problem
+                    path
+                },
+                problem: match e.span() {
+                    Some(span) => format!("{problem} (line {})", line_of(text, span.start)),
+                    None => problem.to_string(),
                 },
             }
         })?;
@@ -276,11 +256,17 @@ impl Config {
     }
 }
 
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.bytes().filter(|&b| b == b'\n').count() + 1
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "listen {}, endpoints:", self.server.listen)?;
         for ep in &self.endpoints {
-            write!(f, " {} ({})", ep.path, ep.mode.as_str())?;
+            write!(f, " {} ({})", ep.path, ep.mode.kind())?;
         }
         Ok(())
     }
@@ -297,6 +283,56 @@ mod tests {
         assert_eq!(e.file, "t.toml");
         assert_eq!(e.key, "endpoint[1].exec.timeout_ms");
         assert!(e.problem.contains("invalid type"), "{e}");
+        assert!(e.problem.ends_with("(line 9)"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_document_and_its_line() {
+        let text = "[[endpoint]]\npath = \"/a\"\nbuiltin = = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "(document)");
+        assert!(e.problem.ends_with("(line 3)"), "{e}");
+    }
+
+    #[test]
+    fn a_key_the_mode_does_not_use_is_an_error_naming_the_modes_that_do() {
+        let text =
+            "[[endpoint]]\npath = \"/p\"\nmode = \"jellyfish\"\npace_ms = 5\nbuiltin = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: endpoint[0].pace_ms: not used by mode \"jellyfish\" (crab and adaptive only)"
+        );
+        let text = "[server]\ndefault_mode = \"crab\"\n[[endpoint]]\npath = \"/p\"\nworkers = 2\nbuiltin = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: endpoint[0].workers: not used by mode \"crab\" (jellyfish and adaptive only)"
+        );
+    }
+
+    #[test]
+    fn each_mode_holds_its_own_settings() {
+        let text = "[[endpoint]]\npath = \"/a\"\nmode = \"adaptive\"\nworkers = 4\nyellow_workers = 2\npace_ms = 7\nbuiltin = \"ping\"\n\
+                    [[endpoint]]\npath = \"/j\"\nmode = \"jellyfish\"\nworkers = 3\nbuiltin = \"ping\"\n\
+                    [[endpoint]]\npath = \"/c\"\npace_ms = 9\nbuiltin = \"ping\"\n";
+        let c = Config::from_toml(text, "t.toml").unwrap();
+        let n = |n| NonZeroUsize::new(n);
+        assert_eq!(
+            c.endpoints[0].mode,
+            ModeConfig::Adaptive {
+                workers: n(4),
+                yellow_workers: n(2),
+                pace: Duration::from_millis(7)
+            }
+        );
+        assert_eq!(c.endpoints[1].mode, ModeConfig::Jellyfish { workers: n(3) });
+        assert_eq!(
+            c.endpoints[2].mode,
+            ModeConfig::Crab {
+                pace: Duration::from_millis(9)
+            }
+        );
     }
 
     #[test]
@@ -310,7 +346,13 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
             (ep.mode, ep.overflow, ep.queue.get()),
-            (Mode::Crab, Overflow::Ignore, 100)
+            (
+                ModeConfig::Crab {
+                    pace: Duration::ZERO
+                },
+                Overflow::Ignore,
+                100
+            )
         );
         assert_eq!(ep.methods, vec![Method::GET, Method::POST]);
         assert!(ep.expected_wait_admission);
@@ -320,8 +362,8 @@ mod tests {
     fn the_server_default_mode_applies_where_an_endpoint_names_none() {
         let text = "[server]\ndefault_mode = \"jellyfish\"\n[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\n[[endpoint]]\npath = \"/q\"\nmode = \"crab\"\nbuiltin = \"ping\"\n";
         let c = Config::from_toml(text, "t.toml").unwrap();
-        assert_eq!(c.endpoints[0].mode, Mode::Jellyfish);
-        assert_eq!(c.endpoints[1].mode, Mode::Crab);
+        assert_eq!(c.endpoints[0].mode.kind(), Mode::Jellyfish);
+        assert_eq!(c.endpoints[1].mode.kind(), Mode::Crab);
     }
 
     #[test]

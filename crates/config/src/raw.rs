@@ -2,7 +2,7 @@
 
 use super::{
     Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
-    Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
+    ModeConfig, Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
 };
 use crate::light::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
@@ -197,8 +197,8 @@ struct RawEndpoint {
     overflow: Overflow,
     #[serde(default = "default_queue_timeout_ms")]
     queue_timeout_ms: u64,
-    #[serde(default)]
-    pace_ms: u64,
+    // The mode's own keys: which mode reads which is `Mode::keys`.
+    pace_ms: Option<u64>,
     workers: Option<usize>,
     yellow_workers: Option<usize>,
     #[serde(default = "default_true")]
@@ -421,6 +421,7 @@ impl RawEndpoint {
         if self.queue > MAX_QUEUE {
             return Err(p.at(key("queue"), format!("must be at most {MAX_QUEUE}")));
         }
+        let mode = self.mode_config(p, at, default_mode)?;
         let handler = match (self.builtin, self.exec) {
             (Some(name), None) => HandlerConfig::Builtin(name),
             (None, Some(exec)) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
@@ -434,6 +435,46 @@ impl RawEndpoint {
                 ))
             }
         };
+        Ok(EndpointConfig {
+            path: self.path,
+            methods,
+            mode,
+            expected_wait_admission: self.expected_wait_admission,
+            queue: p.nonzero(key("queue"), self.queue)?,
+            overflow: self.overflow,
+            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
+            max_body_bytes: self.max_body_bytes,
+            handler,
+        })
+    }
+
+    /// The endpoint's mode (its own, or the server's default) with that mode's settings. A key
+    /// only other modes read is an error, so a setting never silently does nothing.
+    fn mode_config(
+        &self,
+        p: &Problems<'_>,
+        at: &str,
+        default_mode: Mode,
+    ) -> Result<ModeConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        let mode = self.mode.unwrap_or(default_mode);
+        let given = [
+            ("pace_ms", self.pace_ms.is_some()),
+            ("workers", self.workers.is_some()),
+            ("yellow_workers", self.yellow_workers.is_some()),
+        ];
+        for (name, _) in given.iter().filter(|(_, set)| *set) {
+            if !mode.keys().contains(name) {
+                return Err(p.at(
+                    key(name),
+                    format!(
+                        "not used by mode \"{mode}\" ({} only)",
+                        Mode::users_of(name)
+                    ),
+                ));
+            }
+        }
+        let pace = Duration::from_millis(self.pace_ms.unwrap_or(0));
         let workers = self
             .workers
             .map(|w| p.pool_size(key("workers"), w))
@@ -450,19 +491,14 @@ impl RawEndpoint {
                 ));
             }
         }
-        Ok(EndpointConfig {
-            path: self.path,
-            methods,
-            mode: self.mode.unwrap_or(default_mode),
-            workers,
-            yellow_workers,
-            expected_wait_admission: self.expected_wait_admission,
-            queue: p.nonzero(key("queue"), self.queue)?,
-            overflow: self.overflow,
-            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
-            pace: Duration::from_millis(self.pace_ms),
-            max_body_bytes: self.max_body_bytes,
-            handler,
+        Ok(match mode {
+            Mode::Crab => ModeConfig::Crab { pace },
+            Mode::Jellyfish => ModeConfig::Jellyfish { workers },
+            Mode::Adaptive => ModeConfig::Adaptive {
+                workers,
+                yellow_workers,
+                pace,
+            },
         })
     }
 }
@@ -513,54 +549,4 @@ impl RawExec {
             env: self.env.into_iter().collect(),
         })
     }
-}
-
-/// The dotted key (with `[[endpoint]]` indices) at byte `offset` of `text`, and its 1-based line.
-///
-/// toml's errors carry a span, not a key path; this reads the table headers above the span and the
-/// key on its line, so `queue = "x"` in the second endpoint reads `endpoint[1].queue`.
-pub(super) fn key_at(text: &str, offset: usize) -> (String, usize) {
-    let mut table = String::new();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut pos = 0;
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let end = pos + line.len();
-        let trimmed = line.trim();
-        if offset < end || end == text.len() {
-            let key = trimmed
-                .split_once('=')
-                .map(|(k, _)| k.trim().trim_matches('"').to_string());
-            let path = match (table.is_empty(), key) {
-                (true, Some(k)) => k,
-                (false, Some(k)) if !trimmed.starts_with('[') => format!("{table}.{k}"),
-                (true, None) => "(document)".to_string(),
-                _ => table.clone(),
-            };
-            return (path, n + 1);
-        }
-        if let Some(name) = trimmed
-            .strip_prefix("[[")
-            .and_then(|s| s.split_once("]]"))
-            .map(|(s, _)| s.trim())
-        {
-            let idx = counts.entry(name.to_string()).or_insert(0);
-            table = format!("{name}[{idx}]");
-            *idx += 1;
-        } else if let Some(name) = trimmed
-            .strip_prefix('[')
-            .and_then(|s| s.split_once(']'))
-            .map(|(s, _)| s.trim())
-        {
-            // A sub-table of the latest array element keeps its index: [endpoint.exec] -> endpoint[1].exec
-            table = match name
-                .split_once('.')
-                .and_then(|(head, rest)| Some((head, rest, counts.get(head)?)))
-            {
-                Some((head, rest, count)) => format!("{head}[{}].{rest}", count.saturating_sub(1)),
-                None => name.to_string(),
-            };
-        }
-        pos = end;
-    }
-    ("(document)".to_string(), 0)
 }

@@ -10,6 +10,7 @@
 
 use common::executor::{Executor, JobRunner};
 use common::queue::Batch;
+use config::Mode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,8 @@ impl CrabExecutor {
 }
 
 impl Executor for CrabExecutor {
-    fn mode(&self) -> &'static str {
-        "crab"
+    fn mode(&self) -> Mode {
+        Mode::Crab
     }
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
@@ -60,11 +61,11 @@ impl Executor for CrabExecutor {
             if !job.client_gone() {
                 self.pace_wait(runner);
             }
-            let Some(job) = runner.begin(job) else {
-                continue;
-            };
-            runner.run(job);
-            *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            // One at a time: the one running slot (an inline run an adaptive endpoint started
+            // before its light turned red may still hold it for a moment).
+            if runner.run(job, 1) {
+                *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
         }
     }
 }

@@ -1,22 +1,20 @@
-//! Admission: a request enters its endpoint's handoff queue in O(1) or is overflow; then the front
-//! end waits for the one reply, answering `504` itself if the job is still queued at its deadline.
+//! Admission in HTTP: the request goes to its endpoint's [`common::admission::Admission`], and
+//! the outcome comes back as a response (or as silence, for ignored overflow). Deciding and
+//! counting are the admission's; reading the body and speaking HTTP are the front end's.
 //!
-//! Order of checks, cheapest first: declared body size (`413`), queue room (one atomic load; a
-//! full queue is overflow before a single body byte is read), body read (bounded in size and time),
-//! then the real O(1) admission.
+//! Order of checks, cheapest first: declared body size (`413`), `Admission::check` (a few atomic
+//! loads; a full queue is overflow before a single body byte is read), body read (bounded in size
+//! and time), then `Admission::try_admit`: inline answer, queued (wait for the reply), or refused.
 
 use super::{to_body, Answer, Body, Ignored, Step};
-use common::counters::EndpointCounters;
-use common::endpoint::{Admission, Endpoint};
+use common::admission::{Outcome, Refusal};
+use common::endpoint::Endpoint;
 use common::handler::{text_response, JobRequest};
-use common::job::{Job, Waiter, DROPPED_STATUS};
-use common::queue::Refused;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,9 +34,8 @@ pub(super) fn admit(
     if !bodiless && declared_length(&req).is_some_and(|len| len > max_body) {
         return Step::Now(Ok(too_large()));
     }
-    match endpoint.admission() {
-        Admission::Open => {}
-        refused => return Step::Now(overflow(endpoint, refused)),
+    if let Err(refusal) = endpoint.admission().check() {
+        return Step::Now(refused(refusal));
     }
     let (parts, body) = req.into_parts();
     if bodiless {
@@ -59,8 +56,8 @@ pub(super) fn admit(
     }))
 }
 
-/// Run the job inline if it may (a cheap handler, a free slot, nothing queued), else push it into
-/// the queue and wait for its reply.
+/// Hand the request to the endpoint's admission and answer its outcome: an inline answer at
+/// once, a queued job's reply later, or the refusal.
 fn enqueue(
     endpoint: &Arc<Endpoint>,
     timing: bool,
@@ -78,26 +75,15 @@ fn enqueue(
         remote_addr: remote,
         local_addr: local,
     };
-    if let Some(resp) = endpoint.try_inline(&request, timing) {
-        return Step::Now(Ok(to_body(resp)));
-    }
-    let counters = &endpoint.counters;
-    let (job, waiter) = Job::new(request, counters.clone());
-    // Counted before the push so that no outcome can be counted ahead of its admission.
-    EndpointCounters::bump(&counters.admitted);
-    match endpoint.queue.try_push(job) {
-        Ok(()) => {
+    match endpoint.admission().try_admit(request, timing) {
+        Outcome::Inline(answer) => Step::Now(Ok(to_body(answer))),
+        Outcome::Queued(waiter) => {
             let endpoint = endpoint.clone();
-            Step::Later(Box::pin(async move { wait(&endpoint, waiter).await }))
+            Step::Later(Box::pin(async move {
+                Ok(to_body(endpoint.admission().wait(waiter).await))
+            }))
         }
-        Err(refused) => {
-            counters.admitted.fetch_sub(1, Ordering::Relaxed);
-            let job = match refused {
-                Refused::Full(job) | Refused::Closed(job) => job,
-            };
-            job.discard();
-            Step::Now(overflow(endpoint, Admission::Full))
-        }
+        Outcome::Refused(refusal) => Step::Now(refused(refusal)),
     }
 }
 
@@ -126,52 +112,22 @@ async fn read_body(
     }
 }
 
-/// Wait for the job's one reply. At the queue deadline, expire it if it has not started (`504`);
-/// at shutdown, likewise, at once (`503`). A started job is bounded by its handler's own limits.
-async fn wait(endpoint: &Endpoint, waiter: Waiter) -> Answer {
-    let Waiter { ticket, mut reply } = waiter;
-    let shutdown = endpoint.shutdown_notified();
-    tokio::pin!(shutdown);
-    shutdown.as_mut().enable();
-    let (counter, status, reason) = if endpoint.queue.is_shedding() {
-        (
-            &endpoint.counters.failed,
+/// A request that was not admitted: silence (ignored overflow) or a `503`, with `Retry-After` for
+/// rejected overflow.
+fn refused(refusal: Refusal) -> Answer {
+    match refusal {
+        Refusal::OverflowIgnored => Err(Ignored),
+        Refusal::OverflowRejected { retry_after_secs } => {
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later");
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            Ok(resp)
+        }
+        Refusal::ShuttingDown => Ok(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "server shutting down",
-        )
-    } else {
-        tokio::select! {
-            biased;
-            answer = &mut reply => return Ok(delivered(answer)),
-            () = &mut shutdown => {
-                (&endpoint.counters.failed, StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
-            }
-            () = tokio::time::sleep(endpoint.config.queue_timeout) => {
-                (&endpoint.counters.timed_out, StatusCode::GATEWAY_TIMEOUT, "waited in queue past queue_timeout_ms")
-            }
-        }
-    };
-    if ticket.expire() {
-        // Not started: answered here, and the executor will discard it unrun.
-        EndpointCounters::bump(counter);
-        return Ok(error(status, reason));
+        )),
     }
-    Ok(delivered(reply.await))
-}
-
-fn delivered(
-    answer: Result<Response<bytes::Bytes>, tokio::sync::oneshot::error::RecvError>,
-) -> Response<Body> {
-    match answer {
-        Ok(resp) => to_body(resp),
-        // The job was dropped unanswered by a failing executor (already counted as failed).
-        Err(_) => error(DROPPED_STATUS, "the job's executor failed"),
-    }
-}
-
-/// A request that found no room: silence (ignore overflow) or a `503`.
-fn overflow(endpoint: &Endpoint, refused: Admission) -> Answer {
-    endpoint.refuse(refused).map(to_body).ok_or(Ignored)
 }
 
 fn declared_length(req: &Request<Incoming>) -> Option<u64> {

@@ -196,12 +196,15 @@ impl App {
         let endpoints = self.endpoints();
         let min_fill = endpoints
             .iter()
-            .map(|e| e.queue.depth() as f64 / e.queue.capacity().max(1) as f64)
+            .map(|e| {
+                let admission = e.admission();
+                admission.queue_depth() as f64 / admission.queue_capacity().max(1) as f64
+            })
             .fold(f64::INFINITY, f64::min);
         let load = Load {
             red: self.light.current() == Light::Red,
             min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
-            closing: endpoints.iter().any(|e| e.queue.is_closed()),
+            closing: endpoints.iter().any(|e| e.admission().is_closed()),
         };
         self.readiness.check_now(load)
     }
@@ -250,7 +253,7 @@ impl App {
 
     /// The mode of the endpoint at `path`, or `-` for the server's own paths and unknown ones.
     pub fn mode_of(&self, path: &str) -> &'static str {
-        self.with_table(|t| t.find(path).map_or("-", |r| r.endpoint.mode()))
+        self.with_table(|t| t.find(path).map_or("-", |r| r.endpoint.mode().as_str()))
     }
 
     fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {

@@ -16,7 +16,7 @@
 //!   and its wait for the last close.
 //! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
 //! - `router`: path and method to an endpoint or an own path; a listener's [`Role`].
-//! - `admission`: a request into its endpoint's queue, or overflow, turned into HTTP.
+//! - `admission`: a request to its endpoint's admission, and the outcome as HTTP.
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
 //! - [`readiness`]: `/readyz` with hysteresis, on an injectable clock.

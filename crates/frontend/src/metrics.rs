@@ -166,7 +166,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
                 let status = e.status();
                 EndpointScrape {
                     path: e.config.path.clone(),
-                    mode: status.mode,
+                    mode: status.mode.as_str(),
                     counters: status.counters,
                     queue_depth: gauge(status.queue_depth),
                     queue_capacity: gauge(status.queue_capacity),

@@ -16,13 +16,17 @@ pub mod pool;
 use common::executor::{Executor, JobRunner};
 use common::job::Job;
 use common::queue::Batch;
+use config::Mode;
 use pool::Pool;
 use std::sync::Arc;
+
+/// A job for a pool worker: run it through the runner within the batch's concurrency limit.
+type Task = (Job, Arc<JobRunner>, usize);
 
 /// Runs a batch's jobs on a bounded pool of worker threads.
 pub struct JellyfishExecutor {
     workers: usize,
-    pool: Pool<(Job, Arc<JobRunner>)>,
+    pool: Pool<Task>,
 }
 
 impl std::fmt::Debug for JellyfishExecutor {
@@ -37,8 +41,8 @@ impl JellyfishExecutor {
     /// A pool of `workers` threads (at least 1) named after `name`.
     pub fn new(name: &str, workers: usize) -> std::io::Result<JellyfishExecutor> {
         let workers = workers.max(1);
-        let pool = Pool::new(name, workers, |(job, runner): (Job, Arc<JobRunner>)| {
-            runner.begin_and_run(job);
+        let pool = Pool::new(name, workers, |(job, runner, limit): Task| {
+            runner.run(job, limit);
         })?;
         Ok(JellyfishExecutor { workers, pool })
     }
@@ -48,7 +52,9 @@ impl JellyfishExecutor {
         self.workers
     }
 
-    /// Run `batch` with at most `limit` jobs at once (clamped to 1..=workers), FIFO starts.
+    /// Run `batch` with at most `limit` jobs at once (clamped to 1..=workers), FIFO starts. The
+    /// limit holds with the endpoint's inline runs counted in: each job runs in one of the
+    /// runner's `limit` running slots.
     pub fn run_limited(&self, batch: &mut Batch, runner: &Arc<JobRunner>, limit: usize) {
         let limit = limit.clamp(1, self.workers);
         let mut round = self.pool.round();
@@ -56,9 +62,9 @@ impl JellyfishExecutor {
             if round.in_flight() >= limit {
                 round.wait_one();
             }
-            if let Err((job, runner)) = round.submit((job, runner.clone())) {
+            if let Err((job, runner, limit)) = round.submit((job, runner.clone(), limit)) {
                 // No worker can take it (the pool is gone): run it here rather than lose it.
-                runner.begin_and_run(job);
+                runner.run(job, limit);
             }
         }
         round.wait_all();
@@ -71,8 +77,8 @@ impl JellyfishExecutor {
 }
 
 impl Executor for JellyfishExecutor {
-    fn mode(&self) -> &'static str {
-        "jellyfish"
+    fn mode(&self) -> Mode {
+        Mode::Jellyfish
     }
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {

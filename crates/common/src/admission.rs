@@ -1,0 +1,270 @@
+//! Admission: one request in, one outcome out, counted here. The front end only turns the outcome
+//! into HTTP.
+//!
+//! [`Admission::check`] is the O(1) look before a body is read (queue room, expected wait);
+//! [`Admission::try_admit`] then runs a cheap handler inline, or puts the job into the handoff
+//! queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
+//! deadline. Every admitted request is counted `admitted` once (when it enters the queue, or when
+//! its inline run takes a running slot) and gets exactly one outcome; a refused request is counted
+//! `overflowed` once, by [`Admission`] alone.
+
+use crate::counters::{CountersSnapshot, EndpointCounters};
+use crate::executor::{Executor, JobRunner};
+use crate::handler::{text_response, Handler, JobRequest, JobResponse};
+use crate::job::{respond, shutting_down, waited_too_long, Job, JobTiming, Waiter, DROPPED_STATUS};
+use crate::queue::{HandoffQueue, Refused};
+use config::{EndpointConfig, Overflow};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What became of a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Run at once on the caller's thread (a cheap handler with a free running slot and nothing
+    /// queued): here is its answer.
+    Inline(JobResponse),
+    /// In the handoff queue: [`Admission::wait`] for its reply.
+    Queued(Waiter),
+    /// Not admitted.
+    Refused(Refusal),
+}
+
+/// Why a request was not admitted, and so how it is answered. Zero allocation to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Overflow under `overflow = "ignore"`: no answer at all (counted in `overflowed`).
+    OverflowIgnored,
+    /// Overflow under `overflow = "reject"`: `503` with `Retry-After` (counted in `overflowed`).
+    OverflowRejected {
+        /// The expected wait for the work ahead to drain, in whole seconds (1 to 3600).
+        retry_after_secs: u64,
+    },
+    /// The endpoint is shutting down (or retired): `503`, not counted as overflow.
+    ShuttingDown,
+}
+
+/// Why there is no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// The queue is at capacity.
+    Full,
+    /// Admitted now, the job would time out in the queue anyway.
+    TooSlow,
+}
+
+/// An endpoint's admission: its handoff queue, its running slots (through the job runner), its
+/// counters, and the settings that decide between them.
+pub struct Admission {
+    pub(crate) queue: Arc<HandoffQueue>,
+    pub(crate) runner: Arc<JobRunner>,
+    pub(crate) executor: Arc<dyn Executor>,
+    counters: Arc<EndpointCounters>,
+    overflow: Overflow,
+    queue_timeout: Duration,
+    expected_wait_admission: bool,
+    /// Wakes the front ends waiting on queued jobs at shutdown.
+    shutdown: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("runner", &self.runner)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The admission of the endpoint `config`, whose jobs `handler` answers and `executor` runs.
+    pub fn new(
+        config: &EndpointConfig,
+        handler: Arc<dyn Handler>,
+        executor: Arc<dyn Executor>,
+    ) -> Admission {
+        let queue = Arc::new(HandoffQueue::new(config.queue.get()));
+        let counters = Arc::new(EndpointCounters::default());
+        let runner = Arc::new(JobRunner::new(
+            &config.path,
+            handler,
+            queue.clone(),
+            config.queue_timeout,
+            counters.clone(),
+        ));
+        Admission {
+            queue,
+            runner,
+            executor,
+            counters,
+            overflow: config.overflow,
+            queue_timeout: config.queue_timeout,
+            expected_wait_admission: config.expected_wait_admission,
+            shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether a request may be admitted now, before its body is read: room in the queue, and an
+    /// expected wait within the queue timeout. A refusal is counted. O(1): a few atomic loads, no
+    /// lock, no allocation.
+    #[inline]
+    pub fn check(&self) -> Result<(), Refusal> {
+        if !self.queue.has_room() {
+            return Err(if self.queue.is_closed() {
+                Refusal::ShuttingDown
+            } else {
+                self.overflowed(NoRoom::Full)
+            });
+        }
+        if self.expected_wait_admission && self.expected_wait() > self.queue_timeout {
+            return Err(self.overflowed(NoRoom::TooSlow));
+        }
+        Ok(())
+    }
+
+    /// Admit `request`: run it inline if it may (a cheap handler, a concurrent mode, nothing
+    /// queued, a running slot free), else put it into the queue, else refuse it; counted either
+    /// way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
+    pub fn try_admit(&self, request: JobRequest, timing: bool) -> Outcome {
+        if let Some(answer) = self.try_inline(&request, timing) {
+            return Outcome::Inline(answer);
+        }
+        let (job, waiter) = Job::new(request, self.counters.clone());
+        match self.queue.try_push(job) {
+            Ok(()) => Outcome::Queued(waiter),
+            Err(Refused::Full(_)) => Outcome::Refused(self.overflowed(NoRoom::Full)),
+            Err(Refused::Closed(_)) => Outcome::Refused(Refusal::ShuttingDown),
+        }
+    }
+
+    /// The inline run: in one of the same running slots the executor's jobs take, so inline and
+    /// pool runs together never exceed the executor's concurrency. No lock, no allocation, no
+    /// clock read beyond the handler's timing.
+    fn try_inline(&self, request: &JobRequest, timing: bool) -> Option<JobResponse> {
+        // Nothing queued, so FIFO order is kept.
+        if self.queue.depth() != 0
+            || !self.runner.handler_is_inline()
+            || !self.executor.allows_inline()
+        {
+            return None;
+        }
+        let slot = self.runner.try_claim(self.executor.concurrency())?;
+        // Admitted once it has its slot, so no outcome is ever counted ahead of its admission.
+        EndpointCounters::bump(&self.counters.admitted);
+        let (result, run) = self.runner.call(&slot, request);
+        drop(slot);
+        let timing = timing.then_some(JobTiming {
+            queue_wait: Duration::ZERO,
+            run,
+        });
+        Some(respond(&self.counters, result, timing))
+    }
+
+    /// Count an overflow and say how to answer it.
+    fn overflowed(&self, why: NoRoom) -> Refusal {
+        if why == NoRoom::TooSlow {
+            EndpointCounters::bump(&self.counters.shed_by_wait);
+        }
+        EndpointCounters::bump(&self.counters.overflowed);
+        match self.overflow {
+            Overflow::Ignore => Refusal::OverflowIgnored,
+            Overflow::Reject => Refusal::OverflowRejected {
+                retry_after_secs: self.retry_after_secs(),
+            },
+        }
+    }
+
+    /// Wait for a queued job's one reply. At the queue deadline, a job that has not started is
+    /// expired and answered `504`; at shutdown, at once, `503` (counted here: timed out, failed).
+    /// A started job is bounded by its handler's own limits. A job its executor dropped unanswered
+    /// (already counted as failed) is answered `500`.
+    pub async fn wait(&self, waiter: Waiter) -> JobResponse {
+        let Waiter { ticket, mut reply } = waiter;
+        let shutdown = self.shutdown.notified();
+        tokio::pin!(shutdown);
+        shutdown.as_mut().enable();
+        let expired = if self.queue.is_shedding() {
+            shutting_down()
+        } else {
+            tokio::select! {
+                biased;
+                answer = &mut reply => return delivered(answer),
+                () = &mut shutdown => shutting_down(),
+                () = tokio::time::sleep(self.queue_timeout) => waited_too_long(),
+            }
+        };
+        if ticket.expire() {
+            // Not started: answered here, and the executor will discard it unrun.
+            return respond(&self.counters, Err(expired), None);
+        }
+        delivered(reply.await)
+    }
+
+    /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job
+    /// time. Zero until a first job has run.
+    pub fn expected_wait(&self) -> Duration {
+        // Everything ahead of a new job: the queued ones and the ones running now.
+        let ahead = self.queue.depth() + self.runner.running();
+        if ahead == 0 {
+            return Duration::ZERO;
+        }
+        let Some(job_time) = self.runner.job_time() else {
+            return Duration::ZERO;
+        };
+        let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
+        let concurrency = u32::try_from(self.concurrency().max(1)).unwrap_or(u32::MAX);
+        job_time.saturating_mul(ahead) / concurrency
+    }
+
+    /// Seconds a rejected client should wait before retrying: the expected wait for the work
+    /// ahead of it to drain (see [`Admission::expected_wait`]), at least 1, at most an hour.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.expected_wait().as_secs_f64().ceil().clamp(1.0, 3600.0) as u64
+    }
+
+    /// Jobs the executor runs at once now.
+    pub fn concurrency(&self) -> usize {
+        self.executor.concurrency()
+    }
+
+    /// Jobs admitted and not yet started.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    /// The queue's capacity.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    /// Jobs running now (inline runs included).
+    pub fn running(&self) -> usize {
+        self.runner.running()
+    }
+
+    /// True once nothing new is admitted (shutdown, or retired after a reload).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Shutdown: admit nothing new; queued jobs are answered `503` at once (their waiting front
+    /// ends are woken); the running ones finish.
+    pub(crate) fn close(&self) {
+        self.queue.close_and_shed();
+        self.shutdown.notify_waiters();
+    }
+
+    /// Retired after a config reload: admit nothing new, run every queued job.
+    pub(crate) fn retire(&self) {
+        self.queue.close();
+    }
+}
+
+/// The reply a queued job's executor sent, or `500` if it dropped the job unanswered.
+fn delivered(answer: Result<JobResponse, tokio::sync::oneshot::error::RecvError>) -> JobResponse {
+    answer.unwrap_or_else(|_| text_response(DROPPED_STATUS, "the job's executor failed"))
+}
