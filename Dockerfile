@@ -26,15 +26,21 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release-small/fiddler_crab /usr/local/bin/fiddler_crab
 
 FROM ${RUNTIME_IMAGE}
-# python3: exec endpoints such as examples/wordcount.py. tini: PID 1 that forwards signals and
-# reaps orphaned grandchildren of exec commands (fiddler_crab waits for its own children only).
+# python3: exec endpoints such as examples/wordcount.py, and fiddler_worker. tini: PID 1 that
+# forwards signals and reaps orphaned grandchildren of exec commands (fiddler_crab waits for its
+# own children only).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 65532 --user-group --home-dir /nonexistent --no-create-home \
+    && echo /opt/fiddler_crab/python > /usr/lib/python3/dist-packages/fiddler_worker.pth \
+    && groupadd --system --gid 65532 fiddler \
+    && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin fiddler
 COPY --from=builder /usr/local/bin/fiddler_crab /usr/local/bin/fiddler_crab
 COPY examples/ /opt/fiddler_crab/examples/
+# The fiddler_worker helper; the .pth file above makes `python3 -m fiddler_worker` importable
+# without PYTHONPATH (which an exec child does not inherit unless the config passes it).
+COPY python/ /opt/fiddler_crab/python/
 COPY config/ /opt/fiddler_crab/config/
 USER 65532:65532
 WORKDIR /opt/fiddler_crab

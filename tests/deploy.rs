@@ -236,6 +236,13 @@ fn the_dockerfile_builds_release_small_in_stages_and_runs_unprivileged_on_8080()
     for package in ["python3", "ca-certificates"] {
         assert!(install.contains(package), "{package} in the runtime image");
     }
+    let copies = docker.runtime("COPY").join("\n");
+    for dir in ["examples/", "python/"] {
+        assert!(
+            copies.contains(&format!("{dir} /opt/fiddler_crab/{dir}")),
+            "{dir} in the image"
+        );
+    }
     assert_eq!(docker.runtime("EXPOSE"), ["8080"]);
     assert_eq!(docker.runtime("ENV"), ["FIDDLER_CRAB_LISTEN=0.0.0.0:8080"]);
     let user = docker.runtime("USER");
