@@ -26,11 +26,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release-small/fiddler_crab /usr/local/bin/fiddler_crab
 
 FROM ${RUNTIME_IMAGE}
-# python3: exec endpoints such as examples/wordcount.py, and fiddler_worker. tini: PID 1 that
-# forwards signals and reaps orphaned grandchildren of exec commands (fiddler_crab waits for its
-# own children only).
+# python3: exec endpoints such as examples/wordcount.py, and fiddler_worker. No init process is
+# needed: fiddler_crab, PID 1 here, handles SIGTERM/SIGINT/SIGHUP itself and, as a child
+# subreaper, kills and reaps whatever escapes a job's process group (docs/HARDENING.md).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 ca-certificates tini \
+    && apt-get install -y --no-install-recommends python3 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && echo /opt/fiddler_crab/python > /usr/lib/python3/dist-packages/fiddler_worker.pth \
     && groupadd --system --gid 65532 fiddler \
@@ -51,4 +51,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/fiddler_crab"]
+ENTRYPOINT ["/usr/local/bin/fiddler_crab"]
