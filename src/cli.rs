@@ -109,8 +109,23 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// A log filter in `RUST_LOG` syntax (tracing-subscriber's `Targets`), checked now so a typo is a
-/// usage error.
+/// usage error. `Targets` alone would take `verbose` as a target name and log nothing else, so
+/// every directive must be a level or `TARGET=LEVEL`.
 fn parse_log_filter(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("`{directive}` names no target")),
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}`: expected a level ({}) or TARGET=LEVEL",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     text.parse::<tracing_subscriber::filter::Targets>()
         .map(|_| text.to_string())
         .map_err(|e| e.to_string())
@@ -169,6 +184,21 @@ mod tests {
         assert!(err(":http").contains("not a port"));
         assert!(err(":70000").contains("not a port"));
         assert!(err("no-such-host.invalid:80").contains("cannot resolve `no-such-host.invalid`"));
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "info,fiddler_crab::access=off",
+            "hyper=warn, debug",
+        ] {
+            assert_eq!(parse_log_filter(good), Ok(good.to_string()));
+        }
+        for bad in ["verbose", "info,[[", "=info", "hyper=loud"] {
+            assert!(parse_log_filter(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

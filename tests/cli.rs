@@ -133,8 +133,9 @@ async fn listen_accepts_a_bare_port_for_every_interface_and_a_host_name() {
 }
 
 #[test]
-fn a_bad_listen_address_or_port_is_a_usage_error_that_says_what_is_wrong() {
-    let cases: [(Invocation<'_>, &str); 5] = [
+fn a_bad_listen_address_port_or_log_level_is_a_usage_error_that_says_what_is_wrong() {
+    let cases: [(Invocation<'_>, &str); 6] = [
+        ((&["--log-level", "verbose"], &[]), "expected a level"),
         ((&["--listen", "8080"], &[]), "`:8080` or `--port 8080`"),
         ((&["--listen", ":http"], &[]), "`http` is not a port"),
         ((&["--listen", ":65536"], &[]), "`65536` is not a port"),
