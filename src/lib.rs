@@ -27,15 +27,17 @@ use tokio::net::TcpListener;
 pub use adaptive::AdaptiveExecutor;
 pub use config;
 
-/// The embedded default config, with `@EXAMPLES@` still in it.
+/// The embedded default config, with `"@WORDCOUNT_PY@"` still in it.
 pub const DEFAULT_CONFIG_TEMPLATE: &str = include_str!("../config/default.toml");
 
-/// Where the shipped examples live: the source tree this binary was built from.
-pub const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+/// `examples/wordcount.py`, carried inside the binary: the default's `/wordcount` runs it with
+/// `python3 -c`, so an installed binary needs no source tree and writes no file.
+pub const WORDCOUNT_PY: &str = include_str!("../examples/wordcount.py");
 
-/// The embedded default config, ready to parse.
+/// The embedded default config, ready to parse (the script in place as a TOML string).
 pub fn default_config_text() -> String {
-    DEFAULT_CONFIG_TEMPLATE.replace("@EXAMPLES@", EXAMPLES_DIR)
+    let script = toml::Value::String(WORDCOUNT_PY.to_string()).to_string();
+    DEFAULT_CONFIG_TEMPLATE.replace("\"@WORDCOUNT_PY@\"", &script)
 }
 
 /// The embedded default config, validated.

@@ -1,7 +1,8 @@
 //! The `fiddler_crab` binary: parse the command line, load the config, start logging, serve until
 //! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use cli::{Cli, Command, LogFormat};
 use fiddler_crab::config::Config;
 use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
 use frontend::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -12,47 +13,29 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::net::TcpSocket;
 
-/// Puts slow, heavy programs behind bounded, overflow-shedding HTTP endpoints.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// TOML config file; without it the embedded default is served.
-    #[arg(long, short = 'c', global = true)]
-    config: Option<PathBuf>,
-    /// Listen on this address instead of the config's `server.listen`.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Serve HTTPS with a certificate generated at start (development only; its fingerprint is
-    /// logged). Overrides `[server.tls]`'s certificate.
-    #[arg(long)]
-    self_signed: bool,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Validate a config (`--config FILE`, or the embedded default) and exit.
-    Check,
-    /// Print the embedded default config.
-    DefaultConfig,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match &cli.command {
         Some(Command::DefaultConfig) => {
             print!("{}", default_config_text());
             return ExitCode::SUCCESS;
+        }
+        Some(Command::Serve {
+            print_config: true,
+            routes,
+        }) => {
+            return match cli::serve_config_text(routes) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Some(Command::Check) => {
             return match load(&cli) {
@@ -66,11 +49,11 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => {}
+        Some(Command::Serve { .. }) | None => {}
     }
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_level.as_deref());
     common::supervisor::install_panic_hook();
-    let (mut config, registry) = match load(&cli) {
+    let (config, registry) = match load(&cli) {
         Ok(loaded) => loaded,
         Err(message) => {
             tracing::error!(%message, "invalid config");
@@ -78,9 +61,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(listen) = cli.listen {
-        config.server.listen = listen;
-    }
     match run(config, registry, &cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,31 +71,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config to serve: `serve`'s routes, the `--config` file, or the embedded default; then
+/// `--listen` and `--port` over its address. Every source goes through the same loader and check.
 fn load(cli: &Cli) -> Result<(Config, HandlerRegistry), String> {
     let registry = HandlerRegistry::default();
-    let (config, file) = match &cli.config {
-        Some(path) => (Config::from_file(path), path.display().to_string()),
-        None => (default_config(), "<embedded default>".to_string()),
+    let (config, file) = match (&cli.command, &cli.config) {
+        (Some(Command::Serve { .. }), Some(path)) => {
+            return Err(format!(
+                "serve builds its config from the command line; drop --config {} (or FIDDLER_CRAB_CONFIG)",
+                path.display()
+            ))
+        }
+        (Some(Command::Serve { routes, .. }), None) => {
+            let text = cli::serve_config_text(routes)?;
+            let file = "<command line>";
+            (Config::from_toml(&text, file), file.to_string())
+        }
+        (_, Some(path)) => (Config::from_file(path), path.display().to_string()),
+        (_, None) => (default_config(), "<embedded default>".to_string()),
     };
-    let config = config.map_err(|e| e.to_string())?;
+    let mut config = config.map_err(|e| e.to_string())?;
     check(&config, &registry, &file).map_err(|e| e.to_string())?;
+    if let Some(listen) = cli.listen {
+        config.server.listen = listen;
+    }
+    if let Some(port) = cli.port {
+        config.server.listen.set_port(port);
+    }
     Ok((config, registry))
 }
 
-/// Logging to stderr, filtered by `RUST_LOG` (default `info`). The filter is tracing-subscriber's
-/// `Targets` (`warn`, `info,access=off`, `fiddler_crab=debug,hyper=warn`: a level, and per-target
-/// levels), not its regex-based `EnvFilter`: the same directives users write in practice, for
-/// about 350 kB less binary. A directive it cannot parse is reported and `info` used.
-fn init_logging(format: LogFormat) {
+/// Logging to stderr, filtered by `--log-level` (`FIDDLER_CRAB_LOG_LEVEL`), else `RUST_LOG`, else
+/// `info`. The filter is tracing-subscriber's `Targets` (`warn`, `info,access=off`,
+/// `fiddler_crab=debug,hyper=warn`: a level, and per-target levels), not its regex-based
+/// `EnvFilter`: the same directives users write in practice, for about 350 kB less binary.
+/// `--log-level` was checked when parsed; a `RUST_LOG` it cannot parse is reported and `info` used.
+fn init_logging(format: LogFormat, level: Option<&str>) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let (filter, bad) = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
-            Ok(filter) => (filter, None),
-            Err(e) => (default_filter(), Some(format!("RUST_LOG={spec:?}: {e}"))),
+    let (filter, bad) = match level.and_then(|l| l.parse::<Targets>().ok()) {
+        Some(filter) => (filter, None),
+        None => match std::env::var("RUST_LOG") {
+            Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
+                Ok(filter) => (filter, None),
+                Err(e) => (default_filter(), Some(format!("RUST_LOG={spec:?}: {e}"))),
+            },
+            _ => (default_filter(), None),
         },
-        _ => (default_filter(), None),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
@@ -157,7 +160,9 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(listen = %config.server.listen, scheme, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
+        // The bound address, so a port 0 (or a port the config left to --port) can be read here.
+        let bound = main.local_addr()?;
+        tracing::info!(listen = %bound, scheme, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
         if let Some(admin) = config.server.admin_listen {
             tracing::info!(%admin, "status, metrics and probes on the admin listener");
         }
@@ -230,7 +235,7 @@ async fn reload_on_sighup(
             }
         }
         let Some(path) = &path else {
-            tracing::info!("SIGHUP: serving the embedded default, nothing to reload");
+            tracing::info!("SIGHUP: no config file, nothing to reload");
             continue;
         };
         let file = path.display().to_string();

@@ -263,7 +263,7 @@ fn the_printed_default_config_and_the_reference_pass_check() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let dir = TempDir::new("default-config");
     let printed = dir.write("default.toml", &String::from_utf8_lossy(&out.stdout));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("@EXAMPLES@"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("@WORDCOUNT_PY@"));
 
     let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
     for file in [printed.to_str().unwrap(), reference] {

@@ -22,9 +22,16 @@ pub struct Binary {
 impl Binary {
     /// Start it with `args`, logging at `info` without colours.
     pub fn start(args: &[&str]) -> Binary {
+        Binary::start_with(args, |_| {})
+    }
+
+    /// Start it with `args` after `setup` adjusts the command (working directory, environment;
+    /// it may override `RUST_LOG`).
+    pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Binary {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fiddler_crab"));
-        command.args(args);
-        Binary::spawn(command, "info")
+        command.args(args).env("RUST_LOG", "info");
+        setup(&mut command);
+        Binary::spawn(command, None)
     }
 
     /// Start it with `args` allowed at most `open_files` open file descriptors (`ulimit -n` in a
@@ -39,12 +46,22 @@ impl Binary {
             .arg(open_files.to_string())
             .arg(env!("CARGO_BIN_EXE_fiddler_crab"))
             .args(args);
-        Binary::spawn(command, rust_log)
+        Binary::spawn(command, Some(rust_log))
     }
 
-    fn spawn(mut command: Command, rust_log: &str) -> Binary {
+    /// Spawn `command` with its stderr collected. The test's own `FIDDLER_CRAB_*` variables are
+    /// not passed on unless the command sets them itself.
+    fn spawn(mut command: Command, rust_log: Option<&str>) -> Binary {
+        for (name, _) in std::env::vars_os() {
+            let set_here = command.get_envs().any(|(n, _)| n == name);
+            if name.to_string_lossy().starts_with("FIDDLER_CRAB_") && !set_here {
+                command.env_remove(name);
+            }
+        }
+        if let Some(rust_log) = rust_log {
+            command.env("RUST_LOG", rust_log);
+        }
         let mut child = command
-            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -77,6 +94,27 @@ impl Binary {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address the main listener is bound to, from the `serving` log line (so the binary can
+    /// be told port 0); fails if the binary exits first or after [`PATIENCE`].
+    pub async fn wait_serving(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.logged(" serving ") {
+                let listen = log_field(&line, "listen").expect("`listen=` in the serving line");
+                return listen.parse().expect("a socket address after `listen=`");
+            }
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                panic!("the binary exited before serving: {status}\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the binary did not log `serving` within {PATIENCE:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
