@@ -151,4 +151,9 @@ impl Endpoint {
     pub fn is_stopped(&self) -> bool {
         self.dispatcher.is_finished()
     }
+
+    /// Resolves once the dispatcher has drained and stopped.
+    pub async fn stopped(&self) {
+        self.dispatcher.finished().await;
+    }
 }

@@ -45,6 +45,8 @@ impl Backoff {
 pub struct SupervisedThread {
     handle: Option<JoinHandle<()>>,
     restarts: Arc<AtomicU64>,
+    /// Closed (its sender dropped) when the supervisor thread ends: what [`Self::finished`] awaits.
+    done: tokio::sync::watch::Receiver<()>,
 }
 
 impl SupervisedThread {
@@ -59,7 +61,10 @@ impl SupervisedThread {
         let counter = restarts.clone();
         let body = Arc::new(body);
         let worker_name = name.to_string();
+        let (done_tx, done) = tokio::sync::watch::channel(());
         let handle = std::thread::Builder::new().name(format!("{name}-sup")).spawn(move || {
+            // Dropped when this thread ends, however it ends: that wakes `finished`.
+            let _done = done_tx;
             let mut delay = Duration::ZERO;
             loop {
                 let started = Instant::now();
@@ -84,6 +89,7 @@ impl SupervisedThread {
         Ok(SupervisedThread {
             handle: Some(handle),
             restarts,
+            done,
         })
     }
 
@@ -100,6 +106,13 @@ impl SupervisedThread {
     /// True once supervision has ended (the component returned normally).
     pub fn is_finished(&self) -> bool {
         self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Resolves once supervision has ended: awaited, not polled.
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        // Nothing is ever sent: `changed` returns only when the sender is dropped.
+        while done.changed().await.is_ok() {}
     }
 
     /// Wait for supervision to end.

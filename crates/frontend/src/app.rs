@@ -279,4 +279,15 @@ impl App {
     pub fn stopped(&self) -> bool {
         self.all_endpoints().iter().all(|e| e.is_stopped())
     }
+
+    /// Resolves once every endpoint's dispatcher, retired ones included, has drained and
+    /// stopped: each is awaited in turn, and the set is looked at again in case a reload retired
+    /// more meanwhile.
+    pub async fn all_stopped(&self) {
+        while !self.stopped() {
+            for endpoint in self.all_endpoints() {
+                endpoint.stopped().await;
+            }
+        }
+    }
 }

@@ -31,10 +31,6 @@ const KILLED_JOBS_LIMIT: Duration = Duration::from_secs(5);
 /// How long connections have to write their last responses once every job is answered.
 const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// How often the drain looks whether every endpoint's dispatcher has stopped (they are threads;
-/// an endpoint offers no awaitable stop signal).
-const JOBS_STOPPED_POLL: Duration = Duration::from_millis(20);
-
 /// The sockets a server listens on, already bound.
 #[derive(Debug)]
 pub struct Listeners {
@@ -235,9 +231,7 @@ async fn drain(app: &App, connections: &ConnectionTable) {
 
 /// Resolves once every endpoint's dispatcher, retired ones included, has stopped.
 async fn jobs_stopped(app: &App) {
-    while !app.stopped() {
-        tokio::time::sleep(JOBS_STOPPED_POLL).await;
-    }
+    app.all_stopped().await;
 }
 
 fn connection_builder(app: &App) -> Builder<TokioExecutor> {
