@@ -112,7 +112,11 @@ pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<
                 return Err(ConfigError {
                     file: file.to_string(),
                     key: format!("endpoint[{i}].builtin"),
-                    problem: format!("no builtin handler `{name}` (known: {})", registry.names()),
+                    problem: format!(
+                        "no builtin handler `{}` (known: {})",
+                        config::quote(name),
+                        registry.names()
+                    ),
                 });
             }
         }

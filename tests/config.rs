@@ -273,3 +273,133 @@ fn the_printed_default_config_and_the_reference_pass_check() {
     let out = fiddler_crab(&["check"]);
     assert_eq!(out.status.code(), Some(0), "the embedded default: {out:?}");
 }
+
+/// Every numeric key with its accepted range, and the TOML that sets it to `{}`.
+const NUMERIC_KEYS: &[(&str, u64, u64, &str)] = &[
+    ("server.max_connections", 1, 1_048_576, "[server]\nmax_connections = {}\n"),
+    ("server.listen_backlog", 1, 65_535, "[server]\nlisten_backlog = {}\n"),
+    ("server.header_read_timeout_ms", 1, 3_600_000, "[server]\nheader_read_timeout_ms = {}\n"),
+    ("server.idle_timeout_ms", 1, 86_400_000, "[server]\nidle_timeout_ms = {}\n"),
+    ("server.body_read_timeout_ms", 1, 3_600_000, "[server]\nbody_read_timeout_ms = {}\n"),
+    ("server.shutdown_grace_ms", 0, 3_600_000, "[server]\nshutdown_grace_ms = {}\n"),
+    ("server.max_header_bytes", 8192, 1_048_576, "[server]\nmax_header_bytes = {}\n"),
+    ("server.max_requests_per_connection", 1, 1_000_000, "[server]\nmax_requests_per_connection = {}\n"),
+    ("server.max_h2_streams", 1, 4096, "[server]\nmax_h2_streams = {}\n"),
+    ("server.tls.handshake_timeout_ms", 1, 600_000, "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nhandshake_timeout_ms = {}\n"),
+    ("server.tls.hsts_max_age_s", 0, 63_072_000, "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nhsts_max_age_s = {}\n"),
+    ("light.sample_ms", 1, 60_000, "[light]\nsample_ms = {}\n"),
+    ("light.stale_after_ms", 1, 3_600_000, "[light]\nstale_after_ms = {}\n"),
+    ("light.min_dwell_ms", 0, 3_600_000, "[light]\nmin_dwell_ms = {}\n"),
+    ("endpoint[0].queue", 1, 1_000_000, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\nqueue = {}\n"),
+    ("endpoint[0].queue_timeout_ms", 1, 86_400_000, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\nqueue_timeout_ms = {}\n"),
+    ("endpoint[0].pace_ms", 0, 3_600_000, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\npace_ms = {}\n"),
+    ("endpoint[0].workers", 1, 1024, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\nmode = \"jellyfish\"\nworkers = {}\n"),
+    ("endpoint[0].yellow_workers", 1, 1024, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\nmode = \"adaptive\"\nyellow_workers = {}\n"),
+    ("endpoint[0].max_body_bytes", 0, 1 << 30, "[[endpoint]]\npath = \"/p\"\nbuiltin = \"ping\"\nmax_body_bytes = {}\n"),
+    ("endpoint[0].exec.timeout_ms", 1, 86_400_000, "[[endpoint]]\npath = \"/p\"\n[endpoint.exec]\ncommand = [\"true\"]\ntimeout_ms = {}\n"),
+    ("endpoint[0].exec.kill_grace_ms", 0, 600_000, "[[endpoint]]\npath = \"/p\"\n[endpoint.exec]\ncommand = [\"true\"]\nkill_grace_ms = {}\n"),
+    ("endpoint[0].exec.max_output_bytes", 1, 1 << 30, "[[endpoint]]\npath = \"/p\"\n[endpoint.exec]\ncommand = [\"true\"]\nmax_output_bytes = {}\n"),
+];
+
+/// `template` with `value`, plus an endpoint when the template sets none.
+fn with_value(template: &str, value: u64) -> String {
+    let text = template.replace("{}", &value.to_string());
+    if text.contains("[[endpoint]]") {
+        text
+    } else {
+        format!("{text}\n{PING}")
+    }
+}
+
+#[test]
+fn every_numeric_key_is_refused_above_its_maximum_and_below_its_minimum_naming_the_key() {
+    for &(key, min, max, template) in NUMERIC_KEYS {
+        for value in [min, max] {
+            let text = with_value(template, value);
+            let parsed = Config::from_toml(&text, "test.toml");
+            assert!(parsed.is_ok(), "{key} = {value} is in range: {parsed:?}");
+        }
+        let above = with_value(template, max + 1);
+        assert_error(
+            &above,
+            key,
+            &[&format!("{} is out of range ({min} to {max})", max + 1)],
+        );
+        if min > 0 {
+            assert_error(
+                &with_value(template, min - 1),
+                key,
+                &["out of range", &format!("at least {min}")],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bad_value_is_quoted_by_a_short_prefix_and_paths_have_a_length_cap() {
+    let long = "x".repeat(100_000);
+    let e = error_of(&format!("[server]\nlisten = \"{long}\"\n\n{PING}"));
+    assert_eq!(e.key, "server.listen");
+    assert!(e.to_string().len() < 200, "{e}");
+    let e = error_of(&format!("[server]\nlisten = [\"{long}\"]\n\n{PING}"));
+    assert!(e.to_string().len() < 400, "{e}");
+    assert_error(
+        &format!("[[endpoint]]\npath = \"/{long}\"\nbuiltin = \"ping\"\n"),
+        "endpoint[0].path",
+        &["at most 1024"],
+    );
+    assert_error(
+        &format!("[[endpoint]]\npath = \"/p\"\n[endpoint.exec]\ncommand = [\"true\"]\ncwd = \"/{long}\"\n"),
+        "endpoint[0].exec.cwd",
+        &["at most 4096"],
+    );
+    assert_error(
+        &format!("[[endpoint]]\npath = \"/p\"\n[endpoint.exec]\ncommand = [\"/{long}\"]\n"),
+        "endpoint[0].exec.command",
+        &["at most 4096"],
+    );
+    assert_error(
+        &format!("[[endpoint]]\npath = \"/p\"\nbuiltin = \"{long}\"\n"),
+        "endpoint[0].builtin",
+        &["no builtin handler"],
+    );
+    assert!(
+        error_of(&format!(
+            "[[endpoint]]\npath = \"/p\"\nbuiltin = \"{long}\"\n"
+        ))
+        .to_string()
+        .len()
+            < 200
+    );
+}
+
+#[test]
+fn check_refuses_a_huge_max_connections_instead_of_panicking_at_start() {
+    let dir = TempDir::new("check-huge");
+    let text = format!("[server]\nmax_connections = 4611686018427387904\n\n{PING}");
+    let file = dir.write("huge.toml", &text);
+    let file = file.to_str().unwrap();
+    let expected = format!(
+        "error: {file}: server.max_connections: 4611686018427387904 is out of range (1 to 1048576)"
+    );
+    for args in [
+        &["check", "--config", file][..],
+        &["--config", file, "--listen", "127.0.0.1:0"],
+    ] {
+        let out = fiddler_crab(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+}
+
+#[test]
+fn check_of_an_endless_file_ends_in_a_clear_error() {
+    let out = fiddler_crab(&["check", "--config", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: /dev/zero: (file): the file is larger than 1048576 bytes"),
+        "{stderr}"
+    );
+}

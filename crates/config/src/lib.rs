@@ -26,9 +26,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mode::{Mode, ModeConfig};
+pub use raw::quote;
 
 /// Paths the front end answers itself; an endpoint may not take them.
 pub const RESERVED_PATHS: &[&str] = &["/status", "/metrics", "/healthz", "/readyz"];
+
+/// Largest config file read, in bytes (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Characters of a parser's message kept in an error (it may quote a long bad value).
+const MAX_MESSAGE_CHARS: usize = 256;
 
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,23 +222,41 @@ impl Config {
                 } else {
                     path
                 },
+                // serde's messages may quote the bad value: cut them short.
                 problem: match e.span() {
-                    Some(span) => format!("{problem} (line {})", line_of(text, span.start)),
-                    None => problem.to_string(),
+                    Some(span) => format!(
+                        "{} (line {})",
+                        raw::clip(problem, MAX_MESSAGE_CHARS),
+                        line_of(text, span.start)
+                    ),
+                    None => raw::clip(problem, MAX_MESSAGE_CHARS),
                 },
             }
         })?;
         raw.validate(file)
     }
 
-    /// Read, parse and validate a TOML file.
+    /// Read, parse and validate a TOML file of at most [`MAX_CONFIG_BYTES`] (reading stops one
+    /// byte past it, so `/dev/zero` or a runaway file is a clear error, not an allocation).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |problem: String| ConfigError {
             file: file.clone(),
             key: "(file)".to_string(),
-            problem: format!("cannot read: {e}"),
-        })?;
+            problem,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| error(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(error(format!(
+                "the file is larger than {MAX_CONFIG_BYTES} bytes, the most a config may be"
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| error(format!("cannot read: not UTF-8 text ({e})")))?;
         Config::from_toml(&text, &file)
     }
 

@@ -27,6 +27,62 @@ const MAX_HEADER_BYTES: usize = 1024 * 1024;
 /// Largest worker pool accepted: jellyfish is a small pool, not a thread per request.
 const MAX_WORKERS: usize = 1024;
 
+/// An hour, in ms: the longest read deadline, grace or pause accepted.
+const HOUR_MS: u64 = 3_600_000;
+/// A day, in ms: the longest job-time or idle limit accepted.
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// A GiB: the largest body or output limit accepted (both are buffered in memory).
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Accepted ranges (inclusive) of the numeric keys, as `(min, max)`; `config/reference.toml`
+/// documents each beside its key. Every one is far inside what the parts can represent, so a value
+/// that passes `check` never overflows at start.
+mod range {
+    use super::{DAY_MS, GIB, HOUR_MS, MAX_HEADER_BYTES, MAX_QUEUE, MAX_WORKERS, MIN_HEADER_BYTES};
+    pub const MAX_CONNECTIONS: (u64, u64) = (1, 1_048_576);
+    pub const LISTEN_BACKLOG: (u64, u64) = (1, 65_535);
+    pub const READ_TIMEOUT_MS: (u64, u64) = (1, HOUR_MS);
+    pub const IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
+    pub const GRACE_MS: (u64, u64) = (0, HOUR_MS);
+    pub const HEADER_BYTES: (u64, u64) = (MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
+    pub const REQUESTS_PER_CONNECTION: (u64, u64) = (1, 1_000_000);
+    pub const H2_STREAMS: (u64, u64) = (1, 4096);
+    pub const HANDSHAKE_TIMEOUT_MS: (u64, u64) = (1, 600_000);
+    /// Two years, in seconds (preload lists ask for one).
+    pub const HSTS_MAX_AGE_S: (u64, u64) = (0, 63_072_000);
+    pub const SAMPLE_MS: (u64, u64) = (1, 60_000);
+    pub const STALE_AFTER_MS: (u64, u64) = (1, HOUR_MS);
+    pub const MIN_DWELL_MS: (u64, u64) = (0, HOUR_MS);
+    pub const QUEUE: (u64, u64) = (1, MAX_QUEUE as u64);
+    pub const QUEUE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
+    pub const PACE_MS: (u64, u64) = (0, HOUR_MS);
+    pub const WORKERS: (u64, u64) = (1, MAX_WORKERS as u64);
+    pub const MAX_BODY_BYTES: (u64, u64) = (0, GIB);
+    pub const JOB_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
+    pub const KILL_GRACE_MS: (u64, u64) = (0, 600_000);
+    pub const MAX_OUTPUT_BYTES: (u64, u64) = (1, GIB);
+}
+
+/// Longest file path accepted (`cwd`, the program, certificate and key files): Linux's PATH_MAX.
+const MAX_PATH_LEN: usize = 4096;
+/// Longest endpoint path accepted, in bytes.
+const MAX_ENDPOINT_PATH_LEN: usize = 1024;
+/// Characters of a bad value quoted in an error message, at most.
+const QUOTE_CHARS: usize = 64;
+
+/// `value` for an error message: at most 64 characters, then `...`.
+pub fn quote(value: &str) -> String {
+    clip(value, QUOTE_CHARS)
+}
+
+/// `text` cut to `chars` characters, then `...`.
+pub(super) fn clip(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}...", text.get(..end).unwrap_or_default()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -98,14 +154,19 @@ impl RawLight {
                 *slot = raw.into_thresholds();
             }
         }
-        policy.min_dwell = Duration::from_millis(self.min_dwell_ms);
+        policy.min_dwell =
+            p.millis("light.min_dwell_ms", self.min_dwell_ms, range::MIN_DWELL_MS)?;
         policy.validate().map_err(|problem| {
             let (key, rest) = problem.split_once(':').unwrap_or(("", problem.as_str()));
             p.at(format!("light.{}", key.trim()), rest.trim().to_string())
         })?;
         Ok(LightConfig {
-            sample_every: p.millis("light.sample_ms", self.sample_ms)?,
-            stale_after: p.millis("light.stale_after_ms", self.stale_after_ms)?,
+            sample_every: p.millis("light.sample_ms", self.sample_ms, range::SAMPLE_MS)?,
+            stale_after: p.millis(
+                "light.stale_after_ms",
+                self.stale_after_ms,
+                range::STALE_AFTER_MS,
+            )?,
             fail_safe: self.fail_safe,
             policy,
         })
@@ -157,7 +218,7 @@ fn parse_addr(
         Some(a) => a.parse().map(Some).map_err(|_| {
             p.at(
                 key,
-                format!("`{a}` is not an address such as 127.0.0.1:9090"),
+                format!("`{}` is not an address such as 127.0.0.1:9090", quote(a)),
             )
         }),
     }
@@ -279,22 +340,58 @@ impl Problems<'_> {
         }
     }
 
-    fn nonzero(&self, key: impl Into<String>, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    /// `value` if it lies in `min..=max`, else `KEY: VALUE is out of range (MIN to MAX)`.
+    fn in_range<T>(
+        &self,
+        key: impl Into<String>,
+        value: T,
+        (min, max): (u64, u64),
+    ) -> Result<T, ConfigError>
+    where
+        T: Copy + TryInto<u64> + std::fmt::Display,
+    {
+        match value.try_into() {
+            Ok(v) if (min..=max).contains(&v) => Ok(value),
+            Ok(v) if v < min => Err(self.at(
+                key,
+                format!("{value} is out of range ({min} to {max}): must be at least {min}"),
+            )),
+            _ => Err(self.at(key, format!("{value} is out of range ({min} to {max})"))),
+        }
+    }
+
+    /// A count in `range`, whose minimum is at least 1.
+    fn count(
+        &self,
+        key: impl Into<String>,
+        value: usize,
+        range: (u64, u64),
+    ) -> Result<NonZeroUsize, ConfigError> {
+        let key = key.into();
+        let value = self.in_range(key.clone(), value, range)?;
         NonZeroUsize::new(value).ok_or_else(|| self.at(key, "must be at least 1"))
     }
 
-    fn pool_size(&self, key: impl Into<String>, value: usize) -> Result<NonZeroUsize, ConfigError> {
-        match NonZeroUsize::new(value) {
-            Some(n) if value <= MAX_WORKERS => Ok(n),
-            _ => Err(self.at(key, format!("must be between 1 and {MAX_WORKERS}"))),
-        }
+    /// A duration in milliseconds in `range`.
+    fn millis(
+        &self,
+        key: impl Into<String>,
+        ms: u64,
+        range: (u64, u64),
+    ) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(self.in_range(key, ms, range)?))
     }
 
-    fn millis(&self, key: impl Into<String>, ms: u64) -> Result<Duration, ConfigError> {
-        if ms == 0 {
-            return Err(self.at(key, "must be at least 1 (milliseconds)"));
+    /// A file path of at most [`MAX_PATH_LEN`] bytes.
+    fn path(&self, key: impl Into<String>, path: PathBuf) -> Result<PathBuf, ConfigError> {
+        let len = path.as_os_str().len();
+        if len > MAX_PATH_LEN {
+            return Err(self.at(
+                key,
+                format!("the path is {len} bytes long; at most {MAX_PATH_LEN} are accepted"),
+            ));
         }
-        Ok(Duration::from_millis(ms))
+        Ok(path)
     }
 }
 
@@ -327,51 +424,79 @@ impl RawServer {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             p.at(
                 "server.listen",
-                format!("`{}` is not an address such as 127.0.0.1:8080", self.listen),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8080",
+                    quote(&self.listen)
+                ),
             )
         })?;
         Ok(ServerConfig {
             listen,
-            max_connections: p.nonzero("server.max_connections", self.max_connections)?,
-            listen_backlog: match self.listen_backlog {
-                0 => return Err(p.at("server.listen_backlog", "must be at least 1")),
-                n => n,
-            },
-            header_read_timeout: p
-                .millis("server.header_read_timeout_ms", self.header_read_timeout_ms)?,
-            body_read_timeout: p
-                .millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
-            idle_timeout: p.millis("server.idle_timeout_ms", self.idle_timeout_ms)?,
-            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-            max_header_bytes: match self.max_header_bytes {
-                n if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => n,
-                _ => {
-                    return Err(p.at(
-                        "server.max_header_bytes",
-                        format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
-                    ))
-                }
-            },
-            max_requests_per_connection: p.nonzero(
+            max_connections: p.count(
+                "server.max_connections",
+                self.max_connections,
+                range::MAX_CONNECTIONS,
+            )?,
+            listen_backlog: p.in_range(
+                "server.listen_backlog",
+                self.listen_backlog,
+                range::LISTEN_BACKLOG,
+            )?,
+            header_read_timeout: p.millis(
+                "server.header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                range::READ_TIMEOUT_MS,
+            )?,
+            body_read_timeout: p.millis(
+                "server.body_read_timeout_ms",
+                self.body_read_timeout_ms,
+                range::READ_TIMEOUT_MS,
+            )?,
+            idle_timeout: p.millis(
+                "server.idle_timeout_ms",
+                self.idle_timeout_ms,
+                range::IDLE_TIMEOUT_MS,
+            )?,
+            shutdown_grace: p.millis(
+                "server.shutdown_grace_ms",
+                self.shutdown_grace_ms,
+                range::GRACE_MS,
+            )?,
+            max_header_bytes: p.in_range(
+                "server.max_header_bytes",
+                self.max_header_bytes,
+                range::HEADER_BYTES,
+            )?,
+            max_requests_per_connection: p.count(
                 "server.max_requests_per_connection",
                 self.max_requests_per_connection,
+                range::REQUESTS_PER_CONNECTION,
             )?,
-            max_h2_streams: match self.max_h2_streams {
-                0 => return Err(p.at("server.max_h2_streams", "must be at least 1")),
-                n => n,
-            },
+            max_h2_streams: p.in_range(
+                "server.max_h2_streams",
+                self.max_h2_streams,
+                range::H2_STREAMS,
+            )?,
             access_log: self.access_log,
             admin_listen: parse_addr(p, "server.admin_listen", &self.admin_listen)?,
             tls: match self.tls {
                 None => None,
                 Some(t) => Some(TlsConfig {
                     settings: TlsSettings {
-                        cert: t.cert,
-                        key: t.key,
-                        handshake_timeout: p
-                            .millis("server.tls.handshake_timeout_ms", t.handshake_timeout_ms)?,
+                        cert: p.path("server.tls.cert", t.cert)?,
+                        key: p.path("server.tls.key", t.key)?,
+                        handshake_timeout: p.millis(
+                            "server.tls.handshake_timeout_ms",
+                            t.handshake_timeout_ms,
+                            range::HANDSHAKE_TIMEOUT_MS,
+                        )?,
                     },
-                    hsts_max_age: (t.hsts_max_age_s > 0).then_some(t.hsts_max_age_s),
+                    hsts_max_age: Some(p.in_range(
+                        "server.tls.hsts_max_age_s",
+                        t.hsts_max_age_s,
+                        range::HSTS_MAX_AGE_S,
+                    )?)
+                    .filter(|&s| s > 0),
                     redirect_listen: parse_addr(
                         p,
                         "server.tls.redirect_listen",
@@ -391,12 +516,22 @@ impl RawEndpoint {
         default_mode: Mode,
     ) -> Result<EndpointConfig, ConfigError> {
         let key = |k: &str| format!("{at}.{k}");
+        if self.path.len() > MAX_ENDPOINT_PATH_LEN {
+            return Err(p.at(
+                key("path"),
+                format!(
+                    "`{}` is {} bytes long; at most {MAX_ENDPOINT_PATH_LEN} are accepted",
+                    quote(&self.path),
+                    self.path.len()
+                ),
+            ));
+        }
         if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
             return Err(p.at(
                 key("path"),
                 format!(
                     "`{}` must start with `/` and hold no spaces or `?`",
-                    self.path
+                    quote(&self.path)
                 ),
             ));
         }
@@ -412,14 +547,15 @@ impl RawEndpoint {
         let mut methods = Vec::with_capacity(self.methods.len());
         for m in &self.methods {
             let upper = m.to_ascii_uppercase();
-            let method = Method::from_bytes(upper.as_bytes())
-                .map_err(|_| p.at(key("methods"), format!("`{m}` is not an HTTP method")))?;
+            let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                p.at(
+                    key("methods"),
+                    format!("`{}` is not an HTTP method", quote(m)),
+                )
+            })?;
             if !methods.contains(&method) {
                 methods.push(method);
             }
-        }
-        if self.queue > MAX_QUEUE {
-            return Err(p.at(key("queue"), format!("must be at most {MAX_QUEUE}")));
         }
         let mode = self.mode_config(p, at, default_mode)?;
         let handler = match (self.builtin, self.exec) {
@@ -440,10 +576,18 @@ impl RawEndpoint {
             methods,
             mode,
             expected_wait_admission: self.expected_wait_admission,
-            queue: p.nonzero(key("queue"), self.queue)?,
+            queue: p.count(key("queue"), self.queue, range::QUEUE)?,
             overflow: self.overflow,
-            queue_timeout: p.millis(key("queue_timeout_ms"), self.queue_timeout_ms)?,
-            max_body_bytes: self.max_body_bytes,
+            queue_timeout: p.millis(
+                key("queue_timeout_ms"),
+                self.queue_timeout_ms,
+                range::QUEUE_TIMEOUT_MS,
+            )?,
+            max_body_bytes: p.in_range(
+                key("max_body_bytes"),
+                self.max_body_bytes,
+                range::MAX_BODY_BYTES,
+            )?,
             handler,
         })
     }
@@ -474,14 +618,14 @@ impl RawEndpoint {
                 ));
             }
         }
-        let pace = Duration::from_millis(self.pace_ms.unwrap_or(0));
+        let pace = p.millis(key("pace_ms"), self.pace_ms.unwrap_or(0), range::PACE_MS)?;
         let workers = self
             .workers
-            .map(|w| p.pool_size(key("workers"), w))
+            .map(|w| p.count(key("workers"), w, range::WORKERS))
             .transpose()?;
         let yellow_workers = self
             .yellow_workers
-            .map(|w| p.pool_size(key("yellow_workers"), w))
+            .map(|w| p.count(key("yellow_workers"), w, range::WORKERS))
             .transpose()?;
         if let (Some(w), Some(y)) = (workers, yellow_workers) {
             if y > w {
@@ -516,6 +660,15 @@ impl RawExec {
             Some(prog) if prog.is_empty() => {
                 return Err(p.at(key("command"), "the program name is empty"))
             }
+            Some(prog) if prog.len() > MAX_PATH_LEN => {
+                return Err(p.at(
+                    key("command"),
+                    format!(
+                        "the program name is {} bytes long; at most {MAX_PATH_LEN} are accepted",
+                        prog.len()
+                    ),
+                ))
+            }
             Some(_) => {}
         }
         if self.command.iter().any(|a| a.contains('\0')) {
@@ -524,27 +677,36 @@ impl RawExec {
         let content_type = HeaderValue::from_str(&self.content_type).map_err(|_| {
             p.at(
                 key("content_type"),
-                format!("`{}` is not a valid header value", self.content_type),
+                format!(
+                    "`{}` is not a valid header value",
+                    quote(&self.content_type)
+                ),
             )
         })?;
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return Err(p.at(
                     key("env"),
-                    format!("`{k}` is not a usable environment variable"),
+                    format!("`{}` is not a usable environment variable", quote(k)),
                 ));
             }
         }
         Ok(ExecConfig {
             command: self.command,
-            cwd: self.cwd,
+            cwd: self.cwd.map(|c| p.path(key("cwd"), c)).transpose()?,
             output: self.output,
             content_type,
-            timeout: p.millis(key("timeout_ms"), self.timeout_ms)?,
-            kill_grace: Duration::from_millis(self.kill_grace_ms),
-            max_output_bytes: p
-                .nonzero(key("max_output_bytes"), self.max_output_bytes)?
-                .get(),
+            timeout: p.millis(key("timeout_ms"), self.timeout_ms, range::JOB_TIMEOUT_MS)?,
+            kill_grace: p.millis(
+                key("kill_grace_ms"),
+                self.kill_grace_ms,
+                range::KILL_GRACE_MS,
+            )?,
+            max_output_bytes: p.in_range(
+                key("max_output_bytes"),
+                self.max_output_bytes,
+                range::MAX_OUTPUT_BYTES,
+            )?,
             pass_env: self.pass_env,
             env: self.env.into_iter().collect(),
         })
