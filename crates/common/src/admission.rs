@@ -13,7 +13,7 @@ use crate::executor::{Executor, JobRunner};
 use crate::handler::{text_response, Handler, JobRequest, JobResponse};
 use crate::job::{respond, shutting_down, waited_too_long, Job, JobTiming, Waiter, DROPPED_STATUS};
 use crate::queue::{HandoffQueue, Refused};
-use config::{EndpointConfig, Overflow};
+use config::{EndpointConfig, OnClientGone, Overflow};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub struct Admission {
     pub(crate) executor: Arc<dyn Executor>,
     counters: Arc<EndpointCounters>,
     overflow: Overflow,
+    /// `on_client_gone = "stop"`: the handler sees a client that goes away while its job runs.
+    stop_when_client_gone: bool,
     queue_timeout: Duration,
     expected_wait_admission: bool,
     /// Wakes the front ends waiting on queued jobs at shutdown.
@@ -97,6 +99,7 @@ impl Admission {
             executor,
             counters,
             overflow: config.overflow,
+            stop_when_client_gone: config.on_client_gone == OnClientGone::Stop,
             queue_timeout: config.queue_timeout,
             expected_wait_admission: config.expected_wait_admission,
             shutdown: tokio::sync::Notify::new(),
@@ -128,7 +131,10 @@ impl Admission {
         if let Some(answer) = self.try_inline(&request, timing) {
             return Outcome::Inline(answer);
         }
-        let (job, waiter) = Job::new(request, self.counters.clone());
+        let (mut job, waiter) = Job::new(request, self.counters.clone());
+        if self.stop_when_client_gone {
+            job.watch_client();
+        }
         match self.queue.try_push(job) {
             Ok(()) => Outcome::Queued(waiter),
             Err(Refused::Full(_)) => Outcome::Refused(self.overflowed(NoRoom::Full)),
@@ -179,6 +185,9 @@ impl Admission {
     /// (already counted as failed) is answered `500`.
     pub async fn wait(&self, waiter: Waiter) -> JobResponse {
         let Waiter { ticket, mut reply } = waiter;
+        // Dropped with this future: a client that goes away while its job runs is seen by the
+        // handler (`ClientWatch`) on an `on_client_gone = "stop"` endpoint.
+        let _gone = ticket.gone_on_drop();
         let shutdown = self.shutdown.notified();
         tokio::pin!(shutdown);
         shutdown.as_mut().enable();

@@ -1,4 +1,5 @@
-//! Per-endpoint counters that add up: admitted = completed + failed + timed_out + skipped.
+//! Per-endpoint counters that add up: admitted = completed + failed + timed_out + skipped +
+//! client_gone.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -21,6 +22,8 @@ pub struct EndpointCounters {
     pub(crate) timed_out: AtomicU64,
     /// See [`CountersSnapshot::skipped`].
     pub(crate) skipped: AtomicU64,
+    /// See [`CountersSnapshot::client_gone`].
+    pub(crate) client_gone: AtomicU64,
     /// See [`CountersSnapshot::overflowed`].
     pub(crate) overflowed: AtomicU64,
     /// See [`CountersSnapshot::panics`].
@@ -42,6 +45,8 @@ pub struct CountersSnapshot {
     pub timed_out: u64,
     /// Not run because the client had gone before the job's turn came.
     pub skipped: u64,
+    /// Stopped while running because the client went away (`on_client_gone = "stop"`).
+    pub client_gone: u64,
     /// Found the queue full: ignored or rejected. Not admitted, so outside the sum above.
     pub overflowed: u64,
     /// Handler panics caught (each also counted in `failed`).
@@ -63,6 +68,7 @@ impl EndpointCounters {
         let counter = match result {
             Ok(_) => &self.completed,
             Err(e) if e.is_timeout() => &self.timed_out,
+            Err(e) if e.is_client_gone() => &self.client_gone,
             Err(_) => &self.failed,
         };
         Self::bump(counter);
@@ -76,6 +82,7 @@ impl EndpointCounters {
             failed: self.failed.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            client_gone: self.client_gone.load(Relaxed),
             overflowed: self.overflowed.load(Relaxed),
             panics: self.panics.load(Relaxed),
             shed_by_wait: self.shed_by_wait.load(Relaxed),
@@ -86,7 +93,7 @@ impl EndpointCounters {
 impl CountersSnapshot {
     /// Admitted jobs that have an outcome.
     pub fn answered(&self) -> u64 {
-        self.completed + self.failed + self.timed_out + self.skipped
+        self.completed + self.failed + self.timed_out + self.skipped + self.client_gone
     }
 }
 
@@ -94,10 +101,19 @@ impl CountersSnapshot {
 pub trait OutcomeKind {
     /// True if the outcome counts as timed out rather than failed.
     fn is_timeout(&self) -> bool;
+
+    /// True if the job was stopped because its client went away.
+    fn is_client_gone(&self) -> bool {
+        false
+    }
 }
 
 impl OutcomeKind for crate::handler::HandlerError {
     fn is_timeout(&self) -> bool {
         matches!(self, crate::handler::HandlerError::Timeout(_))
+    }
+
+    fn is_client_gone(&self) -> bool {
+        matches!(self, crate::handler::HandlerError::ClientGone(_))
     }
 }

@@ -297,6 +297,7 @@ mod tests {
             body: bytes::Bytes::new(),
             remote_addr: ([127, 0, 0, 1], 1).into(),
             local_addr: ([127, 0, 0, 1], 2).into(),
+            client: Default::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// A request as a handler sees it: fully read, owned, and independent of the connection.
 #[derive(Debug, Clone)]
@@ -21,6 +22,28 @@ pub struct JobRequest {
     pub remote_addr: SocketAddr,
     /// The address of the listener that accepted the connection.
     pub local_addr: SocketAddr,
+    /// Whether the client still waits for the answer: a handler that blocks polls
+    /// [`ClientWatch::is_gone`] and, once it is true, stops its work and returns
+    /// [`HandlerError::ClientGone`]. Never gone where the endpoint says `on_client_gone =
+    /// "finish"` (and for [`ClientWatch::default`], which builders of a request use).
+    pub client: ClientWatch,
+}
+
+/// Tells a running handler whether the client that asked for its job has gone (HTTP/1 connection
+/// closed, HTTP/2 stream reset): cheap to poll (one atomic load), cloneable into helper threads.
+#[derive(Debug, Clone, Default)]
+pub struct ClientWatch(Option<Arc<crate::job::Ticket>>);
+
+impl ClientWatch {
+    /// Watch the client of the job with `ticket`.
+    pub(crate) fn of(ticket: Arc<crate::job::Ticket>) -> ClientWatch {
+        ClientWatch(Some(ticket))
+    }
+
+    /// True once nobody waits for this job's answer any more.
+    pub fn is_gone(&self) -> bool {
+        self.0.as_ref().is_some_and(|t| t.client_gone())
+    }
 }
 
 /// What a handler answers with on success (any status it chooses).
@@ -41,6 +64,11 @@ pub enum HandlerError {
     /// Anything else inside the server: `500`.
     #[error("{0}")]
     Internal(String),
+    /// The client went away while the job ran and the handler stopped it (see [`ClientWatch`]):
+    /// counted as `client_gone`; the answer (`499`, nginx's "client closed request") reaches
+    /// nobody but the access log.
+    #[error("{0}")]
+    ClientGone(String),
 }
 
 impl HandlerError {
@@ -51,6 +79,9 @@ impl HandlerError {
             HandlerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             HandlerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HandlerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HandlerError::ClientGone(_) => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 }

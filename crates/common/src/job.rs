@@ -13,9 +13,10 @@
 //! the queue at once, not when the executor reaches it.
 
 use crate::counters::EndpointCounters;
+use crate::handler::ClientWatch;
 use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
 use hyper::StatusCode;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -30,9 +31,22 @@ pub(crate) struct Ticket {
     state: AtomicU8,
     /// The queue's depth counter, once the job holds a slot in it.
     slot: OnceLock<Arc<AtomicUsize>>,
+    /// Set when the front end stops waiting for the reply (its client went away).
+    gone: AtomicBool,
 }
 
 impl Ticket {
+    /// True once the front end stopped waiting for this job's reply.
+    pub(crate) fn client_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Front end: a guard that marks the client gone when dropped, that is when the wait for the
+    /// reply ends, by an answer (then nobody looks any more) or by the client going away.
+    pub(crate) fn gone_on_drop(&self) -> GoneOnDrop<'_> {
+        GoneOnDrop(self)
+    }
+
     /// Front end, at the queue deadline (or shutdown): expire the job if it has not started. True
     /// if it expired: the front end answers it, its queue slot is free, and the executor will
     /// discard it unrun.
@@ -66,6 +80,15 @@ impl Ticket {
             }
         }
         left
+    }
+}
+
+/// Marks its ticket's client gone when dropped (see [`Ticket::gone_on_drop`]).
+pub(crate) struct GoneOnDrop<'a>(&'a Ticket);
+
+impl Drop for GoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
     }
 }
 
@@ -124,6 +147,12 @@ impl Job {
             started_at: None,
         };
         (job, Waiter { ticket, reply: rx })
+    }
+
+    /// Let the handler see when the client goes away while the job runs
+    /// ([`JobRequest::client`](crate::handler::JobRequest::client)): `on_client_gone = "stop"`.
+    pub fn watch_client(&mut self) {
+        self.request.client = ClientWatch::of(self.ticket.clone());
     }
 
     /// True if the client is gone: nobody waits for the reply.

@@ -230,6 +230,7 @@ mod tests {
             body: Bytes::from(vec![n]),
             remote_addr: ([127, 0, 0, 1], 1).into(),
             local_addr: ([127, 0, 0, 1], 2).into(),
+            client: Default::default(),
         };
         Job::new(request, counters.clone())
     }

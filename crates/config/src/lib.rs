@@ -137,6 +137,18 @@ impl Overflow {
     }
 }
 
+/// What happens to a running job whose client has gone (HTTP/1 connection closed, HTTP/2
+/// stream reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnClientGone {
+    /// The handler is told and stops the job (exec: kills the program and what it started);
+    /// counted as `client_gone`.
+    Stop,
+    /// The job runs to its end; its answer is dropped; counted by its result.
+    Finish,
+}
+
 /// One endpoint (`[[endpoint]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
@@ -150,6 +162,8 @@ pub struct EndpointConfig {
     pub queue: NonZeroUsize,
     /// What a request that finds the queue full gets.
     pub overflow: Overflow,
+    /// What happens to a running job whose client has gone.
+    pub on_client_gone: OnClientGone,
     /// A job that waited longer than this is answered `504` and not run.
     pub queue_timeout: Duration,
     /// Treat a request as overflow at once when the expected wait (queue depth ÷ concurrency ×

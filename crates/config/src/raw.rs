@@ -2,7 +2,7 @@
 
 use super::{
     Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
-    ModeConfig, Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
+    ModeConfig, OnClientGone, Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
 };
 use crate::light::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
@@ -256,6 +256,8 @@ struct RawEndpoint {
     queue: usize,
     #[serde(default = "default_overflow")]
     overflow: Overflow,
+    #[serde(default = "default_on_client_gone")]
+    on_client_gone: OnClientGone,
     #[serde(default = "default_queue_timeout_ms")]
     queue_timeout_ms: u64,
     // The mode's own keys: which mode reads which is `Mode::keys`.
@@ -281,6 +283,9 @@ fn default_true() -> bool {
 }
 fn default_overflow() -> Overflow {
     Overflow::Ignore
+}
+fn default_on_client_gone() -> OnClientGone {
+    OnClientGone::Stop
 }
 fn default_queue_timeout_ms() -> u64 {
     30_000
@@ -578,6 +583,7 @@ impl RawEndpoint {
             expected_wait_admission: self.expected_wait_admission,
             queue: p.count(key("queue"), self.queue, range::QUEUE)?,
             overflow: self.overflow,
+            on_client_gone: self.on_client_gone,
             queue_timeout: p.millis(
                 key("queue_timeout_ms"),
                 self.queue_timeout_ms,

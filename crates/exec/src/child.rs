@@ -16,6 +16,7 @@
 
 use bytes::Bytes;
 use children::{Group, Registry};
+use common::handler::ClientWatch;
 use config::ExecConfig;
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Polling interval of the waiter where the platform cannot wait without reaping.
 const POLL: Duration = Duration::from_millis(10);
 
+/// How often a run looks whether its client has gone (an atomic load each time).
+const CLIENT_POLL: Duration = Duration::from_millis(50);
+
 /// Why a run produced no usable stdout.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -52,6 +56,8 @@ pub(crate) enum Failure {
     Signal(i32),
     /// It ran past the time limit and was killed.
     Timeout,
+    /// Its client went away and it was killed (`on_client_gone = "stop"`).
+    ClientGone,
     /// It wrote more than the output cap and was killed.
     OutputCap,
     /// It exited, but something outside its process group kept stdout open.
@@ -83,9 +89,10 @@ pub(crate) fn run(
     env: BTreeMap<String, OsString>,
     body: Bytes,
     registry: &Arc<Registry>,
+    client: &ClientWatch,
 ) -> Run {
     let mut stderr = String::new();
-    let result = supervise(cfg, env, body, registry, &mut stderr);
+    let result = supervise(cfg, env, body, registry, client, &mut stderr);
     Run { result, stderr }
 }
 
@@ -94,6 +101,7 @@ fn supervise(
     env: BTreeMap<String, OsString>,
     body: Bytes,
     registry: &Arc<Registry>,
+    client: &ClientWatch,
     stderr_out: &mut String,
 ) -> Result<Bytes, Failure> {
     let Some((program, args)) = cfg.command.split_first() else {
@@ -153,9 +161,18 @@ fn supervise(
         })?;
     }
 
-    let exited = match recv_until(&exit_rx, deadline) {
+    let exited = match wait_while_watched(&exit_rx, deadline, client) {
         Ok(status) => status,
-        Err(RecvTimeoutError::Timeout) => {
+        Err(Stopped::ClientGone) => {
+            // Nobody waits for the answer: kill the group and what escaped it at once.
+            guard.group().signal(Signal::SIGKILL);
+            if exit_rx.recv_timeout(DRAIN_BOUND).is_err() {
+                tracing::warn!(pgid = group.pgid(), "program not reaped after SIGKILL");
+            }
+            children::kill_orphans();
+            return Err(Failure::ClientGone);
+        }
+        Err(Stopped::Timeout) => {
             stop(guard.group(), &exit_rx, cfg.kill_grace);
             // Whatever escaped the group (setsid) and outlived its parent is ours now: kill it,
             // so it neither runs on nor holds the pipes open.
@@ -163,7 +180,7 @@ fn supervise(
             *stderr_out = recv_until(&err_rx, Instant::now() + DRAIN_BOUND).unwrap_or_default();
             return Err(Failure::Timeout);
         }
-        Err(RecvTimeoutError::Disconnected) => {
+        Err(Stopped::Disconnected) => {
             return Err(Failure::Internal("lost the program's waiter thread".into()));
         }
     };
@@ -188,6 +205,32 @@ fn supervise(
         (Some(code), _) => Err(Failure::Exit(code)),
         (None, Some(signal)) => Err(Failure::Signal(signal)),
         (None, None) => Err(Failure::Internal(format!("unknown exit status {status}"))),
+    }
+}
+
+/// Why [`wait_while_watched`] stopped waiting for the program's exit.
+enum Stopped {
+    Timeout,
+    ClientGone,
+    Disconnected,
+}
+
+/// Wait for the program's exit status until `deadline`, looking every [`CLIENT_POLL`] whether
+/// the client has gone.
+fn wait_while_watched<T>(
+    exit_rx: &Receiver<T>,
+    deadline: Instant,
+    client: &ClientWatch,
+) -> Result<T, Stopped> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exit_rx.recv_timeout(left.min(CLIENT_POLL)) {
+            Ok(status) => return Ok(status),
+            Err(RecvTimeoutError::Disconnected) => return Err(Stopped::Disconnected),
+            Err(RecvTimeoutError::Timeout) if left <= CLIENT_POLL => return Err(Stopped::Timeout),
+            Err(RecvTimeoutError::Timeout) if client.is_gone() => return Err(Stopped::ClientGone),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
     }
 }
 

@@ -199,6 +199,7 @@ mod tests {
             body: Bytes::from_static(body),
             remote_addr: "192.0.2.7:41000".parse().unwrap(),
             local_addr: "127.0.0.1:8080".parse().unwrap(),
+            client: Default::default(),
         }
     }
 

@@ -72,6 +72,9 @@ impl ExecHandler {
                 "ran past timeout_ms ({} ms) and was killed",
                 self.cfg.timeout.as_millis()
             )),
+            Failure::ClientGone => {
+                HandlerError::ClientGone("the client went away; the program was killed".into())
+            }
             Failure::OutputCap => HandlerError::BadGateway(format!(
                 "output exceeded max_output_bytes ({})",
                 self.cfg.max_output_bytes
@@ -87,7 +90,13 @@ impl ExecHandler {
 impl Handler for ExecHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
         let env = env::child_env(&self.endpoint, &self.cfg, req);
-        let run = child::run(&self.cfg, env, req.body.clone(), &self.registry);
+        let run = child::run(
+            &self.cfg,
+            env,
+            req.body.clone(),
+            &self.registry,
+            &req.client,
+        );
         let result =
             run.result
                 .map_err(|failure| self.error(failure))

@@ -46,6 +46,7 @@ fn request(uri: &str, body: impl Into<Bytes>) -> JobRequest {
         body: body.into(),
         remote_addr: "127.0.0.1:50000".parse().unwrap(),
         local_addr: "127.0.0.1:8080".parse().unwrap(),
+        client: Default::default(),
     }
 }
 
@@ -298,7 +299,7 @@ fn stderr_is_captured_and_bounded_without_blocking_the_child() {
     let cfg = sh(script);
     let registry = Arc::new(Registry::new());
     let env = env::child_env("/run", &cfg, &request("/run", ""));
-    let out = child::run(&cfg, env, Bytes::new(), &registry);
+    let out = child::run(&cfg, env, Bytes::new(), &registry, &Default::default());
     assert!(
         matches!(out.result, Err(Failure::Exit(1))),
         "{:?}",

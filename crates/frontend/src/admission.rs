@@ -74,6 +74,7 @@ fn enqueue(
         body,
         remote_addr: remote,
         local_addr: local,
+        client: Default::default(),
     };
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Inline(answer) => Step::Now(Ok(to_body(answer))),

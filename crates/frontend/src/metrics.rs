@@ -67,6 +67,11 @@ const COUNTERS: &[(&str, &str, CounterOf)] = &[
         |c| c.skipped,
     ),
     (
+        "requests_client_gone",
+        "Admitted requests stopped while running because the client went away.",
+        |c| c.client_gone,
+    ),
+    (
         "requests_overflowed",
         "Requests that found no room: ignored or rejected.",
         |c| c.overflowed,
