@@ -7,6 +7,7 @@
 //!   shutdown future resolves.
 //! - [`default_config`]: the embedded default config.
 //! - [`Reloader`]: applies a new config to a running server (SIGHUP).
+//! - `check`: [`check_files`], what a config names on disk exists and can be used.
 #![deny(missing_docs)]
 
 use common::builtin::{Echo, Ping};
@@ -15,6 +16,7 @@ use common::executor::Executor;
 use common::handler::Handler;
 use config::{Config, ConfigError, EndpointConfig, HandlerConfig, ModeConfig};
 use exec::{ExecHandler, Registry as ChildRegistry};
+use frontend::auth::{Guard, Guards};
 use frontend::readiness::Readiness;
 use frontend::{serve, serve_all, App, Listeners};
 use light::{available_parallelism_with_quota, TrafficLight};
@@ -24,7 +26,10 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+mod check;
+
 pub use adaptive::AdaptiveExecutor;
+pub use check::check_files;
 pub use config;
 
 /// The embedded default config, with `"@WORDCOUNT_PY@"` still in it.
@@ -94,6 +99,9 @@ pub enum BuildError {
     /// The config names something that does not exist.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A token file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] frontend::auth::AuthError),
     /// A thread could not be started.
     #[error("cannot start endpoint {path}: {source}")]
     Start {
@@ -122,6 +130,30 @@ pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<
         }
     }
     Ok(())
+}
+
+/// Read the token file of every guarded endpoint (and of the server's own paths when
+/// `protect_admin`); a file shared by several is read once.
+pub fn load_guards(config: &Config) -> Result<Guards, frontend::auth::AuthError> {
+    let mut by_file: HashMap<std::path::PathBuf, Arc<Guard>> = HashMap::new();
+    let mut load = |auth: &config::AuthConfig| -> Result<Arc<Guard>, frontend::auth::AuthError> {
+        if let Some(guard) = by_file.get(&auth.bearer_tokens_file) {
+            return Ok(guard.clone());
+        }
+        let guard = Arc::new(Guard::load(auth)?);
+        by_file.insert(auth.bearer_tokens_file.clone(), guard.clone());
+        Ok(guard)
+    };
+    let mut guards = Guards::default();
+    for ep in &config.endpoints {
+        if let Some(auth) = &ep.auth {
+            guards.endpoints.insert(ep.path.clone(), load(auth)?);
+        }
+    }
+    if let (true, Some(auth)) = (config.server.protect_admin, &config.server.auth) {
+        guards.admin = Some(load(auth)?);
+    }
+    Ok(guards)
 }
 
 /// The executor for an endpoint's mode; adaptive endpoints read `light`.
@@ -227,6 +259,7 @@ impl Server {
         readiness: Readiness,
     ) -> Result<Server, BuildError> {
         check(config, registry, "config")?;
+        let guards = load_guards(config)?;
         // Descendants that escape their job's process group come back to us to be killed.
         if let Err(e) = children::become_subreaper() {
             tracing::warn!(cause = %e, "not a child subreaper: a process that leaves its job's process group can outlive the job");
@@ -240,7 +273,8 @@ impl Server {
         Ok(Server {
             app: Arc::new(
                 App::new(config.server.clone(), endpoints, children, light)
-                    .with_readiness(readiness),
+                    .with_readiness(readiness)
+                    .with_guards(&guards),
             ),
             registry: registry.clone(),
         })
@@ -296,6 +330,8 @@ impl Reloader {
     /// admitted is lost. On error nothing changes.
     pub fn apply(&self, config: &Config) -> Result<ReloadSummary, BuildError> {
         check(config, &self.registry, "config")?;
+        // Token files are read again on every reload, whether or not their endpoint changed.
+        let guards = load_guards(config)?;
         let mut kept = 0;
         let mut started: Vec<Arc<Endpoint>> = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -326,7 +362,7 @@ impl Reloader {
                 }
             }
         }
-        let retired = self.app.swap_endpoints(endpoints);
+        let retired = self.app.swap_endpoints(endpoints, &guards);
         Ok(ReloadSummary {
             kept,
             started: started.len(),

@@ -4,7 +4,9 @@
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use fiddler_crab::config::Config;
-use fiddler_crab::{check, default_config, default_config_text, HandlerRegistry, Reloader, Server};
+use fiddler_crab::{
+    check, check_files, default_config, default_config_text, HandlerRegistry, Reloader, Server,
+};
 use frontend::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
 use frontend::{Listeners, Tls};
 use std::net::SocketAddr;
@@ -91,7 +93,7 @@ fn load(cli: &Cli) -> Result<(Config, HandlerRegistry), String> {
         (_, None) => (default_config(), "<embedded default>".to_string()),
     };
     let mut config = config.map_err(|e| e.to_string())?;
-    check(&config, &registry, &file).map_err(|e| e.to_string())?;
+    checked(&config, &registry, &file)?;
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
@@ -99,6 +101,18 @@ fn load(cli: &Cli) -> Result<(Config, HandlerRegistry), String> {
         config.server.listen.set_port(port);
     }
     Ok((config, registry))
+}
+
+/// The builtin check, then the file-system check: every problem found, one `FILE: KEY: PROBLEM`
+/// per line.
+fn checked(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<(), String> {
+    check(config, registry, file).map_err(|e| e.to_string())?;
+    let problems = check_files(config, file);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Err(lines.join("\n"))
 }
 
 /// Logging to stderr, filtered by `--log-level` (`FIDDLER_CRAB_LOG_LEVEL`), else `RUST_LOG`, else
@@ -148,7 +162,13 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
         let server = Server::build(&config, &registry)?;
         let (tls, certs) = tls_for(&config, self_signed)?;
         let listen = config.server.listen;
-        tokio::spawn(reload_on_sighup(server.reloader(), config_path, registry, listen, certs));
+        tokio::spawn(reload_on_sighup(
+            server.reloader(),
+            config_path,
+            registry,
+            listen,
+            certs,
+        ));
         let main = bind(config.server.listen, config.server.listen_backlog).await?;
         let admin = match config.server.admin_listen {
             Some(addr) => Some(bind(addr, config.server.listen_backlog).await?),
@@ -162,14 +182,29 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The bound address, so a port 0 (or a port the config left to --port) can be read here.
         let bound = main.local_addr()?;
-        tracing::info!(listen = %bound, scheme, endpoints = ?config.paths().collect::<Vec<_>>(), "serving");
+        // tracing has no stable way to log a list as a JSON array (its `valuable` support is
+        // unstable), so the list is JSON text: a JSON array in human logs, a string holding one
+        // in JSON logs (decode the field once more to get the array).
+        let paths: Vec<&str> = config.paths().collect();
+        let endpoints = serde_json::to_string(&paths).unwrap_or_default();
+        tracing::info!(listen = %bound, scheme, endpoints = %endpoints, "serving");
         if let Some(admin) = config.server.admin_listen {
             tracing::info!(%admin, "status, metrics and probes on the admin listener");
         }
         if let (Some(addr), true) = (redirect_addr, redirect.is_some()) {
             tracing::info!(redirect = %addr, "plain HTTP redirects to HTTPS");
         }
-        server.run_all(Listeners { main, admin, redirect, tls }, shutdown_signal()).await;
+        server
+            .run_all(
+                Listeners {
+                    main,
+                    admin,
+                    redirect,
+                    tls,
+                },
+                shutdown_signal(),
+            )
+            .await;
         Ok(())
     })
 }
@@ -239,7 +274,9 @@ async fn reload_on_sighup(
             continue;
         };
         let file = path.display().to_string();
-        let loaded = Config::from_file(path).and_then(|c| check(&c, &registry, &file).map(|()| c));
+        let loaded = Config::from_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| checked(&c, &registry, &file).map(|()| c));
         let mut config = match loaded {
             Ok(config) => config,
             Err(e) => {

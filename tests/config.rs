@@ -403,3 +403,79 @@ fn check_of_an_endless_file_ends_in_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A file under the tls fixtures (test material only).
+fn tls_fixture(name: &str) -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/frontend/src/tls/fixtures/"
+    )
+    .to_string()
+        + name
+}
+
+#[test]
+fn check_finds_missing_programs_scripts_directories_and_tls_files() {
+    let dir = TempDir::new("check-files");
+    let script = dir.write("here.py", "print('hi')\n");
+    let text = format!(
+        r#"
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+
+[[endpoint]]
+path = "/fine"
+[endpoint.exec]
+command = ["sh", "{script}", "--flag", "plain words / not a file"]
+
+[[endpoint]]
+path = "/no-program"
+[endpoint.exec]
+command = ["fiddler-crab-no-such-program"]
+
+[[endpoint]]
+path = "/no-script"
+[endpoint.exec]
+command = ["python3", "/srv/x.py"]
+
+[[endpoint]]
+path = "/no-cwd"
+[endpoint.exec]
+command = ["sh", "run.sh"]
+cwd = "/nonexistent/fiddler-crab-dir"
+
+[[endpoint]]
+path = "/relative"
+[endpoint.exec]
+command = ["sh", "here.py", "missing.sh"]
+cwd = "{dir}"
+"#,
+        cert = tls_fixture("a.pem"),
+        key = tls_fixture("b.key"),
+        script = script.display(),
+        dir = dir.path().display(),
+    );
+    let file = dir.write("t.toml", &text);
+    let file = file.to_str().unwrap();
+    let out = fiddler_crab(&["check", "--config", file]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        format!("{file}: endpoint[1].exec.command[0]: fiddler-crab-no-such-program is not found on PATH"),
+        format!("{file}: endpoint[2].exec.command[1]: /srv/x.py does not exist"),
+        format!("{file}: endpoint[3].exec.cwd: /nonexistent/fiddler-crab-dir does not exist"),
+        format!("{file}: endpoint[4].exec.command[2]: missing.sh does not exist"),
+        format!("{file}: server.tls: "),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("endpoint[0]"), "{stderr}");
+    assert!(!stderr.contains("endpoint[4].exec.command[1]"), "{stderr}");
+    assert_eq!(stderr.matches(&format!("{file}: ")).count(), 5, "{stderr}");
+
+    // The server's start runs the same check, and refuses to start.
+    let out = fiddler_crab(&["--config", file, "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/srv/x.py does not exist"));
+}

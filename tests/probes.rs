@@ -340,8 +340,18 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
+/// `GET /metrics` asking for OpenMetrics.
+fn openmetrics_request() -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = request("GET", "/metrics", "");
+    req.headers_mut().insert(
+        hyper::header::ACCEPT,
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0"),
+    );
+    req
+}
+
 async fn scrape(server: &TestServer) -> Vec<Sample> {
-    let reply = server.get("/metrics").await;
+    let reply = server.client().send(openmetrics_request()).await;
     assert_eq!(reply.status, StatusCode::OK);
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(
@@ -475,7 +485,7 @@ async fn the_admin_listener_serves_only_the_servers_own_paths() {
     let status: serde_json::Value =
         serde_json::from_slice(&admin.get("/status").await.body).unwrap();
     assert_eq!(status["endpoints"]["/work"]["counters"]["admitted"], 1);
-    let metrics = parse_openmetrics(&admin.get("/metrics").await.text());
+    let metrics = parse_openmetrics(&admin.send(openmetrics_request()).await.text());
     assert_eq!(
         value(&metrics, "requests_completed_total", WORK_LABELS),
         1.0

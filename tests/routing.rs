@@ -136,3 +136,77 @@ async fn many_endpoints_route_by_hash_with_the_same_answers() {
     }
     server.shutdown().await;
 }
+
+/// The raw bytes of `METHOD path` with `Connection: close`.
+fn raw_request(method: &str, path: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: fiddler.test\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// The head (status line and headers, lowercased) and the body of a raw HTTP/1.1 reply.
+fn split_reply(bytes: &[u8]) -> (String, Vec<u8>) {
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    (
+        String::from_utf8_lossy(&bytes[..at]).to_ascii_lowercase(),
+        bytes[at + 4..].to_vec(),
+    )
+}
+
+fn content_length(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_wherever_get_is_with_the_same_headers_and_no_body() {
+    let toml = r#"
+[[endpoint]]
+path = "/ping"
+methods = ["GET"]
+builtin = "ping"
+
+[[endpoint]]
+path = "/hello"
+methods = ["GET"]
+expected_wait_admission = false
+[endpoint.exec]
+command = ["sh", "-c", "printf 'hello from %s' \"$REQUEST_METHOD\""]
+"#;
+    let server = TestServer::start(toml).await;
+    let client = server.client();
+    for path in ["/ping", "/hello", "/status", "/metrics"] {
+        let (get_head, get_body) = split_reply(&client.raw(&raw_request("GET", path)).await);
+        let (head_head, head_body) = split_reply(&client.raw(&raw_request("HEAD", path)).await);
+        assert!(
+            head_head.starts_with("http/1.1 200"),
+            "HEAD {path}: {head_head}"
+        );
+        assert!(
+            head_body.is_empty(),
+            "HEAD {path} sent a body: {head_body:?}"
+        );
+        assert!(!get_body.is_empty(), "GET {path}");
+        if path == "/ping" {
+            // Same headers, Content-Length included (the exec body names the method, so differs).
+            assert_eq!(
+                content_length(&head_head),
+                content_length(&get_head),
+                "{path}"
+            );
+        }
+        assert!(
+            content_length(&head_head).is_some(),
+            "HEAD {path}: {head_head}"
+        );
+    }
+    // An endpoint listing GET accepts HEAD, and its 405 says so.
+    let reply = server.post("/ping", "").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow").as_deref(), Some("GET, HEAD"));
+    assert_eq!(server.counters("/hello").admitted, 2);
+    server.shutdown().await;
+}

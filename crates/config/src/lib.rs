@@ -86,11 +86,65 @@ pub struct ServerConfig {
     pub max_h2_streams: u32,
     /// Write one access-log line per answered request (never for ignored overflow).
     pub access_log: bool,
+    /// The credentials every endpoint asks for unless it says otherwise (`[server.auth]`).
+    pub auth: Option<AuthConfig>,
+    /// `/status`, `/metrics`, `/healthz` and `/readyz` ask for the `[server.auth]` credentials
+    /// too; default false (open, for probes and scrapers).
+    pub protect_admin: bool,
+    /// Which query parameter values the access log hides; default none.
+    pub access_log_redact_query: QueryRedaction,
     /// A separate listener for `/status`, `/metrics`, `/healthz` and `/readyz` (which the main
     /// listener then no longer answers).
     pub admin_listen: Option<SocketAddr>,
     /// HTTPS on the main listener.
     pub tls: Option<TlsConfig>,
+}
+
+/// Who may call an endpoint (`[server.auth]`, `[endpoint.auth]`): a request must carry
+/// `Authorization: Bearer TOKEN` with a token from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// One token per line; blank lines and lines starting with `#` are ignored. Re-read on
+    /// SIGHUP.
+    pub bearer_tokens_file: PathBuf,
+}
+
+/// The query parameter values the access log replaces with `REDACTED`
+/// (`server.access_log_redact_query`: `false`, `true`, or a list of parameter names).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryRedaction {
+    /// The query is logged as sent (`false`, the default).
+    #[default]
+    None,
+    /// Every parameter's value is redacted (`true`).
+    All,
+    /// The values of these parameters are redacted.
+    Params(Vec<String>),
+}
+
+impl QueryRedaction {
+    /// `query` as the access log shows it: each `name=value` pair whose value is to be hidden
+    /// becomes `name=REDACTED`.
+    pub fn apply(&self, query: &str) -> String {
+        let names = match self {
+            QueryRedaction::None => return query.to_string(),
+            QueryRedaction::All => None,
+            QueryRedaction::Params(names) => Some(names),
+        };
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+                let hide = names.is_none_or(|names| names.iter().any(|n| n == name));
+                if hide && pair.contains('=') {
+                    format!("{name}=REDACTED")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        pairs.join("&")
+    }
 }
 
 /// HTTPS on the main listener (`[server.tls]`).
@@ -154,7 +208,7 @@ pub enum OnClientGone {
 pub struct EndpointConfig {
     /// Exact request path, starting with `/`.
     pub path: String,
-    /// Methods allowed; others get `405` with `Allow`.
+    /// Methods allowed; others get `405` with `Allow`. `HEAD` is added wherever `GET` is.
     pub methods: Vec<Method>,
     /// Execution mode, with the settings only that mode has.
     pub mode: ModeConfig,
@@ -173,6 +227,9 @@ pub struct EndpointConfig {
     pub max_body_bytes: u64,
     /// What runs the request.
     pub handler: HandlerConfig,
+    /// The credentials a request must carry: the endpoint's `[endpoint.auth]`, else the
+    /// server's `[server.auth]` unless `auth = false`; `None` is open.
+    pub auth: Option<AuthConfig>,
 }
 
 /// What runs an endpoint's requests.
@@ -316,6 +373,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_redaction_hides_the_values_asked_for() {
+        let parse = |line: &str| {
+            Config::from_toml(
+                &format!("[server]\n{line}\n[[endpoint]]\npath = \"/a\"\nbuiltin = \"ping\"\n"),
+                "t.toml",
+            )
+            .unwrap()
+            .server
+            .access_log_redact_query
+        };
+        let q = "token=s3cret&page=2&flag";
+        assert_eq!(parse("").apply(q), q);
+        assert_eq!(parse("access_log_redact_query = false").apply(q), q);
+        assert_eq!(
+            parse("access_log_redact_query = true").apply(q),
+            "token=REDACTED&page=REDACTED&flag"
+        );
+        assert_eq!(
+            parse("access_log_redact_query = [\"token\"]").apply(q),
+            "token=REDACTED&page=2&flag"
+        );
+    }
+
+    #[test]
     fn errors_name_the_key_with_its_endpoint_index() {
         let text = "[[endpoint]]\npath = \"/a\"\nbuiltin = \"ping\"\n\n[[endpoint]]\npath = \"/b\"\n[endpoint.exec]\ncommand = [\"x\"]\ntimeout_ms = \"soon\"\n";
         let e = Config::from_toml(text, "t.toml").unwrap_err();
@@ -393,7 +474,7 @@ mod tests {
                 100
             )
         );
-        assert_eq!(ep.methods, vec![Method::GET, Method::POST]);
+        assert_eq!(ep.methods, vec![Method::GET, Method::HEAD, Method::POST]);
         assert!(ep.expected_wait_admission);
     }
 

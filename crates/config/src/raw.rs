@@ -1,8 +1,9 @@
 //! The raw TOML shape, with defaults, and its validation into [`super::Config`].
 
 use super::{
-    Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig, LightConfig, Mode,
-    ModeConfig, OnClientGone, Overflow, ServerConfig, TlsConfig, RESERVED_PATHS,
+    AuthConfig, Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig,
+    LightConfig, Mode, ModeConfig, OnClientGone, Overflow, QueryRedaction, ServerConfig, TlsConfig,
+    RESERVED_PATHS,
 };
 use crate::light::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
@@ -188,8 +189,34 @@ struct RawServer {
     max_requests_per_connection: usize,
     max_h2_streams: u32,
     access_log: bool,
+    access_log_redact_query: RawRedaction,
     admin_listen: Option<String>,
     tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+    protect_admin: bool,
+}
+
+/// `[server.auth]` and `[endpoint.auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bearer_tokens_file: PathBuf,
+}
+
+/// An endpoint's `auth`: `false` (open), `true` (the server's), or its own table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawEndpointAuth {
+    Switch(bool),
+    Own(RawAuth),
+}
+
+/// `access_log_redact_query`: `true`/`false`, or the names of the parameters to redact.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRedaction {
+    All(bool),
+    Names(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,8 +266,11 @@ impl Default for RawServer {
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
             access_log: true,
+            access_log_redact_query: RawRedaction::All(false),
             admin_listen: None,
             tls: None,
+            auth: None,
+            protect_admin: false,
         }
     }
 }
@@ -270,6 +300,7 @@ struct RawEndpoint {
     max_body_bytes: u64,
     builtin: Option<String>,
     exec: Option<RawExec>,
+    auth: Option<RawEndpointAuth>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -413,7 +444,7 @@ impl RawConfig {
             .endpoints
             .into_iter()
             .enumerate()
-            .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]"), default_mode))
+            .map(|(i, ep)| ep.validate(&p, &format!("endpoint[{i}]"), default_mode, &server.auth))
             .collect::<Result<Vec<_>, _>>()?;
         Config::unique_paths(&endpoints, file)?;
         Ok(Config {
@@ -424,8 +455,22 @@ impl RawConfig {
     }
 }
 
+impl RawAuth {
+    fn validate(self) -> AuthConfig {
+        AuthConfig {
+            bearer_tokens_file: self.bearer_tokens_file,
+        }
+    }
+}
+
 impl RawServer {
     fn validate(self, p: &Problems<'_>) -> Result<ServerConfig, ConfigError> {
+        if self.protect_admin && self.auth.is_none() {
+            return Err(p.at(
+                "server.protect_admin",
+                "needs a [server.auth] table (the credentials the server's own paths ask for)",
+            ));
+        }
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             p.at(
                 "server.listen",
@@ -483,6 +528,13 @@ impl RawServer {
                 range::H2_STREAMS,
             )?,
             access_log: self.access_log,
+            auth: self.auth.map(RawAuth::validate),
+            protect_admin: self.protect_admin,
+            access_log_redact_query: match self.access_log_redact_query {
+                RawRedaction::All(false) => QueryRedaction::None,
+                RawRedaction::All(true) => QueryRedaction::All,
+                RawRedaction::Names(names) => QueryRedaction::Params(names),
+            },
             admin_listen: parse_addr(p, "server.admin_listen", &self.admin_listen)?,
             tls: match self.tls {
                 None => None,
@@ -515,10 +567,11 @@ impl RawServer {
 
 impl RawEndpoint {
     fn validate(
-        self,
+        mut self,
         p: &Problems<'_>,
         at: &str,
         default_mode: Mode,
+        server_auth: &Option<AuthConfig>,
     ) -> Result<EndpointConfig, ConfigError> {
         let key = |k: &str| format!("{at}.{k}");
         if self.path.len() > MAX_ENDPOINT_PATH_LEN {
@@ -531,6 +584,15 @@ impl RawEndpoint {
                 ),
             ));
         }
+        let auth = match (self.auth.take(), server_auth) {
+            (None, server) => server.clone(),
+            (Some(RawEndpointAuth::Switch(true)), Some(server)) => Some(server.clone()),
+            (Some(RawEndpointAuth::Switch(true)), None) => {
+                return Err(p.at(key("auth"), "`auth = true` needs a [server.auth] table"))
+            }
+            (Some(RawEndpointAuth::Switch(false)), _) => None,
+            (Some(RawEndpointAuth::Own(own)), _) => Some(own.validate()),
+        };
         if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
             return Err(p.at(
                 key("path"),
@@ -560,6 +622,12 @@ impl RawEndpoint {
             })?;
             if !methods.contains(&method) {
                 methods.push(method);
+            }
+        }
+        // HEAD is answered wherever GET is (RFC 9110 9.3.2): same headers, no body.
+        if let Some(get) = methods.iter().position(|m| m == Method::GET) {
+            if !methods.contains(&Method::HEAD) {
+                methods.insert(get + 1, Method::HEAD);
             }
         }
         let mode = self.mode_config(p, at, default_mode)?;
@@ -595,6 +663,7 @@ impl RawEndpoint {
                 range::MAX_BODY_BYTES,
             )?,
             handler,
+            auth,
         })
     }
 

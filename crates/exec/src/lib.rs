@@ -15,10 +15,12 @@
 //! - `env`: the child's environment and the CGI meta-variables.
 //! - `child`: spawning, feeding, capturing, time limit, reaping.
 //! - `cgi`: stdout to response, raw or CGI.
+//! - `stderr_log`: the rate limit on logging a successful program's stderr.
 
 mod cgi;
 mod child;
 mod env;
+mod stderr_log;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +37,7 @@ pub struct ExecHandler {
     endpoint: String,
     cfg: ExecConfig,
     registry: Arc<Registry>,
+    stderr_limit: stderr_log::StderrLimit,
 }
 
 impl ExecHandler {
@@ -45,6 +48,7 @@ impl ExecHandler {
             endpoint: endpoint_path.to_string(),
             cfg,
             registry,
+            stderr_limit: stderr_log::StderrLimit::new(),
         }
     }
 
@@ -52,8 +56,17 @@ impl ExecHandler {
     fn error(&self, failure: Failure) -> HandlerError {
         match failure {
             Failure::Spawn(e) => {
+                // The details (program, working directory, cause) name server paths: they go to
+                // the log, and the client is told only what happened.
                 let program = self.cfg.command.first().map_or("", String::as_str);
-                HandlerError::BadGateway(format!("cannot start program `{program}`: {e}"))
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    program,
+                    cwd = ?self.cfg.cwd,
+                    cause = %e,
+                    "cannot start the program"
+                );
+                HandlerError::BadGateway("cannot start the program".into())
             }
             Failure::Exit(code) => {
                 HandlerError::BadGateway(format!("program exited with status {code}"))
@@ -105,10 +118,22 @@ impl Handler for ExecHandler {
                     ExecOutput::Cgi => cgi::cgi_response(stdout, &self.cfg.content_type),
                 });
         match &result {
+            // What a successful program says on stderr is worth seeing at info (its first
+            // bytes only, a few lines a second per endpoint at most, see `stderr_log`).
+            Ok(resp) if !run.stderr.is_empty() => {
+                if let Some(suppressed) = self.stderr_limit.admit(std::time::Instant::now()) {
+                    tracing::info!(
+                        endpoint = %self.endpoint,
+                        status = resp.status().as_u16(),
+                        stderr = %run.stderr,
+                        suppressed,
+                        "program finished"
+                    );
+                }
+            }
             Ok(resp) => tracing::debug!(
                 endpoint = %self.endpoint,
                 status = resp.status().as_u16(),
-                stderr = %run.stderr,
                 "program finished"
             ),
             Err(e) => tracing::warn!(

@@ -9,6 +9,7 @@ pub(super) struct AccessLine {
     client: std::net::SocketAddr,
     method: hyper::Method,
     uri: hyper::Uri,
+    user_agent: Option<hyper::header::HeaderValue>,
 }
 
 impl AccessLine {
@@ -18,6 +19,7 @@ impl AccessLine {
             client,
             method: req.method().clone(),
             uri: req.uri().clone(),
+            user_agent: req.headers().get(hyper::header::USER_AGENT).cloned(),
         }
     }
 
@@ -30,11 +32,20 @@ impl AccessLine {
             .copied()
             .unwrap_or_default();
         let path = self.uri.path();
+        // The query as sent, or with the values `access_log_redact_query` names hidden; no
+        // request header but the user agent is logged (so never `Authorization`).
+        let query = self
+            .uri
+            .query()
+            .map(|q| app.server.access_log_redact_query.apply(q));
+        let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "fiddler_crab::access",
             client = %self.client,
             method = %self.method,
             path,
+            query,
+            user_agent,
             status = resp.status().as_u16(),
             bytes = resp.body().size_hint().exact().unwrap_or(0),
             queue_wait_ms = ms(timing.queue_wait),

@@ -1,5 +1,6 @@
 //! The app: what the front end serves, as a routing table that a config reload can swap.
 
+use crate::auth::{Guard, Guards};
 use crate::readiness::{Load, Readiness, Verdict};
 use children::Registry;
 use common::endpoint::Endpoint;
@@ -26,6 +27,8 @@ pub(super) struct Table {
     /// In config order.
     routes: Vec<Route>,
     by_path: HashMap<String, usize>,
+    /// The credentials the server's own paths ask for, if protected.
+    pub admin_guard: Option<Arc<Guard>>,
 }
 
 /// An endpoint and its `Allow` header (for a `405`).
@@ -35,17 +38,24 @@ pub(super) struct Route {
     pub endpoint: Arc<Endpoint>,
     /// Its methods, as an `Allow` header value.
     pub allow: HeaderValue,
+    /// The credentials it asks for, if any.
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl Table {
-    fn new(endpoints: Vec<Arc<Endpoint>>) -> Table {
+    fn new(endpoints: Vec<Arc<Endpoint>>, guards: &Guards) -> Table {
         let routes: Vec<Route> = endpoints
             .into_iter()
             .map(|endpoint| {
                 let list: Vec<&str> = endpoint.config.methods.iter().map(|m| m.as_str()).collect();
                 let allow = HeaderValue::from_str(&list.join(", "))
                     .unwrap_or_else(|_| HeaderValue::from_static("GET"));
-                Route { endpoint, allow }
+                let guard = guards.endpoints.get(&endpoint.config.path).cloned();
+                Route {
+                    endpoint,
+                    allow,
+                    guard,
+                }
             })
             .collect();
         let by_path = if routes.len() > LINEAR_ROUTES {
@@ -61,6 +71,7 @@ impl Table {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
             routes,
             by_path,
+            admin_guard: guards.admin.clone(),
         }
     }
 
@@ -94,6 +105,8 @@ pub struct App {
     readiness: Readiness,
     children: Arc<Registry>,
     light: TrafficLight,
+    /// Requests refused `401` (before admission).
+    unauthorized: AtomicU64,
 }
 
 impl App {
@@ -105,7 +118,7 @@ impl App {
         children: Arc<Registry>,
         light: TrafficLight,
     ) -> App {
-        let table = Table::new(endpoints);
+        let table = Table::new(endpoints, &Guards::default());
         App {
             server,
             table_id: AtomicU64::new(table.id),
@@ -116,7 +129,25 @@ impl App {
             readiness: Readiness::default(),
             children,
             light,
+            unauthorized: AtomicU64::new(0),
         }
+    }
+
+    /// Ask for the credentials of `guards` (set before serving; a reload passes its own).
+    pub fn with_guards(self, guards: &Guards) -> App {
+        let table = Table::new(self.endpoints(), guards);
+        self.table_id.store(table.id, Ordering::Release);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self
+    }
+
+    /// Requests refused `401` so far.
+    pub fn unauthorized(&self) -> u64 {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_unauthorized(&self) {
+        self.unauthorized.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Judge readiness with `readiness` (its policy and clock) instead of the default.
@@ -162,11 +193,11 @@ impl App {
         self.table().find(path).map(|r| r.endpoint.clone())
     }
 
-    /// Serve `endpoints` from now on. Endpoints of the old table that are not in the new one (by
-    /// identity) are retired: they admit nothing new, run every job they had admitted, then stop.
-    /// Returns how many were retired.
-    pub fn swap_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) -> usize {
-        let new = Arc::new(Table::new(endpoints));
+    /// Serve `endpoints`, asking for the credentials of `guards`, from now on. Endpoints of the
+    /// old table that are not in the new one (by identity) are retired: they admit nothing new,
+    /// run every job they had admitted, then stop. Returns how many were retired.
+    pub fn swap_endpoints(&self, endpoints: Vec<Arc<Endpoint>>, guards: &Guards) -> usize {
+        let new = Arc::new(Table::new(endpoints, guards));
         let old = {
             let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
             self.table_id.store(new.id, Ordering::Release);

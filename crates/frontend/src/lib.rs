@@ -21,11 +21,13 @@
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
 //! - [`readiness`]: `/readyz` with hysteresis, on an injectable clock.
 //! - `access`: the access-log line.
+//! - [`auth`]: bearer tokens from a file, checked before admission.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
 
 mod access;
 mod admission;
 mod app;
+pub mod auth;
 mod connections;
 mod listener;
 mod metrics;

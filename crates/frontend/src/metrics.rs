@@ -1,12 +1,16 @@
-//! `GET /metrics`: Prometheus (OpenMetrics) text, encoded by `prometheus-client` from a snapshot of
-//! the counters taken at scrape time; the request path keeps its plain atomics.
+//! `GET /metrics`: Prometheus text, encoded by `prometheus-client` from a snapshot of the counters
+//! taken at scrape time; the request path keeps its plain atomics.
+//!
+//! The format is negotiated: OpenMetrics 1.0 for a scraper whose `Accept` names
+//! `application/openmetrics-text`, else the classic Prometheus text format 0.0.4 (`text/plain`),
+//! which [`to_classic`] derives from the OpenMetrics text.
 
 use super::app::App;
 use super::Body;
 use bytes::Bytes;
 use common::histogram::JobHistogram;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -34,6 +38,7 @@ struct EndpointScrape {
 struct Scrape {
     endpoints: Vec<EndpointScrape>,
     open_connections: i64,
+    unauthorized: u64,
     children: i64,
     light: i64,
 }
@@ -123,6 +128,12 @@ impl Collector for Scrape {
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
+        ConstCounter::new(self.unauthorized).encode(encoder.encode_descriptor(
+            "requests_unauthorized",
+            "Requests refused 401 for missing or wrong credentials (never admitted).",
+            None,
+            MetricType::Counter,
+        )?)?;
         let server: [(&str, &str, i64); 2] = [
             (
                 "open_connections",
@@ -161,8 +172,61 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The metrics document.
-pub(super) fn render(app: &App) -> Response<Body> {
+/// True if `headers` ask for OpenMetrics: an `Accept` media range `application/openmetrics-text`
+/// with a non-zero quality.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics document: no `# EOF` and no
+/// `# UNIT` lines, and a counter family named after its samples (`x_total`), since a classic
+/// parser reads a sample whose name is not its family's as another, untyped, family.
+fn to_classic(openmetrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.push(name);
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The metrics document, in the format `headers` ask for.
+pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
     let scrape = Scrape {
         endpoints: app
             .endpoints()
@@ -181,14 +245,17 @@ pub(super) fn render(app: &App) -> Response<Body> {
             })
             .collect(),
         open_connections: gauge(app.open_connections()),
+        unauthorized: app.unauthorized(),
         children: gauge(app.children().live()),
         light: app.light_level(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");
     registry.register_collector(Box::new(scrape));
     let mut text = String::new();
+    let openmetrics = wants_openmetrics(headers);
     let (status, body) = match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => (StatusCode::OK, text),
+        Ok(()) if openmetrics => (StatusCode::OK, text),
+        Ok(()) => (StatusCode::OK, to_classic(&text)),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "metrics encoding failed\n".to_string(),
@@ -196,11 +263,60 @@ pub(super) fn render(app: &App) -> Response<Body> {
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPENMETRICS: &str = "# HELP p_requests Requests.\n# TYPE p_requests counter\n\
+p_requests_total{endpoint=\"/a\"} 3\n# HELP p_depth Depth.\n# TYPE p_depth gauge\n# UNIT p_depth jobs\n\
+p_depth 1\n# HELP p_seconds Run time.\n# TYPE p_seconds histogram\np_seconds_sum 0.5\np_seconds_count 1\n\
+p_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+
+    #[test]
+    fn classic_format_names_counters_after_their_samples_and_drops_eof_and_unit() {
+        let classic = to_classic(OPENMETRICS);
+        assert_eq!(
+            classic,
+            "# HELP p_requests_total Requests.\n# TYPE p_requests_total counter\n\
+p_requests_total{endpoint=\"/a\"} 3\n# HELP p_depth Depth.\n# TYPE p_depth gauge\n\
+p_depth 1\n# HELP p_seconds Run time.\n# TYPE p_seconds histogram\np_seconds_sum 0.5\np_seconds_count 1\n\
+p_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("")),
+        );
+        headers
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text; version=1.0.0"
+        )));
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+        assert!(!wants_openmetrics(&accept("text/plain; version=0.0.4")));
+        assert!(!wants_openmetrics(&accept(
+            "application/openmetrics-text;q=0, text/plain"
+        )));
+        assert!(!wants_openmetrics(&HeaderMap::new()));
+    }
 }

@@ -2,7 +2,7 @@
 //! them a listener serves (its [`Role`]).
 
 use super::app::App;
-use super::{admission, metrics, status, to_body, Step};
+use super::{admission, auth, metrics, status, to_body, Step};
 use common::handler::text_response;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
@@ -73,10 +73,16 @@ pub(super) fn route(
         return Step::Now(Ok(not_here()));
     }
     if let Some(own) = own {
+        if let Some(guard) = app.with_table(|t| t.admin_guard.clone()) {
+            if !guard.allows(req.headers()) {
+                app.count_unauthorized();
+                return Step::Now(Ok(auth::unauthorized()));
+            }
+        }
         return Step::Now(Ok(match *req.method() {
             Method::GET | Method::HEAD => match own {
                 OwnPath::Status => status::render(app),
-                OwnPath::Metrics => metrics::render(app),
+                OwnPath::Metrics => metrics::render(app, req.headers()),
                 OwnPath::Healthz => to_body(text_response(StatusCode::OK, "ok")),
                 OwnPath::Readyz => {
                     let verdict = app.readiness();
@@ -101,6 +107,17 @@ pub(super) fn route(
         }) else {
             return Step::Now(Ok(not_here()));
         };
+        // Credentials before anything else: a request without them learns nothing more about
+        // the endpoint and never takes a queue slot.
+        let denied = route
+            .0
+            .guard
+            .as_ref()
+            .is_some_and(|guard| req.as_ref().is_some_and(|r| !guard.allows(r.headers())));
+        if denied {
+            app.count_unauthorized();
+            return Step::Now(Ok(auth::unauthorized()));
+        }
         match (route, req.take()) {
             ((route, true), Some(req)) => admission::admit(
                 &route.endpoint,

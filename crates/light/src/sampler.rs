@@ -1,7 +1,7 @@
 //! The sampler thread (sample, apply the policy, publish) and the watchdog thread (fail-safe once
 //! the samples go stale), both under the supervisor.
 
-use super::{Light, LightPolicy, SampleSource, Shared};
+use super::{Light, LightPolicy, Sample, SampleSource, Shared};
 use common::supervisor::{Backoff, SupervisedThread};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,16 +67,10 @@ fn sample_loop<S: SampleSource>(shared: &Shared, plan: &Plan, factory: &dyn Fn()
                     status.stale = false;
                     tracing::info!("traffic light inputs fresh again");
                 }
+                let before = status.state.light();
                 if let Some(light) = status.state.update(&sample, now, &plan.policy) {
                     shared.publish(&mut status, light);
-                    tracing::info!(
-                        light = light.as_str(),
-                        cpu = sample.cpu,
-                        mem_headroom = sample.mem_headroom,
-                        cpu_pressure = sample.cpu_pressure,
-                        mem_pressure = sample.mem_pressure,
-                        "traffic light changed"
-                    );
+                    log_change(before, light, &sample);
                 }
             }
             Err(cause) => {
@@ -98,6 +92,29 @@ fn sample_loop<S: SampleSource>(shared: &Shared, plan: &Plan, factory: &dyn Fn()
         if wait(shared, plan.sample_every) {
             return;
         }
+    }
+}
+
+/// Log a light change: entering red at warn, leaving it at info, the rest (green and yellow
+/// trading places, which on a busy shared host happens every few seconds) at debug.
+fn log_change(before: Light, light: Light, sample: &Sample) {
+    macro_rules! changed {
+        ($level:ident) => {
+            tracing::$level!(
+                light = light.as_str(),
+                from = before.as_str(),
+                cpu = sample.cpu,
+                mem_headroom = sample.mem_headroom,
+                cpu_pressure = sample.cpu_pressure,
+                mem_pressure = sample.mem_pressure,
+                "traffic light changed"
+            )
+        };
+    }
+    match (before, light) {
+        (_, Light::Red) => changed!(warn),
+        (Light::Red, _) => changed!(info),
+        _ => changed!(debug),
     }
 }
 

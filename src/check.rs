@@ -1,0 +1,125 @@
+//! The file-system check: what a config names on disk exists and can be used.
+//!
+//! Kept out of the pure config parser, which never touches the file system: `fiddler_crab check`,
+//! the server's start and a SIGHUP reload run it. Each problem is a [`ConfigError`], printed as
+//! `FILE: KEY: PROBLEM`.
+
+use config::{Config, ConfigError, ExecConfig, HandlerConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Script extensions: an argument ending in one of them names a file that must exist.
+const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
+
+/// Every problem with the files `config` names (from `file`): each exec program found on PATH or
+/// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
+/// each `cwd` a directory, each token file readable and holding tokens, and the TLS certificate
+/// and key readable and matching. Empty if none.
+pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    let mut problem = |key: String, problem: String| {
+        problems.push(ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        })
+    };
+    for (i, ep) in config.endpoints.iter().enumerate() {
+        if let HandlerConfig::Exec(exec) = &ep.handler {
+            for (key, p) in exec_problems(exec) {
+                problem(format!("endpoint[{i}].exec.{key}"), p);
+            }
+        }
+    }
+    for (i, ep) in config.endpoints.iter().enumerate() {
+        // The server's default is reported once, under its own key.
+        if let Some(auth) = ep
+            .auth
+            .as_ref()
+            .filter(|a| Some(*a) != config.server.auth.as_ref())
+        {
+            if let Err(e) = frontend::auth::Guard::load(auth) {
+                problem(
+                    format!("endpoint[{i}].auth.bearer_tokens_file"),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+    if let Some(auth) = &config.server.auth {
+        if let Err(e) = frontend::auth::Guard::load(auth) {
+            problem("server.auth.bearer_tokens_file".to_string(), e.to_string());
+        }
+    }
+    if let Some(tls) = &config.server.tls {
+        if let Err(e) = frontend::tls::load(&tls.settings) {
+            problem("server.tls".to_string(), e.to_string());
+        }
+    }
+    problems
+}
+
+/// The problems of one exec table, as (key under `exec`, problem).
+fn exec_problems(exec: &ExecConfig) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let base = match &exec.cwd {
+        Some(cwd) if !cwd.is_dir() => {
+            let what = if cwd.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            found.push(("cwd".to_string(), format!("{} {what}", cwd.display())));
+            return found;
+        }
+        Some(cwd) => cwd.clone(),
+        None => PathBuf::from("."),
+    };
+    if let Some(program) = exec.command.first() {
+        if let Err(p) = program_problem(program, &base) {
+            found.push(("command[0]".to_string(), p));
+        }
+    }
+    for (n, arg) in exec.command.iter().enumerate().skip(1) {
+        if looks_like_file(arg) && !base.join(arg).exists() {
+            found.push((format!("command[{n}]"), format!("{arg} does not exist")));
+        }
+    }
+    found
+}
+
+/// True if `arg` names a file: one word, not an option or a URL, with a script extension or a `/`.
+fn looks_like_file(arg: &str) -> bool {
+    !arg.is_empty()
+        && !arg.starts_with('-')
+        && !arg.contains("://")
+        && !arg.contains(char::is_whitespace)
+        && (arg.contains('/') || SCRIPT_EXTENSIONS.iter().any(|ext| arg.ends_with(ext)))
+}
+
+/// Why `program` (from the exec's `base` directory) cannot be started, if it cannot.
+fn program_problem(program: &str, base: &Path) -> Result<(), String> {
+    if program.contains('/') {
+        let path = base.join(program);
+        return match path.metadata() {
+            Err(_) => Err(format!("{program} does not exist")),
+            Ok(m) if !m.is_file() => Err(format!("{program} is not a file")),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Err(format!("{program} is not executable"))
+            }
+            Ok(_) => Ok(()),
+        };
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            dir.join(program)
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    if on_path {
+        Ok(())
+    } else {
+        Err(format!("{program} is not found on PATH"))
+    }
+}
