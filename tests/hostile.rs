@@ -32,8 +32,9 @@ fn responses(raw: &[u8]) -> usize {
 async fn a_client_that_half_closes_after_a_complete_request_is_answered() {
     let server = TestServer::start(HALF_CLOSE).await;
     let ping = b"GET /ping HTTP/1.1\r\nHost: fiddler.test\r\n\r\n".to_vec();
-    let echo = b"POST /echo HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: 11\r\n\r\nhello there"
-        .to_vec();
+    let echo =
+        b"POST /echo HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: 11\r\n\r\nhello there"
+            .to_vec();
     for (what, request, expect) in [("ping", ping, "pong\n"), ("echo", echo, "hello there")] {
         let mut answered = 0;
         for _ in 0..50 {
@@ -45,7 +46,46 @@ async fn a_client_that_half_closes_after_a_complete_request_is_answered() {
                 answered += 1;
             }
         }
-        assert_eq!(answered, 50, "{what}: every half-closed request is answered");
+        assert_eq!(
+            answered, 50,
+            "{what}: every half-closed request is answered"
+        );
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_past_the_request_cap_loses_no_answer_and_ends_with_a_clean_close() {
+    // The default cap: 1,000 requests per connection.
+    let server = TestServer::start(HALF_CLOSE).await;
+    let one = "GET /ping HTTP/1.1\r\nHost: fiddler.test\r\n\r\n";
+    // A small receive buffer and a pause before reading: most answers are still in the server's
+    // send buffer when it closes, which a reset would destroy.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    stream.write_all(one.repeat(1200).as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Read to the end: EOF, never a reset (read_to_close would take a reset for an end).
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(
+        support::PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut received),
+    )
+    .await
+    .expect("the server closes the connection");
+    assert!(read.is_ok(), "a clean close, not a reset: {read:?}");
+    assert_eq!(
+        responses(&received),
+        1000,
+        "every answer the server counted"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&received)
+            .matches("connection: close")
+            .count(),
+        1,
+        "the last answer says close"
+    );
     server.shutdown().await;
 }

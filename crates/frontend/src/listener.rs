@@ -4,9 +4,12 @@
 //! # Layout
 //! - `accept`: [`accept::AcceptLoop`], one socket's loop: connection limit, accept errors,
 //!   optional TLS handshake, one serve path for every connection.
+//! - `linger`: the lingering close (read and discard for a bounded time after the last answer,
+//!   so that closing does not reset the connection and destroy unread answers).
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
 
 mod accept;
+mod linger;
 mod stream;
 
 use super::app::App;

@@ -1,6 +1,7 @@
 //! One listener's accept loop: wait for a connection slot, accept, sort accept errors, and serve
 //! each connection (plain or after a bounded TLS handshake) on one path.
 
+use super::linger::SharedTcp;
 use super::stream::ClientStream;
 use super::{Shared, Tls};
 use crate::app::App;
@@ -129,10 +130,12 @@ impl AcceptLoop {
             return;
         };
         let _ = tcp.set_nodelay(true);
+        let tcp = SharedTcp::new(tcp);
         let (stream, hsts) = match &self.tls {
-            None => (ClientStream::Plain(tcp), None),
+            None => (ClientStream::Plain(tcp.clone()), None),
             Some(tls) => {
-                match crate::tls::handshake(&tls.acceptor, tcp, tls.handshake_timeout).await {
+                match crate::tls::handshake(&tls.acceptor, tcp.clone(), tls.handshake_timeout).await
+                {
                     Ok(stream) => (ClientStream::Tls(Box::new(stream)), tls.hsts.clone()),
                     Err(e) => {
                         tracing::trace!(client = %remote, cause = %e, "TLS handshake failed");
@@ -155,15 +158,27 @@ impl AcceptLoop {
         // response makes progress only on the socket, long after its request was answered.
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let registration = shared.connections.register(activity.clone());
-        let conn = shared.builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        match registration.serve(&activity, conn).await {
+        // In a block of its own, so that hyper's connection and its buffers are gone before the
+        // lingering close.
+        let outcome = {
+            let conn = shared.builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            registration.serve(&activity, conn).await
+        };
+        match outcome {
             None => tracing::trace!(client = %remote, "idle connection closed"),
             // Ignored overflow ends a connection on purpose: no log at all for it.
             Some(Err(e)) if !is_ignored(e.as_ref()) => {
                 tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
             }
-            Some(_) => {}
+            // hyper closed it after its last answer (`Connection: close`, the client's own
+            // close, GOAWAY): linger, so that input the client sent after it does not turn the
+            // close into a reset that destroys the answers. It still holds its slot meanwhile.
+            Some(Ok(())) => {
+                drop(registration);
+                tcp.linger().await;
+            }
+            Some(Err(_)) => {}
         }
     }
 }
