@@ -5,8 +5,10 @@
 
 mod support;
 
-use support::{read_to_close, TestServer};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use support::{read_to_close, wait_until, within, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const HALF_CLOSE: &str = r#"
 [server]
@@ -87,5 +89,74 @@ async fn pipelining_past_the_request_cap_loses_no_answer_and_ends_with_a_clean_c
         1,
         "the last answer says close"
     );
+    server.shutdown().await;
+}
+
+const AT_THE_LIMIT: &str = r#"
+[server]
+access_log = false
+max_connections = 32
+header_read_timeout_ms = 30000
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET"]
+builtin = "ping"
+"#;
+
+/// A slowloris: half a head, then one more header line every 200 ms, never the end of the head.
+/// Returns the bytes the server sent once it closed the connection.
+async fn slowloris(addr: std::net::SocketAddr) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: fiddler.test\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if stream.write_all(b"X-Slow: yes\r\n").await.is_err() {
+                    return received;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_good_client_evicts_a_slowloris() {
+    let server = TestServer::start(AT_THE_LIMIT).await;
+    let crowd: Vec<_> = (0..32)
+        .map(|_| tokio::spawn(slowloris(server.addr)))
+        .collect();
+    wait_until("the slowloris crowd holds every slot", || {
+        server.app.open_connections() == 32
+    })
+    .await;
+
+    // Without eviction each would wait for the 30 s head deadline (longer than PATIENCE).
+    for i in 0..10 {
+        let reply = within("a good client's answer", server.client().get("/ping")).await;
+        assert_eq!(reply.status, hyper::StatusCode::OK, "good client {i}");
+    }
+
+    wait_until("at least one slowloris was evicted", || {
+        crowd.iter().any(|task| task.is_finished())
+    })
+    .await;
+    for task in crowd {
+        if task.is_finished() {
+            let received = task.await.unwrap();
+            assert!(received.is_empty(), "an evicted slowloris gets no byte");
+        } else {
+            task.abort();
+        }
+    }
     server.shutdown().await;
 }

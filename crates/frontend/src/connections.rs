@@ -161,6 +161,10 @@ struct Entry {
     /// The progress count at the last sweep that saw it change, and when that was.
     seen: u64,
     quiet_since: Instant,
+    /// The accept loop that took it: a listener at its limit evicts only its own connections.
+    listener: &'static str,
+    /// When it was registered (for eviction: the oldest of those without a request goes first).
+    opened: Instant,
 }
 
 /// A connection's place in [`ConnectionTable`], given up when dropped.
@@ -191,13 +195,21 @@ impl ConnectionTable {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a connection; it is watched until the registration is dropped.
-    pub(super) fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registration {
+    /// Register a connection accepted by `listener`; it is watched until the registration is
+    /// dropped.
+    pub(super) fn register(
+        self: &Arc<Self>,
+        activity: Arc<Activity>,
+        listener: &'static str,
+    ) -> Registration {
+        let now = Instant::now();
         let entry = Entry {
             seen: activity.progress.load(Ordering::Relaxed),
             activity,
             waker: None,
-            quiet_since: Instant::now(),
+            quiet_since: now,
+            listener,
+            opened: now,
         };
         let mut slots = self.lock();
         slots.live += 1;
@@ -236,6 +248,34 @@ impl ConnectionTable {
             }
             emptied.await;
         }
+    }
+
+    /// Make room on `listener`, at its connection limit: close the connection open longest that
+    /// has never completed a request head (a slowloris, or one silent since its accept). One with
+    /// a request in flight, or one that has been served, is never chosen. Returns true if one was
+    /// closed; its slot frees as soon as its task sees the flag.
+    pub(super) fn evict_slowest(&self, listener: &'static str) -> bool {
+        let slots = self.lock();
+        let victim = slots
+            .entries
+            .iter()
+            .flatten()
+            .filter(|entry| {
+                let activity = &entry.activity;
+                entry.listener == listener
+                    && activity.requests.load(Ordering::Relaxed) == 0
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && !activity.close.load(Ordering::SeqCst)
+            })
+            .min_by_key(|entry| entry.opened);
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.activity.close.store(true, Ordering::SeqCst);
+        if let Some(waker) = &victim.waker {
+            waker.wake_by_ref();
+        }
+        true
     }
 
     /// Begin the graceful drain: every connection finishes the requests it has and closes
@@ -338,8 +378,8 @@ mod tests {
         let connections = Arc::new(ConnectionTable::default());
         let quiet = Arc::new(Activity::default());
         let busy = Arc::new(Activity::default());
-        let _q = connections.register(quiet.clone());
-        let _b = connections.register(busy.clone());
+        let _q = connections.register(quiet.clone(), "test");
+        let _b = connections.register(busy.clone(), "test");
         let request = InFlight::new(&busy);
         let start = Instant::now();
         assert_eq!(connections.sweep(start + silent / 2, silent, idle), 0);
@@ -358,16 +398,46 @@ mod tests {
         assert!(busy.close.load(Ordering::SeqCst));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn eviction_takes_the_oldest_connection_without_a_request_and_never_a_served_one() {
+        let connections = Arc::new(ConnectionTable::default());
+        let served = Arc::new(Activity::default());
+        served.request();
+        let (old, young, other) = (
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+        );
+        let _s = connections.register(served.clone(), "main");
+        let _o = connections.register(old.clone(), "main");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _y = connections.register(young.clone(), "main");
+        let _a = connections.register(other.clone(), "admin");
+        assert!(connections.evict_slowest("main"));
+        assert!(old.close.load(Ordering::SeqCst), "the oldest goes first");
+        assert!(connections.evict_slowest("main"));
+        assert!(young.close.load(Ordering::SeqCst));
+        assert!(
+            !connections.evict_slowest("main"),
+            "a served one is never evicted"
+        );
+        assert!(!served.close.load(Ordering::SeqCst));
+        assert!(
+            !other.close.load(Ordering::SeqCst),
+            "another listener's is not touched"
+        );
+    }
+
     #[test]
     fn slots_are_reused_and_live_counts_registrations() {
         let connections = Arc::new(ConnectionTable::default());
-        let a = connections.register(Arc::new(Activity::default()));
-        let b = connections.register(Arc::new(Activity::default()));
+        let a = connections.register(Arc::new(Activity::default()), "test");
+        let b = connections.register(Arc::new(Activity::default()), "test");
         assert_eq!(connections.live(), 2);
         let slot = a.slot;
         drop(a);
         assert_eq!(connections.live(), 1);
-        let c = connections.register(Arc::new(Activity::default()));
+        let c = connections.register(Arc::new(Activity::default()), "test");
         assert_eq!(c.slot, slot, "a freed slot is taken again");
         drop((b, c));
         assert_eq!(connections.live(), 0);
@@ -377,8 +447,8 @@ mod tests {
     async fn all_closed_resolves_when_the_last_registration_goes() {
         let connections = Arc::new(ConnectionTable::default());
         connections.all_closed().await; // none registered: at once
-        let a = connections.register(Arc::new(Activity::default()));
-        let b = connections.register(Arc::new(Activity::default()));
+        let a = connections.register(Arc::new(Activity::default()), "test");
+        let b = connections.register(Arc::new(Activity::default()), "test");
         let waiting = tokio::spawn({
             let connections = connections.clone();
             async move { connections.all_closed().await }

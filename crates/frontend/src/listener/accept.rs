@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 /// How long the loop pauses after an accept error that is not one client's (such as running out of
@@ -32,8 +32,8 @@ pub(super) struct AcceptLoop {
     socket: TcpListener,
     role: Role,
     tls: Option<Tls>,
-    /// One permit per open connection: at the limit the loop stops accepting, and the kernel's
-    /// backlog absorbs the flood.
+    /// One permit per open connection: at the limit a new connection evicts a slow one, or the
+    /// loop waits and the kernel's backlog absorbs the flood.
     limit: Arc<Semaphore>,
     shared: Arc<Shared>,
     errors: Mutex<ErrorLog>,
@@ -79,18 +79,39 @@ impl AcceptLoop {
         }
     }
 
-    /// Wait for a connection slot, then for a connection; `None` once the slots are closed.
+    /// Accept a connection and give it a slot; `None` once the slots are closed. At the limit,
+    /// the new connection evicts the oldest one that has never completed a request head (see
+    /// [`crate::connections::ConnectionTable::evict_slowest`]) and waits for its slot; with none
+    /// to evict, it waits for any slot, and the kernel's backlog holds the connections behind it.
     async fn accept(&self) -> Option<(OpenConnection, TcpStream, SocketAddr)> {
-        let permit = self.limit.clone().acquire_owned().await.ok()?;
-        loop {
+        let free = match self.limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::NoPermits) => None,
+            Err(TryAcquireError::Closed) => return None,
+        };
+        let (stream, remote) = loop {
             match self.socket.accept().await {
-                Ok((stream, remote)) => {
-                    let open = OpenConnection::new(&self.shared.app, permit);
-                    return Some((open, stream, remote));
-                }
+                Ok(accepted) => break accepted,
                 Err(e) => self.accept_failed(e).await,
             }
-        }
+        };
+        let permit = match free {
+            Some(permit) => permit,
+            None => {
+                if self.shared.connections.evict_slowest(self.name) {
+                    tracing::debug!(
+                        listener = self.name,
+                        "at the connection limit: closed the oldest connection without a request"
+                    );
+                }
+                self.limit.clone().acquire_owned().await.ok()?
+            }
+        };
+        Some((
+            OpenConnection::new(&self.shared.app, permit),
+            stream,
+            remote,
+        ))
     }
 
     /// Sort an accept error: one client's trouble (a reset before the accept) is nothing; anything
@@ -157,7 +178,7 @@ impl AcceptLoop {
         // Socket progress is counted on plain HTTP and TLS alike: a slow reader of a large
         // response makes progress only on the socket, long after its request was answered.
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
-        let registration = shared.connections.register(activity.clone());
+        let registration = shared.connections.register(activity.clone(), self.name);
         // In a block of its own, so that hyper's connection and its buffers are gone before the
         // lingering close.
         let outcome = {
