@@ -160,3 +160,53 @@ async fn at_the_connection_limit_a_good_client_evicts_a_slowloris() {
     }
     server.shutdown().await;
 }
+
+const SEND_TIMEOUT: &str = r#"
+[server]
+access_log = false
+send_timeout_ms = 500
+
+[[endpoint]]
+path = "/echo"
+methods = ["POST"]
+builtin = "echo"
+max_body_bytes = 16777216
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET"]
+builtin = "ping"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_is_closed_at_the_send_timeout_and_others_are_answered() {
+    let server = TestServer::start(SEND_TIMEOUT).await;
+    // 8 MiB to echo, read by nobody: far more than the socket buffers hold (4 KiB on our side).
+    let body = vec![b'x'; 8 << 20];
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        stalled.push(stream);
+    }
+    // The idle timeout is 60 s (longer than PATIENCE): only the send deadline closes them.
+    wait_until("every stalled reader is closed", || {
+        server.app.open_connections() == 0
+    })
+    .await;
+    let reply = within("a good client's answer", server.client().get("/ping")).await;
+    assert_eq!(reply.status, hyper::StatusCode::OK);
+    // Each stalled client got part of its answer, never all of it, then the close.
+    for stream in stalled {
+        let received = read_to_close(stream).await;
+        assert!(received.len() < body.len(), "{} bytes", received.len());
+    }
+    server.shutdown().await;
+}

@@ -121,6 +121,7 @@ struct RawServer {
     header_read_timeout_ms: u64,
     idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
+    send_timeout_ms: u64,
     shutdown_grace_ms: u64,
     default_mode: Mode,
     max_header_bytes: usize,
@@ -172,6 +173,7 @@ impl Default for RawServer {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
+            send_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
             max_header_bytes: 16 * 1024,
@@ -342,6 +344,7 @@ impl RawServer {
             body_read_timeout: p
                 .millis("server.body_read_timeout_ms", self.body_read_timeout_ms)?,
             idle_timeout: p.millis("server.idle_timeout_ms", self.idle_timeout_ms)?,
+            send_timeout: p.millis("server.send_timeout_ms", self.send_timeout_ms)?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             max_header_bytes: match self.max_header_bytes {
                 n if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => n,

@@ -32,6 +32,12 @@ pub(super) struct Activity {
     progress: AtomicU64,
     served: AtomicBool,
     requests: AtomicUsize,
+    /// Bytes-written events: counted apart from reads, so a client that keeps sending while it
+    /// reads nothing does not hide a stalled answer.
+    writes: AtomicU64,
+    /// The last socket write returned `Pending` (the client's window and our send buffer are
+    /// full) and none has succeeded since.
+    write_blocked: AtomicBool,
     /// Set by the sweeper: the connection has been idle too long and is to be closed.
     close: AtomicBool,
 }
@@ -39,6 +45,21 @@ pub(super) struct Activity {
 impl Activity {
     fn progressed(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Account one socket write's outcome: progress, or blocked.
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.progressed();
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                if self.write_blocked.load(Ordering::Relaxed) {
+                    self.write_blocked.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
     /// Count a new request on this connection; returns how many it has had, this one included.
@@ -107,9 +128,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
-        }
+        self.activity.wrote(&result);
         result
     }
 
@@ -119,9 +138,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
-        }
+        self.activity.wrote(&result);
         result
     }
 
@@ -161,6 +178,9 @@ struct Entry {
     /// The progress count at the last sweep that saw it change, and when that was.
     seen: u64,
     quiet_since: Instant,
+    /// The write count at the last sweep that saw it change, and when that was.
+    seen_writes: u64,
+    writes_since: Instant,
     /// The accept loop that took it: a listener at its limit evicts only its own connections.
     listener: &'static str,
     /// When it was registered (for eviction: the oldest of those without a request goes first).
@@ -208,6 +228,8 @@ impl ConnectionTable {
             activity,
             waker: None,
             quiet_since: now,
+            seen_writes: 0,
+            writes_since: now,
             listener,
             opened: now,
         };
@@ -290,11 +312,26 @@ impl ConnectionTable {
     }
 
     /// One sweep at `now`: mark and wake every connection idle for a whole period (`silent`
-    /// before its first request, `idle` after). Returns how many it closed.
-    fn sweep(&self, now: Instant, silent: Duration, idle: Duration) -> usize {
+    /// before its first request, `idle` after), or whose writes have been blocked for `send`. Returns how many it closed.
+    fn sweep(&self, now: Instant, silent: Duration, idle: Duration, send: Duration) -> usize {
         let mut closed = 0;
         for entry in self.lock().entries.iter_mut().flatten() {
             let activity = &entry.activity;
+            // The send deadline: blocked writes with no byte taken by the client for `send`,
+            // whatever else the connection does (it may keep sending, or have a request in flight).
+            let writes = activity.writes.load(Ordering::Relaxed);
+            if writes != entry.seen_writes || !activity.write_blocked.load(Ordering::Relaxed) {
+                entry.seen_writes = writes;
+                entry.writes_since = now;
+            } else if now.saturating_duration_since(entry.writes_since) >= send {
+                if !activity.close.swap(true, Ordering::SeqCst) {
+                    closed += 1;
+                    if let Some(waker) = &entry.waker {
+                        waker.wake_by_ref();
+                    }
+                }
+                continue;
+            }
             let progress = activity.progress.load(Ordering::Relaxed);
             if progress != entry.seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
                 entry.seen = progress;
@@ -320,13 +357,14 @@ impl ConnectionTable {
 
     /// The sweeper: runs until the task is dropped. It looks four times per period, so an idle
     /// connection is closed between one period and one and a quarter after it went quiet.
-    pub(super) async fn sweeper(self: Arc<Self>, silent: Duration, idle: Duration) {
-        let tick = (silent.min(idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    pub(super) async fn sweeper(self: Arc<Self>, silent: Duration, idle: Duration, send: Duration) {
+        let tick = (silent.min(idle).min(send) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = ticks.tick().await;
-            let closed = self.sweep(now, silent, idle);
+            let closed = self.sweep(now, silent, idle, send);
             if closed > 0 {
                 tracing::trace!(closed, "idle connections closed");
             }
@@ -371,6 +409,8 @@ impl Registration {
 mod tests {
     use super::*;
 
+    const SEND: Duration = Duration::from_secs(30);
+
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_is_closed_after_its_period_and_a_busy_one_never() {
         let silent = Duration::from_secs(2);
@@ -382,8 +422,8 @@ mod tests {
         let _b = connections.register(busy.clone(), "test");
         let request = InFlight::new(&busy);
         let start = Instant::now();
-        assert_eq!(connections.sweep(start + silent / 2, silent, idle), 0);
-        assert_eq!(connections.sweep(start + silent, silent, idle), 1);
+        assert_eq!(connections.sweep(start + silent / 2, silent, idle, SEND), 0);
+        assert_eq!(connections.sweep(start + silent, silent, idle, SEND), 1);
         assert!(quiet.close.load(Ordering::SeqCst));
         assert!(
             !busy.close.load(Ordering::SeqCst),
@@ -392,9 +432,16 @@ mod tests {
         // Once answered, the busy one has served a request: its period is `idle` from then on.
         drop(request);
         let answered = start + silent * 2;
-        assert_eq!(connections.sweep(answered, silent, idle), 0, "progress");
-        assert_eq!(connections.sweep(answered + idle / 2, silent, idle), 0);
-        assert_eq!(connections.sweep(answered + idle, silent, idle), 1);
+        assert_eq!(
+            connections.sweep(answered, silent, idle, SEND),
+            0,
+            "progress"
+        );
+        assert_eq!(
+            connections.sweep(answered + idle / 2, silent, idle, SEND),
+            0
+        );
+        assert_eq!(connections.sweep(answered + idle, silent, idle, SEND), 1);
         assert!(busy.close.load(Ordering::SeqCst));
     }
 
@@ -426,6 +473,23 @@ mod tests {
             !other.close.load(Ordering::SeqCst),
             "another listener's is not touched"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocked_writes_close_at_the_send_timeout_even_while_the_client_keeps_sending() {
+        let (silent, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        let connections = Arc::new(ConnectionTable::default());
+        let stalled = Arc::new(Activity::default());
+        stalled.request();
+        let _s = connections.register(stalled.clone(), "main");
+        let start = Instant::now();
+        stalled.wrote(&Poll::Ready(Ok(100)));
+        stalled.wrote(&Poll::Pending);
+        assert_eq!(connections.sweep(start, silent, idle, SEND), 0);
+        stalled.progressed(); // the client sends a byte: not a write
+        assert_eq!(connections.sweep(start + SEND / 2, silent, idle, SEND), 0);
+        assert_eq!(connections.sweep(start + SEND, silent, idle, SEND), 1);
+        assert!(stalled.close.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -119,15 +119,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let connections = Arc::new(ConnectionTable::default());
     let sweeper = {
-        let (connections, silent, idle) = (
+        let (connections, silent, idle, send) = (
             connections.clone(),
             app.server.header_read_timeout,
             app.server.idle_timeout,
+            app.server.send_timeout,
         );
         tokio::spawn(supervise_task(
             "idle-sweeper",
             Backoff::default(),
-            move || connections.clone().sweeper(silent, idle),
+            move || connections.clone().sweeper(silent, idle, send),
         ))
     };
     let shared = Arc::new(Shared {
