@@ -1,6 +1,6 @@
-//! Hostile clients that earlier let a request go unanswered or a connection slot be held:
-//! half-closing after a complete request, pipelining past the per-connection request cap, and a
-//! slowloris crowd at the connection limit.
+//! Hostile clients that earlier made answers get lost or held slots and buffers: pipelining past
+//! the per-connection request cap, a slowloris crowd at the connection limit, and readers that
+//! never read.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -28,32 +28,6 @@ builtin = "echo"
 /// How many complete HTTP/1.1 responses `raw` holds.
 fn responses(raw: &[u8]) -> usize {
     String::from_utf8_lossy(raw).matches("HTTP/1.1 200").count()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_half_closes_after_a_complete_request_is_answered() {
-    let server = TestServer::start(HALF_CLOSE).await;
-    let ping = b"GET /ping HTTP/1.1\r\nHost: fiddler.test\r\n\r\n".to_vec();
-    let echo =
-        b"POST /echo HTTP/1.1\r\nHost: fiddler.test\r\nContent-Length: 11\r\n\r\nhello there"
-            .to_vec();
-    for (what, request, expect) in [("ping", ping, "pong\n"), ("echo", echo, "hello there")] {
-        let mut answered = 0;
-        for _ in 0..50 {
-            // What `nc -N` does: the request, then shutdown(SHUT_WR), then read to the end.
-            let mut stream = server.client().open_raw(&request).await;
-            stream.shutdown().await.expect("half-close");
-            let answer = read_to_close(stream).await;
-            if responses(&answer) == 1 && String::from_utf8_lossy(&answer).ends_with(expect) {
-                answered += 1;
-            }
-        }
-        assert_eq!(
-            answered, 50,
-            "{what}: every half-closed request is answered"
-        );
-    }
-    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

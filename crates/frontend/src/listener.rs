@@ -242,15 +242,13 @@ fn connection_builder(app: &App) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     let server = &app.server;
     // The header-read timer also runs while a keep-alive connection waits for its next request,
-    // so it bounds idle connections too. A head over max_buf_size is answered 431. half_close:
-    // a client that shuts its write side after a complete request (`nc -N`, socat, some proxies)
-    // still gets its answer; a half-closed connection with no request is closed at once.
+    // so it bounds idle connections too. A head over max_buf_size is answered 431.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_bytes)
-        .half_close(true);
+        .half_close(false);
     builder
         .http2()
         .timer(TokioTimer::new())
