@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time a client has to send the request body.
     pub body_read_timeout: Duration,
+    /// How long a connection's writes may stay blocked (the client accepts no byte of a pending
+    /// answer) before it is closed.
+    pub send_timeout: Duration,
     /// Time the running jobs get to finish on shutdown before children are killed.
     pub shutdown_grace: Duration,
     /// Largest request head (request line and headers); larger gets `431`. At least 8192.

@@ -183,6 +183,7 @@ struct RawServer {
     header_read_timeout_ms: u64,
     idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
+    send_timeout_ms: u64,
     shutdown_grace_ms: u64,
     default_mode: Mode,
     max_header_bytes: usize,
@@ -260,6 +261,7 @@ impl Default for RawServer {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
+            send_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
             max_header_bytes: 16 * 1024,
@@ -505,6 +507,11 @@ impl RawServer {
             idle_timeout: p.millis(
                 "server.idle_timeout_ms",
                 self.idle_timeout_ms,
+                range::IDLE_TIMEOUT_MS,
+            )?,
+            send_timeout: p.millis(
+                "server.send_timeout_ms",
+                self.send_timeout_ms,
                 range::IDLE_TIMEOUT_MS,
             )?,
             shutdown_grace: p.millis(

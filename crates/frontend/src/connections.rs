@@ -32,6 +32,12 @@ pub(super) struct Activity {
     progress: AtomicU64,
     served: AtomicBool,
     requests: AtomicUsize,
+    /// Bytes-written events: counted apart from reads, so a client that keeps sending while it
+    /// reads nothing does not hide a stalled answer.
+    writes: AtomicU64,
+    /// The last socket write returned `Pending` (the client's window and our send buffer are
+    /// full) and none has succeeded since.
+    write_blocked: AtomicBool,
     /// Set by the sweeper: the connection has been idle too long and is to be closed.
     close: AtomicBool,
 }
@@ -39,6 +45,21 @@ pub(super) struct Activity {
 impl Activity {
     fn progressed(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Account one socket write's outcome: progress, or blocked.
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.progressed();
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                if self.write_blocked.load(Ordering::Relaxed) {
+                    self.write_blocked.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
     /// Count a new request on this connection; returns how many it has had, this one included.
@@ -107,9 +128,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
-        }
+        self.activity.wrote(&result);
         result
     }
 
@@ -119,9 +138,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
-        }
+        self.activity.wrote(&result);
         result
     }
 
@@ -161,6 +178,13 @@ struct Entry {
     /// The progress count at the last sweep that saw it change, and when that was.
     seen: u64,
     quiet_since: Instant,
+    /// The write count at the last sweep that saw it change, and when that was.
+    seen_writes: u64,
+    writes_since: Instant,
+    /// The accept loop that took it: a listener at its limit evicts only its own connections.
+    listener: &'static str,
+    /// When it was registered (for eviction: the oldest of those without a request goes first).
+    opened: Instant,
 }
 
 /// A connection's place in [`ConnectionTable`], given up when dropped.
@@ -191,13 +215,23 @@ impl ConnectionTable {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a connection; it is watched until the registration is dropped.
-    pub(super) fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registration {
+    /// Register a connection accepted by `listener`; it is watched until the registration is
+    /// dropped.
+    pub(super) fn register(
+        self: &Arc<Self>,
+        activity: Arc<Activity>,
+        listener: &'static str,
+    ) -> Registration {
+        let now = Instant::now();
         let entry = Entry {
             seen: activity.progress.load(Ordering::Relaxed),
             activity,
             waker: None,
-            quiet_since: Instant::now(),
+            quiet_since: now,
+            seen_writes: 0,
+            writes_since: now,
+            listener,
+            opened: now,
         };
         let mut slots = self.lock();
         slots.live += 1;
@@ -238,6 +272,34 @@ impl ConnectionTable {
         }
     }
 
+    /// Make room on `listener`, at its connection limit: close the connection open longest that
+    /// has never completed a request head (a slowloris, or one silent since its accept). One with
+    /// a request in flight, or one that has been served, is never chosen. Returns true if one was
+    /// closed; its slot frees as soon as its task sees the flag.
+    pub(super) fn evict_slowest(&self, listener: &'static str) -> bool {
+        let slots = self.lock();
+        let victim = slots
+            .entries
+            .iter()
+            .flatten()
+            .filter(|entry| {
+                let activity = &entry.activity;
+                entry.listener == listener
+                    && activity.requests.load(Ordering::Relaxed) == 0
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && !activity.close.load(Ordering::SeqCst)
+            })
+            .min_by_key(|entry| entry.opened);
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.activity.close.store(true, Ordering::SeqCst);
+        if let Some(waker) = &victim.waker {
+            waker.wake_by_ref();
+        }
+        true
+    }
+
     /// Begin the graceful drain: every connection finishes the requests it has and closes
     /// (HTTP/1 after its current response, HTTP/2 with GOAWAY).
     pub(super) fn drain(&self) {
@@ -250,11 +312,26 @@ impl ConnectionTable {
     }
 
     /// One sweep at `now`: mark and wake every connection idle for a whole period (`silent`
-    /// before its first request, `idle` after). Returns how many it closed.
-    fn sweep(&self, now: Instant, silent: Duration, idle: Duration) -> usize {
+    /// before its first request, `idle` after), or whose writes have been blocked for `send`. Returns how many it closed.
+    fn sweep(&self, now: Instant, silent: Duration, idle: Duration, send: Duration) -> usize {
         let mut closed = 0;
         for entry in self.lock().entries.iter_mut().flatten() {
             let activity = &entry.activity;
+            // The send deadline: blocked writes with no byte taken by the client for `send`,
+            // whatever else the connection does (it may keep sending, or have a request in flight).
+            let writes = activity.writes.load(Ordering::Relaxed);
+            if writes != entry.seen_writes || !activity.write_blocked.load(Ordering::Relaxed) {
+                entry.seen_writes = writes;
+                entry.writes_since = now;
+            } else if now.saturating_duration_since(entry.writes_since) >= send {
+                if !activity.close.swap(true, Ordering::SeqCst) {
+                    closed += 1;
+                    if let Some(waker) = &entry.waker {
+                        waker.wake_by_ref();
+                    }
+                }
+                continue;
+            }
             let progress = activity.progress.load(Ordering::Relaxed);
             if progress != entry.seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
                 entry.seen = progress;
@@ -280,13 +357,14 @@ impl ConnectionTable {
 
     /// The sweeper: runs until the task is dropped. It looks four times per period, so an idle
     /// connection is closed between one period and one and a quarter after it went quiet.
-    pub(super) async fn sweeper(self: Arc<Self>, silent: Duration, idle: Duration) {
-        let tick = (silent.min(idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    pub(super) async fn sweeper(self: Arc<Self>, silent: Duration, idle: Duration, send: Duration) {
+        let tick = (silent.min(idle).min(send) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = ticks.tick().await;
-            let closed = self.sweep(now, silent, idle);
+            let closed = self.sweep(now, silent, idle, send);
             if closed > 0 {
                 tracing::trace!(closed, "idle connections closed");
             }
@@ -331,6 +409,8 @@ impl Registration {
 mod tests {
     use super::*;
 
+    const SEND: Duration = Duration::from_secs(30);
+
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_is_closed_after_its_period_and_a_busy_one_never() {
         let silent = Duration::from_secs(2);
@@ -338,12 +418,12 @@ mod tests {
         let connections = Arc::new(ConnectionTable::default());
         let quiet = Arc::new(Activity::default());
         let busy = Arc::new(Activity::default());
-        let _q = connections.register(quiet.clone());
-        let _b = connections.register(busy.clone());
+        let _q = connections.register(quiet.clone(), "test");
+        let _b = connections.register(busy.clone(), "test");
         let request = InFlight::new(&busy);
         let start = Instant::now();
-        assert_eq!(connections.sweep(start + silent / 2, silent, idle), 0);
-        assert_eq!(connections.sweep(start + silent, silent, idle), 1);
+        assert_eq!(connections.sweep(start + silent / 2, silent, idle, SEND), 0);
+        assert_eq!(connections.sweep(start + silent, silent, idle, SEND), 1);
         assert!(quiet.close.load(Ordering::SeqCst));
         assert!(
             !busy.close.load(Ordering::SeqCst),
@@ -352,22 +432,76 @@ mod tests {
         // Once answered, the busy one has served a request: its period is `idle` from then on.
         drop(request);
         let answered = start + silent * 2;
-        assert_eq!(connections.sweep(answered, silent, idle), 0, "progress");
-        assert_eq!(connections.sweep(answered + idle / 2, silent, idle), 0);
-        assert_eq!(connections.sweep(answered + idle, silent, idle), 1);
+        assert_eq!(
+            connections.sweep(answered, silent, idle, SEND),
+            0,
+            "progress"
+        );
+        assert_eq!(
+            connections.sweep(answered + idle / 2, silent, idle, SEND),
+            0
+        );
+        assert_eq!(connections.sweep(answered + idle, silent, idle, SEND), 1);
         assert!(busy.close.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_takes_the_oldest_connection_without_a_request_and_never_a_served_one() {
+        let connections = Arc::new(ConnectionTable::default());
+        let served = Arc::new(Activity::default());
+        served.request();
+        let (old, young, other) = (
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+        );
+        let _s = connections.register(served.clone(), "main");
+        let _o = connections.register(old.clone(), "main");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _y = connections.register(young.clone(), "main");
+        let _a = connections.register(other.clone(), "admin");
+        assert!(connections.evict_slowest("main"));
+        assert!(old.close.load(Ordering::SeqCst), "the oldest goes first");
+        assert!(connections.evict_slowest("main"));
+        assert!(young.close.load(Ordering::SeqCst));
+        assert!(
+            !connections.evict_slowest("main"),
+            "a served one is never evicted"
+        );
+        assert!(!served.close.load(Ordering::SeqCst));
+        assert!(
+            !other.close.load(Ordering::SeqCst),
+            "another listener's is not touched"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocked_writes_close_at_the_send_timeout_even_while_the_client_keeps_sending() {
+        let (silent, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        let connections = Arc::new(ConnectionTable::default());
+        let stalled = Arc::new(Activity::default());
+        stalled.request();
+        let _s = connections.register(stalled.clone(), "main");
+        let start = Instant::now();
+        stalled.wrote(&Poll::Ready(Ok(100)));
+        stalled.wrote(&Poll::Pending);
+        assert_eq!(connections.sweep(start, silent, idle, SEND), 0);
+        stalled.progressed(); // the client sends a byte: not a write
+        assert_eq!(connections.sweep(start + SEND / 2, silent, idle, SEND), 0);
+        assert_eq!(connections.sweep(start + SEND, silent, idle, SEND), 1);
+        assert!(stalled.close.load(Ordering::SeqCst));
     }
 
     #[test]
     fn slots_are_reused_and_live_counts_registrations() {
         let connections = Arc::new(ConnectionTable::default());
-        let a = connections.register(Arc::new(Activity::default()));
-        let b = connections.register(Arc::new(Activity::default()));
+        let a = connections.register(Arc::new(Activity::default()), "test");
+        let b = connections.register(Arc::new(Activity::default()), "test");
         assert_eq!(connections.live(), 2);
         let slot = a.slot;
         drop(a);
         assert_eq!(connections.live(), 1);
-        let c = connections.register(Arc::new(Activity::default()));
+        let c = connections.register(Arc::new(Activity::default()), "test");
         assert_eq!(c.slot, slot, "a freed slot is taken again");
         drop((b, c));
         assert_eq!(connections.live(), 0);
@@ -377,8 +511,8 @@ mod tests {
     async fn all_closed_resolves_when_the_last_registration_goes() {
         let connections = Arc::new(ConnectionTable::default());
         connections.all_closed().await; // none registered: at once
-        let a = connections.register(Arc::new(Activity::default()));
-        let b = connections.register(Arc::new(Activity::default()));
+        let a = connections.register(Arc::new(Activity::default()), "test");
+        let b = connections.register(Arc::new(Activity::default()), "test");
         let waiting = tokio::spawn({
             let connections = connections.clone();
             async move { connections.all_closed().await }

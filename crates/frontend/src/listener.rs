@@ -4,9 +4,12 @@
 //! # Layout
 //! - `accept`: [`accept::AcceptLoop`], one socket's loop: connection limit, accept errors,
 //!   optional TLS handshake, one serve path for every connection.
+//! - `linger`: the lingering close (read and discard for a bounded time after the last answer,
+//!   so that closing does not reset the connection and destroy unread answers).
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
 
 mod accept;
+mod linger;
 mod stream;
 
 use super::app::App;
@@ -116,15 +119,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let connections = Arc::new(ConnectionTable::default());
     let sweeper = {
-        let (connections, silent, idle) = (
+        let (connections, silent, idle, send) = (
             connections.clone(),
             app.server.header_read_timeout,
             app.server.idle_timeout,
+            app.server.send_timeout,
         );
         tokio::spawn(supervise_task(
             "idle-sweeper",
             Backoff::default(),
-            move || connections.clone().sweeper(silent, idle),
+            move || connections.clone().sweeper(silent, idle, send),
         ))
     };
     let shared = Arc::new(Shared {

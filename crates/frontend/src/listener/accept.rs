@@ -1,6 +1,7 @@
 //! One listener's accept loop: wait for a connection slot, accept, sort accept errors, and serve
 //! each connection (plain or after a bounded TLS handshake) on one path.
 
+use super::linger::SharedTcp;
 use super::stream::ClientStream;
 use super::{Shared, Tls};
 use crate::app::App;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 /// How long the loop pauses after an accept error that is not one client's (such as running out of
@@ -31,8 +32,8 @@ pub(super) struct AcceptLoop {
     socket: TcpListener,
     role: Role,
     tls: Option<Tls>,
-    /// One permit per open connection: at the limit the loop stops accepting, and the kernel's
-    /// backlog absorbs the flood.
+    /// One permit per open connection: at the limit a new connection evicts a slow one, or the
+    /// loop waits and the kernel's backlog absorbs the flood.
     limit: Arc<Semaphore>,
     shared: Arc<Shared>,
     errors: Mutex<ErrorLog>,
@@ -78,18 +79,39 @@ impl AcceptLoop {
         }
     }
 
-    /// Wait for a connection slot, then for a connection; `None` once the slots are closed.
+    /// Accept a connection and give it a slot; `None` once the slots are closed. At the limit,
+    /// the new connection evicts the oldest one that has never completed a request head (see
+    /// [`crate::connections::ConnectionTable::evict_slowest`]) and waits for its slot; with none
+    /// to evict, it waits for any slot, and the kernel's backlog holds the connections behind it.
     async fn accept(&self) -> Option<(OpenConnection, TcpStream, SocketAddr)> {
-        let permit = self.limit.clone().acquire_owned().await.ok()?;
-        loop {
+        let free = match self.limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::NoPermits) => None,
+            Err(TryAcquireError::Closed) => return None,
+        };
+        let (stream, remote) = loop {
             match self.socket.accept().await {
-                Ok((stream, remote)) => {
-                    let open = OpenConnection::new(&self.shared.app, permit);
-                    return Some((open, stream, remote));
-                }
+                Ok(accepted) => break accepted,
                 Err(e) => self.accept_failed(e).await,
             }
-        }
+        };
+        let permit = match free {
+            Some(permit) => permit,
+            None => {
+                if self.shared.connections.evict_slowest(self.name) {
+                    tracing::debug!(
+                        listener = self.name,
+                        "at the connection limit: closed the oldest connection without a request"
+                    );
+                }
+                self.limit.clone().acquire_owned().await.ok()?
+            }
+        };
+        Some((
+            OpenConnection::new(&self.shared.app, permit),
+            stream,
+            remote,
+        ))
     }
 
     /// Sort an accept error: one client's trouble (a reset before the accept) is nothing; anything
@@ -129,10 +151,12 @@ impl AcceptLoop {
             return;
         };
         let _ = tcp.set_nodelay(true);
+        let tcp = SharedTcp::new(tcp);
         let (stream, hsts) = match &self.tls {
-            None => (ClientStream::Plain(tcp), None),
+            None => (ClientStream::Plain(tcp.clone()), None),
             Some(tls) => {
-                match crate::tls::handshake(&tls.acceptor, tcp, tls.handshake_timeout).await {
+                match crate::tls::handshake(&tls.acceptor, tcp.clone(), tls.handshake_timeout).await
+                {
                     Ok(stream) => (ClientStream::Tls(Box::new(stream)), tls.hsts.clone()),
                     Err(e) => {
                         tracing::trace!(client = %remote, cause = %e, "TLS handshake failed");
@@ -154,16 +178,28 @@ impl AcceptLoop {
         // Socket progress is counted on plain HTTP and TLS alike: a slow reader of a large
         // response makes progress only on the socket, long after its request was answered.
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
-        let registration = shared.connections.register(activity.clone());
-        let conn = shared.builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        match registration.serve(&activity, conn).await {
+        let registration = shared.connections.register(activity.clone(), self.name);
+        // In a block of its own, so that hyper's connection and its buffers are gone before the
+        // lingering close.
+        let outcome = {
+            let conn = shared.builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            registration.serve(&activity, conn).await
+        };
+        match outcome {
             None => tracing::trace!(client = %remote, "idle connection closed"),
             // Ignored overflow ends a connection on purpose: no log at all for it.
             Some(Err(e)) if !is_ignored(e.as_ref()) => {
                 tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
             }
-            Some(_) => {}
+            // hyper closed it after its last answer (`Connection: close`, the client's own
+            // close, GOAWAY): linger, so that input the client sent after it does not turn the
+            // close into a reset that destroys the answers. It still holds its slot meanwhile.
+            Some(Ok(())) => {
+                drop(registration);
+                tcp.linger().await;
+            }
+            Some(Err(_)) => {}
         }
     }
 }

@@ -1,19 +1,19 @@
 //! A client's byte stream, plain TCP or TLS, as one I/O type, so that every connection is served
 //! by one code path whatever its listener.
 
+use super::linger::SharedTcp;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// A client connection after the accept (and the TLS handshake, for HTTPS).
 pub(crate) enum ClientStream {
     /// Plain HTTP.
-    Plain(TcpStream),
+    Plain(SharedTcp),
     /// HTTPS. Boxed: the TLS state is about a kilobyte, which a plain connection should not carry.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<SharedTcp>>),
 }
 
 impl AsyncRead for ClientStream {
