@@ -20,10 +20,11 @@
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
 //! - [`readiness`]: `/readyz` with hysteresis, on an injectable clock.
-//! - `access`: the access-log line.
+//! - [`access`]: the access-log line, and [`access::AccessLog`], the bounded buffer a background
+//!   thread writes out in batches.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
 
-mod access;
+pub mod access;
 mod admission;
 mod app;
 mod connections;

@@ -36,6 +36,7 @@ struct Scrape {
     open_connections: i64,
     children: i64,
     light: i64,
+    access_log_dropped: u64,
 }
 
 type CounterOf = fn(&CountersSnapshot) -> u64;
@@ -148,6 +149,12 @@ impl Collector for Scrape {
             )?;
             ConstGauge::new(light).encode(metric)?;
         }
+        ConstCounter::new(self.access_log_dropped).encode(encoder.encode_descriptor(
+            "access_log_dropped",
+            "Access-log lines dropped because the log writer fell behind (or failed).",
+            None,
+            MetricType::Counter,
+        )?)?;
         Ok(())
     }
 }
@@ -178,6 +185,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
         open_connections: gauge(app.open_connections()),
         children: gauge(app.children().live()),
         light: app.light_level(),
+        access_log_dropped: super::access::dropped_total(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");
     registry.register_collector(Box::new(scrape));
