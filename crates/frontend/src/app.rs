@@ -64,6 +64,11 @@ impl Table {
         }
     }
 
+    /// Every route, in config order.
+    pub(super) fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The route of `path`, if any.
     pub(super) fn find(&self, path: &str) -> Option<&Route> {
         if self.routes.len() > LINEAR_ROUTES {
@@ -94,6 +99,8 @@ pub struct App {
     readiness: Readiness,
     children: Arc<Registry>,
     light: TrafficLight,
+    /// The public listener's door (see [`crate::door`]).
+    door: crate::door::Door,
 }
 
 impl App {
@@ -116,7 +123,13 @@ impl App {
             readiness: Readiness::default(),
             children,
             light,
+            door: crate::door::Door::default(),
         }
+    }
+
+    /// The public listener's door (see [`crate::door`]).
+    pub fn door(&self) -> &crate::door::Door {
+        &self.door
     }
 
     /// Judge readiness with `readiness` (its policy and clock) instead of the default.

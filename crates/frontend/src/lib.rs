@@ -12,6 +12,7 @@
 //!   - `listener/accept`: one socket's accept loop as a struct: connection limit, accept errors
 //!     sorted (and their log rate-limited), optional bounded TLS handshake, one serve path.
 //!   - `listener/stream`: plain TCP or TLS as one I/O type.
+//! - [`door`]: the public listener stops accepting while every queue is full and ignores overflow.
 //! - `connections`: the connection table: socket progress, the idle sweeper, the drain's wake-up
 //!   and its wait for the last close.
 //! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
@@ -28,6 +29,7 @@ pub mod access;
 mod admission;
 mod app;
 mod connections;
+pub mod door;
 mod listener;
 mod metrics;
 pub mod readiness;

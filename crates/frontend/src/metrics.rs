@@ -37,6 +37,7 @@ struct Scrape {
     children: i64,
     light: i64,
     access_log_dropped: u64,
+    door: crate::door::DoorSnapshot,
 }
 
 type CounterOf = fn(&CountersSnapshot) -> u64;
@@ -155,6 +156,20 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(self.door.closed).encode(encoder.encode_descriptor(
+            "door_closed",
+            "Times the public listener stopped accepting because every queue was full.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.door.closed_micros as f64 / 1e6).encode(
+            encoder.encode_descriptor(
+                "door_closed_seconds",
+                "Total time the public listener did not accept because every queue was full.",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         Ok(())
     }
 }
@@ -186,6 +201,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
         children: gauge(app.children().live()),
         light: app.light_level(),
         access_log_dropped: super::access::dropped_total(),
+        door: app.door().snapshot(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");
     registry.register_collector(Box::new(scrape));
