@@ -53,11 +53,14 @@
 # shipped, and nginx's default), FLOOD_SERVERS (default "fc-ignore fc-reject nginx-limit-req
 # nginx-limit-conn haproxy"), FULL_SERVERS (default "full-ignore full-reject full-ignore-tls
 # full-reject-tls"), SERVER_CPU / LOADGEN_CPU (default 0 / 1), OUT, IDLE_MAX, IDLE_WAIT,
-# INTRUDERS_MAX, MAX_ATTEMPTS (as in benches/ping.sh). See benches/README.md.
+# INTRUDERS_MAX, MAX_ATTEMPTS (as in benches/ping.sh), DOOR (true | false, default true: an admin
+# listener takes the probes, so fiddler_crab's door on the public listener can close;
+# false: no admin listener, no door; the probes share the public listener). See benches/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-"flood full"}
+DOOR=${DOOR:-true}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 RATE=${RATE:-500}
@@ -95,6 +98,12 @@ CLK_TCK=$(getconf CLK_TCK)
 trap 'stop_server; rm -rf "$work"' EXIT
 WRK_ARGS=(--timeout 5s)
 
+# With DOOR=true an admin listener (on $admin_port) takes the probes, which lets the public listener's
+# door close while the queue is full (docs/ARCHITECTURE.md "The door").
+admin_line() {
+  if [ "$DOOR" = true ]; then echo "admin_listen = \"127.0.0.1:$admin_port\""; fi
+}
+
 # fc_config OVERFLOW PORT: bench_server's flood endpoint (as benches/flood.sh, queue 10).
 fc_config() {
   cat <<EOF
@@ -102,6 +111,7 @@ fc_config() {
 listen = "127.0.0.1:$2"
 shutdown_grace_ms = 2000
 access_log = $ACCESS_LOG
+$(admin_line)
 
 [[endpoint]]
 path = "/sleep100"
@@ -122,6 +132,7 @@ full_config() {
 listen = "127.0.0.1:$2"
 shutdown_grace_ms = 2000
 access_log = $ACCESS_LOG
+$(admin_line)
 
 [[endpoint]]
 path = "/sleep100"
@@ -161,6 +172,7 @@ front_pids=()
 start_server() {
   local name=$1 port dir cmd
   port=$(free_port)
+  admin_port=$(free_port)
   addr=127.0.0.1:$port
   url=http://$addr/sleep100
   rm -f "$work/server.log"
@@ -184,7 +196,9 @@ start_server() {
         >"$work/server.log" 2>&1 &
       server_pids=($!)
       front_pids=("${server_pids[@]}")
-      if wait_http "${url%/sleep100}/status" 100 "${server_pids[0]}"; then return 0; fi
+      local status_url=${url%/sleep100}/status
+      if [ "$DOOR" = true ]; then status_url=http://127.0.0.1:$admin_port/status; fi
+      if wait_http "$status_url" 100 "${server_pids[0]}"; then return 0; fi
       echo "$name did not start:" >&2
       cat "$work/server.log" >&2
       return 1

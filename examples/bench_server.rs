@@ -122,6 +122,20 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot bind {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    // An admin listener, if configured, takes the probes; it lets the public listener's door
+    // close while the queue is full.
+    let admin = match config.server.admin_listen {
+        Some(admin) => Some(
+            tokio::net::TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("cannot bind {admin}"))?,
+        ),
+        None => None,
+    };
+    let listeners = frontend::Listeners {
+        admin,
+        ..frontend::Listeners::main(listener)
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "bench_server listening on {addr}")?;
     out.flush()?;
@@ -129,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
 
     let max = Duration::from_secs(args.max_seconds);
     server
-        .run(listener, async move {
+        .run_all(listeners, async move {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                     Ok(s) => s,

@@ -7,13 +7,16 @@ use fiddler_crab::config::Config;
 use fiddler_crab::{
     check, check_files, default_config, default_config_text, HandlerRegistry, Reloader, Server,
 };
+use frontend::access::{self, AccessLog, AccessWriter};
 use frontend::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
 use frontend::{Listeners, Tls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpSocket;
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 
 mod cli;
 
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve { .. }) | None => {}
     }
-    init_logging(cli.log_format, cli.log_level.as_deref());
+    let access_log = init_logging(cli.log_format, cli.log_level.as_deref());
     common::supervisor::install_panic_hook();
     let (config, registry) = match load(&cli) {
         Ok(loaded) => loaded,
@@ -63,7 +66,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config, registry, &cli) {
+    let ran = run(config, registry, &cli);
+    if let Some(log) = access_log {
+        if !log.close(ACCESS_LOG_CLOSE_LIMIT) {
+            eprintln!("warning: access-log lines still unwritten at exit (stderr blocked?)");
+        }
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(cause = %e, "server failed");
@@ -120,7 +129,9 @@ fn checked(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<()
 /// `fiddler_crab=debug,hyper=warn`: a level, and per-target levels), not its regex-based
 /// `EnvFilter`: the same directives users write in practice, for about 350 kB less binary.
 /// `--log-level` was checked when parsed; a `RUST_LOG` it cannot parse is reported and `info` used.
-fn init_logging(format: LogFormat, level: Option<&str>) {
+/// Access lines go to stderr through the access log's buffer, written in batches by its thread
+/// (see `frontend::access`); returned so that `main` writes what is left before exiting.
+fn init_logging(format: LogFormat, level: Option<&str>) -> Option<Arc<AccessLog>> {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -135,8 +146,15 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         },
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let access =
+        AccessLog::start(std::io::stderr(), access::BUFFER_BYTES, access::FLUSH_EVERY).ok();
+    if let Some(log) = &access {
+        access::install(log.clone());
+    }
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriters {
+            access: access.clone(),
+        })
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -145,6 +163,31 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
     if let Some(bad) = bad {
         tracing::warn!(problem = %bad, "cannot parse RUST_LOG; logging at info");
+    }
+    access
+}
+
+/// How long `main` waits, at exit, for the access log to write its last lines.
+const ACCESS_LOG_CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Where log lines go: access lines into the access log's buffer (if its thread started),
+/// everything else straight to stderr.
+struct LogWriters {
+    access: Option<Arc<AccessLog>>,
+}
+
+impl<'a> MakeWriter<'a> for LogWriters {
+    type Writer = EitherWriter<std::io::Stderr, AccessWriter<'a>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::A(std::io::stderr())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        match &self.access {
+            Some(log) if meta.target() == access::TARGET => EitherWriter::B(log.writer()),
+            _ => EitherWriter::A(std::io::stderr()),
+        }
     }
 }
 

@@ -75,6 +75,11 @@ impl Table {
         }
     }
 
+    /// Every route, in config order.
+    pub(super) fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The route of `path`, if any.
     pub(super) fn find(&self, path: &str) -> Option<&Route> {
         if self.routes.len() > LINEAR_ROUTES {
@@ -107,6 +112,8 @@ pub struct App {
     light: TrafficLight,
     /// Requests refused `401` (before admission).
     unauthorized: AtomicU64,
+    /// The public listener's door (see [`crate::door`]).
+    door: crate::door::Door,
 }
 
 impl App {
@@ -130,6 +137,7 @@ impl App {
             children,
             light,
             unauthorized: AtomicU64::new(0),
+            door: crate::door::Door::default(),
         }
     }
 
@@ -148,6 +156,11 @@ impl App {
 
     pub(super) fn count_unauthorized(&self) {
         self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The public listener's door (see [`crate::door`]).
+    pub fn door(&self) -> &crate::door::Door {
+        &self.door
     }
 
     /// Judge readiness with `readiness` (its policy and clock) instead of the default.

@@ -12,6 +12,7 @@
 //!   - `listener/accept`: one socket's accept loop as a struct: connection limit, accept errors
 //!     sorted (and their log rate-limited), optional bounded TLS handshake, one serve path.
 //!   - `listener/stream`: plain TCP or TLS as one I/O type.
+//! - [`door`]: the public listener stops accepting while every queue is full and ignores overflow.
 //! - `connections`: the connection table: socket progress, the idle sweeper, the drain's wake-up
 //!   and its wait for the last close.
 //! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
@@ -20,15 +21,17 @@
 //! - [`App`]: the running endpoints, the light, the child registry and readiness.
 //! - `status`, `metrics`: `/status` (JSON) and `/metrics` (Prometheus text).
 //! - [`readiness`]: `/readyz` with hysteresis, on an injectable clock.
-//! - `access`: the access-log line.
+//! - [`access`]: the access-log line, and [`access::AccessLog`], the bounded buffer a background
+//!   thread writes out in batches.
 //! - [`auth`]: bearer tokens from a file, checked before admission.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
 
-mod access;
+pub mod access;
 mod admission;
 mod app;
 pub mod auth;
 mod connections;
+pub mod door;
 mod listener;
 mod metrics;
 pub mod readiness;

@@ -41,6 +41,8 @@ struct Scrape {
     unauthorized: u64,
     children: i64,
     light: i64,
+    access_log_dropped: u64,
+    door: crate::door::DoorSnapshot,
 }
 
 type CounterOf = fn(&CountersSnapshot) -> u64;
@@ -164,6 +166,26 @@ impl Collector for Scrape {
             )?;
             ConstGauge::new(light).encode(metric)?;
         }
+        ConstCounter::new(self.access_log_dropped).encode(encoder.encode_descriptor(
+            "access_log_dropped",
+            "Access-log lines dropped because the log writer fell behind (or failed).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.door.closed).encode(encoder.encode_descriptor(
+            "door_closed",
+            "Times the public listener stopped accepting because every queue was full.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.door.closed_micros as f64 / 1e6).encode(
+            encoder.encode_descriptor(
+                "door_closed_seconds",
+                "Total time the public listener did not accept because every queue was full.",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         Ok(())
     }
 }
@@ -248,6 +270,8 @@ pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
         unauthorized: app.unauthorized(),
         children: gauge(app.children().live()),
         light: app.light_level(),
+        access_log_dropped: super::access::dropped_total(),
+        door: app.door().snapshot(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");
     registry.register_collector(Box::new(scrape));

@@ -19,6 +19,8 @@ struct StatusDocument<'a> {
     light: light::LightStatus,
     /// Endpoints a config reload replaced that still run jobs they had admitted.
     draining_endpoints: usize,
+    /// The public listener's door: times closed, total closed time.
+    door: crate::door::DoorSnapshot,
     endpoints: BTreeMap<&'a str, EndpointStatus>,
 }
 
@@ -42,6 +44,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
         children: app.children().live(),
         light: app.light().snapshot(),
         draining_endpoints: app.draining(),
+        door: app.door().snapshot(),
         endpoints: endpoints
             .iter()
             .map(|e| (e.config.path.as_str(), e.status()))

@@ -75,6 +75,13 @@ impl AcceptLoop {
             let Some((open, stream, remote)) = accepted else {
                 return;
             };
+            // The door (public listener only: probes and scrapes keep their way in).
+            if self.role == Role::Public {
+                tokio::select! {
+                    () = self.shared.app.door().pass(&self.shared.app) => {}
+                    _ = stop.wait_for(|&stop| stop) => return,
+                }
+            }
             tokio::spawn(self.clone().serve(open, stream, remote));
         }
     }
