@@ -178,6 +178,14 @@ fn start_endpoint(
         HandlerConfig::Exec(exec) => {
             Arc::new(ExecHandler::new(&ep.path, exec.clone(), children.clone()))
         }
+        HandlerConfig::Worker(_) => {
+            return Err(ConfigError {
+                file: "config".to_string(),
+                key: format!("endpoint {}: worker", ep.path),
+                problem: "warm workers are not wired in yet".to_string(),
+            }
+            .into())
+        }
     };
     let start = |source| BuildError::Start {
         path: ep.path.clone(),
