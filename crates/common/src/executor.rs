@@ -196,6 +196,11 @@ impl JobRunner {
         self.handler.is_inline()
     }
 
+    /// The handler this runner calls.
+    pub fn handler(&self) -> &Arc<dyn Handler> {
+        &self.handler
+    }
+
     /// The run-time histogram (a shared handle).
     pub fn job_seconds(&self) -> Arc<JobHistogram> {
         self.job_seconds.clone()
