@@ -204,19 +204,19 @@ impl WorkerPool {
             return Ok(());
         }
         let now = Instant::now();
-        let starting = state
-            .workers
-            .iter()
-            .filter(|w| w.state_name() == "starting")
-            .count();
         Err(if state.crash_loop(now) {
             format!(
                 "no worker ready: crash loop ({} exits within crash_loop_window_ms; last: {})",
                 state.recent_exits(now),
                 state.last_exit().unwrap_or("unknown")
             )
+        } else if state.exits_total > 0 {
+            format!(
+                "no worker ready: restarting (last: {})",
+                state.last_exit().unwrap_or("unknown")
+            )
         } else {
-            format!("no worker ready ({starting} of {} starting)", state.slots)
+            format!("no worker ready yet ({} starting)", state.slots)
         })
     }
 

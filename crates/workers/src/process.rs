@@ -183,6 +183,7 @@ impl SocketDir {
                 .filter(|d| d.is_absolute() && d.is_dir())
                 .unwrap_or_else(std::env::temp_dir),
         };
+        remove_stale(&base);
         let pid = std::process::id();
         for _ in 0..1000 {
             let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +221,35 @@ impl SocketDir {
     }
 }
 
+/// Remove the socket directories that servers killed with SIGKILL left in `base`: ours (same
+/// owner), named `fc-PID-N`, whose PID no longer runs. Best effort.
+fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fc-"))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours =
+            std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        let dead = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if ours && dead && pid > 0 {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -252,6 +282,25 @@ mod tests {
         drop(dir);
         assert!(!path.exists());
         drop(other);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn directories_left_by_dead_servers_are_removed_and_live_ones_kept() {
+        let base = std::env::temp_dir().join(format!("fc-stale-{}", std::process::id()));
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let stale = base.join(format!("fc-{dead_pid}-0"));
+        let alive = base.join(format!("fc-{}-77", std::process::id()));
+        let other = base.join("fc-notes");
+        for d in [&stale, &alive, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let dir = SocketDir::create(Some(&base)).unwrap();
+        assert!(!stale.exists(), "a dead server's directory stays");
+        assert!(alive.exists() && other.exists());
+        drop(dir);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -34,7 +34,7 @@ pub struct WorkerStatus {
     /// Its pid (absent for a slot without a process).
     pub pid: Option<u32>,
     /// `starting`, `ready`, `busy`, `retiring`, `exited`, or `down` (a slot without a process,
-    /// waiting out its restart backoff).
+    /// waiting out its restart backoff; a slot about to get its process shows `starting`).
     pub state: &'static str,
     /// Config generation it was started with.
     pub generation: Option<u64>,
@@ -84,10 +84,12 @@ impl PoolStatus {
             if state.workers.iter().any(|w| w.slot == i) {
                 continue;
             }
+            // Waiting out a restart backoff, or about to start.
+            let down = slot.next_start.is_some_and(|t| t > now);
             workers.push(WorkerStatus {
                 slot: i,
                 pid: None,
-                state: "down",
+                state: if down { "down" } else { "starting" },
                 generation: None,
                 requests: 0,
                 rss_bytes: None,
