@@ -416,6 +416,24 @@ async fn a_worker_killed_mid_request_answers_502_and_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_while_idle_costs_no_request() {
+    let server = Workers::app("/pid", "pid_app.py")
+        .worker("restart_backoff_ms = 50")
+        .start()
+        .await;
+    let first = *wait_ready(&server, "/pid", 1).await.first().unwrap();
+    sigkill(first);
+    wait_until("the worker to be dead", || gone(first)).await;
+    // Whether the pool has noticed yet or not: nothing is sent to the dead worker, so the
+    // request goes to its replacement.
+    let reply = server.post("/pid", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_ne!(pid_of(&reply), first);
+    assert_eq!(server.counters("/pid").completed, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_timeout_ms_answers_504_and_the_whole_group_is_killed() {
     let dir = TempDir::new("worker-timeout");
     let child_file = dir.path().join("child.pid");

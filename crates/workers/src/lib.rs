@@ -48,11 +48,16 @@ pub use status::PoolStatus;
 use children::Registry;
 use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
 use config::WorkerConfig;
+use pool::Finished;
 use proxy::Exchange;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A request that never reached its worker (the worker had died while idle) is sent to another
+/// worker at most this many more times.
+const MAX_UNSENT_RETRIES: usize = 3;
 
 /// Runs an endpoint's requests on its warm worker processes. See the [crate docs](crate).
 ///
@@ -88,17 +93,31 @@ impl WorkerHandler {
 
 impl Handler for WorkerHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
-        let mut lease = self.pool.checkout(self.wait_for_worker)?;
-        let config = lease.config().clone();
-        let conn = lease.take_conn();
-        let socket = lease.socket().to_path_buf();
-        let exchange = self.pool.runtime().block_on(async {
-            let exchange = proxy::exchange(conn, &socket, req, config.max_response_bytes);
-            tokio::time::timeout(config.timeout, exchange)
-                .await
-                .unwrap_or(Exchange::TimedOut)
-        });
-        self.pool.finish(lease, exchange)
+        let deadline = Instant::now() + self.wait_for_worker;
+        let mut attempts = 0;
+        loop {
+            let mut lease = self.pool.checkout(deadline, self.wait_for_worker)?;
+            let config = lease.config().clone();
+            let conn = lease.take_conn();
+            let socket = lease.socket().to_path_buf();
+            let exchange = if process::has_exited(lease.pid()) {
+                // Died while idle, not yet reaped: nothing is sent to it.
+                Exchange::Unsent("the worker had exited".into())
+            } else {
+                self.pool.runtime().block_on(async {
+                    let exchange = proxy::exchange(conn, &socket, req, config.max_response_bytes);
+                    tokio::time::timeout(config.timeout, exchange)
+                        .await
+                        .unwrap_or(Exchange::TimedOut)
+                })
+            };
+            match self.pool.finish(lease, exchange) {
+                Finished::Done(result) => return result,
+                // Nothing reached that worker (it died idle): another one may take it.
+                Finished::Retry(_) if attempts < MAX_UNSENT_RETRIES => attempts += 1,
+                Finished::Retry(error) => return self.pool.shutdown_aware(Err(error)),
+            }
+        }
     }
 
     fn available(&self) -> bool {

@@ -84,6 +84,15 @@ pub struct WorkerPool {
     runtime: tokio::runtime::Handle,
 }
 
+/// How a request's exchange with its worker ended, for the handler.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// The request's answer (or error).
+    Done(Result<JobResponse, HandlerError>),
+    /// Nothing reached the worker (it was gone): try another; this error if none is left.
+    Retry(HandlerError),
+}
+
 /// A worker checked out for one request. Returned with [`WorkerPool::finish`]; if dropped
 /// instead (the request's thread unwound), the worker is stopped.
 #[derive(Debug)]
@@ -103,6 +112,11 @@ impl Lease {
     /// The worker's socket.
     pub(crate) fn socket(&self) -> &Path {
         &self.checkout.socket
+    }
+
+    /// The worker's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.checkout.pid
     }
 
     /// The pool's config when the worker was checked out.
@@ -200,7 +214,8 @@ impl WorkerPool {
     /// `Err` with the reason while no worker is ready.
     pub fn ready(&self) -> Result<(), String> {
         let state = self.shared.lock();
-        if state.ready_count() > 0 {
+        // A closing pool answers its requests at once (503): nothing to wait for.
+        if state.ready_count() > 0 || state.closing {
             return Ok(());
         }
         let now = Instant::now();
@@ -235,10 +250,14 @@ impl WorkerPool {
         &self.runtime
     }
 
-    /// Check out an idle, ready worker for one request, waiting at most `wait` for one. Fails at
-    /// once while the pool is closed or crash-looping with no worker ready.
-    pub(crate) fn checkout(&self, wait: Duration) -> Result<Lease, HandlerError> {
-        let deadline = Instant::now() + wait;
+    /// Check out an idle, ready worker for one request, waiting until `deadline` at most (`wait`
+    /// is that bound as configured, for the message). Fails at once while the pool is closed or
+    /// crash-looping with no worker ready.
+    pub(crate) fn checkout(
+        &self,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<Lease, HandlerError> {
         let mut state = self.shared.lock();
         loop {
             if state.closing {
@@ -270,12 +289,9 @@ impl WorkerPool {
         }
     }
 
-    /// Return the worker after its exchange and turn the exchange into the request's answer.
-    pub(crate) fn finish(
-        &self,
-        mut lease: Lease,
-        exchange: Exchange,
-    ) -> Result<JobResponse, HandlerError> {
+    /// Return the worker after its exchange and turn the exchange into the request's answer, or
+    /// into a retry on another worker when nothing reached this one.
+    pub(crate) fn finish(&self, mut lease: Lease, exchange: Exchange) -> Finished {
         lease.returned = true;
         let key = lease.checkout.key;
         let config = lease.config.clone();
@@ -308,9 +324,22 @@ impl WorkerPool {
                     config.max_response_bytes
                 )))
             }
-            Exchange::Unreachable(e) => self.failed(key, true, &e.to_string()),
-            Exchange::Broken(e) => self.failed(key, false, &e),
+            Exchange::Unsent(cause) => {
+                // The worker is out (dead, or its socket broken); the request never reached it.
+                let error = self.failed(key, true, &cause);
+                tracing::debug!(endpoint = %self.endpoint, pid = lease.checkout.pid, %cause, "request not sent to its worker; trying another");
+                return Finished::Retry(error);
+            }
+            Exchange::Broken(cause) => Err(self.failed(key, false, &cause)),
         };
+        Finished::Done(self.shutdown_aware(result))
+    }
+
+    /// During shutdown every failure is the shutdown's: `503`.
+    pub(crate) fn shutdown_aware(
+        &self,
+        result: Result<JobResponse, HandlerError>,
+    ) -> Result<JobResponse, HandlerError> {
         if result.is_err() && self.shared.children.shutting_down() {
             return Err(HandlerError::Unavailable("server shutting down".into()));
         }
@@ -318,12 +347,7 @@ impl WorkerPool {
     }
 
     /// The exchange failed: wait (bounded) to learn whether the worker died, and say which.
-    fn failed(
-        &self,
-        key: u64,
-        unreachable: bool,
-        cause: &str,
-    ) -> Result<JobResponse, HandlerError> {
+    fn failed(&self, key: u64, unreachable: bool, cause: &str) -> HandlerError {
         let deadline = Instant::now() + EXIT_WAIT;
         let mut state = self.shared.lock();
         let exit = loop {
@@ -349,7 +373,7 @@ impl WorkerPool {
             }
         };
         self.shared.changed(&mut state);
-        Err(error)
+        error
     }
 
     /// A flag that turns true once the pool has stopped: every worker gone, its socket directory

@@ -139,6 +139,24 @@ pub(crate) fn wait_exited(pid: u32) -> bool {
     }
 }
 
+/// True if the child `pid` has exited (a zombie not yet reaped, or already reaped by its
+/// waiter), without reaping it. One system call: a request checks it before it is sent, so a
+/// worker that died while idle costs no request.
+pub(crate) fn has_exited(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        // Not our child (any more): the waiter reaped it.
+        Err(nix::errno::Errno::ECHILD) => true,
+        Err(_) => false,
+    }
+}
+
 /// The resident memory of process `pid` (`VmRSS` in `/proc/PID/status`), in bytes.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -260,6 +278,22 @@ impl Drop for SocketDir {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_exited_child_is_seen_without_being_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!has_exited(child.id()));
+        child.kill().unwrap();
+        while !has_exited(child.id()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Still ours to reap: WNOWAIT left it a zombie.
+        assert!(child.wait().is_ok());
+        assert!(has_exited(child.id()), "reaped counts as exited");
+    }
 
     #[test]
     fn vm_rss_is_read_in_bytes() {

@@ -37,8 +37,9 @@ pub(crate) enum Exchange {
         /// The connection, if still open.
         conn: Option<Conn>,
     },
-    /// No connection to the worker's socket could be made; nothing was sent.
-    Unreachable(io::Error),
+    /// Nothing was sent: no connection to the worker's socket could be made, or a fresh one
+    /// closed before the request was written. Safe to send to another worker.
+    Unsent(String),
     /// The connection failed once the request may have been sent (the worker died, or closed
     /// it mid-request), or the answer was not valid HTTP.
     Broken(String),
@@ -80,13 +81,14 @@ pub(crate) async fn exchange(
             Some(c) => c,
             None => match connect(socket).await {
                 Ok(c) => c,
-                Err(e) => return Exchange::Unreachable(e),
+                Err(e) => return Exchange::Unsent(format!("cannot connect: {e}")),
             },
         };
         match sender.try_send_request(to_worker(req)).await {
             Ok(resp) => return read_answer(resp, sender, &req.method, max_response).await,
             // Closed under us before a byte was written (the keep-alive race): safe to resend.
             Err(e) if reused && e.message().is_some() => reused = false,
+            Err(e) if e.message().is_some() => return Exchange::Unsent(e.into_error().to_string()),
             Err(e) => return Exchange::Broken(e.into_error().to_string()),
         }
     }
