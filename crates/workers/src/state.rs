@@ -611,8 +611,8 @@ impl PoolState {
                     w.begin_stop(now, reason, false);
                     wake(now + cfg.kill_grace);
                 }
-                Phase::Starting if w.generation < generation => {
-                    w.begin_stop(now, "restarted before it was ready", false);
+                Phase::Starting if w.generation < generation || w.due => {
+                    w.begin_stop(now, "no longer needed before it was ready", false);
                     wake(now + cfg.kill_grace);
                 }
                 Phase::Starting => {
