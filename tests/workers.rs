@@ -156,6 +156,17 @@ fn gone(pid: u64) -> bool {
     is_dead(i32::try_from(pid).unwrap())
 }
 
+/// True once our child `pid` has exited, reaped or not (what the server checks before sending).
+fn exited(pid: u64) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(i32::try_from(pid).unwrap())), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(_) => true,
+    }
+}
+
 fn sigkill(pid: u64) {
     kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
 }
@@ -423,7 +434,9 @@ async fn a_worker_that_dies_while_idle_costs_no_request() {
         .await;
     let first = *wait_ready(&server, "/pid", 1).await.first().unwrap();
     sigkill(first);
-    wait_until("the worker to be dead", || gone(first)).await;
+    // Wait until it has fully exited (every thread), as its waiter would see it; it may or may
+    // not be reaped yet.
+    wait_until("the worker to have exited", || exited(first)).await;
     // Whether the pool has noticed yet or not: nothing is sent to the dead worker, so the
     // request goes to its replacement.
     let reply = server.post("/pid", "").await;
