@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Server variables every worker gets when the server has them.
@@ -56,10 +56,12 @@ pub(crate) fn worker_env(
     env
 }
 
-/// Start one worker for `slot` on `socket`, in its own process group, stdin from `/dev/null`,
-/// stdout and stderr onto the server's stderr (so neither is ever an unread pipe). Must be called
-/// from the pool's supervisor thread (see the module docs).
-pub(crate) fn spawn(cfg: &WorkerConfig, slot: usize, socket: &Path) -> io::Result<Child> {
+/// The command that starts one worker for `slot` on `socket`: in its own process group, stdin
+/// from `/dev/null`, stdout and stderr onto the server's stderr (so neither is ever an unread
+/// pipe), dying with the server. Spawn it from the pool's supervisor thread only (see the module
+/// docs), through `children::Registry::spawn`, so that it is registered before any orphan scan
+/// could take it for an escaped process.
+pub(crate) fn command(cfg: &WorkerConfig, slot: usize, socket: &Path) -> io::Result<Command> {
     let Some((program, args)) = cfg.command.split_first() else {
         return Err(io::Error::other("empty command"));
     };
@@ -77,7 +79,7 @@ pub(crate) fn spawn(cfg: &WorkerConfig, slot: usize, socket: &Path) -> io::Resul
         command.current_dir(dir);
     }
     die_with_parent(&mut command, nix::unistd::getpid());
-    command.spawn()
+    Ok(command)
 }
 
 /// In the child, before exec: ask for SIGKILL when the spawning thread dies, and refuse to start

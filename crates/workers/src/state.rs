@@ -188,6 +188,9 @@ pub(crate) struct Plan {
     pub(crate) spawns: Vec<Spawn>,
     /// The pool is closed and every worker is gone: the supervisor ends.
     pub(crate) done: bool,
+    /// Some worker left the pool (its group is unregistered): what it left behind outside its
+    /// group may now be collected (`children::kill_orphans`).
+    pub(crate) removed: bool,
     /// The next deadline (a kill, a ready timeout, a backoff's end), if any.
     pub(crate) wake_at: Option<Instant>,
 }
@@ -538,6 +541,7 @@ impl PoolState {
             if self.workers[i].exit.is_some() && self.workers[i].phase != Phase::Busy {
                 let w = self.workers.remove(i);
                 self.record_exit(w, now);
+                plan.removed = true;
             } else {
                 i += 1;
             }

@@ -129,6 +129,11 @@ impl Supervisor {
             self.shared.notify(&state);
             (plan, state.config.clone(), state.epoch)
         };
+        if plan.removed {
+            // A worker's descendants that escaped its group, or were re-parented to the server
+            // (a child subreaper) when it died, are killed and reaped now.
+            children::kill_orphans();
+        }
         if plan.done {
             return None;
         }
@@ -151,13 +156,14 @@ impl Supervisor {
             .name("fc-worker-wait".into())
             .spawn(move || reap(&shared, key, child_rx));
         let started = match waiter {
-            Ok(_) => process::spawn(config, spawn.slot, &socket),
+            Ok(_) => process::command(config, spawn.slot, &socket)
+                .and_then(|mut command| self.shared.children.spawn(&mut command)),
             Err(e) => Err(io::Error::other(format!(
                 "cannot start a waiter thread: {e}"
             ))),
         };
-        let child = match started {
-            Ok(child) => child,
+        let (child, registered) = match started {
+            Ok(started) => started,
             Err(e) => {
                 let program = config.command.first().map_or("", String::as_str);
                 let mut state = self.shared.lock();
@@ -167,8 +173,7 @@ impl Supervisor {
             }
         };
         let pid = child.id();
-        let group = Arc::new(Group::new(pid));
-        let registered = self.shared.children.register(group.clone());
+        let group = registered.group().clone();
         let limit = config.max_requests.map(|m| {
             m.get()
                 .saturating_add(jitter(config.max_requests_jitter, spawn.key))
