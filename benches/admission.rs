@@ -216,7 +216,10 @@ fn admit_or_overflow(endpoint: &Endpoint) -> Result<Option<JobResponse>, Ignored
     match endpoint.admission().check() {
         Ok(()) => Ok(None),
         Err(Refusal::OverflowIgnored) => Err(Ignored),
-        Err(Refusal::OverflowRejected { retry_after_secs }) => {
+        Err(
+            Refusal::OverflowRejected { retry_after_secs }
+            | Refusal::HandlerUnavailable { retry_after_secs },
+        ) => {
             let mut resp = text_response(
                 hyper::StatusCode::SERVICE_UNAVAILABLE,
                 "queue full, retry later",

@@ -6,7 +6,9 @@
 //! - [`Server`]: built from a validated config; [`Server::run`] serves a bound listener until a
 //!   shutdown future resolves.
 //! - [`default_config`]: the embedded default config.
-//! - [`Reloader`]: applies a new config to a running server (SIGHUP).
+//! - [`Reloader`]: applies a new config to a running server (SIGHUP); restarts the worker
+//!   processes one at a time (SIGUSR2). Worker pools (`workers::Pools`) outlive a reload that
+//!   replaces their endpoint.
 //! - `check`: [`check_files`], what a config names on disk exists and can be used.
 #![deny(missing_docs)]
 
@@ -25,6 +27,7 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use workers::{Pools, WorkerHandler};
 
 mod check;
 
@@ -49,6 +52,11 @@ pub fn default_config_text() -> String {
 pub fn default_config() -> Result<Config, ConfigError> {
     Config::from_toml(&default_config_text(), "<embedded default>")
 }
+
+/// At shutdown, once every job is answered, the worker processes (SIGTERMed when their pool's
+/// last job finished) get at least this long to exit before the server process does; the
+/// survivors then die with it (`PR_SET_PDEATHSIG`).
+const WORKER_STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Builtin handlers by name.
 #[derive(Clone)]
@@ -198,13 +206,33 @@ pub fn start_light(config: &Config) -> std::io::Result<TrafficLight> {
     TrafficLight::system(l.policy, l.sample_every, l.stale_after, l.fail_safe)
 }
 
+/// The worker processes a worker endpoint keeps: one per concurrency slot (crab 1, jellyfish and
+/// adaptive their pool size).
+pub fn worker_slots(ep: &EndpointConfig) -> usize {
+    match ep.mode {
+        ModeConfig::Crab { .. } => 1,
+        ModeConfig::Jellyfish { workers } | ModeConfig::Adaptive { workers, .. } => {
+            pool_size(workers)
+        }
+    }
+}
+
+/// An endpoint just started, and its worker handler if it has one (to activate once it serves).
+type Started = (Arc<Endpoint>, Option<Arc<WorkerHandler>>);
+
 /// Start one endpoint: its handler, executor, queue and dispatcher thread.
 fn start_endpoint(
     ep: &EndpointConfig,
     registry: &HandlerRegistry,
     children: &Arc<ChildRegistry>,
+    pools: &Pools,
     light: &TrafficLight,
-) -> Result<Arc<Endpoint>, BuildError> {
+) -> Result<Started, BuildError> {
+    let start = |source| BuildError::Start {
+        path: ep.path.clone(),
+        source,
+    };
+    let mut workers = None;
     let handler: Arc<dyn Handler> = match &ep.handler {
         HandlerConfig::Builtin(name) => registry.get(name).ok_or_else(|| ConfigError {
             file: "config".to_string(),
@@ -214,13 +242,17 @@ fn start_endpoint(
         HandlerConfig::Exec(exec) => {
             Arc::new(ExecHandler::new(&ep.path, exec.clone(), children.clone()))
         }
-    };
-    let start = |source| BuildError::Start {
-        path: ep.path.clone(),
-        source,
+        HandlerConfig::Worker(worker) => {
+            let handler = pools
+                .handler(&ep.path, worker, worker_slots(ep), ep.queue_timeout)
+                .map_err(start)?;
+            workers = Some(handler.clone());
+            handler
+        }
     };
     let executor = executor_for(ep, light).map_err(start)?;
-    Endpoint::start(ep.clone(), handler, executor).map_err(start)
+    let endpoint = Endpoint::start(ep.clone(), handler, executor).map_err(start)?;
+    Ok((endpoint, workers))
 }
 
 /// A built server: every endpoint's queue and executor running, ready to serve a listener.
@@ -228,6 +260,7 @@ fn start_endpoint(
 pub struct Server {
     app: Arc<App>,
     registry: HandlerRegistry,
+    pools: Arc<Pools>,
 }
 
 impl Server {
@@ -265,10 +298,11 @@ impl Server {
             tracing::warn!(cause = %e, "not a child subreaper: a process that leaves its job's process group can outlive the job");
         }
         let children = Arc::new(ChildRegistry::new());
+        let pools = Arc::new(Pools::new(children.clone()));
         let endpoints = config
             .endpoints
             .iter()
-            .map(|ep| start_endpoint(ep, registry, &children, &light))
+            .map(|ep| start_endpoint(ep, registry, &children, &pools, &light).map(|(e, _)| e))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
             app: Arc::new(
@@ -277,6 +311,7 @@ impl Server {
                     .with_guards(&guards),
             ),
             registry: registry.clone(),
+            pools,
         })
     }
 
@@ -290,17 +325,24 @@ impl Server {
         Reloader {
             app: self.app.clone(),
             registry: self.registry.clone(),
+            pools: self.pools.clone(),
         }
     }
 
-    /// Serve `listener` until `shutdown` resolves, then drain (see [`frontend::serve`]).
+    /// Serve `listener` until `shutdown` resolves, then drain (see [`frontend::serve`]) and
+    /// stop the worker processes.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let grace = self.app.server.shutdown_grace;
         serve(listener, self.app, shutdown).await;
+        self.pools.wait_stopped(grace.max(WORKER_STOP_BOUND)).await;
     }
 
-    /// Serve several listeners (main, admin) until `shutdown` resolves, then drain.
+    /// Serve several listeners (main, admin) until `shutdown` resolves, then drain and stop the
+    /// worker processes.
     pub async fn run_all(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let grace = self.app.server.shutdown_grace;
         serve_all(listeners, self.app, shutdown).await;
+        self.pools.wait_stopped(grace.max(WORKER_STOP_BOUND)).await;
     }
 }
 
@@ -309,6 +351,7 @@ impl Server {
 pub struct Reloader {
     app: Arc<App>,
     registry: HandlerRegistry,
+    pools: Arc<Pools>,
 }
 
 /// What a reload changed.
@@ -325,15 +368,24 @@ pub struct ReloadSummary {
 }
 
 impl Reloader {
+    /// Replace every worker process of every worker endpoint, one at a time per endpoint, each
+    /// only once its successor is ready (SIGUSR2). Returns how many endpoints' pools.
+    pub fn restart_workers(&self) -> usize {
+        self.pools.restart_all("restart requested")
+    }
+
     /// Apply a validated config's endpoints. Unchanged endpoints keep running untouched; changed
     /// and new ones get fresh queues; the old ones finish every job they admitted. Nothing
-    /// admitted is lost. On error nothing changes.
+    /// admitted is lost. On error nothing changes. A changed worker endpoint keeps its worker
+    /// pool; if the workers' own settings changed, they are replaced one at a time (a rolling
+    /// restart), never all at once.
     pub fn apply(&self, config: &Config) -> Result<ReloadSummary, BuildError> {
         check(config, &self.registry, "config")?;
         // Token files are read again on every reload, whether or not their endpoint changed.
         let guards = load_guards(config)?;
         let mut kept = 0;
         let mut started: Vec<Arc<Endpoint>> = Vec::new();
+        let mut worker_handlers = Vec::new();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             match self.app.endpoint(&ep.path) {
@@ -346,9 +398,13 @@ impl Reloader {
                         ep,
                         &self.registry,
                         self.app.children(),
+                        &self.pools,
                         self.app.light(),
                     ) {
-                        Ok(fresh) => fresh,
+                        Ok((fresh, workers)) => {
+                            worker_handlers.extend(workers);
+                            fresh
+                        }
                         Err(e) => {
                             // Nothing is swapped in: stop what this attempt started.
                             for s in &started {
@@ -363,6 +419,9 @@ impl Reloader {
             }
         }
         let retired = self.app.swap_endpoints(endpoints, &guards);
+        for handler in worker_handlers {
+            handler.activate();
+        }
         Ok(ReloadSummary {
             kept,
             started: started.len(),

@@ -1,5 +1,6 @@
 //! The `fiddler_crab` binary: parse the command line, load the config, start logging, serve until
 //! SIGTERM/SIGINT, map failures to exit codes (0 ok, 1 runtime failure, 2 bad config or usage).
+//! SIGHUP reloads the config; SIGUSR2 restarts the worker processes one at a time.
 
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
@@ -212,6 +213,7 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
             listen,
             certs,
         ));
+        tokio::spawn(restart_workers_on_sigusr2(server.reloader()));
         let main = bind(config.server.listen, config.server.listen_backlog).await?;
         let admin = match config.server.admin_listen {
             Some(addr) => Some(bind(addr, config.server.listen_backlog).await?),
@@ -340,6 +342,23 @@ async fn reload_on_sighup(
                 tracing::warn!(%file, error = %e, "config reload failed; the current config keeps serving")
             }
         }
+    }
+}
+
+/// On every SIGUSR2: replace every worker process, one at a time per endpoint, each only once its
+/// successor is ready (a rolling restart: no request is dropped).
+async fn restart_workers_on_sigusr2(reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = match signal(SignalKind::user_defined2()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot listen for SIGUSR2; worker restarts on request are off");
+            return;
+        }
+    };
+    while usr2.recv().await.is_some() {
+        let pools = reloader.restart_workers();
+        tracing::info!(signal = "SIGUSR2", pools, "rolling restart of the workers");
     }
 }
 

@@ -183,6 +183,11 @@ impl TestServer {
         self.reloader.apply(&config)
     }
 
+    /// Replace every worker process, one at a time per endpoint (what SIGUSR2 does).
+    pub fn restart_workers(&self) -> usize {
+        self.reloader.restart_workers()
+    }
+
     /// A handle for sending requests, also from spawned tasks.
     pub fn client(&self) -> Client {
         Client { addr: self.addr }

@@ -1,7 +1,8 @@
 //! Admission: one request in, one outcome out, counted here. The front end only turns the outcome
 //! into HTTP.
 //!
-//! [`Admission::check`] is the O(1) look before a body is read (queue room, expected wait);
+//! [`Admission::check`] is the O(1) look before a body is read (queue room, the handler's
+//! availability, expected wait);
 //! [`Admission::try_admit`] then runs a cheap handler inline, or puts the job into the handoff
 //! queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
 //! deadline. Every admitted request is counted `admitted` once (when it enters the queue, or when
@@ -41,6 +42,12 @@ pub enum Refusal {
     },
     /// The endpoint is shutting down (or retired): `503`, not counted as overflow.
     ShuttingDown,
+    /// Overflow under `overflow = "reject"` because the handler cannot serve any time soon (its
+    /// worker processes keep crashing): `503` with `Retry-After` (counted in `overflowed`).
+    HandlerUnavailable {
+        /// Seconds the client should wait before retrying (1 to 3600).
+        retry_after_secs: u64,
+    },
 }
 
 /// Why there is no room.
@@ -50,6 +57,8 @@ enum NoRoom {
     Full,
     /// Admitted now, the job would time out in the queue anyway.
     TooSlow,
+    /// The handler cannot serve any time soon ([`Handler::available`] is false).
+    Unavailable,
 }
 
 /// An endpoint's admission: its handoff queue, its running slots (through the job runner), its
@@ -106,8 +115,8 @@ impl Admission {
         }
     }
 
-    /// Whether a request may be admitted now, before its body is read: room in the queue, and an
-    /// expected wait within the queue timeout. A refusal is counted. O(1): a few atomic loads, no
+    /// Whether a request may be admitted now, before its body is read: room in the queue, a
+    /// handler that can serve soon, and an expected wait within the queue timeout. A refusal is counted. O(1): a few atomic loads, no
     /// lock, no allocation.
     #[inline]
     pub fn check(&self) -> Result<(), Refusal> {
@@ -117,6 +126,9 @@ impl Admission {
             } else {
                 self.overflowed(NoRoom::Full)
             });
+        }
+        if !self.runner.handler().available() {
+            return Err(self.overflowed(NoRoom::Unavailable));
         }
         if self.expected_wait_admission && self.expected_wait() > self.queue_timeout {
             return Err(self.overflowed(NoRoom::TooSlow));
@@ -171,9 +183,12 @@ impl Admission {
             EndpointCounters::bump(&self.counters.shed_by_wait);
         }
         EndpointCounters::bump(&self.counters.overflowed);
-        match self.overflow {
-            Overflow::Ignore => Refusal::OverflowIgnored,
-            Overflow::Reject => Refusal::OverflowRejected {
+        match (self.overflow, why) {
+            (Overflow::Ignore, _) => Refusal::OverflowIgnored,
+            (Overflow::Reject, NoRoom::Unavailable) => Refusal::HandlerUnavailable {
+                retry_after_secs: self.retry_after_secs(),
+            },
+            (Overflow::Reject, _) => Refusal::OverflowRejected {
                 retry_after_secs: self.retry_after_secs(),
             },
         }

@@ -4,7 +4,7 @@
 use crate::admission::Admission;
 use crate::counters::CountersSnapshot;
 use crate::executor::{dispatch, Executor};
-use crate::handler::Handler;
+use crate::handler::{Handler, HandlerSample};
 use crate::supervisor::{Backoff, SupervisedThread};
 use config::{EndpointConfig, Mode};
 use serde::ser::SerializeMap;
@@ -47,6 +47,9 @@ pub struct EndpointStatus {
     pub counters: CountersSnapshot,
     /// Mode-specific counters (routing decisions, pool restarts).
     pub executor: BTreeMap<&'static str, u64>,
+    /// Handler-specific state (worker processes), if the handler has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<serde_json::Value>,
 }
 
 impl EndpointStatus {
@@ -89,6 +92,8 @@ impl Endpoint {
         let thread_name = format!("fc-{}{}", x.mode(), config.path.replace('/', "-"));
         let dispatcher = SupervisedThread::spawn(&thread_name, Backoff::default(), move || {
             dispatch(&q, x.as_ref(), &r);
+            // Closed and drained: no job will reach the handler again.
+            r.handler().close();
         })?;
         Ok(Arc::new(Endpoint {
             config,
@@ -123,7 +128,18 @@ impl Endpoint {
             running: admission.running(),
             restarts: self.dispatcher.restarts(),
             counters: admission.counters(),
+            handler: admission.runner.handler().status(),
         }
+    }
+
+    /// Whether the endpoint's handler can serve now (see [`Handler::ready`]).
+    pub fn handler_ready(&self) -> Result<(), String> {
+        self.admission.runner.handler().ready()
+    }
+
+    /// The handler's own numbers for `/metrics` (see [`Handler::samples`]).
+    pub fn handler_samples(&self) -> Vec<HandlerSample> {
+        self.admission.runner.handler().samples()
     }
 
     /// The endpoint's run-time histogram.

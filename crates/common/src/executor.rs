@@ -196,6 +196,11 @@ impl JobRunner {
         self.handler.is_inline()
     }
 
+    /// The handler this runner calls.
+    pub fn handler(&self) -> &Arc<dyn Handler> {
+        &self.handler
+    }
+
     /// The run-time histogram (a shared handle).
     pub fn job_seconds(&self) -> Arc<JobHistogram> {
         self.job_seconds.clone()
@@ -265,11 +270,27 @@ impl Drop for RunningSlot<'_> {
 pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobRunner>) {
     let mut spare = VecDeque::new();
     while let Some(mut batch) = queue.take_batch(spare, IDLE_TICK) {
+        wait_for_handler(queue, runner);
         tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = %executor.mode(), "batch handed off");
         executor.run_batch(&mut batch, runner);
         spare = batch.into_spare();
     }
 }
+
+/// Hold a handed-off batch while the handler cannot serve yet but will (worker processes still
+/// starting: [`Handler::ready`] is `Err` while [`Handler::available`] is true): its jobs keep
+/// waiting as queued jobs (their queue deadline still applies), so a job's run time never
+/// includes the handler's start-up. Shutdown ends the wait, and so does a handler that becomes
+/// unavailable (its jobs are then answered at once).
+fn wait_for_handler(queue: &HandoffQueue, runner: &JobRunner) {
+    let handler = runner.handler();
+    while handler.ready().is_err() && handler.available() && !queue.is_shedding() {
+        std::thread::sleep(READY_POLL);
+    }
+}
+
+/// How often a dispatcher holding a batch looks again whether its handler is ready.
+const READY_POLL: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {

@@ -100,6 +100,50 @@ pub trait Handler: Send + Sync + 'static {
     fn is_inline(&self) -> bool {
         false
     }
+
+    /// False while the handler cannot serve any time soon (for example every worker process keeps
+    /// crashing): admission then treats new requests as overflow at once instead of queueing them.
+    /// Called on every admission: must be a few atomic loads at most. Default true.
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// Whether the handler can serve now, for `/readyz`; `Err` says why not (for example no
+    /// worker process has finished starting). Must never wait on work. Default ready.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Handler-specific state for the endpoint's line in `/status` (for example its worker
+    /// processes). Must never wait on work. Default none.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Handler-specific numbers for `/metrics`. Must never wait on work. Default none.
+    fn samples(&self) -> Vec<HandlerSample> {
+        Vec::new()
+    }
+
+    /// The endpoint will call this handler no more: its queue was closed and every admitted job
+    /// answered (shutdown, or a reload replaced the endpoint). Release what the handler holds.
+    /// Default nothing.
+    fn close(&self) {}
+}
+
+/// One number a handler exports to `/metrics`, under the endpoint's labels plus its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerSample {
+    /// Metric name, without the server's prefix (for example `worker_requests`).
+    pub name: &'static str,
+    /// One-line help text.
+    pub help: &'static str,
+    /// A counter (only ever grows) or a gauge.
+    pub counter: bool,
+    /// Labels beyond `endpoint` and `mode` (for example the worker's slot).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: i64,
 }
 
 /// A plain-text response with `status` and a short reason line: the shape of every error we send.

@@ -10,11 +10,15 @@
 //! - [`mode`]: the execution modes, each with its own settings.
 //! - [`light`]: the traffic light's colours and thresholds.
 //! - [`tls`]: the HTTPS certificate settings.
+//! - [`worker`]: warm worker processes (`[endpoint.worker]`).
 
 pub mod light;
 pub mod mode;
 mod raw;
 pub mod tls;
+pub mod worker;
+
+pub use worker::WorkerConfig;
 
 use http::HeaderValue;
 use http::Method;
@@ -242,6 +246,8 @@ pub enum HandlerConfig {
     Builtin(String),
     /// An external program.
     Exec(ExecConfig),
+    /// Warm worker processes, one per concurrency slot, serving HTTP/1.1 on Unix sockets.
+    Worker(WorkerConfig),
 }
 
 /// How an exec handler reads the program's stdout.

@@ -303,6 +303,7 @@ struct RawEndpoint {
     builtin: Option<String>,
     exec: Option<RawExec>,
     auth: Option<RawEndpointAuth>,
+    worker: Option<crate::worker::RawWorker>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -638,18 +639,27 @@ impl RawEndpoint {
             }
         }
         let mode = self.mode_config(p, at, default_mode)?;
-        let handler = match (self.builtin, self.exec) {
-            (Some(name), None) => HandlerConfig::Builtin(name),
-            (None, Some(exec)) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
-            (Some(_), Some(_)) => {
-                return Err(p.at(at, "has both `builtin` and `[exec]`: choose one"))
-            }
-            (None, None) => {
-                return Err(p.at(
-                    at,
-                    "needs `builtin = \"...\"` or an `[endpoint.exec]` table",
-                ))
-            }
+        let named: Vec<&str> = [
+            (self.builtin.is_some(), "`builtin`"),
+            (self.exec.is_some(), "`[exec]`"),
+            (self.worker.is_some(), "`[worker]`"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        let handler = match (self.builtin, self.exec, self.worker) {
+            (Some(name), None, None) => HandlerConfig::Builtin(name),
+            (None, Some(exec), None) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
+            (None, None, Some(worker)) => HandlerConfig::Worker(
+                worker
+                    .validate()
+                    .map_err(|(k, problem)| p.at(format!("{at}.worker.{k}"), problem))?,
+            ),
+            (None, None, None) => return Err(p.at(
+                at,
+                "needs `builtin = \"...\"`, an `[endpoint.exec]` or an `[endpoint.worker]` table",
+            )),
+            _ => return Err(p.at(at, format!("has both {}: choose one", named.join(" and ")))),
         };
         Ok(EndpointConfig {
             path: self.path,

@@ -124,6 +124,15 @@ fn refused(refusal: Refusal) -> Answer {
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             Ok(resp)
         }
+        Refusal::HandlerUnavailable { retry_after_secs } => {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "endpoint unavailable (its workers keep failing), retry later",
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            Ok(resp)
+        }
         Refusal::ShuttingDown => Ok(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "server shutting down",

@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+/// The readiness reason while some endpoint's handler cannot serve yet (see
+/// [`App::unready_handlers`] for which and why).
+pub const HANDLER_NOT_READY: &str = "handler-not-ready";
+
 /// Tables with more endpoints than this are searched by hash; smaller ones by a linear scan,
 /// which for a handful of short paths is faster than hashing the path.
 const LINEAR_ROUTES: usize = 8;
@@ -250,7 +254,26 @@ impl App {
             min_fill: if min_fill.is_finite() { min_fill } else { 0.0 },
             closing: endpoints.iter().any(|e| e.admission().is_closed()),
         };
+        // An endpoint whose handler cannot serve yet (no worker process ready) is a plain gate,
+        // outside the saturation hysteresis.
+        if !load.closing && endpoints.iter().any(|e| e.handler_ready().is_err()) {
+            return Verdict {
+                ready: false,
+                reason: HANDLER_NOT_READY,
+            };
+        }
         self.readiness.check_now(load)
+    }
+
+    /// Why each endpoint whose handler cannot serve yet is not ready: `PATH: reason`.
+    pub fn unready_handlers(&self) -> Vec<String> {
+        self.endpoints()
+            .iter()
+            .filter_map(|e| {
+                let reason = e.handler_ready().err()?;
+                Some(format!("{}: {reason}", e.config.path))
+            })
+            .collect()
     }
 
     /// The server's live child process groups.

@@ -8,6 +8,7 @@
 use super::app::App;
 use super::Body;
 use bytes::Bytes;
+use common::handler::HandlerSample;
 use common::histogram::JobHistogram;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
@@ -18,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::counters::CountersSnapshot;
@@ -32,6 +34,8 @@ struct EndpointScrape {
     queue_capacity: i64,
     running: i64,
     job_seconds: Arc<JobHistogram>,
+    /// The handler's own numbers (worker processes).
+    samples: Vec<HandlerSample>,
 }
 
 #[derive(Debug)]
@@ -136,6 +140,34 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
+        // Handler samples, one descriptor per name across every endpoint that has it.
+        let mut by_name: BTreeMap<&str, Vec<(&EndpointScrape, &HandlerSample)>> = BTreeMap::new();
+        for ep in &self.endpoints {
+            for sample in &ep.samples {
+                by_name.entry(sample.name).or_default().push((ep, sample));
+            }
+        }
+        for (name, samples) in by_name {
+            let Some(&(_, first)) = samples.first() else {
+                continue;
+            };
+            let kind = if first.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut metric = encoder.encode_descriptor(name, first.help, None, kind)?;
+            for &(ep, sample) in &samples {
+                let mut labels = vec![("endpoint", ep.path.clone()), ("mode", ep.mode.to_string())];
+                labels.extend(sample.labels.iter().map(|(k, v)| (*k, v.clone())));
+                let family = metric.encode_family(&labels)?;
+                if first.counter {
+                    ConstCounter::new(u64::try_from(sample.value).unwrap_or(0)).encode(family)?;
+                } else {
+                    ConstGauge::new(sample.value).encode(family)?;
+                }
+            }
+        }
         let server: [(&str, &str, i64); 2] = [
             (
                 "open_connections",
@@ -263,6 +295,7 @@ pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
                     queue_capacity: gauge(status.queue_capacity),
                     running: gauge(status.running),
                     job_seconds: e.job_seconds(),
+                    samples: e.handler_samples(),
                 }
             })
             .collect(),

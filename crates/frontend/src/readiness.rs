@@ -117,7 +117,8 @@ impl Default for Readiness {
 pub struct Verdict {
     /// Ready for traffic.
     pub ready: bool,
-    /// Why, in a word: `ok`, `red`, `queues-full`, `recovering`, `shutting-down`.
+    /// Why, in a word: `ok`, `red`, `queues-full`, `recovering`, `shutting-down`,
+    /// `handler-not-ready`.
     pub reason: &'static str,
 }
 

@@ -91,7 +91,15 @@ pub(super) fn route(
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
                     };
-                    to_body(text_response(status, verdict.reason))
+                    if verdict.reason == crate::app::HANDLER_NOT_READY {
+                        let detail = app.unready_handlers().join("; ");
+                        to_body(text_response(
+                            status,
+                            &format!("{}: {detail}", verdict.reason),
+                        ))
+                    } else {
+                        to_body(text_response(status, verdict.reason))
+                    }
                 }
             },
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),

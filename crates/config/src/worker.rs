@@ -1,0 +1,303 @@
+//! Warm worker processes (`[endpoint.worker]`): the raw TOML table and its validated form.
+//!
+//! A worker endpoint keeps one long-lived process per concurrency slot, each serving HTTP/1.1 on
+//! its own Unix socket (see `docs/WORKERS.md`). Every limit here has a default; the documented
+//! reference of each key is `config/reference.toml`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The longest Unix socket path a worker may be given, in bytes: `sun_path` holds 107 and the
+/// Python helper binds `PATH.tmp` first.
+pub const MAX_SOCKET_PATH: usize = 103;
+
+/// A warm worker pool (`[endpoint.worker]`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// argv of one worker process: program and arguments, never through a shell.
+    pub command: Vec<String>,
+    /// Working directory of the workers (and base of relative `watch` paths); the server's own
+    /// when unset.
+    pub cwd: Option<PathBuf>,
+    /// Variables set for the workers.
+    pub env: Vec<(String, String)>,
+    /// Server environment variables passed through beside PATH, LANG and HOME.
+    pub pass_env: Vec<String>,
+    /// A starting worker that does not accept (and pass `ready_path`) within this is killed and
+    /// counted as a failed start. Default 60 s.
+    pub ready_timeout: Duration,
+    /// Optional path a worker must answer `GET` with 2xx before it counts as ready.
+    pub ready_path: Option<String>,
+    /// One request's time limit; past it the answer is `504` and the worker's process group is
+    /// terminated and replaced. Default 30 s.
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a worker is stopped. Default 2 s.
+    pub kill_grace: Duration,
+    /// Recycle a worker after this many requests (`None`: never). Default never.
+    pub max_requests: Option<NonZeroU64>,
+    /// Up to this many more requests, drawn at random per worker, so workers do not all recycle
+    /// at once. Default 0.
+    pub max_requests_jitter: u64,
+    /// Recycle a worker whose resident memory exceeds this (checked between requests). Default off.
+    pub max_rss_bytes: Option<NonZeroU64>,
+    /// Largest response body accepted from a worker; past it the answer is `502`. Default 64 MiB.
+    pub max_response_bytes: usize,
+    /// Directory in which the server creates its private (0700) socket directory; default
+    /// `$XDG_RUNTIME_DIR`, else the temporary directory.
+    pub socket_dir: Option<PathBuf>,
+    /// Files whose change (modification time or size) triggers a rolling restart.
+    pub watch: Vec<PathBuf>,
+    /// First delay before restarting a worker that failed. Default 100 ms.
+    pub restart_backoff: Duration,
+    /// Longest restart delay (the delay doubles per consecutive failure). Default 10 s.
+    pub max_restart_backoff: Duration,
+    /// When the endpoint counts as crash-looping.
+    pub crash_loop: CrashLoop,
+}
+
+/// A crash loop: `exits` unexpected worker exits (or failed starts) within `window`. While one
+/// lasts and no worker is ready, the endpoint treats new requests as overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// Exits that make a crash loop. Default 5.
+    pub exits: NonZeroU32,
+    /// The window they are counted in. Default 60 s.
+    pub window: Duration,
+}
+
+/// The `[endpoint.worker]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWorker {
+    command: Vec<String>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default = "default_ready_timeout_ms")]
+    ready_timeout_ms: u64,
+    ready_path: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_kill_grace_ms")]
+    kill_grace_ms: u64,
+    #[serde(default)]
+    max_requests: u64,
+    #[serde(default)]
+    max_requests_jitter: u64,
+    #[serde(default)]
+    max_rss_bytes: u64,
+    #[serde(default = "default_max_response_bytes")]
+    max_response_bytes: usize,
+    socket_dir: Option<PathBuf>,
+    #[serde(default)]
+    watch: Vec<PathBuf>,
+    #[serde(default = "default_restart_backoff_ms")]
+    restart_backoff_ms: u64,
+    #[serde(default = "default_max_restart_backoff_ms")]
+    max_restart_backoff_ms: u64,
+    #[serde(default = "default_crash_loop_exits")]
+    crash_loop_exits: u32,
+    #[serde(default = "default_crash_loop_window_ms")]
+    crash_loop_window_ms: u64,
+}
+
+fn default_ready_timeout_ms() -> u64 {
+    60_000
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_kill_grace_ms() -> u64 {
+    2_000
+}
+fn default_max_response_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_restart_backoff_ms() -> u64 {
+    100
+}
+fn default_max_restart_backoff_ms() -> u64 {
+    10_000
+}
+fn default_crash_loop_exits() -> u32 {
+    5
+}
+fn default_crash_loop_window_ms() -> u64 {
+    60_000
+}
+
+/// A problem with one key of the table: the key (relative to the table) and what is wrong.
+pub(crate) type Problem = (&'static str, String);
+
+fn millis(key: &'static str, ms: u64) -> Result<Duration, Problem> {
+    match ms {
+        0 => Err((key, "must be at least 1 (milliseconds)".into())),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+impl RawWorker {
+    /// Validate the table; an error names the offending key relative to it.
+    pub(crate) fn validate(self) -> Result<WorkerConfig, Problem> {
+        match self.command.first() {
+            None => {
+                return Err((
+                    "command",
+                    "must name a program: [\"program\", \"arg\", ...]".into(),
+                ))
+            }
+            Some(prog) if prog.is_empty() => {
+                return Err(("command", "the program name is empty".into()))
+            }
+            Some(_) => {}
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(("command", "arguments may not contain NUL".into()));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(("env", format!("`{k}` is not a usable environment variable")));
+            }
+        }
+        if let Some(path) = &self.ready_path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err((
+                    "ready_path",
+                    format!("`{path}` must start with `/` and hold no spaces"),
+                ));
+            }
+        }
+        if self.max_requests == 0 && self.max_requests_jitter > 0 {
+            return Err((
+                "max_requests_jitter",
+                "has no effect without max_requests".into(),
+            ));
+        }
+        if self.max_response_bytes == 0 {
+            return Err(("max_response_bytes", "must be at least 1".into()));
+        }
+        let restart_backoff = millis("restart_backoff_ms", self.restart_backoff_ms)?;
+        let max_restart_backoff = millis("max_restart_backoff_ms", self.max_restart_backoff_ms)?;
+        if max_restart_backoff < restart_backoff {
+            return Err((
+                "max_restart_backoff_ms",
+                format!(
+                    "must be at least restart_backoff_ms ({})",
+                    self.restart_backoff_ms
+                ),
+            ));
+        }
+        let exits = NonZeroU32::new(self.crash_loop_exits)
+            .ok_or(("crash_loop_exits", "must be at least 1".to_string()))?;
+        if let Some(dir) = &self.socket_dir {
+            // The private directory and a socket name go inside it.
+            if dir.as_os_str().len() > MAX_SOCKET_PATH - 40 {
+                return Err((
+                    "socket_dir",
+                    format!(
+                        "`{}` is too long for Unix socket paths (at most {} bytes)",
+                        dir.display(),
+                        MAX_SOCKET_PATH - 40
+                    ),
+                ));
+            }
+        }
+        Ok(WorkerConfig {
+            command: self.command,
+            cwd: self.cwd,
+            env: self.env.into_iter().collect(),
+            pass_env: self.pass_env,
+            ready_timeout: millis("ready_timeout_ms", self.ready_timeout_ms)?,
+            ready_path: self.ready_path,
+            timeout: millis("timeout_ms", self.timeout_ms)?,
+            kill_grace: Duration::from_millis(self.kill_grace_ms),
+            max_requests: NonZeroU64::new(self.max_requests),
+            max_requests_jitter: self.max_requests_jitter,
+            max_rss_bytes: NonZeroU64::new(self.max_rss_bytes),
+            max_response_bytes: self.max_response_bytes,
+            socket_dir: self.socket_dir,
+            watch: self.watch,
+            restart_backoff,
+            max_restart_backoff,
+            crash_loop: CrashLoop {
+                exits,
+                window: millis("crash_loop_window_ms", self.crash_loop_window_ms)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, HandlerConfig};
+    use std::time::Duration;
+
+    fn endpoint(worker: &str) -> String {
+        format!("[[endpoint]]\npath = \"/w\"\n[endpoint.worker]\n{worker}\n")
+    }
+
+    #[test]
+    fn a_worker_table_gets_every_default() {
+        let c =
+            Config::from_toml(&endpoint("command = [\"python3\", \"app.py\"]"), "t.toml").unwrap();
+        let HandlerConfig::Worker(w) = &c.endpoints[0].handler else {
+            panic!("not a worker endpoint: {:?}", c.endpoints[0].handler);
+        };
+        assert_eq!(w.command, ["python3", "app.py"]);
+        assert_eq!(w.ready_timeout, Duration::from_secs(60));
+        assert_eq!(w.timeout, Duration::from_secs(30));
+        assert_eq!(w.max_requests, None);
+        assert_eq!(w.max_rss_bytes, None);
+        assert_eq!(w.max_response_bytes, 64 * 1024 * 1024);
+        assert_eq!(w.crash_loop.exits.get(), 5);
+        assert!(w.watch.is_empty() && w.ready_path.is_none());
+    }
+
+    #[test]
+    fn worker_is_exclusive_with_builtin_and_exec() {
+        let text = "[[endpoint]]\npath = \"/w\"\nbuiltin = \"ping\"\n[endpoint.worker]\ncommand = [\"x\"]\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "endpoint[0]");
+        assert!(e.problem.contains("choose one"), "{e}");
+    }
+
+    #[test]
+    fn bad_worker_keys_are_named() {
+        let cases = [
+            ("command = []", "endpoint[0].worker.command"),
+            (
+                "command = [\"x\"]\nready_path = \"health\"",
+                "endpoint[0].worker.ready_path",
+            ),
+            (
+                "command = [\"x\"]\nmax_requests_jitter = 3",
+                "endpoint[0].worker.max_requests_jitter",
+            ),
+            (
+                "command = [\"x\"]\ntimeout_ms = 0",
+                "endpoint[0].worker.timeout_ms",
+            ),
+            (
+                "command = [\"x\"]\nrestart_backoff_ms = 500\nmax_restart_backoff_ms = 100",
+                "endpoint[0].worker.max_restart_backoff_ms",
+            ),
+            (
+                "command = [\"x\"]\ncrash_loop_exits = 0",
+                "endpoint[0].worker.crash_loop_exits",
+            ),
+            (
+                "command = [\"x\"]\nprocesses = 3",
+                "endpoint[0].worker.processes",
+            ),
+        ];
+        for (table, key) in cases {
+            let e = Config::from_toml(&endpoint(table), "t.toml").unwrap_err();
+            assert_eq!(e.key, key, "{table}: {e}");
+        }
+    }
+}

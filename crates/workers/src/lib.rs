@@ -1,0 +1,254 @@
+//! Warm worker processes: one long-lived process per concurrency slot of an endpoint, each
+//! serving HTTP/1.1 on its own Unix socket, behind the endpoint's bounded queue.
+//!
+//! What is expensive to start (an interpreter, a model) starts once per slot instead of once per
+//! request. The contract a worker obeys is in `docs/WORKERS.md`; this crate is the server's side:
+//!
+//! - **Start and readiness.** A worker gets `FIDDLER_WORKER_SOCKET`, `FIDDLER_WORKER_ID` and
+//!   `FIDDLER_WORKER_PARENT_PID`; it is *ready* once its socket accepts (and `ready_path` answers
+//!   2xx). No request ever goes to a worker that is not ready: a request waits for one (bounded
+//!   by the endpoint's `queue_timeout_ms`), and `/readyz` says why the endpoint cannot serve.
+//! - **One request at a time** per worker, over one kept-alive connection.
+//! - **Faults.** A worker that dies mid-request: that request `502`, the worker restarted with
+//!   exponential backoff. A crash loop makes the endpoint refuse new requests as overflow at once.
+//!   A request past `timeout_ms`: `504`, the worker's process group SIGTERM, grace, SIGKILL, and a
+//!   fresh worker at once.
+//! - **Recycling and rolling restarts without a capacity dip**: a worker past `max_requests` (+
+//!   jitter) or `max_rss_bytes`, or outdated by a restart (SIGUSR2, a changed `watch` file, a
+//!   reload that changed its config), keeps serving until its successor is ready, then stops as
+//!   soon as it is idle; successors start one at a time.
+//! - **No orphans**, even if the server is killed with SIGKILL: see [`process`].
+//! - **A client that leaves** while its request runs in a worker: the request finishes and its
+//!   answer is discarded; the worker stays healthy and is reused (cancelling would cost the
+//!   worker's connection and, for most apps, gains nothing once the work has started).
+//!
+//! # Layout
+//! - [`WorkerHandler`]: the [`Handler`] an endpoint calls; [`Pools`]: the server's pools by
+//!   endpoint, kept across config reloads.
+//! - [`pool`]: a running pool, checkout and return of a worker around one request.
+//! - `state`: the pool's state and every decision about it, free of I/O.
+//! - `supervisor`: the thread that starts, reaps, probes and polls.
+//! - [`process`]: spawning a worker that dies with the server; socket directory; memory.
+//! - `proxy`: the HTTP/1.1 exchange with a worker, hop-by-hop headers, bounded answers.
+//! - [`status`]: `/status` and `/metrics` of a pool.
+#![deny(missing_docs)]
+// `unsafe_code` is "deny" for this crate (Cargo.toml says why), not the workspace's "forbid":
+// the one exception is `process::die_with_parent`.
+
+pub mod pool;
+pub mod process;
+mod proxy;
+mod state;
+pub mod status;
+mod supervisor;
+
+pub use pool::WorkerPool;
+pub use status::PoolStatus;
+
+use children::Registry;
+use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
+use config::WorkerConfig;
+use pool::Finished;
+use proxy::Exchange;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A request that never reached its worker (the worker had died while idle) is sent to another
+/// worker at most this many more times.
+const MAX_UNSENT_RETRIES: usize = 3;
+
+/// Runs an endpoint's requests on its warm worker processes. See the [crate docs](crate).
+///
+/// `handle` blocks its (executor) thread on the pool's own I/O runtime; it is never inline.
+#[derive(Debug)]
+pub struct WorkerHandler {
+    pool: Arc<WorkerPool>,
+    config: WorkerConfig,
+    slots: usize,
+    /// How long a request waits for a ready worker once its turn has come.
+    wait_for_worker: Duration,
+    released: AtomicBool,
+}
+
+impl WorkerHandler {
+    /// Make the pool serve this handler's config and size, if it was adopted from an endpoint a
+    /// reload replaces (a changed config rolls the workers). A no-op for a fresh pool.
+    pub fn activate(&self) {
+        self.pool.reconfigure(self.config.clone(), self.slots);
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<WorkerPool> {
+        &self.pool
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.pool.release();
+        }
+    }
+}
+
+impl Handler for WorkerHandler {
+    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+        let deadline = Instant::now() + self.wait_for_worker;
+        let mut attempts = 0;
+        loop {
+            let mut lease = self.pool.checkout(deadline, self.wait_for_worker)?;
+            let config = lease.config().clone();
+            let conn = lease.take_conn();
+            let socket = lease.socket().to_path_buf();
+            let exchange = if process::has_exited(lease.pid()) {
+                // Died while idle, not yet reaped: nothing is sent to it.
+                Exchange::Unsent("the worker had exited".into())
+            } else {
+                self.pool.runtime().block_on(async {
+                    let exchange = proxy::exchange(conn, &socket, req, config.max_response_bytes);
+                    tokio::time::timeout(config.timeout, exchange)
+                        .await
+                        .unwrap_or(Exchange::TimedOut)
+                })
+            };
+            match self.pool.finish(lease, exchange) {
+                Finished::Done(result) => return result,
+                // Nothing reached that worker (it died idle): another one may take it.
+                Finished::Retry(_) if attempts < MAX_UNSENT_RETRIES => attempts += 1,
+                Finished::Retry(error) => return self.pool.shutdown_aware(Err(error)),
+            }
+        }
+    }
+
+    fn available(&self) -> bool {
+        self.pool.available()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.pool.ready()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.pool.status()).ok()
+    }
+
+    fn samples(&self) -> Vec<HandlerSample> {
+        self.pool.samples()
+    }
+
+    fn close(&self) {
+        self.release();
+    }
+}
+
+impl Drop for WorkerHandler {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The server's worker pools, by endpoint path. A pool outlives a config reload that replaces its
+/// endpoint: the new endpoint's handler adopts it (and rolls its workers if their config
+/// changed), so a reload never waits for a model to load again.
+#[derive(Debug)]
+pub struct Pools {
+    children: Arc<Registry>,
+    pools: Mutex<HashMap<String, Weak<WorkerPool>>>,
+    /// The stopped flag of every pool started and not yet seen stopped.
+    running: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Pools {
+    /// No pools yet; workers will register in `children`.
+    pub fn new(children: Arc<Registry>) -> Pools {
+        Pools {
+            children,
+            pools: Mutex::new(HashMap::new()),
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A handler for the endpoint at `path` with `slots` workers of `config`, waiting at most
+    /// `wait_for_worker` for a ready worker. Adopts the endpoint's running pool if there is one
+    /// (call [`WorkerHandler::activate`] once the endpoint serves); otherwise starts a pool.
+    pub fn handler(
+        &self,
+        path: &str,
+        config: &WorkerConfig,
+        slots: usize,
+        wait_for_worker: Duration,
+    ) -> std::io::Result<Arc<WorkerHandler>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        let adopted = pools
+            .get(path)
+            .and_then(Weak::upgrade)
+            .filter(|pool| pool.acquire());
+        let pool = match adopted {
+            Some(pool) => pool,
+            None => {
+                let pool = WorkerPool::start(path, config.clone(), slots, self.children.clone())?;
+                pools.insert(path.to_string(), Arc::downgrade(&pool));
+                let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                running.retain(|stopped| !stopped.load(Ordering::Acquire));
+                running.push(pool.stopped_flag());
+                pool
+            }
+        };
+        Ok(Arc::new(WorkerHandler {
+            pool,
+            config: config.clone(),
+            slots: slots.max(1),
+            wait_for_worker,
+            released: AtomicBool::new(false),
+        }))
+    }
+
+    /// Restart every pool's workers, one at a time each (SIGUSR2). Returns how many pools.
+    pub fn restart_all(&self, why: &str) -> usize {
+        let pools: Vec<Arc<WorkerPool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for pool in &pools {
+            pool.restart(why);
+        }
+        pools.len()
+    }
+
+    /// True once every pool has stopped (after shutdown closed them: workers gone, socket
+    /// directories removed).
+    pub fn all_stopped(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .all(|stopped| stopped.load(Ordering::Acquire))
+    }
+
+    /// After shutdown: wait until every pool has stopped, at most `bound`.
+    pub async fn wait_stopped(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while !self.all_stopped() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.all_stopped() {
+            tracing::warn!(
+                bound_ms = bound.as_millis() as u64,
+                "worker pools still stopping; leaving them"
+            );
+        }
+    }
+
+    /// The running pool of the endpoint at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<Arc<WorkerPool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .and_then(Weak::upgrade)
+    }
+}
