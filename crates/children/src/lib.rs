@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,6 +204,47 @@ impl Drop for Registered {
 /// kept here is valid between any two statements.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Server variables every child gets, besides those its config passes through.
+pub const ALWAYS_PASSED: &[&str] = &["PATH", "LANG", "HOME"];
+
+/// The server's environment variables a child may see: [`ALWAYS_PASSED`] and the names in
+/// `pass_env`, where set; a name no environment can hold is skipped rather than looked up.
+pub fn passed_env<'a>(pass_env: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, OsString> {
+    let usable = |name: &&str| !name.is_empty() && !name.contains(['=', '\0']);
+    ALWAYS_PASSED
+        .iter()
+        .copied()
+        .chain(pass_env)
+        .filter(usable)
+        .filter_map(|name| Some((name.to_string(), std::env::var_os(name)?)))
+        .collect()
+}
+
+/// Block until the child `pid` has exited, without reaping it (so its pid, which is also its
+/// process group id, cannot be reused while the group may still be signalled). False if that is
+/// not possible here: the caller then polls.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub fn wait_exited(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    let pid = Pid::from_raw(pid);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => return true,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Block until the child `pid` has exited, without reaping it: not possible on this platform.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub fn wait_exited(_pid: u32) -> bool {
+    false
 }
 
 #[cfg(test)]

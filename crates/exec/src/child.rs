@@ -257,36 +257,13 @@ fn wait_for_exit(child_rx: Receiver<(Child, Arc<Group>)>, exit_tx: Sender<io::Re
         return; // the child never started
     };
     let status = loop {
-        let exited = wait_exited(child.id());
+        let exited = children::wait_exited(child.id());
         if let Some(status) = group.reap(&mut child, exited) {
             break status;
         }
         thread::sleep(POLL);
     };
     let _ = exit_tx.send(status);
-}
-
-/// Block until the child `pid` has exited, without reaping it. False if that is not possible
-/// here (the caller then polls).
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn wait_exited(pid: u32) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    loop {
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn wait_exited(_pid: u32) -> bool {
-    false
 }
 
 /// Read stdout to its end, or until it would exceed `cap`: then kill the group and stop.

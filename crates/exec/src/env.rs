@@ -13,27 +13,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 
-/// Server variables every child gets when the server has them.
-const ALWAYS_PASSED: &[&str] = &["PATH", "LANG", "HOME"];
-
 /// The complete environment for one run of `cfg`'s program on `req`.
 pub(crate) fn child_env(
     endpoint: &str,
     cfg: &ExecConfig,
     req: &JobRequest,
 ) -> BTreeMap<String, OsString> {
-    let mut env = BTreeMap::new();
-    let passed = ALWAYS_PASSED
-        .iter()
-        .copied()
-        .chain(cfg.pass_env.iter().map(String::as_str));
-    // A name no environment can hold is skipped rather than looked up.
-    let usable = |name: &&str| !name.is_empty() && !name.contains(['=', '\0']);
-    for name in passed.filter(usable) {
-        if let Some(value) = std::env::var_os(name) {
-            env.insert(name.to_string(), value);
-        }
-    }
+    let mut env = children::passed_env(cfg.pass_env.iter().map(String::as_str));
     for (name, value) in cgi_vars(endpoint, req) {
         env.insert(name, OsString::from(value));
     }

@@ -20,9 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Server variables every worker gets when the server has them.
-const ALWAYS_PASSED: &[&str] = &["PATH", "LANG", "HOME"];
-
 /// The complete environment of the worker for `slot` serving on `socket`: the allow-listed server
 /// variables, the configured pairs, then the worker contract's own (which win).
 pub(crate) fn worker_env(
@@ -30,17 +27,7 @@ pub(crate) fn worker_env(
     slot: usize,
     socket: &Path,
 ) -> BTreeMap<String, OsString> {
-    let mut env = BTreeMap::new();
-    let passed = ALWAYS_PASSED
-        .iter()
-        .copied()
-        .chain(cfg.pass_env.iter().map(String::as_str));
-    let usable = |name: &&str| !name.is_empty() && !name.contains(['=', '\0']);
-    for name in passed.filter(usable) {
-        if let Some(value) = std::env::var_os(name) {
-            env.insert(name.to_string(), value);
-        }
-    }
+    let mut env = children::passed_env(cfg.pass_env.iter().map(String::as_str));
     for (name, value) in &cfg.env {
         env.insert(name.clone(), OsString::from(value));
     }
@@ -123,23 +110,7 @@ pub(crate) fn describe_exit(status: &io::Result<ExitStatus>) -> String {
     }
 }
 
-/// Block until the child `pid` has exited, without reaping it (so its pid, which is also its
-/// process group id, cannot be reused while the group may still be signalled). False if that is
-/// not possible here: the caller then polls.
-pub(crate) fn wait_exited(pid: u32) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    loop {
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
-}
+pub(crate) use children::wait_exited;
 
 /// True if the child `pid` has exited (a zombie not yet reaped, or already reaped by its
 /// waiter), without reaping it. One system call: a request checks it before it is sent, so a
