@@ -16,11 +16,20 @@ use support::{held_job, job, registry, wait_until, within, Gate, Recorder, Reply
 
 /// A [`Recorder`] that may run inline (as the cheap builtins do), to mix inline and pool runs of
 /// one handler that counts how many run at once.
+///
+/// Unlike a real inline handler it blocks (1 ms, or at the gate until the test opens it), so an
+/// inline run leaves its tokio worker through `block_in_place`: a worker blocked in place keeps
+/// the task in its LIFO slot (often the next connection's, just spawned by the accept loop) from
+/// every other worker, and the held runs would stall the very requests the test sends next.
 struct InlineRecorder(Arc<Recorder>);
 
 impl Handler for InlineRecorder {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
-        self.0.handle(req)
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.0.handle(req))
+        } else {
+            self.0.handle(req)
+        }
     }
 
     fn is_inline(&self) -> bool {

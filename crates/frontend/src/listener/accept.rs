@@ -27,16 +27,24 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// One listener's accept loop and everything it needs: built once, run again by the supervisor
 /// after a panic.
+///
+/// The listening socket is the loop's alone: the connection tasks share only [`Connections`], so
+/// the socket closes as soon as the loop's task ends, even while connections still finish.
 pub(super) struct AcceptLoop {
-    name: &'static str,
     socket: TcpListener,
-    role: Role,
-    tls: Option<Tls>,
     /// One permit per open connection: at the limit a new connection evicts a slow one, or the
     /// loop waits and the kernel's backlog absorbs the flood.
     limit: Arc<Semaphore>,
-    shared: Arc<Shared>,
     errors: Mutex<ErrorLog>,
+    connections: Arc<Connections>,
+}
+
+/// What each of a listener's connection tasks needs to serve it.
+struct Connections {
+    name: &'static str,
+    role: Role,
+    tls: Option<Tls>,
+    shared: Arc<Shared>,
 }
 
 impl AcceptLoop {
@@ -50,19 +58,21 @@ impl AcceptLoop {
         shared: Arc<Shared>,
     ) -> AcceptLoop {
         AcceptLoop {
-            name,
             socket,
-            role,
-            tls,
             limit: Arc::new(Semaphore::new(max)),
-            shared,
             errors: Mutex::new(ErrorLog::new(ACCEPT_ERROR_LOG_EVERY)),
+            connections: Arc::new(Connections {
+                name,
+                role,
+                tls,
+                shared,
+            }),
         }
     }
 
     /// The loop's name, for the supervisor and the logs.
     pub(super) fn name(&self) -> &'static str {
-        self.name
+        self.connections.name
     }
 
     /// Accept and serve connections until the stop flag is set (or its sender is gone).
@@ -76,13 +86,14 @@ impl AcceptLoop {
                 return;
             };
             // The door (public listener only: probes and scrapes keep their way in).
-            if self.role == Role::Public {
+            let app = &self.connections.shared.app;
+            if self.connections.role == Role::Public {
                 tokio::select! {
-                    () = self.shared.app.door().pass(&self.shared.app) => {}
+                    () = app.door().pass(app) => {}
                     _ = stop.wait_for(|&stop| stop) => return,
                 }
             }
-            tokio::spawn(self.clone().serve(open, stream, remote));
+            tokio::spawn(self.connections.clone().serve(open, stream, remote));
         }
     }
 
@@ -102,23 +113,20 @@ impl AcceptLoop {
                 Err(e) => self.accept_failed(e).await,
             }
         };
+        let shared = &self.connections.shared;
         let permit = match free {
             Some(permit) => permit,
             None => {
-                if self.shared.connections.evict_slowest(self.name) {
+                if shared.connections.evict_slowest(self.name()) {
                     tracing::debug!(
-                        listener = self.name,
+                        listener = self.name(),
                         "at the connection limit: closed the oldest connection without a request"
                     );
                 }
                 self.limit.clone().acquire_owned().await.ok()?
             }
         };
-        Some((
-            OpenConnection::new(&self.shared.app, permit),
-            stream,
-            remote,
-        ))
+        Some((OpenConnection::new(&shared.app, permit), stream, remote))
     }
 
     /// Sort an accept error: one client's trouble (a reset before the accept) is nothing; anything
@@ -135,20 +143,22 @@ impl AcceptLoop {
             .failed(Instant::now());
         match logged {
             Some(suppressed) => tracing::error!(
-                listener = self.name,
+                listener = self.name(),
                 cause = %e,
                 suppressed,
                 "accept failed; pausing"
             ),
             None => tracing::debug!(
-                listener = self.name,
+                listener = self.name(),
                 cause = %e,
                 "accept failed again; pausing"
             ),
         }
         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
     }
+}
 
+impl Connections {
     /// Serve one accepted connection until it ends: the TLS handshake first if this listener has
     /// TLS (a failed or stalled one costs at most the handshake timeout), then hyper, registered
     /// in the connection table for the idle sweep and the drain.
