@@ -190,7 +190,7 @@ impl Handler for Hold {
                 Err(p) => p.into_inner().0,
             };
         }
-        Ok(JobResponse::new(bytes::Bytes::from_static(b"held\n")))
+        Ok(JobResponse::new("held\n".into()))
     }
 }
 

@@ -9,7 +9,6 @@
 //! addresses only. See `docs/BENCHMARKS.md`.
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::Parser;
 use common::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use fiddler_crab::config::Config;
@@ -67,7 +66,7 @@ impl Handler for Sleep100 {
             let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
             let _ = file.write_all(line.as_bytes());
         }
-        Ok(Response::new(Bytes::from_static(b"slept 100 ms\n")))
+        Ok(Response::new("slept 100 ms\n".into()))
     }
 }
 

@@ -52,7 +52,7 @@ impl Handler for WhichPath {
             self.gate.hold("queued");
             "queued"
         };
-        Ok(Response::new(Bytes::from_static(path.as_bytes())))
+        Ok(Response::new(Bytes::from_static(path.as_bytes()).into()))
     }
 
     fn is_inline(&self) -> bool {

@@ -221,7 +221,7 @@ impl Handler for Panicker {
 }
 
 fn text(status: StatusCode, body: String) -> JobResponse {
-    let mut resp = Response::new(Bytes::from(body));
+    let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

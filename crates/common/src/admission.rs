@@ -12,7 +12,9 @@
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{Executor, JobRunner};
 use crate::handler::{text_response, Handler, JobRequest, JobResponse};
-use crate::job::{respond, shutting_down, waited_too_long, Job, JobTiming, Waiter, DROPPED_STATUS};
+use crate::job::{
+    respond, shutting_down, waited_too_long, GoneOnDrop, Job, JobTiming, Waiter, DROPPED_STATUS,
+};
 use crate::queue::{HandoffQueue, Refused};
 use config::{EndpointConfig, OnClientGone, Overflow};
 use std::sync::Arc;
@@ -202,7 +204,7 @@ impl Admission {
         let Waiter { ticket, mut reply } = waiter;
         // Dropped with this future: a client that goes away while its job runs is seen by the
         // handler (`ClientWatch`) on an `on_client_gone = "stop"` endpoint.
-        let _gone = ticket.gone_on_drop();
+        let gone = ticket.gone_on_drop();
         let shutdown = self.shutdown.notified();
         tokio::pin!(shutdown);
         shutdown.as_mut().enable();
@@ -211,7 +213,7 @@ impl Admission {
         } else {
             tokio::select! {
                 biased;
-                answer = &mut reply => return delivered(answer),
+                answer = &mut reply => return delivered(answer, gone),
                 () = &mut shutdown => shutting_down(),
                 () = tokio::time::sleep(self.queue_timeout) => waited_too_long(),
             }
@@ -220,7 +222,7 @@ impl Admission {
             // Not started: answered here, and the executor will discard it unrun.
             return respond(&self.counters, Err(expired), None);
         }
-        delivered(reply.await)
+        delivered(reply.await, gone)
     }
 
     /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job
@@ -289,6 +291,16 @@ impl Admission {
 }
 
 /// The reply a queued job's executor sent, or `500` if it dropped the job unanswered.
-fn delivered(answer: Result<JobResponse, tokio::sync::oneshot::error::RecvError>) -> JobResponse {
-    answer.unwrap_or_else(|_| text_response(DROPPED_STATUS, "the job's executor failed"))
+fn delivered(
+    answer: Result<JobResponse, tokio::sync::oneshot::error::RecvError>,
+    gone: GoneOnDrop<'_>,
+) -> JobResponse {
+    match answer {
+        Ok(response) if response.body().is_stream() => {
+            gone.disarm();
+            response
+        }
+        Ok(response) => response,
+        Err(_) => text_response(DROPPED_STATUS, "the job's executor failed"),
+    }
 }

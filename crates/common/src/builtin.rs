@@ -1,6 +1,6 @@
 //! Builtin handlers that need no program: `ping` and `echo`.
 
-use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
+use crate::handler::{Handler, HandlerError, JobRequest, JobResponse, ResponseBody};
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
@@ -15,7 +15,7 @@ impl Handler for Ping {
     }
 
     fn handle(&self, _req: &JobRequest) -> Result<JobResponse, HandlerError> {
-        let mut resp = Response::new(Bytes::from_static(b"pong\n"));
+        let mut resp = Response::new(ResponseBody::Full(Bytes::from_static(b"pong\n")));
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -34,7 +34,7 @@ impl Handler for Echo {
     }
 
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
-        let mut resp = Response::new(req.body.clone());
+        let mut resp = Response::new(ResponseBody::Full(req.body.clone()));
         let ct = req
             .headers
             .get(CONTENT_TYPE)

@@ -6,6 +6,7 @@
 //! contained, and one concurrency limit: a job runs only in one of the runner's running slots,
 //! which inline runs on the front end take too (see [`JobRunner::run`]).
 
+use crate::body::{BodySink, Producer, StreamError};
 use crate::counters::EndpointCounters;
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use crate::histogram::JobHistogram;
@@ -116,17 +117,59 @@ impl JobRunner {
     /// Run a job whose turn has come, as one of at most `limit` jobs running at once (inline runs
     /// included): wait for a free running slot, then the turn checks (expired, client gone, too
     /// old, shutting down: answered or dropped and counted there), then the handler with its
-    /// panic turned into `500`, then the one answer. True if the handler ran.
+    /// panic turned into `500`, then the one answer. A streamed answer's head is sent at once and
+    /// its body produced here, still in the slot, so concurrency caps cover streams; its outcome
+    /// is counted when it ends. True if the handler ran.
     pub fn run(&self, job: Job, limit: usize) -> bool {
         let slot = self.claim(limit);
         let job = match job.take_turn(self.queue_timeout, self.queue.is_shedding()) {
             Turn::Run(job) => job,
             Turn::Done => return false,
         };
+        let started = Instant::now();
         let (result, _took) = self.call(&slot, &job.request);
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                drop(slot);
+                job.finish(Err(e));
+                return true;
+            }
+        };
+        let Some((producer, sink)) = response.body_mut().start() else {
+            drop(slot);
+            job.finish(Ok(response));
+            return true;
+        };
+        job.send_head(response);
+        self.stream(producer, sink);
+        self.record_job_time(started.elapsed());
         drop(slot);
-        job.finish(result);
         true
+    }
+
+    /// Produce a streamed body on this thread, in the job's running slot, after its head was
+    /// sent: the producer's panic contained, the end given to the receiver (clean, or an abort),
+    /// and the stream's one outcome counted.
+    fn stream(&self, producer: Producer, mut sink: BodySink) {
+        let outcome = match catch_panic(|| producer(&mut sink)) {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                EndpointCounters::bump(&self.counters.panics);
+                tracing::debug!(endpoint = %self.endpoint, %message, "stream producer panicked; aborting the response");
+                Err(StreamError::Failed("handler failed".into()))
+            }
+        };
+        match &outcome {
+            Ok(()) => {
+                tracing::debug!(endpoint = %self.endpoint, bytes = sink.produced(), "stream completed")
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint, bytes = sink.produced(), cause = %e, "stream ended early")
+            }
+        }
+        sink.finish(&outcome);
+        self.counters.record(&outcome);
     }
 
     /// A running slot if fewer than `limit` are taken now (`None` otherwise). Lock-free: one
@@ -187,7 +230,10 @@ impl JobRunner {
             tracing::debug!(endpoint = %self.endpoint, status = e.status().as_u16(), cause = %e, "job failed");
         }
         let took = started.elapsed();
-        self.record_job_time(took);
+        // A stream's run time is recorded when it ends (see `run`).
+        if !result.as_ref().is_ok_and(|r| r.body().is_stream()) {
+            self.record_job_time(took);
+        }
         (result, took)
     }
 
@@ -305,7 +351,7 @@ mod tests {
     impl Handler for Held {
         fn handle(&self, _req: &JobRequest) -> Result<JobResponse, HandlerError> {
             let _ = self.0.lock().unwrap().recv();
-            Ok(JobResponse::new(bytes::Bytes::new()))
+            Ok(JobResponse::new(crate::body::ResponseBody::empty()))
         }
     }
 

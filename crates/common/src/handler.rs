@@ -1,5 +1,6 @@
 //! The handler contract: what runs one admitted request, and how its failure becomes a response.
 
+pub use crate::body::ResponseBody;
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use std::net::SocketAddr;
@@ -25,7 +26,9 @@ pub struct JobRequest {
     /// Whether the client still waits for the answer: a handler that blocks polls
     /// [`ClientWatch::is_gone`] and, once it is true, stops its work and returns
     /// [`HandlerError::ClientGone`]. Never gone where the endpoint says `on_client_gone =
-    /// "finish"` (and for [`ClientWatch::default`], which builders of a request use).
+    /// "finish"` (and for [`ClientWatch::default`], which builders of a request use). Once a
+    /// streamed answer's head has arrived it no longer changes: a producer asks its
+    /// [`crate::body::BodySink`] instead.
     pub client: ClientWatch,
 }
 
@@ -46,8 +49,9 @@ impl ClientWatch {
     }
 }
 
-/// What a handler answers with on success (any status it chooses).
-pub type JobResponse = Response<Bytes>;
+/// What a handler answers with on success (any status it chooses): a whole body, or a streamed
+/// one (see [`crate::body`]).
+pub type JobResponse = Response<ResponseBody>;
 
 /// Why a handler could not produce a response. Each kind maps to one status and one counter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +95,10 @@ impl HandlerError {
 /// Handlers are called from executor threads, never from the async front end, so they may block.
 /// They must bound their own run time; a panic is caught by the executor and answered `500`.
 pub trait Handler: Send + Sync + 'static {
-    /// Produce the response for `req`.
+    /// Produce the response for `req`. A streamed body ([`ResponseBody::stream`]) is produced
+    /// after this returns, on the same thread and still in the job's running slot; its producer
+    /// bounds its own time ([`crate::body::BodySink::set_deadline`]). An inline handler
+    /// ([`Handler::is_inline`]) answers with a whole body: a stream from it is answered `500`.
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError>;
 
     /// True if the handler is cheap and never blocks (microseconds, no I/O), so that in a
@@ -151,7 +158,7 @@ pub fn text_response(status: StatusCode, reason: &str) -> JobResponse {
     let mut body = String::with_capacity(reason.len() + 1);
     body.push_str(reason);
     body.push('\n');
-    let mut resp = Response::new(Bytes::from(body));
+    let mut resp = Response::new(ResponseBody::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -14,7 +14,7 @@
 
 use crate::counters::EndpointCounters;
 use crate::handler::ClientWatch;
-use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
+use crate::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
 use hyper::StatusCode;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -86,6 +86,14 @@ impl Ticket {
 /// Marks its ticket's client gone when dropped (see [`Ticket::gone_on_drop`]).
 pub(crate) struct GoneOnDrop<'a>(&'a Ticket);
 
+impl GoneOnDrop<'_> {
+    /// Leave the client's state as it is: a streamed answer's head arrived, and from then on the
+    /// producer learns of a client that goes away from its sink (`BodySink::send` fails).
+    pub(crate) fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for GoneOnDrop<'_> {
     fn drop(&mut self) {
         self.0.gone.store(true, Ordering::Release);
@@ -105,7 +113,8 @@ pub struct Job {
     started_at: Option<Instant>,
 }
 
-/// How long a job waited and ran; attached to its response's extensions for the access log.
+/// How long a job waited and ran (for a streamed response: until its head was sent); attached to
+/// its response's extensions for the access log.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JobTiming {
     /// From admission to the start of its turn.
@@ -188,15 +197,29 @@ impl Job {
 
     /// Answer the job and count its outcome. A client that left meanwhile just never reads it.
     pub fn finish(mut self, result: Result<JobResponse, HandlerError>) {
-        let now = Instant::now();
-        let started = self.started_at.unwrap_or(now);
-        let timing = JobTiming {
-            queue_wait: started.saturating_duration_since(self.admitted_at),
-            run: now.saturating_duration_since(started),
-        };
+        let timing = self.timing();
         let response = respond(&self.counters, result, Some(timing));
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(response);
+        }
+    }
+
+    /// Send the head of a streamed response (its body the channel's receiving half), without
+    /// counting an outcome: the runner counts it once, when the stream ends.
+    pub(crate) fn send_head(mut self, mut response: JobResponse) {
+        let timing = self.timing();
+        response.extensions_mut().insert(timing);
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(response);
+        }
+    }
+
+    fn timing(&self) -> JobTiming {
+        let now = Instant::now();
+        let started = self.started_at.unwrap_or(now);
+        JobTiming {
+            queue_wait: started.saturating_duration_since(self.admitted_at),
+            run: now.saturating_duration_since(started),
         }
     }
 
@@ -226,6 +249,13 @@ pub(crate) fn respond(
     result: Result<JobResponse, HandlerError>,
     timing: Option<JobTiming>,
 ) -> JobResponse {
+    // A stream reaching this point would have nobody to produce it (an inline handler's): refuse.
+    let result = match result {
+        Ok(response) if matches!(response.body(), ResponseBody::Stream(_)) => Err(
+            HandlerError::Internal("this handler cannot stream its answer".into()),
+        ),
+        other => other,
+    };
     counters.record(&result);
     let mut response = match result {
         Ok(response) => response,

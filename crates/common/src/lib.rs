@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`handler`]: the handler trait and the request/response types handlers see.
+//! - [`body`]: a response body, whole or streamed from the executor thread through a bounded
+//!   channel.
 //! - [`builtin`]: the `ping` and `echo` handlers.
 //! - [`job`]: a job, its exactly-once reply and its outcome counting.
 //! - [`counters`]: per-endpoint counters that add up.
@@ -22,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod body;
 pub mod builtin;
 pub mod counters;
 pub mod endpoint;

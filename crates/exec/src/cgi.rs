@@ -2,7 +2,7 @@
 //! (RFC 3875 section 6): a header block, a blank line, the body.
 
 use bytes::Bytes;
-use common::handler::{HandlerError, JobResponse};
+use common::handler::{HandlerError, JobResponse, ResponseBody};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::{Response, StatusCode};
 
@@ -22,7 +22,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// A `200` with `stdout` as the body, sent as `content_type`.
 pub(crate) fn raw_response(stdout: Bytes, content_type: &HeaderValue) -> JobResponse {
-    let mut resp = Response::new(stdout);
+    let mut resp = Response::new(stdout.into());
     resp.headers_mut()
         .insert(CONTENT_TYPE, content_type.clone());
     resp
@@ -53,7 +53,7 @@ pub(crate) fn cgi_response(
         Err(e) => return Err(malformed(&e.to_string())),
     };
 
-    let mut resp = Response::new(Bytes::new());
+    let mut resp = Response::new(ResponseBody::empty());
     let mut status = None;
     let mut has_location = false;
     for header in headers.iter() {
@@ -87,7 +87,7 @@ pub(crate) fn cgi_response(
         None if has_location => StatusCode::FOUND,
         None => StatusCode::OK,
     };
-    *resp.body_mut() = stdout.slice(body_start..);
+    *resp.body_mut() = stdout.slice(body_start..).into();
     Ok(resp)
 }
 
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(r.headers()["x-extra"], "1");
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
         assert!(!r.headers().contains_key("status"));
-        assert_eq!(r.body().as_ref(), b"<p>gone</p>");
+        assert_eq!(r.body().as_full().unwrap().as_ref(), b"<p>gone</p>");
     }
 
     #[test]
@@ -146,7 +146,7 @@ mod tests {
         let r = parse(b"Content-Type: application/json\n\n{\"a\":1}\n").unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
-        assert_eq!(r.body().as_ref(), b"{\"a\":1}\n");
+        assert_eq!(r.body().as_full().unwrap().as_ref(), b"{\"a\":1}\n");
     }
 
     #[test]
@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
         let r = parse(b"\nonly a body").unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.body().as_ref(), b"only a body");
+        assert_eq!(r.body().as_full().unwrap().as_ref(), b"only a body");
     }
 
     #[test]

@@ -30,11 +30,33 @@ impl AccessLine {
     /// One structured line per answered request (ignored overflow never gets here).
     pub(super) fn write(self, app: &App, resp: &hyper::Response<super::Body>) {
         use hyper::body::Body as _;
-        let timing = resp
-            .extensions()
-            .get::<common::job::JobTiming>()
-            .copied()
-            .unwrap_or_default();
+        let timing = resp.extensions().get::<common::job::JobTiming>().copied();
+        let bytes = resp.body().size_hint().exact().unwrap_or(0);
+        self.emit(app, resp.status(), timing, bytes, None);
+    }
+
+    /// The line of a streamed response, written when its stream ends: the bytes sent and
+    /// whether it completed (false: the client went away, or the producer failed or hit a limit
+    /// and the response was cut short).
+    pub(super) fn write_stream(
+        self,
+        app: &App,
+        status: hyper::StatusCode,
+        timing: Option<common::job::JobTiming>,
+        summary: common::body::StreamSummary,
+    ) {
+        self.emit(app, status, timing, summary.bytes, Some(summary.completed));
+    }
+
+    fn emit(
+        self,
+        app: &App,
+        status: hyper::StatusCode,
+        timing: Option<common::job::JobTiming>,
+        bytes: u64,
+        completed: Option<bool>,
+    ) {
+        let timing = timing.unwrap_or_default();
         let path = self.uri.path();
         // The query as sent, or with the values `access_log_redact_query` names hidden; no
         // request header but the user agent is logged (so never `Authorization`).
@@ -50,8 +72,10 @@ impl AccessLine {
             path,
             query,
             user_agent,
-            status = resp.status().as_u16(),
-            bytes = resp.body().size_hint().exact().unwrap_or(0),
+            status = status.as_u16(),
+            bytes,
+            // Only on a streamed response's line: whether the stream ended cleanly.
+            completed,
             queue_wait_ms = ms(timing.queue_wait),
             run_ms = ms(timing.run),
             total_ms = ms(self.started.elapsed()),

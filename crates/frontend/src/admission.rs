@@ -6,7 +6,7 @@
 //! loads; a full queue is overflow before a single body byte is read), body read (bounded in size
 //! and time), then `Admission::try_admit`: inline answer, queued (wait for the reply), or refused.
 
-use super::{to_body, Answer, Body, Ignored, Step};
+use super::{Answer, Body, Ignored, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
 use common::handler::{text_response, JobRequest};
@@ -77,11 +77,11 @@ fn enqueue(
         client: Default::default(),
     };
     match endpoint.admission().try_admit(request, timing) {
-        Outcome::Inline(answer) => Step::Now(Ok(to_body(answer))),
+        Outcome::Inline(answer) => Step::Now(Ok(answer)),
         Outcome::Queued(waiter) => {
             let endpoint = endpoint.clone();
             Step::Later(Box::pin(async move {
-                Ok(to_body(endpoint.admission().wait(waiter).await))
+                Ok(endpoint.admission().wait(waiter).await)
             }))
         }
         Outcome::Refused(refusal) => Step::Now(refused(refusal)),
@@ -157,5 +157,5 @@ fn too_large() -> Response<Body> {
 }
 
 fn error(status: StatusCode, reason: &str) -> Response<Body> {
-    to_body(text_response(status, reason))
+    text_response(status, reason)
 }

@@ -6,7 +6,7 @@
 //! `constant_time::verify_slices_are_equal` is deprecated ("no promises regarding side
 //! channels"), so the comparison of two digests is an OR of XORs here.
 
-use super::{to_body, Body};
+use super::Body;
 use common::handler::text_response;
 use config::AuthConfig;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -125,10 +125,7 @@ fn same_digest(a: &Digest, b: &Digest) -> bool {
 
 /// `401 Unauthorized` asking for a bearer token.
 pub(super) fn unauthorized() -> Response<Body> {
-    let mut resp = to_body(text_response(
-        StatusCode::UNAUTHORIZED,
-        "credentials required",
-    ));
+    let mut resp = text_response(StatusCode::UNAUTHORIZED, "credentials required");
     resp.headers_mut().insert(
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"fiddler_crab\""),

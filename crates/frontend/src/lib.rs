@@ -44,15 +44,15 @@ pub use app::App;
 pub use listener::{serve, serve_all, Listeners, Tls};
 pub use router::Role;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::Response;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// The body type of every response the front end sends.
-pub type Body = Full<Bytes>;
+/// The body type of every response the front end sends: the handlers' own
+/// ([`common::body::ResponseBody`]): whole bytes (as cheap as a `Full<Bytes>`: nothing boxed), or
+/// a stream polled from its producer's bounded channel (HTTP/1 chunked, HTTP/2 DATA frames).
+pub type Body = common::body::ResponseBody;
 
 /// The error that makes hyper drop a request without answering: `ignore` overflow. On HTTP/1 the
 /// connection is closed without a response byte; on HTTP/2 the stream is reset. A zero-sized type,
@@ -70,11 +70,6 @@ impl std::error::Error for Ignored {}
 
 /// A response or a deliberate silence.
 pub type Answer = Result<Response<Body>, Ignored>;
-
-/// Turn a handler-style response into the front end's body type.
-fn to_body(resp: Response<Bytes>) -> Response<Body> {
-    resp.map(Full::new)
-}
 
 /// A request's slow path, boxed: reading a body, or waiting for a queued job's reply.
 type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;

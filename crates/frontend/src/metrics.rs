@@ -7,10 +7,8 @@
 
 use super::app::App;
 use super::Body;
-use bytes::Bytes;
 use common::handler::HandlerSample;
 use common::histogram::JobHistogram;
-use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use prometheus_client::collector::Collector;
@@ -318,7 +316,7 @@ pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
             "metrics encoding failed\n".to_string(),
         ),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let content_type = if openmetrics {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"

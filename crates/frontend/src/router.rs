@@ -2,7 +2,7 @@
 //! them a listener serves (its [`Role`]).
 
 use super::app::App;
-use super::{admission, auth, metrics, status, to_body, Step};
+use super::{admission, auth, metrics, status, Step};
 use common::handler::text_response;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
@@ -83,7 +83,7 @@ pub(super) fn route(
             Method::GET | Method::HEAD => match own {
                 OwnPath::Status => status::render(app),
                 OwnPath::Metrics => metrics::render(app, req.headers()),
-                OwnPath::Healthz => to_body(text_response(StatusCode::OK, "ok")),
+                OwnPath::Healthz => text_response(StatusCode::OK, "ok"),
                 OwnPath::Readyz => {
                     let verdict = app.readiness();
                     let status = if verdict.ready {
@@ -93,12 +93,9 @@ pub(super) fn route(
                     };
                     if verdict.reason == crate::app::HANDLER_NOT_READY {
                         let detail = app.unready_handlers().join("; ");
-                        to_body(text_response(
-                            status,
-                            &format!("{}: {detail}", verdict.reason),
-                        ))
+                        text_response(status, &format!("{}: {detail}", verdict.reason))
                     } else {
-                        to_body(text_response(status, verdict.reason))
+                        text_response(status, verdict.reason)
                     }
                 }
             },
@@ -158,7 +155,7 @@ fn framing_error<B>(req: &Request<B>) -> Option<hyper::Response<super::Body>> {
         _ if headers.contains_key(TRANSFER_ENCODING) => transfer_coding_error(headers)?,
         _ => return None,
     };
-    let mut resp = to_body(text_response(status, why));
+    let mut resp = text_response(status, why);
     if req.version() < Version::HTTP_2 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -190,18 +187,12 @@ fn transfer_coding_error(headers: &HeaderMap) -> Option<(StatusCode, &'static st
 }
 
 fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {
-    let mut resp = to_body(text_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed here",
-    ));
+    let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
     resp.headers_mut().insert(ALLOW, allow);
     resp
 }
 
 /// `404` for a path this listener does not serve.
 pub(super) fn not_here() -> hyper::Response<super::Body> {
-    to_body(text_response(
-        StatusCode::NOT_FOUND,
-        "no endpoint at this path",
-    ))
+    text_response(StatusCode::NOT_FOUND, "no endpoint at this path")
 }

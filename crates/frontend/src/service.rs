@@ -5,8 +5,9 @@ use super::access::AccessLine;
 use super::app::App;
 use super::connections::{Activity, InFlight};
 use super::router::{route, Role};
-use super::{to_body, Answer, Reply, Step};
+use super::{Answer, Reply, Step};
 use common::handler::text_response;
+use common::job::JobTiming;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
 use hyper::service::service_fn;
@@ -85,10 +86,20 @@ impl Finish {
         self.logged.is_none() && !self.last && self.hsts.is_none()
     }
 
-    fn apply(self, app: &App, mut answer: Answer) -> Answer {
+    fn apply(self, app: &Arc<App>, mut answer: Answer) -> Answer {
         if let Ok(resp) = answer.as_mut() {
             if let Some(line) = self.logged {
-                line.write(app, resp);
+                if resp.body().is_stream() {
+                    // Logged when the stream ends, with the bytes sent and whether it completed.
+                    let app = app.clone();
+                    let status = resp.status();
+                    let timing = resp.extensions().get::<JobTiming>().copied();
+                    resp.body_mut().on_stream_end(Box::new(move |summary| {
+                        line.write_stream(&app, status, timing, summary);
+                    }));
+                } else {
+                    line.write(app, resp);
+                }
             }
             if let Some(hsts) = self.hsts {
                 resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
@@ -115,10 +126,10 @@ fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body
                 .map_or(h, |(name, _)| name)
         });
     let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' '])) else {
-        return to_body(text_response(
+        return text_response(
             StatusCode::BAD_REQUEST,
             "a Host header is needed to redirect to HTTPS",
-        ));
+        );
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if https_port == 443 {
@@ -126,15 +137,12 @@ fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body
     } else {
         format!("https://{host}:{https_port}{path}")
     };
-    let mut resp = to_body(text_response(StatusCode::PERMANENT_REDIRECT, "use HTTPS"));
+    let mut resp = text_response(StatusCode::PERMANENT_REDIRECT, "use HTTPS");
     match HeaderValue::from_str(&location) {
         Ok(value) => {
             resp.headers_mut().insert(LOCATION, value);
             resp
         }
-        Err(_) => to_body(text_response(
-            StatusCode::BAD_REQUEST,
-            "cannot redirect this request",
-        )),
+        Err(_) => text_response(StatusCode::BAD_REQUEST, "cannot redirect this request"),
     }
 }

@@ -2,9 +2,7 @@
 
 use super::app::App;
 use super::Body;
-use bytes::Bytes;
 use common::endpoint::EndpointStatus;
-use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use std::collections::BTreeMap;
@@ -60,7 +58,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
             format!("{{\"error\":\"{e}\"}}\n").into_bytes(),
         ),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = code;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

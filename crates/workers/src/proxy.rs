@@ -137,7 +137,7 @@ async fn read_answer(
     }
     parts.version = Version::HTTP_11;
     Exchange::Answered {
-        response: Response::from_parts(parts, body),
+        response: Response::from_parts(parts, body.into()),
         conn: (!sender.is_closed()).then_some(sender),
     }
 }

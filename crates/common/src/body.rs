@@ -1,0 +1,526 @@
+//! A response body: whole bytes, or a stream its handler produces on the executor thread through a
+//! bounded channel to the front end.
+//!
+//! A handler answers with [`ResponseBody::Full`] (the common case: bytes, nothing boxed), or with
+//! [`ResponseBody::stream`]: a [`Producer`] the [`crate::executor::JobRunner`] calls on the same
+//! executor thread, still holding the job's running slot, after the response head has gone to the
+//! waiting front end. The producer writes chunks into a [`BodySink`]; the front end polls the
+//! other half ([`ResponseBody::Streaming`]) as a hyper body (HTTP/1 chunked, HTTP/2 DATA frames).
+//!
+//! The channel between them holds at most [`STREAM_CHUNKS`] chunks of at most [`STREAM_CHUNK_BYTES`]
+//! each: a slow reader blocks the producer in [`BodySink::send`], memory never grows. `send` fails
+//! once the client is gone (the front end dropped its half), and at the producer's deadline
+//! ([`BodySink::set_deadline`]), so a producer never blocks forever. A producer that returns an
+//! error after the head was sent makes the front end abort the response (HTTP/1: the connection is
+//! closed before the final chunk; HTTP/2: the stream is reset), so the client sees a truncated body,
+//! never a clean end.
+//!
+//! Hand-written rather than a crate's channel: the sending side is a plain thread that must wait
+//! with a deadline (tokio's `blocking_send` has none) and the receiving side is polled by hyper
+//! (crossbeam's receiver cannot wake a task). It is one mutex, one condition variable and a waker.
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Chunks a stream's channel holds at most; the producer blocks while it is full.
+pub const STREAM_CHUNKS: usize = 4;
+
+/// Largest chunk the channel carries; [`BodySink::send`] splits bigger ones (without copying).
+pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What produces a streamed body: called once, on the executor thread that ran the handler, with
+/// the sink to write into. Returns `Ok` when the body is complete; an error after the head was
+/// sent aborts the response (see the [module docs](self)).
+pub type Producer = Box<dyn FnOnce(&mut BodySink) -> Result<(), StreamError> + Send>;
+
+/// Called once when a streamed body ends as the front end saw it (see
+/// [`ResponseBody::on_stream_end`]).
+pub type EndHook = Box<dyn FnOnce(StreamSummary) + Send>;
+
+/// The body of a [`crate::handler::JobResponse`].
+pub enum ResponseBody {
+    /// The whole body, known when the handler returns.
+    Full(Bytes),
+    /// A body still to be produced, as the handler returns it (see [`ResponseBody::stream`]).
+    Stream(Producer),
+    /// A streamed body being produced: the front end's half of the channel. Made by the
+    /// [`crate::executor::JobRunner`] from a [`ResponseBody::Stream`]; never by a handler.
+    Streaming(BodyReceiver),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Full(bytes) => f.debug_tuple("Full").field(bytes).finish(),
+            ResponseBody::Stream(_) => f.write_str("Stream(..)"),
+            ResponseBody::Streaming(_) => f.write_str("Streaming(..)"),
+        }
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> ResponseBody {
+        ResponseBody::empty()
+    }
+}
+
+impl ResponseBody {
+    /// An empty, complete body.
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(Bytes::new())
+    }
+
+    /// A streamed body: `produce` is called on the executor thread once the head has been sent.
+    pub fn stream(
+        produce: impl FnOnce(&mut BodySink) -> Result<(), StreamError> + Send + 'static,
+    ) -> ResponseBody {
+        ResponseBody::Stream(Box::new(produce))
+    }
+
+    /// The bytes of a whole body; `None` for a stream.
+    pub fn as_full(&self) -> Option<&Bytes> {
+        match self {
+            ResponseBody::Full(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// True for a body that is (or will be) streamed.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, ResponseBody::Full(_))
+    }
+
+    /// Front end: call `hook` once when a streamed body ends, completed or not (the client went
+    /// away, the producer failed). Nothing for a whole body, which the caller logs at once.
+    pub fn on_stream_end(&mut self, hook: EndHook) {
+        if let ResponseBody::Streaming(rx) = self {
+            rx.shared.lock().hook = Some(hook);
+        }
+    }
+
+    /// The runner: turn a [`ResponseBody::Stream`] into its channel's receiving half, and return
+    /// the producer with its sink. `None` for any other body.
+    pub(crate) fn start(&mut self) -> Option<(Producer, BodySink)> {
+        if !matches!(self, ResponseBody::Stream(_)) {
+            return None;
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                chunks: VecDeque::with_capacity(STREAM_CHUNKS),
+                end: None,
+                receiver_gone: false,
+                waker: None,
+                sent: 0,
+                hook: None,
+            }),
+            room: Condvar::new(),
+        });
+        let receiver = ResponseBody::Streaming(BodyReceiver {
+            shared: shared.clone(),
+        });
+        match std::mem::replace(self, receiver) {
+            ResponseBody::Stream(producer) => Some((
+                producer,
+                BodySink {
+                    shared,
+                    deadline: None,
+                    produced: 0,
+                    finished: false,
+                },
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> ResponseBody {
+        ResponseBody::Full(bytes)
+    }
+}
+
+impl From<&'static str> for ResponseBody {
+    fn from(text: &'static str) -> ResponseBody {
+        ResponseBody::Full(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl From<&'static [u8]> for ResponseBody {
+    fn from(bytes: &'static [u8]) -> ResponseBody {
+        ResponseBody::Full(Bytes::from_static(bytes))
+    }
+}
+
+impl From<String> for ResponseBody {
+    fn from(text: String) -> ResponseBody {
+        ResponseBody::Full(Bytes::from(text))
+    }
+}
+
+impl From<Vec<u8>> for ResponseBody {
+    fn from(bytes: Vec<u8>) -> ResponseBody {
+        ResponseBody::Full(Bytes::from(bytes))
+    }
+}
+
+/// Why a streamed body ended early. After the head was sent it can only be told by aborting the
+/// response; it is also the stream's counted outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The client went away (the front end dropped its half): counted as `client_gone`.
+    #[error("client gone")]
+    ClientGone,
+    /// The whole-response deadline or the idle timeout between chunks passed: counted as timed out.
+    #[error("{0}")]
+    Timeout(String),
+    /// The producer failed (program or worker error, an output cap): counted as failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl crate::counters::OutcomeKind for StreamError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, StreamError::Timeout(_))
+    }
+
+    fn is_client_gone(&self) -> bool {
+        matches!(self, StreamError::ClientGone)
+    }
+}
+
+/// How a streamed body ended, as the front end saw it: for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// Body bytes handed to the connection.
+    pub bytes: u64,
+    /// True if the body ended cleanly; false if the client went away or the producer failed.
+    pub completed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a chunk was taken or the receiver went away.
+    room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct State {
+    /// At most [`STREAM_CHUNKS`].
+    chunks: VecDeque<Bytes>,
+    /// Set once by the producer's side when it ends.
+    end: Option<Result<(), StreamError>>,
+    receiver_gone: bool,
+    waker: Option<Waker>,
+    /// Bytes the receiver handed to the connection.
+    sent: u64,
+    hook: Option<EndHook>,
+}
+
+/// The producer's half of a streamed body: [`BodySink::send`] blocks while the channel is full.
+pub struct BodySink {
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+    produced: u64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for BodySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodySink")
+            .field("produced", &self.produced)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodySink {
+    /// Send `chunk` to the client, split into pieces of at most [`STREAM_CHUNK_BYTES`]. Blocks
+    /// while the channel is full (a slow reader slows the producer); fails with
+    /// [`StreamError::ClientGone`] once the client is gone, and with [`StreamError::Timeout`] at
+    /// the deadline. An empty chunk is skipped.
+    pub fn send(&mut self, mut chunk: Bytes) -> Result<(), StreamError> {
+        while chunk.len() > STREAM_CHUNK_BYTES {
+            let piece = chunk.split_to(STREAM_CHUNK_BYTES);
+            self.send_one(piece)?;
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.send_one(chunk)
+    }
+
+    fn send_one(&mut self, chunk: Bytes) -> Result<(), StreamError> {
+        let len = chunk.len() as u64;
+        let mut state = self.shared.lock();
+        loop {
+            if state.receiver_gone {
+                return Err(StreamError::ClientGone);
+            }
+            if state.chunks.len() < STREAM_CHUNKS {
+                state.chunks.push_back(chunk);
+                let waker = state.waker.take();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                self.produced += len;
+                return Ok(());
+            }
+            let wait = match self.deadline {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(StreamError::Timeout(
+                            "response not read by the client within timeout_ms".into(),
+                        ));
+                    }
+                    left
+                }
+                None => IDLE_WAIT,
+            };
+            state = match self.shared.room.wait_timeout(state, wait) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// From now on, [`BodySink::send`] fails with [`StreamError::Timeout`] once `at` has passed
+    /// while it waits for room: the producer's whole-response deadline.
+    pub fn set_deadline(&mut self, at: Instant) {
+        self.deadline = Some(at);
+    }
+
+    /// True once the client is gone (the front end dropped its half): stop producing.
+    pub fn is_client_gone(&self) -> bool {
+        self.shared.lock().receiver_gone
+    }
+
+    /// Body bytes sent into the channel so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    /// The runner, when the producer returned: the receiver ends the body cleanly after the
+    /// chunks still queued, or aborts it with the error.
+    pub(crate) fn finish(mut self, result: &Result<(), StreamError>) {
+        self.end(result.clone());
+    }
+
+    fn end(&mut self, result: Result<(), StreamError>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let mut state = self.shared.lock();
+        state.end = Some(result);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for BodySink {
+    fn drop(&mut self) {
+        // Dropped without `finish` (a panic unwound past it): never a clean end.
+        self.end(Err(StreamError::Failed("the producer stopped".into())));
+    }
+}
+
+/// How long a sink without a deadline waits for room before it looks again (it is woken at once
+/// when a chunk is taken or the client goes away; this only bounds a missed wake-up).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The front end's half of a streamed body (inside [`ResponseBody::Streaming`]). Dropping it (the
+/// client went away) makes the producer's next [`BodySink::send`] fail.
+pub struct BodyReceiver {
+    shared: Arc<Shared>,
+}
+
+impl BodyReceiver {
+    /// Report the end once, outside the lock.
+    fn report(state: &mut State, completed: bool) -> Option<(EndHook, StreamSummary)> {
+        let hook = state.hook.take()?;
+        Some((
+            hook,
+            StreamSummary {
+                bytes: state.sent,
+                completed,
+            },
+        ))
+    }
+}
+
+impl Drop for BodyReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.receiver_gone = true;
+        state.chunks.clear();
+        let report = BodyReceiver::report(&mut state, false);
+        drop(state);
+        self.shared.room.notify_all();
+        if let Some((hook, summary)) = report {
+            hook(summary);
+        }
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => {
+                if bytes.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes)))))
+                }
+            }
+            // A producer nobody started (only a handler's own caller holds one): no body.
+            ResponseBody::Stream(_) => Poll::Ready(None),
+            ResponseBody::Streaming(rx) => {
+                let mut state = rx.shared.lock();
+                if let Some(chunk) = state.chunks.pop_front() {
+                    state.sent += chunk.len() as u64;
+                    drop(state);
+                    rx.shared.room.notify_one();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                let (poll, report) = match &state.end {
+                    None => {
+                        if !state
+                            .waker
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
+                            state.waker = Some(cx.waker().clone());
+                        }
+                        (Poll::Pending, None)
+                    }
+                    Some(Ok(())) => (Poll::Ready(None), BodyReceiver::report(&mut state, true)),
+                    Some(Err(e)) => {
+                        let e = e.clone();
+                        (
+                            Poll::Ready(Some(Err(e))),
+                            BodyReceiver::report(&mut state, false),
+                        )
+                    }
+                };
+                drop(state);
+                if let Some((hook, summary)) = report {
+                    hook(summary);
+                }
+                poll
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_empty(),
+            ResponseBody::Stream(_) => true,
+            ResponseBody::Streaming(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseBody::Stream(_) => SizeHint::with_exact(0),
+            ResponseBody::Streaming(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Body as _;
+
+    fn started() -> (ResponseBody, BodySink) {
+        let mut body = ResponseBody::stream(|_| Ok(()));
+        let (_producer, sink) = body.start().unwrap();
+        (body, sink)
+    }
+
+    fn poll(body: &mut ResponseBody) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(body).poll_frame(&mut cx)
+    }
+
+    #[test]
+    fn a_big_chunk_is_split_and_a_full_channel_times_out_at_the_deadline() {
+        let (mut body, mut sink) = started();
+        sink.set_deadline(Instant::now() + Duration::from_millis(20));
+        let big = Bytes::from(vec![0u8; STREAM_CHUNK_BYTES * STREAM_CHUNKS + 1]);
+        assert!(matches!(sink.send(big), Err(StreamError::Timeout(_))));
+        assert_eq!(sink.produced(), (STREAM_CHUNK_BYTES * STREAM_CHUNKS) as u64);
+        for _ in 0..STREAM_CHUNKS {
+            match poll(&mut body) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    assert_eq!(frame.into_data().unwrap().len(), STREAM_CHUNK_BYTES)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(poll(&mut body).is_pending());
+        sink.finish(&Ok(()));
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn the_receiver_gone_fails_the_next_send_and_reports_the_end_once() {
+        let (mut body, mut sink) = started();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        body.on_stream_end(Box::new(move |s| log.lock().unwrap().push(s)));
+        sink.send(Bytes::from_static(b"abc")).unwrap();
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        drop(body);
+        assert_eq!(
+            sink.send(Bytes::from_static(b"d")),
+            Err(StreamError::ClientGone)
+        );
+        assert!(sink.is_client_gone());
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [StreamSummary {
+                bytes: 3,
+                completed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_sink_dropped_unfinished_aborts_the_body() {
+        let (mut body, sink) = started();
+        drop(sink);
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn a_full_body_is_one_frame_of_known_size() {
+        let mut body = ResponseBody::from("pong\n");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+        assert!(body.is_end_stream());
+    }
+}
