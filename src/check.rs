@@ -13,7 +13,7 @@ const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
 
 /// Every problem with the files `config` names (from `file`): each exec program found on PATH or
 /// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
-/// each `cwd` a directory, each token file readable and holding tokens, and the TLS certificate
+/// each `cwd` a directory, each token and users file readable and well-formed, and the TLS certificate
 /// and key readable and matching. Empty if none.
 pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
@@ -39,16 +39,13 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
             .filter(|a| Some(*a) != config.server.auth.as_ref())
         {
             if let Err(e) = frontend::auth::Guard::load(auth) {
-                problem(
-                    format!("endpoint[{i}].auth.bearer_tokens_file"),
-                    e.to_string(),
-                );
+                problem(format!("endpoint[{i}].auth.{}", e.key()), e.to_string());
             }
         }
     }
     if let Some(auth) = &config.server.auth {
         if let Err(e) = frontend::auth::Guard::load(auth) {
-            problem("server.auth.bearer_tokens_file".to_string(), e.to_string());
+            problem(format!("server.auth.{}", e.key()), e.to_string());
         }
     }
     if let Some(tls) = &config.server.tls {

@@ -140,16 +140,16 @@ pub fn check(config: &Config, registry: &HandlerRegistry, file: &str) -> Result<
     Ok(())
 }
 
-/// Read the token file of every guarded endpoint (and of the server's own paths when
-/// `protect_admin`); a file shared by several is read once.
+/// Read the token and users files of every guarded endpoint (and of the server's own paths when
+/// `protect_admin`); an auth table shared by several (the server's default) is read once.
 pub fn load_guards(config: &Config) -> Result<Guards, frontend::auth::AuthError> {
-    let mut by_file: HashMap<std::path::PathBuf, Arc<Guard>> = HashMap::new();
-    let mut load = |auth: &config::AuthConfig| -> Result<Arc<Guard>, frontend::auth::AuthError> {
-        if let Some(guard) = by_file.get(&auth.bearer_tokens_file) {
+    let mut by_table: HashMap<&config::AuthConfig, Arc<Guard>> = HashMap::new();
+    let mut load = |auth| -> Result<Arc<Guard>, frontend::auth::AuthError> {
+        if let Some(guard) = by_table.get(auth) {
             return Ok(guard.clone());
         }
         let guard = Arc::new(Guard::load(auth)?);
-        by_file.insert(auth.bearer_tokens_file.clone(), guard.clone());
+        by_table.insert(auth, guard.clone());
         Ok(guard)
     };
     let mut guards = Guards::default();

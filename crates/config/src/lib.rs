@@ -108,12 +108,18 @@ pub struct ServerConfig {
 }
 
 /// Who may call an endpoint (`[server.auth]`, `[endpoint.auth]`): a request must carry
-/// `Authorization: Bearer TOKEN` with a token from the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Authorization: Bearer TOKEN` with a token from the tokens file, or `Authorization: Basic ...`
+/// with a user and password from the users file. At least one of the two files is set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AuthConfig {
     /// One token per line; blank lines and lines starting with `#` are ignored. Re-read on
     /// SIGHUP.
-    pub bearer_tokens_file: PathBuf,
+    pub bearer_tokens_file: Option<PathBuf>,
+    /// One `user:password` per line (plaintext; the password is everything after the first
+    /// `:`); blank lines and lines starting with `#` are ignored. Re-read on SIGHUP.
+    pub basic_users_file: Option<PathBuf>,
+    /// The realm named in the `WWW-Authenticate` challenges. Default `fiddler_crab`.
+    pub realm: String,
 }
 
 /// The query parameter values the access log replaces with `REDACTED`

@@ -201,7 +201,9 @@ struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    bearer_tokens_file: PathBuf,
+    bearer_tokens_file: Option<PathBuf>,
+    basic_users_file: Option<PathBuf>,
+    realm: Option<String>,
 }
 
 /// An endpoint's `auth`: `false` (open), `true` (the server's), or its own table.
@@ -458,11 +460,47 @@ impl RawConfig {
     }
 }
 
+/// The realm of the `WWW-Authenticate` challenges when the config names none.
+const DEFAULT_REALM: &str = "fiddler_crab";
+
+/// Longest realm accepted, in bytes.
+const MAX_REALM_LEN: usize = 128;
+
 impl RawAuth {
-    fn validate(self) -> AuthConfig {
-        AuthConfig {
-            bearer_tokens_file: self.bearer_tokens_file,
+    /// `at` is the table's key (`server.auth`, `endpoint[0].auth`).
+    fn validate(self, p: &Problems<'_>, at: &str) -> Result<AuthConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        if self.bearer_tokens_file.is_none() && self.basic_users_file.is_none() {
+            return Err(p.at(at, "needs `bearer_tokens_file`, `basic_users_file` or both"));
         }
+        let realm = self.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
+        // The realm is sent inside a quoted string: no quote, backslash or control character,
+        // so it never needs escaping.
+        if realm.is_empty()
+            || realm.len() > MAX_REALM_LEN
+            || realm
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control() || !c.is_ascii())
+        {
+            return Err(p.at(
+                key("realm"),
+                format!(
+                    "`{}` must be 1 to {MAX_REALM_LEN} printable ASCII characters without `\"` or `\\`",
+                    quote(&realm)
+                ),
+            ));
+        }
+        Ok(AuthConfig {
+            bearer_tokens_file: self
+                .bearer_tokens_file
+                .map(|f| p.path(key("bearer_tokens_file"), f))
+                .transpose()?,
+            basic_users_file: self
+                .basic_users_file
+                .map(|f| p.path(key("basic_users_file"), f))
+                .transpose()?,
+            realm,
+        })
     }
 }
 
@@ -536,7 +574,10 @@ impl RawServer {
                 range::H2_STREAMS,
             )?,
             access_log: self.access_log,
-            auth: self.auth.map(RawAuth::validate),
+            auth: self
+                .auth
+                .map(|a| a.validate(p, "server.auth"))
+                .transpose()?,
             protect_admin: self.protect_admin,
             access_log_redact_query: match self.access_log_redact_query {
                 RawRedaction::All(false) => QueryRedaction::None,
@@ -599,7 +640,7 @@ impl RawEndpoint {
                 return Err(p.at(key("auth"), "`auth = true` needs a [server.auth] table"))
             }
             (Some(RawEndpointAuth::Switch(false)), _) => None,
-            (Some(RawEndpointAuth::Own(own)), _) => Some(own.validate()),
+            (Some(RawEndpointAuth::Own(own)), _) => Some(own.validate(p, &key("auth"))?),
         };
         if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
             return Err(p.at(

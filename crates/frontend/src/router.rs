@@ -2,7 +2,7 @@
 //! them a listener serves (its [`Role`]).
 
 use super::app::App;
-use super::{admission, auth, metrics, status, Step};
+use super::{admission, metrics, status, Step};
 use common::handler::text_response;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, HOST, TRANSFER_ENCODING};
@@ -76,7 +76,7 @@ pub(super) fn route(
         if let Some(guard) = app.with_table(|t| t.admin_guard.clone()) {
             if !guard.allows(req.headers()) {
                 app.count_unauthorized();
-                return Step::Now(Ok(auth::unauthorized()));
+                return Step::Now(Ok(guard.unauthorized()));
             }
         }
         return Step::Now(Ok(match *req.method() {
@@ -118,10 +118,10 @@ pub(super) fn route(
             .0
             .guard
             .as_ref()
-            .is_some_and(|guard| req.as_ref().is_some_and(|r| !guard.allows(r.headers())));
-        if denied {
+            .filter(|guard| req.as_ref().is_some_and(|r| !guard.allows(r.headers())));
+        if let Some(guard) = denied {
             app.count_unauthorized();
-            return Step::Now(Ok(auth::unauthorized()));
+            return Step::Now(Ok(guard.unauthorized()));
         }
         match (route, req.take()) {
             ((route, true), Some(req)) => admission::admit(
