@@ -5,6 +5,7 @@
 //! `FILE: KEY: PROBLEM`.
 
 use config::{Config, ConfigError, ExecConfig, HandlerConfig};
+use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,8 @@ const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
 
 /// Every problem with the files `config` names (from `file`): each exec program found on PATH or
 /// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
-/// each `cwd` a directory, each token and users file readable and well-formed, and the TLS certificate
+/// each `cwd` a directory, each worker endpoint's socket directory writable or creatable, each
+/// token and users file readable and well-formed, and the TLS certificate
 /// and key readable and matching. Empty if none.
 pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
@@ -25,10 +27,18 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
         })
     };
     for (i, ep) in config.endpoints.iter().enumerate() {
-        if let HandlerConfig::Exec(exec) = &ep.handler {
-            for (key, p) in exec_problems(exec) {
-                problem(format!("endpoint[{i}].exec.{key}"), p);
+        match &ep.handler {
+            HandlerConfig::Exec(exec) => {
+                for (key, p) in exec_problems(exec) {
+                    problem(format!("endpoint[{i}].exec.{key}"), p);
+                }
             }
+            HandlerConfig::Worker(worker) => {
+                if let Err(p) = socket_dir_problem(worker.socket_dir.as_deref()) {
+                    problem(format!("endpoint[{i}].worker.socket_dir"), p);
+                }
+            }
+            _ => {}
         }
     }
     for (i, ep) in config.endpoints.iter().enumerate() {
@@ -83,6 +93,58 @@ fn exec_problems(exec: &ExecConfig) -> Vec<(String, String)> {
         }
     }
     found
+}
+
+/// Why a worker pool could not make its socket directory under `configured` (its `socket_dir`,
+/// else the default base), if it could not: the base must be a writable directory, or creatable
+/// (its nearest existing ancestor a writable directory), and short enough for socket paths.
+/// Writability is probed by creating and removing an empty directory, which also tells the truth
+/// for root, ACLs and read-only file systems.
+fn socket_dir_problem(configured: Option<&Path>) -> Result<(), String> {
+    let (base, what) = match configured {
+        Some(dir) => (dir.to_path_buf(), String::new()),
+        None => (
+            workers::process::default_socket_base(),
+            " (the default: $XDG_RUNTIME_DIR, else the temporary directory)".to_string(),
+        ),
+    };
+    // The private directory and a socket name go inside it (as `socket_dir` is checked).
+    let room = config::worker::MAX_SOCKET_PATH - 40;
+    if base.as_os_str().len() > room {
+        return Err(format!(
+            "{}{what} is too long for Unix socket paths (at most {room} bytes)",
+            base.display()
+        ));
+    }
+    let mut existing = base.as_path();
+    loop {
+        match existing.metadata() {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => return Err(format!("{}{what} is not a directory", existing.display())),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                match existing.parent() {
+                    // A relative path's last ancestor is the working directory.
+                    Some(parent) if parent.as_os_str().is_empty() => existing = Path::new("."),
+                    Some(parent) => existing = parent,
+                    None => break,
+                }
+            }
+            Err(e) => return Err(format!("{}{what}: {e}", existing.display())),
+        }
+    }
+    let probe = existing.join(format!(".fiddler-crab-check-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(e) if existing == base => Err(format!("{}{what} is not writable: {e}", base.display())),
+        Err(e) => Err(format!(
+            "{}{what} cannot be created in {}: {e}",
+            base.display(),
+            existing.display()
+        )),
+    }
 }
 
 /// True if `arg` names a file: one word, not an option or a URL, with a script extension or a `/`.

@@ -479,3 +479,60 @@ cwd = "{dir}"
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/srv/x.py does not exist"));
 }
+
+#[test]
+fn check_finds_worker_socket_directories_that_cannot_be_written_or_created() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("check-sockets");
+    let file_not_dir = dir.write("plain-file", "not a directory\n");
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Root writes through mode bits: expect a problem there only when this test cannot write.
+    let read_only_refuses = std::fs::create_dir(read_only.join("probe")).is_err();
+    let creatable = dir.path().join("new/deeper");
+    let text: String = [
+        String::new(),
+        format!("socket_dir = \"{}\"", creatable.display()),
+        format!("socket_dir = \"{}\"", file_not_dir.display()),
+        format!("socket_dir = \"{}/sub\"", file_not_dir.display()),
+        "socket_dir = \"/proc/fiddler-crab-sockets\"".to_string(),
+        format!("socket_dir = \"{}/sub\"", read_only.display()),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, socket_dir)| {
+        format!("[[endpoint]]\npath = \"/w{i}\"\n[endpoint.worker]\ncommand = [\"true\"]\n{socket_dir}\n")
+    })
+    .collect();
+    let file = dir.write("t.toml", &text);
+    let file = file.to_str().unwrap();
+    let out = fiddler_crab(&["check", "--config", file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let key = |i: usize| format!("{file}: endpoint[{i}].worker.socket_dir: ");
+    for expected in [
+        format!("{}{} is not a directory", key(2), file_not_dir.display()),
+        format!("{}{} is not a directory", key(3), file_not_dir.display()),
+        format!(
+            "{}/proc/fiddler-crab-sockets cannot be created in /proc: ",
+            key(4)
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
+    if read_only_refuses {
+        let expected = format!("{}{}/sub cannot be created in", key(5), read_only.display());
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
+    for fine in [0, 1] {
+        assert!(!stderr.contains(&key(fine)), "{stderr}");
+    }
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!creatable.exists(), "check creates nothing");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        3,
+        "no probe left behind"
+    );
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

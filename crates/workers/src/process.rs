@@ -169,10 +169,7 @@ impl SocketDir {
                     .create(dir)?;
                 dir.to_path_buf()
             }
-            None => std::env::var_os("XDG_RUNTIME_DIR")
-                .map(PathBuf::from)
-                .filter(|d| d.is_absolute() && d.is_dir())
-                .unwrap_or_else(std::env::temp_dir),
+            None => default_socket_base(),
         };
         remove_stale(&base);
         let pid = std::process::id();
@@ -210,6 +207,15 @@ impl SocketDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Where a pool without `socket_dir` creates its socket directory: `$XDG_RUNTIME_DIR` when it
+/// is an absolute path to a directory, else the temporary directory.
+pub fn default_socket_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// Remove the socket directories that servers killed with SIGKILL left in `base`: ours (same
