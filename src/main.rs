@@ -4,9 +4,10 @@
 
 use clap::Parser;
 use cli::{Cli, Command, LogFormat};
-use fiddler_crab::config::Config;
+use fiddler_crab::config::{Config, EndpointConfig, HandlerConfig};
 use fiddler_crab::{
-    check, check_files, default_config, default_config_text, HandlerRegistry, Reloader, Server,
+    check, check_files, default_config, default_config_text, worker_slots, HandlerRegistry,
+    Reloader, Server,
 };
 use frontend::access::{self, AccessLog, AccessWriter};
 use frontend::tls::{CertStore, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -227,12 +228,14 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The bound address, so a port 0 (or a port the config left to --port) can be read here.
         let bound = main.local_addr()?;
-        // tracing has no stable way to log a list as a JSON array (its `valuable` support is
-        // unstable), so the list is JSON text: a JSON array in human logs, a string holding one
-        // in JSON logs (decode the field once more to get the array).
-        let paths: Vec<&str> = config.paths().collect();
-        let endpoints = serde_json::to_string(&paths).unwrap_or_default();
-        tracing::info!(listen = %bound, scheme, endpoints = %endpoints, "serving");
+        // tracing has no stable way to log a list or a map (its `valuable` support is unstable):
+        // one line per endpoint with scalar fields, then the `serving` line with their count, so
+        // every field of a JSON log line is a JSON string, number or boolean.
+        for ep in &config.endpoints {
+            log_endpoint(ep);
+        }
+        let endpoints = config.endpoints.len() as u64;
+        tracing::info!(listen = %bound, scheme, endpoints, "serving");
         if let Some(admin) = config.server.admin_listen {
             tracing::info!(%admin, "status, metrics and probes on the admin listener");
         }
@@ -252,6 +255,30 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
             .await;
         Ok(())
     })
+}
+
+/// The startup line of one endpoint: path, methods, mode, concurrency (worker processes for a
+/// worker endpoint), queue, overflow, handler kind and what it runs, and whether it asks for
+/// credentials.
+fn log_endpoint(ep: &EndpointConfig) {
+    let (handler, runs) = match &ep.handler {
+        HandlerConfig::Builtin(name) => ("builtin", name.as_str()),
+        HandlerConfig::Exec(exec) => ("exec", exec.command.first().map_or("", String::as_str)),
+        HandlerConfig::Worker(w) => ("worker", w.command.first().map_or("", String::as_str)),
+    };
+    let methods: Vec<&str> = ep.methods.iter().map(|m| m.as_str()).collect();
+    tracing::info!(
+        path = %ep.path,
+        methods = %methods.join(","),
+        mode = ep.mode.kind().as_str(),
+        concurrency = worker_slots(ep) as u64,
+        queue = ep.queue.get() as u64,
+        overflow = ep.overflow.as_str(),
+        handler,
+        runs,
+        auth = ep.auth.is_some(),
+        "endpoint"
+    );
 }
 
 /// HTTPS for the main listener: from `[server.tls]`, or a certificate generated now for
@@ -274,7 +301,7 @@ fn tls_for(
             names.push(ip.to_string());
         }
         let store = CertStore::self_signed(&names)?;
-        tracing::info!(fingerprint = %store.fingerprint(), names = ?names, "self-signed certificate generated (development only)");
+        tracing::info!(fingerprint = %store.fingerprint(), names = %names.join(","), "self-signed certificate generated (development only)");
         // Nothing to reload on SIGHUP: the certificate lives only in memory.
         return Ok((Some(Tls::new(store, timeout, hsts)), None));
     } else if let Some(t) = tls_config {

@@ -82,10 +82,7 @@ async fn config_listen_log_format_and_log_level_come_from_fiddler_crab_variables
     let addr: SocketAddr = event["fields"]["listen"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 8080, "FIDDLER_CRAB_LISTEN overrides the file");
-    // The endpoint list is JSON text (tracing cannot log a JSON array as such).
-    let endpoints: Vec<String> =
-        serde_json::from_str(event["fields"]["endpoints"].as_str().unwrap()).unwrap();
-    assert_eq!(endpoints, ["/ping"]);
+    assert_eq!(event["fields"]["endpoints"], 1);
     let client = Client { addr };
     assert_eq!(client.get("/ping").await.text(), "pong\n");
     assert!(binary.stop().await.success());

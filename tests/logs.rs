@@ -67,3 +67,136 @@ async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logg
     assert_eq!(event["fields"]["message"], "program finished", "{line}");
     assert!(binary.stop().await.success());
 }
+
+/// Every JSON log line is an object whose fields are JSON-typed: numbers and booleans as such, and
+/// no string holding a JSON array or object (the old `endpoints` field did).
+fn assert_typed(line: &str) -> serde_json::Value {
+    let event: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let fields = event["fields"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{line}"));
+    for (name, value) in fields {
+        if let Some(text) = value.as_str() {
+            let nested = serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.is_array() || v.is_object());
+            assert!(!nested, "field {name} is JSON text in a string: {line}");
+            assert!(
+                !text.starts_with("Some("),
+                "field {name} is debug-formatted: {line}"
+            );
+        }
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_one_startup_line_per_endpoint_with_typed_fields() {
+    let dir = TempDir::new("logs-json");
+    let tokens = dir.write("tokens", "alpha\n");
+    let config = dir.write(
+        "json.toml",
+        &format!(
+            r#"
+[[endpoint]]
+path = "/ping"
+builtin = "ping"
+
+[[endpoint]]
+path = "/upper"
+methods = ["POST"]
+mode = "jellyfish"
+workers = 3
+queue = 7
+overflow = "reject"
+[endpoint.exec]
+command = ["tr", "a-z", "A-Z"]
+[endpoint.auth]
+bearer_tokens_file = "{}"
+
+[[endpoint]]
+path = "/warm"
+mode = "adaptive"
+workers = 2
+[endpoint.worker]
+command = ["sh", "-c", "exec sleep 60"]
+"#,
+            tokens.display()
+        ),
+    );
+    let binary = Binary::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let serving = assert_typed(&binary.wait_logged("\"serving\"").await);
+    assert_eq!(serving["fields"]["endpoints"], 3);
+    assert_eq!(serving["fields"]["scheme"], "http");
+    let addr: SocketAddr = serving["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(Client { addr }.get("/ping").await.text(), "pong\n");
+    binary.wait_logged("fiddler_crab::access").await;
+
+    let lines: Vec<String> = binary.log().lines().map(str::to_string).collect();
+    let events: Vec<serde_json::Value> = lines.iter().map(|l| assert_typed(l)).collect();
+    let endpoint = |path: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["message"] == "endpoint" && e["fields"]["path"] == path)
+            .unwrap_or_else(|| panic!("no endpoint line for {path}: {lines:#?}"))["fields"]
+            .clone()
+    };
+    let expected = [
+        (
+            "/ping",
+            "GET,HEAD,POST",
+            "crab",
+            1,
+            100,
+            "ignore",
+            "builtin",
+            "ping",
+            false,
+        ),
+        (
+            "/upper",
+            "POST",
+            "jellyfish",
+            3,
+            7,
+            "reject",
+            "exec",
+            "tr",
+            true,
+        ),
+        (
+            "/warm",
+            "GET,HEAD,POST",
+            "adaptive",
+            2,
+            100,
+            "ignore",
+            "worker",
+            "sh",
+            false,
+        ),
+    ];
+    for (path, methods, mode, concurrency, queue, overflow, handler, runs, auth) in expected {
+        let fields = endpoint(path);
+        assert_eq!(fields["methods"], methods, "{fields}");
+        assert_eq!(fields["mode"], mode, "{fields}");
+        assert_eq!(fields["concurrency"], concurrency, "{fields}");
+        assert_eq!(fields["queue"], queue, "{fields}");
+        assert_eq!(fields["overflow"], overflow, "{fields}");
+        assert_eq!(fields["handler"], handler, "{fields}");
+        assert_eq!(fields["runs"], runs, "{fields}");
+        assert_eq!(fields["auth"], auth, "{fields}");
+    }
+    assert!(binary.stop().await.success());
+}

@@ -62,7 +62,7 @@ impl ExecHandler {
                 tracing::warn!(
                     endpoint = %self.endpoint,
                     program,
-                    cwd = ?self.cfg.cwd,
+                    cwd = self.cfg.cwd.as_ref().map(|c| tracing::field::display(c.display())),
                     cause = %e,
                     "cannot start the program"
                 );
