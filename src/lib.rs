@@ -298,7 +298,7 @@ impl Server {
             tracing::warn!(cause = %e, "not a child subreaper: a process that leaves its job's process group can outlive the job");
         }
         let children = Arc::new(ChildRegistry::new());
-        let pools = Arc::new(Pools::new(children.clone()));
+        let pools = Arc::new(Pools::new(children.clone(), light.clone()));
         let endpoints = config
             .endpoints
             .iter()

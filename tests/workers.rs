@@ -535,6 +535,68 @@ async fn max_requests_recycles_workers_without_a_failed_request_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_memory_is_short_a_recycled_worker_exits_before_its_successor_starts() {
+    // The worker process is a shell that outlives SIGTERM by half a second (the app in it stops
+    // at once), so a successor started too early would be seen beside it.
+    let app = format!(
+        "trap \"sleep 0.5; exit 0\" TERM; python3 -m fiddler_worker {} & wait",
+        fixture("pid_app.py")
+    );
+    let light = TrafficLight::fixed(Light::Green);
+    light.set_memory(Light::Red);
+    let server = TestServer::launch(
+        &Workers::command("/pid", &["sh", "-c", &app])
+            .worker("max_requests = 2\nkill_grace_ms = 5000")
+            .toml(),
+    )
+    .light(&light)
+    .start()
+    .await;
+    let first = *wait_ready(&server, "/pid", 1).await.first().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            server.client().post("/pid", "").await.status,
+            StatusCode::OK
+        );
+    }
+    // Its last request answered, it retires; the next request waits in the queue meanwhile.
+    let third = server.client().spawn(request("POST", "/pid", ""));
+    let mut saw_it_retiring_alone = false;
+    while !third.is_finished() {
+        let all = workers(&server, "/pid");
+        let pids: Vec<u64> = all.iter().filter_map(|w| w["pid"].as_u64()).collect();
+        if pids.iter().any(|p| *p != first) {
+            assert!(
+                exited(first),
+                "a successor started beside the retiring worker: {all:?}"
+            );
+        } else if all.iter().any(|w| w["state"] == "retiring") {
+            saw_it_retiring_alone = true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(third.await.unwrap().status, StatusCode::OK);
+    assert!(saw_it_retiring_alone, "the worker was never seen retiring");
+    assert!(exited(first));
+    let now = wait_ready(&server, "/pid", 1).await;
+    assert!(!now.contains(&first));
+    let slot = &workers(&server, "/pid")[0];
+    assert!(
+        slot["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_requests")),
+        "{slot}"
+    );
+    assert_eq!(
+        pool(&server, "/pid")["exits"],
+        0,
+        "recycling is not a failure"
+    );
+    assert_counters_add_up(&server, "/pid");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_drops_nothing() {
     let server = Workers::app("/pid", "pid_app.py")
         .jellyfish(2)

@@ -76,6 +76,8 @@ struct SamplerState {
 struct Shared {
     /// The light as a `u8`: the request path's one atomic load.
     light: AtomicU8,
+    /// The memory signals' level as a `u8` ([`TrafficLight::memory`]).
+    memory: AtomicU8,
     status: Mutex<SamplerState>,
     /// Wakes the sampler and watchdog early when stopping.
     wake: Condvar,
@@ -88,6 +90,7 @@ impl Shared {
         let now = Instant::now();
         Shared {
             light: AtomicU8::new(light as u8),
+            memory: AtomicU8::new(Light::Green as u8),
             status: Mutex::new(SamplerState {
                 state: LightState::new(light, now),
                 changed_unix_ms: unix_ms(),
@@ -216,6 +219,28 @@ impl TrafficLight {
         Light::from_u8(self.shared.light.load(Ordering::Relaxed))
     }
 
+    /// The memory signals' own level (the worse of memory headroom and memory pressure, each
+    /// with its hysteresis, no dwell) as of the last sample; the fail-safe light while the
+    /// inputs are stale; green for a fixed light until [`TrafficLight::set_memory`]. One atomic
+    /// load, never blocks.
+    #[inline]
+    pub fn memory(&self) -> Light {
+        Light::from_u8(self.shared.memory.load(Ordering::Relaxed))
+    }
+
+    /// Memory is short: the memory signals are at red. Worker pools then retire a worker due
+    /// for recycling before its replacement starts, rather than after.
+    #[inline]
+    pub fn memory_short(&self) -> bool {
+        self.memory() == Light::Red
+    }
+
+    /// Set the memory level now (manual override, tests). A running sampler overwrites it at its
+    /// next sample.
+    pub fn set_memory(&self, level: Light) {
+        self.shared.memory.store(level as u8, Ordering::Relaxed);
+    }
+
     /// Set the light now (manual override, tests). A running sampler goes on from this light at
     /// its next sample, under the usual rules.
     pub fn set(&self, light: Light) {
@@ -306,6 +331,17 @@ mod tests {
         );
         light.stop();
         assert_eq!(light.current(), Light::Red);
+    }
+
+    #[test]
+    fn a_fixed_lights_memory_level_is_green_until_set() {
+        let light = TrafficLight::fixed(Light::Red);
+        assert_eq!(light.memory(), Light::Green);
+        assert!(!light.memory_short());
+        light.clone().set_memory(Light::Red);
+        assert!(light.memory_short());
+        light.set_memory(Light::Yellow);
+        assert!(!light.memory_short());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::{Light, LightPolicy, Sample, SampleSource, Shared};
 use common::supervisor::{Backoff, SupervisedThread};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,7 +69,11 @@ fn sample_loop<S: SampleSource>(shared: &Shared, plan: &Plan, factory: &dyn Fn()
                     tracing::info!("traffic light inputs fresh again");
                 }
                 let before = status.state.light();
-                if let Some(light) = status.state.update(&sample, now, &plan.policy) {
+                let changed = status.state.update(&sample, now, &plan.policy);
+                shared
+                    .memory
+                    .store(status.state.memory() as u8, Ordering::Relaxed);
+                if let Some(light) = changed {
                     shared.publish(&mut status, light);
                     log_change(before, light, &sample);
                 }
@@ -137,6 +142,8 @@ fn watch_loop(shared: &Shared, plan: &Plan) {
                         u64::try_from(plan.stale_after.as_millis()).unwrap_or(u64::MAX),
                     "traffic light inputs stale; using the fail-safe light"
                 );
+                // Memory is as unknown as the rest: the fail-safe level too.
+                shared.memory.store(plan.fail_safe as u8, Ordering::Relaxed);
                 if let Some(light) = status.state.force(plan.fail_safe, now) {
                     shared.publish(&mut status, light);
                 }
@@ -213,6 +220,32 @@ mod tests {
         let status = light.snapshot();
         assert_eq!(status.inputs.map(|s| s.cpu), Some(0.95));
         assert!(!status.stale && !status.fixed);
+        light.stop();
+    }
+
+    #[test]
+    fn memory_samples_set_the_memory_level_and_stale_inputs_the_fail_safe() {
+        // Little headroom, idle CPU: memory red; then the source fails for good.
+        let steps = script(vec![Ok(Sample::new(0.1, 0.05))]);
+        let s = steps.clone();
+        let light = TrafficLight::start(
+            LightPolicy::default(),
+            move || Script(s.clone()),
+            MS,
+            MS * 50,
+            Light::Yellow,
+        )
+        .unwrap();
+        assert!(eventually(|| light.memory_short()));
+        *steps.lock().unwrap() = vec![Ok(Sample::new(0.1, 0.9))];
+        assert!(eventually(|| light.memory() == Light::Green));
+        *steps.lock().unwrap() = vec![Err("unreadable".to_string())];
+        assert!(eventually(|| light.snapshot().stale));
+        assert_eq!(
+            light.memory(),
+            Light::Yellow,
+            "unknown memory: the fail-safe"
+        );
         light.stop();
     }
 

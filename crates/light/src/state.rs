@@ -47,6 +47,13 @@ impl LightState {
         self.signals.iter().copied().max().unwrap_or(Light::Green)
     }
 
+    /// The memory signals' level (the worse of memory headroom and memory pressure), as last
+    /// computed: each with its own hysteresis, and no dwell (memory running short is urgent both
+    /// ways, and the worker pools read it only to order a recycle).
+    pub fn memory(&self) -> Light {
+        self.signals[1].max(self.signals[3])
+    }
+
     /// Apply a sample taken at `now`; `Some(new light)` when the light changes. A non-finite
     /// reading keeps its signal's previous level; a missing pressure reading counts as green.
     pub fn update(&mut self, sample: &Sample, now: Instant, policy: &LightPolicy) -> Option<Light> {
@@ -250,6 +257,20 @@ mod tests {
         let psi = |p: f64| cpu(0.2).with_pressure(None, Some(p));
         assert_eq!(r.at(0, psi(10.0)), Some(Yellow));
         assert_eq!(r.at(1, psi(25.0)), Some(Red));
+    }
+
+    #[test]
+    fn the_memory_level_follows_the_memory_signals_only() {
+        let mut r = Run::new();
+        r.at(0, cpu(0.99));
+        assert_eq!((r.state.light(), r.state.memory()), (Red, Green));
+        r.at(1, mem(0.05));
+        assert_eq!(r.state.memory(), Red);
+        // No dwell: back to green once headroom is past the red and yellow exits.
+        r.at(2, mem(0.5));
+        assert_eq!((r.state.light(), r.state.memory()), (Red, Green));
+        r.at(3, mem(0.5).with_pressure(None, Some(99.0)));
+        assert_eq!(r.state.memory(), Red, "memory pressure counts too");
     }
 
     #[test]

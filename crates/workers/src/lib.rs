@@ -16,7 +16,9 @@
 //! - **Recycling and rolling restarts without a capacity dip**: a worker past `max_requests` (+
 //!   jitter) or `max_rss_bytes`, or outdated by a restart (SIGUSR2, a changed `watch` file, a
 //!   reload that changed its config), keeps serving until its successor is ready, then stops as
-//!   soon as it is idle; successors start one at a time.
+//!   soon as it is idle; successors start one at a time. While the traffic light says memory is
+//!   short, a recycle goes the other way: the worker is retired first and its successor starts
+//!   once it has exited.
 //! - **No orphans**, even if the server is killed with SIGKILL: see [`process`].
 //! - **A client that leaves** while its request runs in a worker: the request finishes and its
 //!   answer is discarded; the worker stays healthy and is reused (cancelling would cost the
@@ -48,6 +50,7 @@ pub use status::PoolStatus;
 use children::Registry;
 use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
 use config::WorkerConfig;
+use light::TrafficLight;
 use pool::Finished;
 use proxy::Exchange;
 use std::collections::HashMap;
@@ -153,16 +156,20 @@ impl Drop for WorkerHandler {
 #[derive(Debug)]
 pub struct Pools {
     children: Arc<Registry>,
+    /// The server's traffic light, for the pools' recycling order.
+    light: TrafficLight,
     pools: Mutex<HashMap<String, Weak<WorkerPool>>>,
     /// The stopped flag of every pool started and not yet seen stopped.
     running: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl Pools {
-    /// No pools yet; workers will register in `children`.
-    pub fn new(children: Arc<Registry>) -> Pools {
+    /// No pools yet; workers will register in `children`, and recycle by retiring first while
+    /// `light` says memory is short.
+    pub fn new(children: Arc<Registry>, light: TrafficLight) -> Pools {
         Pools {
             children,
+            light,
             pools: Mutex::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
         }
@@ -187,7 +194,13 @@ impl Pools {
         let pool = match adopted {
             Some(pool) => pool,
             None => {
-                let pool = WorkerPool::start(path, config.clone(), slots, self.children.clone())?;
+                let pool = WorkerPool::start(
+                    path,
+                    config.clone(),
+                    slots,
+                    self.children.clone(),
+                    self.light.clone(),
+                )?;
                 pools.insert(path.to_string(), Arc::downgrade(&pool));
                 let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
                 running.retain(|stopped| !stopped.load(Ordering::Acquire));

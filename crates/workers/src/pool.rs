@@ -11,6 +11,7 @@ use crate::{process, supervisor};
 use children::Registry;
 use common::handler::{HandlerError, HandlerSample, JobResponse};
 use config::WorkerConfig;
+use light::TrafficLight;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,17 +138,19 @@ impl Drop for Lease {
 
 impl WorkerPool {
     /// Start a pool of `slots` workers of `config` for `endpoint`, used by one handler: its
-    /// socket directory, and its supervisor thread, which starts the workers at once.
+    /// socket directory, and its supervisor thread, which starts the workers at once. `light`'s
+    /// memory level orders recycling (retire first while memory is short).
     pub fn start(
         endpoint: &str,
         config: WorkerConfig,
         slots: usize,
         children: Arc<Registry>,
+        light: TrafficLight,
     ) -> io::Result<Arc<WorkerPool>> {
         let dir = process::SocketDir::create(config.socket_dir.as_deref())?;
         let socket_dir = dir.path().display().to_string();
         let shared = Arc::new(Shared {
-            state: Mutex::new(PoolState::new(endpoint, config, slots.max(1))),
+            state: Mutex::new(PoolState::new(endpoint, config, slots.max(1), light)),
             changed: Condvar::new(),
             unavailable: AtomicBool::new(false),
             children,

@@ -9,10 +9,16 @@
 //! until a replacement for its slot is ready, then it is *due* (never checked out again) and is
 //! stopped as soon as it is idle. Replacements start one at a time, so a roll never takes more
 //! than one extra process and never a slot's capacity.
+//!
+//! Except while memory is short (the traffic light's memory level at red): then a worker that
+//! wants recycling (`max_requests`, `max_rss_bytes`) is due at once, stopped once idle, and its
+//! slot's new process starts only after it has exited, so the two never hold memory together.
+//! The slot's capacity dips meanwhile; an out-of-memory kill would cost more.
 
 use crate::proxy::Conn;
 use children::{Group, Registered};
 use config::WorkerConfig;
+use light::TrafficLight;
 use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -226,11 +232,19 @@ pub(crate) struct PoolState {
     pub(crate) closing: bool,
     /// Bumped on every change the supervisor or a waiting request must look at.
     pub(crate) epoch: u64,
+    /// The server's traffic light: its memory level orders a recycle (one atomic load).
+    light: TrafficLight,
 }
 
 impl PoolState {
-    /// A pool of `slots` workers of `config`, none started yet, used by one handler.
-    pub(crate) fn new(endpoint: &str, config: WorkerConfig, slots: usize) -> PoolState {
+    /// A pool of `slots` workers of `config`, none started yet, used by one handler; `light`
+    /// says when memory is short.
+    pub(crate) fn new(
+        endpoint: &str,
+        config: WorkerConfig,
+        slots: usize,
+        light: TrafficLight,
+    ) -> PoolState {
         PoolState {
             endpoint: endpoint.into(),
             config: Arc::new(config),
@@ -244,7 +258,13 @@ impl PoolState {
             users: 1,
             closing: false,
             epoch: 0,
+            light,
         }
+    }
+
+    /// Memory is short: recycle by retiring first (see the module docs).
+    fn memory_short(&self) -> bool {
+        self.light.memory_short()
     }
 
     fn worker(&mut self, key: u64) -> Option<&mut Worker> {
@@ -348,6 +368,7 @@ impl PoolState {
         conn: Option<Conn>,
     ) {
         let max_rss = self.config.max_rss_bytes;
+        let memory_short = self.memory_short();
         let Some(w) = self.worker(key) else { return };
         w.requests += 1;
         if rss.is_some() {
@@ -364,6 +385,10 @@ impl PoolState {
                     w.retire = Some(format!("recycled at {rss} bytes resident (max_rss_bytes)"));
                 }
             }
+        }
+        if memory_short && w.retire.is_some() && w.stop.is_none() {
+            // Retire first: stopped as it goes idle below, replaced once it has exited.
+            w.due = true;
         }
         let slot = w.slot;
         if let Some(s) = self.slot.get_mut(slot) {
@@ -600,9 +625,14 @@ impl PoolState {
             }
         }
         let (slots, generation) = (self.slots, self.generation);
+        let memory_short = self.memory_short();
         for w in &mut self.workers {
             if w.stop.is_some() || w.exit.is_some() {
                 continue;
+            }
+            if memory_short && w.retire.is_some() && !w.due && w.phase != Phase::Starting {
+                tracing::info!(endpoint = %self.endpoint, slot = w.slot, pid = w.pid, "memory short: retiring the worker before its replacement starts");
+                w.due = true;
             }
             if w.slot >= slots {
                 w.due = true;
@@ -647,6 +677,14 @@ impl PoolState {
                 .iter()
                 .filter(|w| w.slot == slot && w.holds_slot())
                 .collect();
+            // While memory is short, a slot whose retired process still lives waits for its
+            // exit (the waiter's reaping wakes the supervisor).
+            let retiring = self.workers.iter().any(|w| {
+                w.slot == slot && w.exit.is_none() && !w.holds_slot() && w.retire.is_some()
+            });
+            if memory_short && retiring {
+                continue;
+            }
             let next_start = self.slot.get(slot).and_then(|s| s.next_start);
             if next_start.is_some_and(|t| now < t) {
                 if let Some(t) = next_start {
@@ -683,6 +721,7 @@ pub(crate) fn backoff(initial: Duration, max: Duration, failures: u32) -> Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use config::light::Light;
 
     fn config(extra: &str) -> WorkerConfig {
         let text =
@@ -746,7 +785,7 @@ mod tests {
     #[test]
     fn one_process_per_slot_and_no_checkout_before_ready() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config(""), 2);
+        let mut s = PoolState::new("/w", config(""), 2, TrafficLight::fixed(Light::Green));
         let plan = s.plan(t);
         assert_eq!(plan.spawns.len(), 2);
         start_planned(&mut s, &plan, t);
@@ -764,7 +803,12 @@ mod tests {
     #[test]
     fn a_recycled_worker_serves_until_its_successor_is_ready_then_stops_when_idle() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config("max_requests = 2"), 1);
+        let mut s = PoolState::new(
+            "/w",
+            config("max_requests = 2"),
+            1,
+            TrafficLight::fixed(Light::Green),
+        );
         let plan = s.plan(t);
         let first = start_planned(&mut s, &plan, t)[0];
         ready_all(&mut s, t);
@@ -802,9 +846,87 @@ mod tests {
     }
 
     #[test]
+    fn while_memory_is_short_a_recycled_worker_is_retired_before_its_successor_starts() {
+        let t = Instant::now();
+        let light = TrafficLight::fixed(Light::Green);
+        light.set_memory(Light::Red);
+        let mut s = PoolState::new("/w", config("max_requests = 2"), 1, light);
+        let plan = s.plan(t);
+        let first = start_planned(&mut s, &plan, t)[0];
+        ready_all(&mut s, t);
+        let c = s.checkout().unwrap();
+        s.answered(c.key, t, None, None);
+        let c = s.checkout().unwrap();
+        // Its last request: it stops as it is handed back, and nothing is started beside it.
+        s.answered(c.key, t, None, None);
+        assert_eq!(s.worker(first).unwrap().phase, Phase::Stopping);
+        assert!(s.checkout().is_none(), "the slot's capacity dips");
+        assert!(s.plan(t).spawns.is_empty(), "no successor while it lives");
+        reap(&mut s, first, "exited with status 0");
+        let plan = s.plan(t);
+        assert_eq!(plan.spawns.len(), 1);
+        assert_eq!(
+            plan.spawns[0].replaces, None,
+            "a fresh process for the empty slot"
+        );
+        start_planned(&mut s, &plan, t);
+        ready_all(&mut s, t);
+        assert!(s.checkout().is_some());
+        assert_eq!(s.recent_exits(t), 0, "a retirement is not a failure");
+        assert!(s.slot[0]
+            .last_exit
+            .as_deref()
+            .unwrap()
+            .contains("max_requests"));
+    }
+
+    #[test]
+    fn memory_running_short_turns_a_pending_recycle_into_retire_first() {
+        let t = Instant::now();
+        let light = TrafficLight::fixed(Light::Green);
+        let mut s = PoolState::new("/w", config("max_rss_bytes = 1000"), 2, light.clone());
+        let plan = s.plan(t);
+        let keys = start_planned(&mut s, &plan, t);
+        ready_all(&mut s, t);
+        let c = s.checkout().unwrap();
+        s.answered(c.key, t, Some(5000), None);
+        assert!(s.worker(c.key).unwrap().retire.is_some());
+        assert_eq!(
+            s.worker(c.key).unwrap().phase,
+            Phase::Idle,
+            "green: it serves on"
+        );
+        // Memory runs short before its successor was planned: stopped now, replaced after.
+        light.set_memory(Light::Red);
+        let plan = s.plan(t);
+        assert!(plan.spawns.is_empty(), "{:?}", states(&s));
+        assert_eq!(s.worker(c.key).unwrap().phase, Phase::Stopping);
+        let other = keys.iter().copied().find(|k| *k != c.key).unwrap();
+        assert_eq!(s.checkout().unwrap().key, other, "the other slot serves on");
+        reap(&mut s, c.key, "exited with status 0");
+        let plan = s.plan(t);
+        assert_eq!(plan.spawns.len(), 1);
+        assert_eq!(plan.spawns[0].replaces, None);
+
+        // Memory back to green: the successor-first order again.
+        light.set_memory(Light::Green);
+        start_planned(&mut s, &plan, t);
+        ready_all(&mut s, t);
+        s.answered(other, t, Some(5000), None);
+        let plan = s.plan(t);
+        assert_eq!(plan.spawns.len(), 1);
+        assert_eq!(plan.spawns[0].replaces, Some(other));
+        assert_eq!(
+            s.worker(other).unwrap().phase,
+            Phase::Idle,
+            "serves until replaced"
+        );
+    }
+
+    #[test]
     fn a_rolling_restart_replaces_one_worker_at_a_time() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config(""), 3);
+        let mut s = PoolState::new("/w", config(""), 3, TrafficLight::fixed(Light::Green));
         let plan = s.plan(t);
         let old = start_planned(&mut s, &plan, t);
         ready_all(&mut s, t);
@@ -842,7 +964,7 @@ mod tests {
     fn failures_back_off_exponentially_and_make_a_crash_loop() {
         let mut t = Instant::now();
         let cfg = "restart_backoff_ms = 100\nmax_restart_backoff_ms = 350\ncrash_loop_exits = 3\ncrash_loop_window_ms = 10000";
-        let mut s = PoolState::new("/w", config(cfg), 1);
+        let mut s = PoolState::new("/w", config(cfg), 1, TrafficLight::fixed(Light::Green));
         let mut delays = Vec::new();
         for _ in 0..4 {
             let plan = s.plan(t);
@@ -875,7 +997,12 @@ mod tests {
     #[test]
     fn a_timed_out_worker_is_replaced_at_once_without_backoff() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config("restart_backoff_ms = 5000"), 1);
+        let mut s = PoolState::new(
+            "/w",
+            config("restart_backoff_ms = 5000"),
+            1,
+            TrafficLight::fixed(Light::Green),
+        );
         let plan = s.plan(t);
         start_planned(&mut s, &plan, t);
         ready_all(&mut s, t);
@@ -902,7 +1029,12 @@ mod tests {
     #[test]
     fn a_worker_not_ready_in_time_is_stopped_as_a_failure() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config("ready_timeout_ms = 1000"), 1);
+        let mut s = PoolState::new(
+            "/w",
+            config("ready_timeout_ms = 1000"),
+            1,
+            TrafficLight::fixed(Light::Green),
+        );
         let plan = s.plan(t);
         let key = start_planned(&mut s, &plan, t)[0];
         assert_eq!(s.plan(t).wake_at, Some(t + Duration::from_secs(1)));
@@ -916,7 +1048,7 @@ mod tests {
     #[test]
     fn closing_stops_idle_workers_at_once_and_busy_ones_after_their_request() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config(""), 2);
+        let mut s = PoolState::new("/w", config(""), 2, TrafficLight::fixed(Light::Green));
         let plan = s.plan(t);
         start_planned(&mut s, &plan, t);
         ready_all(&mut s, t);
@@ -936,7 +1068,7 @@ mod tests {
     #[test]
     fn fewer_slots_retire_the_extra_workers_when_idle() {
         let t = Instant::now();
-        let mut s = PoolState::new("/w", config(""), 2);
+        let mut s = PoolState::new("/w", config(""), 2, TrafficLight::fixed(Light::Green));
         let plan = s.plan(t);
         start_planned(&mut s, &plan, t);
         ready_all(&mut s, t);
