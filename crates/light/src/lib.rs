@@ -37,6 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct LightStatus {
     /// The current light.
     pub light: Light,
+    /// The memory signals' own level ([`TrafficLight::memory`]); red: memory is short, and the
+    /// worker pools recycle by retiring first.
+    pub memory: Light,
     /// Time in the current light, ms.
     pub since_ms: u64,
     /// When the light last changed (or was created), Unix time in ms.
@@ -258,6 +261,7 @@ impl TrafficLight {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         LightStatus {
             light: status.state.light(),
+            memory: self.memory(),
             since_ms: ms(now.saturating_duration_since(status.state.since())),
             last_change_unix_ms: status.changed_unix_ms,
             inputs: status.last_sample.map(|(s, _)| s),
@@ -351,8 +355,10 @@ mod tests {
             Sample::new(0.5, 0.8).with_pressure(Some(1.5), None),
             Instant::now(),
         ));
+        light.set_memory(Light::Red);
         let json = serde_json::to_value(light.snapshot()).unwrap();
         assert_eq!(json["light"], "green");
+        assert_eq!(json["memory"], "red");
         assert_eq!(json["inputs"]["cpu"], 0.5);
         assert_eq!(json["inputs"]["cpu_origin"], "host");
         assert_eq!(json["inputs"]["pressure_origin"], "host");
