@@ -15,7 +15,7 @@ use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{registry, request, wait_until, within, Gate, TestServer};
+use support::{next_chunk, registry, request, wait_until, within, Gate, TestServer};
 use tokio::net::TcpStream;
 
 /// Streams `x-chunks` chunks (`chunk-0\n`, ...; or `x-size` bytes each), waiting at its gate
@@ -103,33 +103,12 @@ fn stream_request(headers: &[(&str, &str)]) -> hyper::Request<http_body_util::Fu
     req
 }
 
-/// Open an HTTP/1.1 connection and send `req`: the response head, its body still streaming.
+/// Send `req` on a fresh HTTP/1.1 connection: the response head, its body still streaming.
 async fn open_h1(
     server: &TestServer,
     req: hyper::Request<http_body_util::Full<Bytes>>,
 ) -> Response<hyper::body::Incoming> {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    within("the response head", sender.send_request(req))
-        .await
-        .unwrap()
-}
-
-/// The next data frame's bytes (`None` at the end of the body).
-async fn next_chunk(body: &mut hyper::body::Incoming) -> Option<Result<Bytes, hyper::Error>> {
-    loop {
-        match within("the next frame", body.frame()).await? {
-            // HTTP/2 may end the stream with an empty DATA frame.
-            Ok(frame) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => return Some(Ok(data)),
-                _ => continue,
-            },
-            Err(e) => return Some(Err(e)),
-        }
-    }
+    server.client().open(req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,19 @@ impl Client {
         }
     }
 
+    /// Send `req` on a fresh HTTP/1.1 connection and return once the response head is in: its
+    /// body still streaming, read it with [`next_chunk`].
+    pub async fn open(&self, req: Request<Full<Bytes>>) -> Response<hyper::body::Incoming> {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        within("the response head", sender.send_request(req))
+            .await
+            .expect("a response head")
+    }
+
     /// Send `req` from a new task; await the handle for the reply.
     pub fn spawn(&self, req: Request<Full<Bytes>>) -> JoinHandle<Reply> {
         let client = *self;
@@ -131,6 +144,20 @@ impl Client {
             addr: self.addr,
             sender,
             driver: Arc::new(tokio::spawn(conn)),
+        }
+    }
+}
+
+/// The next data frame of a streamed body (`None` at its clean end; an error when it was cut
+/// short). Empty frames (HTTP/2 may end a stream with one) are skipped.
+pub async fn next_chunk(body: &mut hyper::body::Incoming) -> Option<Result<Bytes, hyper::Error>> {
+    loop {
+        match within("the next frame", body.frame()).await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => return Some(Ok(data)),
+                _ => continue,
+            },
+            Err(e) => return Some(Err(e)),
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   shut down; [`Launch`] starts one with a fixed traffic light, a readiness clock, an admin or
 //!   redirect listener, TLS.
 //! - `client`: [`Client`], a copyable handle for requests from spawned tasks; [`Reply`] is what
-//!   came back; [`H1Conn`] and [`H2Conn`] keep one connection open across requests.
+//!   came back; [`H1Conn`] and [`H2Conn`] keep one connection open across requests;
+//!   [`Client::open`] and [`next_chunk`] read a streamed body chunk by chunk.
 //! - `recorders`: [`Recorder`] records every run (id, start, end), holds requests marked `x-hold`
 //!   on its [`Gate`] until the test releases them, panics on `x-panic`; [`Panicker`] panics when
 //!   the body says `panic`.
@@ -22,7 +23,7 @@ mod server;
 mod system;
 pub mod tls;
 
-pub use client::{raw_post, read_to_close, request, Client, H1Conn, H2Conn, Reply};
+pub use client::{next_chunk, raw_post, read_to_close, request, Client, H1Conn, H2Conn, Reply};
 pub use recorders::{held_job, job, panicking_job, registry, Gate, Panicker, Recorder, Run};
 pub use server::{Launch, TestServer};
 pub use system::{free_port, is_dead, TempDir};

@@ -281,8 +281,15 @@ pub struct ExecConfig {
     pub timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
-    /// stdout bytes at most; past it the child is killed and `502` answered.
+    /// stdout bytes at most; past it the child is killed and `502` answered (when streaming and
+    /// the head was sent: the stream is cut short).
     pub max_output_bytes: usize,
+    /// Stream stdout to the client as it comes (after the CGI headers), instead of answering
+    /// once the program has exited. Default false.
+    pub stream: bool,
+    /// When streaming: the longest wait for the next stdout bytes; past it the program is killed
+    /// and the stream cut short (default 30 s).
+    pub stream_idle_timeout: Duration,
     /// Server environment variables passed through beside PATH, LANG and HOME.
     pub pass_env: Vec<String>,
     /// Variables set for the child.

@@ -62,6 +62,7 @@ mod range {
     pub const JOB_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
     pub const KILL_GRACE_MS: (u64, u64) = (0, 600_000);
     pub const MAX_OUTPUT_BYTES: (u64, u64) = (1, GIB);
+    pub const STREAM_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
 }
 
 /// Longest file path accepted (`cwd`, the program, certificate and key files): Linux's PATH_MAX.
@@ -346,6 +347,10 @@ struct RawExec {
     #[serde(default = "default_max_output_bytes")]
     max_output_bytes: usize,
     #[serde(default)]
+    stream: bool,
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    stream_idle_timeout_ms: u64,
+    #[serde(default)]
     pass_env: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -365,6 +370,9 @@ fn default_kill_grace_ms() -> u64 {
 }
 fn default_max_output_bytes() -> usize {
     1024 * 1024
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Builds errors that all name the same file.
@@ -839,6 +847,12 @@ impl RawExec {
                 key("max_output_bytes"),
                 self.max_output_bytes,
                 range::MAX_OUTPUT_BYTES,
+            )?,
+            stream: self.stream,
+            stream_idle_timeout: p.millis(
+                key("stream_idle_timeout_ms"),
+                self.stream_idle_timeout_ms,
+                range::STREAM_IDLE_TIMEOUT_MS,
             )?,
             pass_env: self.pass_env,
             env: self.env.into_iter().collect(),

@@ -91,6 +91,20 @@ pub(crate) fn cgi_response(
     Ok(resp)
 }
 
+/// Where the CGI header block at the start of `head` ends (`None`: not complete yet), or why it
+/// can never be a header block. For a streamed run, which reads stdout until the block is whole.
+pub(crate) fn header_end(head: &[u8]) -> Result<Option<usize>, HandlerError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(head, &mut slots) {
+        Ok(httparse::Status::Complete((end, _))) => Ok(Some(end)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(malformed(&format!("more than {MAX_HEADERS} headers")))
+        }
+        Err(e) => Err(malformed(&e.to_string())),
+    }
+}
+
 /// `Status: 404 Not Found` → `404`. Three digits (100 to 999), then nothing or a reason phrase.
 /// The reason phrase is dropped: the client sees the status code's canonical one.
 fn parse_status(value: &[u8]) -> Result<StatusCode, HandlerError> {

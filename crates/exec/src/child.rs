@@ -15,7 +15,7 @@
 //! after [`DRAIN_BOUND`] and the stranded thread ends when it does.
 
 use bytes::Bytes;
-use children::{Group, Registry};
+use children::{Group, Registered, Registry};
 use common::handler::ClientWatch;
 use config::ExecConfig;
 use nix::sys::signal::Signal;
@@ -56,7 +56,9 @@ pub(crate) enum Failure {
     Signal(i32),
     /// It ran past the time limit and was killed.
     Timeout,
-    /// Its client went away and it was killed (`on_client_gone = "stop"`).
+    /// Streaming: no stdout for `stream_idle_timeout_ms`; it was killed.
+    Idle,
+    /// Its client went away and it was killed (`on_client_gone = "stop"`, or mid-stream).
     ClientGone,
     /// It wrote more than the output cap and was killed.
     OutputCap,
@@ -104,62 +106,17 @@ fn supervise(
     client: &ClientWatch,
     stderr_out: &mut String,
 ) -> Result<Bytes, Failure> {
-    let Some((program, args)) = cfg.command.split_first() else {
-        return Err(Failure::Spawn(io::Error::other("empty command")));
-    };
-    // Clamped so an absurd configured timeout cannot overflow the clock.
-    let deadline = Instant::now() + cfg.timeout.min(LONGEST_TIMEOUT);
-
-    // The waiter exists before the child does, so a child is never left without one to reap it.
-    let (child_tx, child_rx) = mpsc::channel::<(Child, Arc<Group>)>();
-    let (exit_tx, exit_rx) = mpsc::channel();
-    spawn_thread("exec-wait", move || wait_for_exit(child_rx, exit_tx))?;
-
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(dir) = &cfg.cwd {
-        command.current_dir(dir);
-    }
-    // From here on, any return (or unwinding panic) drops the guard, which kills the group.
-    let (mut child, guard) = registry.spawn(&mut command).map_err(Failure::Spawn)?;
-    let group = guard.group().clone();
-    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    if let Err(mpsc::SendError((mut child, group))) = child_tx.send((child, group.clone())) {
-        group.signal(Signal::SIGKILL);
-        let _ = group.reap(&mut child, true);
-        return Err(Failure::Internal("the waiter thread is gone".into()));
-    }
-
     let (out_tx, out_rx) = mpsc::channel();
-    if let Some(stdout) = stdout {
-        let (cap, group) = (cfg.max_output_bytes, group.clone());
-        spawn_thread("exec-stdout", move || {
-            let _ = out_tx.send(read_capped(stdout, cap, &group));
-        })?;
-    }
-    let (err_tx, err_rx) = mpsc::channel();
-    if let Some(stderr) = stderr {
-        spawn_thread("exec-stderr", move || {
-            let _ = err_tx.send(read_head(stderr));
-        })?;
-    }
-    if let Some(mut stdin) = stdin.filter(|_| !body.is_empty()) {
-        spawn_thread("exec-stdin", move || {
-            // A child that does not read its stdin, or closes it early, is not an error.
-            if let Err(e) = stdin.write_all(&body) {
-                if e.kind() != io::ErrorKind::BrokenPipe {
-                    tracing::debug!(cause = %e, "cannot write the body to the program's stdin");
-                }
-            }
-        })?;
-    }
+    let cap = cfg.max_output_bytes;
+    let Launched {
+        guard,
+        group,
+        exit_rx,
+        err_rx,
+        deadline,
+    } = launch(cfg, env, body, registry, move |stdout, group| {
+        let _ = out_tx.send(read_capped(stdout, cap, &group));
+    })?;
 
     let exited = match wait_while_watched(&exit_rx, deadline, client) {
         Ok(status) => status,
@@ -208,6 +165,92 @@ fn supervise(
     }
 }
 
+/// A started program: registered in its server's registry (dropping `guard` kills its group),
+/// watched by its waiter thread, its stderr and stdout read by helper threads.
+pub(crate) struct Launched {
+    /// Kills the group when dropped.
+    pub(crate) guard: Registered,
+    pub(crate) group: Arc<Group>,
+    /// The exit status, once the waiter has reaped the child.
+    pub(crate) exit_rx: Receiver<io::Result<ExitStatus>>,
+    /// The start of stderr, once it reached end of file.
+    pub(crate) err_rx: Receiver<String>,
+    /// `timeout_ms` from the start.
+    pub(crate) deadline: Instant,
+}
+
+/// Start `cfg`'s program with exactly `env` and `body` on stdin, registered in `registry`, its
+/// waiter, stdin writer and stderr reader running, and its stdout handed to `read_stdout` on a
+/// thread of its own (with the group, to kill it past a cap).
+pub(crate) fn launch(
+    cfg: &ExecConfig,
+    env: BTreeMap<String, OsString>,
+    body: Bytes,
+    registry: &Arc<Registry>,
+    read_stdout: impl FnOnce(ChildStdout, Arc<Group>) + Send + 'static,
+) -> Result<Launched, Failure> {
+    let Some((program, args)) = cfg.command.split_first() else {
+        return Err(Failure::Spawn(io::Error::other("empty command")));
+    };
+    // Clamped so an absurd configured timeout cannot overflow the clock.
+    let deadline = Instant::now() + cfg.timeout.min(LONGEST_TIMEOUT);
+
+    // The waiter exists before the child does, so a child is never left without one to reap it.
+    let (child_tx, child_rx) = mpsc::channel::<(Child, Arc<Group>)>();
+    let (exit_tx, exit_rx) = mpsc::channel();
+    spawn_thread("exec-wait", move || wait_for_exit(child_rx, exit_tx))?;
+
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &cfg.cwd {
+        command.current_dir(dir);
+    }
+    // From here on, any return (or unwinding panic) drops the guard, which kills the group.
+    let (mut child, guard) = registry.spawn(&mut command).map_err(Failure::Spawn)?;
+    let group = guard.group().clone();
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    if let Err(mpsc::SendError((mut child, group))) = child_tx.send((child, group.clone())) {
+        group.signal(Signal::SIGKILL);
+        let _ = group.reap(&mut child, true);
+        return Err(Failure::Internal("the waiter thread is gone".into()));
+    }
+
+    if let Some(stdout) = stdout {
+        let group = group.clone();
+        spawn_thread("exec-stdout", move || read_stdout(stdout, group))?;
+    }
+    let (err_tx, err_rx) = mpsc::channel();
+    if let Some(stderr) = stderr {
+        spawn_thread("exec-stderr", move || {
+            let _ = err_tx.send(read_head(stderr));
+        })?;
+    }
+    if let Some(mut stdin) = stdin.filter(|_| !body.is_empty()) {
+        spawn_thread("exec-stdin", move || {
+            // A child that does not read its stdin, or closes it early, is not an error.
+            if let Err(e) = stdin.write_all(&body) {
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    tracing::debug!(cause = %e, "cannot write the body to the program's stdin");
+                }
+            }
+        })?;
+    }
+    Ok(Launched {
+        guard,
+        group,
+        exit_rx,
+        err_rx,
+        deadline,
+    })
+}
+
 /// Why [`wait_while_watched`] stopped waiting for the program's exit.
 enum Stopped {
     Timeout,
@@ -236,7 +279,7 @@ fn wait_while_watched<T>(
 
 /// Past the time limit: SIGTERM the group, SIGKILL it after `grace`, and wait (bounded) for the
 /// waiter to reap the child. If even that does not come, the waiter reaps it later.
-fn stop(group: &Group, exit_rx: &Receiver<io::Result<ExitStatus>>, grace: Duration) {
+pub(crate) fn stop(group: &Group, exit_rx: &Receiver<io::Result<ExitStatus>>, grace: Duration) {
     group.signal(Signal::SIGTERM);
     if exit_rx.recv_timeout(grace).is_ok() {
         return;
@@ -305,12 +348,12 @@ fn read_head(mut stderr: ChildStderr) -> String {
 }
 
 /// Receive from `rx`, waiting until `deadline` at most.
-fn recv_until<T>(rx: &Receiver<T>, deadline: Instant) -> Result<T, RecvTimeoutError> {
+pub(crate) fn recv_until<T>(rx: &Receiver<T>, deadline: Instant) -> Result<T, RecvTimeoutError> {
     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Start a named helper thread; failing to is an internal failure, not a panic.
-fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
+pub(crate) fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
     thread::Builder::new()
         .name(name.to_string())
         .spawn(f)

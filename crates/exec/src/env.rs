@@ -290,6 +290,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             kill_grace: std::time::Duration::from_secs(1),
             max_output_bytes: 1,
+            stream: false,
+            stream_idle_timeout: std::time::Duration::from_secs(1),
             pass_env: vec![
                 "CARGO_PKG_NAME".into(),
                 "".into(),

@@ -5,7 +5,9 @@
 //! the response, as is (`output = "raw"`) or parsed as a CGI response (`output = "cgi"`). Every
 //! run is bounded: past `timeout` the whole group gets SIGTERM, then SIGKILL after `kill_grace`;
 //! past `max_output_bytes` of stdout it is killed at once; when the program exits, whatever it
-//! left running in its group is killed; every child is reaped.
+//! left running in its group is killed; every child is reaped. With `stream = true` the response
+//! head goes out once the CGI headers (or the first raw bytes) are read, and the rest of stdout
+//! follows as it comes (see `stream`).
 //!
 //! While it runs, each child's process group is registered in the server's own [`Registry`] (one
 //! per server, held by the front end's `App`), so a shutdown kills that server's children and no
@@ -16,11 +18,13 @@
 //! - `child`: spawning, feeding, capturing, time limit, reaping.
 //! - `cgi`: stdout to response, raw or CGI.
 //! - `stderr_log`: the rate limit on logging a successful program's stderr.
+//! - `stream`: a streamed run (`stream = true`): stdout forwarded chunk by chunk as it comes.
 
 mod cgi;
 mod child;
 mod env;
 mod stderr_log;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -54,54 +58,71 @@ impl ExecHandler {
 
     /// The answer for a run that failed with `failure`.
     fn error(&self, failure: Failure) -> HandlerError {
-        match failure {
-            Failure::Spawn(e) => {
-                // The details (program, working directory, cause) name server paths: they go to
-                // the log, and the client is told only what happened.
-                let program = self.cfg.command.first().map_or("", String::as_str);
-                tracing::warn!(
-                    endpoint = %self.endpoint,
-                    program,
-                    cwd = self.cfg.cwd.as_ref().map(|c| tracing::field::display(c.display())),
-                    cause = %e,
-                    "cannot start the program"
-                );
-                HandlerError::BadGateway("cannot start the program".into())
-            }
-            Failure::Exit(code) => {
-                HandlerError::BadGateway(format!("program exited with status {code}"))
-            }
-            // Killed from outside while the server stops (its shutdown kill, most likely).
-            Failure::Signal(_) if self.registry.shutting_down() => {
-                HandlerError::Unavailable("server shutting down".into())
-            }
-            Failure::Signal(signal) => {
-                let name = Signal::try_from(signal)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| signal.to_string());
-                HandlerError::BadGateway(format!("program killed by signal {name}"))
-            }
-            Failure::Timeout => HandlerError::Timeout(format!(
-                "ran past timeout_ms ({} ms) and was killed",
-                self.cfg.timeout.as_millis()
-            )),
-            Failure::ClientGone => {
-                HandlerError::ClientGone("the client went away; the program was killed".into())
-            }
-            Failure::OutputCap => HandlerError::BadGateway(format!(
-                "output exceeded max_output_bytes ({})",
-                self.cfg.max_output_bytes
-            )),
-            Failure::OutputLeftOpen => HandlerError::BadGateway(
-                "program exited but a process outside its group kept stdout open".into(),
-            ),
-            Failure::Internal(what) => HandlerError::Internal(format!("exec: {what}")),
+        error(&self.endpoint, &self.cfg, &self.registry, failure)
+    }
+}
+
+/// The answer for a run of `cfg` at `endpoint` that failed with `failure`.
+pub(crate) fn error(
+    endpoint: &str,
+    cfg: &ExecConfig,
+    registry: &Registry,
+    failure: Failure,
+) -> HandlerError {
+    match failure {
+        Failure::Spawn(e) => {
+            // The details (program, working directory, cause) name server paths: they go to
+            // the log, and the client is told only what happened.
+            let program = cfg.command.first().map_or("", String::as_str);
+            tracing::warn!(
+                endpoint = %endpoint,
+                program,
+                cwd = cfg.cwd.as_ref().map(|c| tracing::field::display(c.display())),
+                cause = %e,
+                "cannot start the program"
+            );
+            HandlerError::BadGateway("cannot start the program".into())
         }
+        Failure::Exit(code) => {
+            HandlerError::BadGateway(format!("program exited with status {code}"))
+        }
+        // Killed from outside while the server stops (its shutdown kill, most likely).
+        Failure::Signal(_) if registry.shutting_down() => {
+            HandlerError::Unavailable("server shutting down".into())
+        }
+        Failure::Signal(signal) => {
+            let name = Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| signal.to_string());
+            HandlerError::BadGateway(format!("program killed by signal {name}"))
+        }
+        Failure::Timeout => HandlerError::Timeout(format!(
+            "ran past timeout_ms ({} ms) and was killed",
+            cfg.timeout.as_millis()
+        )),
+        Failure::Idle => HandlerError::Timeout(format!(
+            "no output for stream_idle_timeout_ms ({} ms); the program was killed",
+            cfg.stream_idle_timeout.as_millis()
+        )),
+        Failure::ClientGone => {
+            HandlerError::ClientGone("the client went away; the program was killed".into())
+        }
+        Failure::OutputCap => HandlerError::BadGateway(format!(
+            "output exceeded max_output_bytes ({})",
+            cfg.max_output_bytes
+        )),
+        Failure::OutputLeftOpen => HandlerError::BadGateway(
+            "program exited but a process outside its group kept stdout open".into(),
+        ),
+        Failure::Internal(what) => HandlerError::Internal(format!("exec: {what}")),
     }
 }
 
 impl Handler for ExecHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+        if self.cfg.stream {
+            return stream::handle(&self.endpoint, &self.cfg, &self.registry, req);
+        }
         let env = env::child_env(&self.endpoint, &self.cfg, req);
         let run = child::run(
             &self.cfg,

@@ -22,6 +22,8 @@ fn config(command: &[&str]) -> ExecConfig {
         timeout: Duration::from_secs(15),
         kill_grace: Duration::from_millis(500),
         max_output_bytes: 4 << 20,
+        stream: false,
+        stream_idle_timeout: Duration::from_secs(15),
         pass_env: vec![],
         env: vec![],
     }
