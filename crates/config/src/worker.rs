@@ -43,8 +43,12 @@ pub struct WorkerConfig {
     pub max_requests_jitter: u64,
     /// Recycle a worker whose resident memory exceeds this (checked between requests). Default off.
     pub max_rss_bytes: Option<NonZeroU64>,
-    /// Largest response body accepted from a worker; past it the answer is `502`. Default 64 MiB.
+    /// Largest response body accepted from a worker; past it the answer is `502` (a streamed
+    /// answer is cut short). Default 64 MiB.
     pub max_response_bytes: usize,
+    /// A streamed answer (chunked, or of unknown length) may pause at most this long between two
+    /// chunks; past it the stream is cut short and the worker replaced. Default 30 s.
+    pub stream_idle_timeout: Duration,
     /// Directory in which the server creates its private (0700) socket directory; default
     /// `$XDG_RUNTIME_DIR`, else the temporary directory.
     pub socket_dir: Option<PathBuf>,
@@ -93,6 +97,8 @@ pub(crate) struct RawWorker {
     max_rss_bytes: u64,
     #[serde(default = "default_max_response_bytes")]
     max_response_bytes: usize,
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    stream_idle_timeout_ms: u64,
     socket_dir: Option<PathBuf>,
     #[serde(default)]
     watch: Vec<PathBuf>,
@@ -117,6 +123,9 @@ fn default_kill_grace_ms() -> u64 {
 }
 fn default_max_response_bytes() -> usize {
     64 * 1024 * 1024
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    30_000
 }
 fn default_restart_backoff_ms() -> u64 {
     100
@@ -220,6 +229,7 @@ impl RawWorker {
             max_requests_jitter: self.max_requests_jitter,
             max_rss_bytes: NonZeroU64::new(self.max_rss_bytes),
             max_response_bytes: self.max_response_bytes,
+            stream_idle_timeout: millis("stream_idle_timeout_ms", self.stream_idle_timeout_ms)?,
             socket_dir: self.socket_dir,
             watch: self.watch,
             restart_backoff,

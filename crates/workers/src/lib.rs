@@ -22,7 +22,10 @@
 //! - **No orphans**, even if the server is killed with SIGKILL: see [`process`].
 //! - **A client that leaves** while its request runs in a worker: the request finishes and its
 //!   answer is discarded; the worker stays healthy and is reused (cancelling would cost the
-//!   worker's connection and, for most apps, gains nothing once the work has started).
+//!   worker's connection and, for most apps, gains nothing once the work has started). A
+//!   streamed answer (no `Content-Length`: a generator, server-sent events) is forwarded as it
+//!   comes instead; its client leaving mid-stream closes the worker connection, which is how a
+//!   worker learns to stop (see `stream`).
 //!
 //! # Layout
 //! - [`WorkerHandler`]: the [`Handler`] an endpoint calls; [`Pools`]: the server's pools by
@@ -33,6 +36,7 @@
 //! - [`process`]: spawning a worker that dies with the server; socket directory; memory.
 //! - `proxy`: the HTTP/1.1 exchange with a worker, hop-by-hop headers, bounded answers.
 //! - [`status`]: `/status` and `/metrics` of a pool.
+//! - `stream`: a worker's answer without a length, forwarded chunk by chunk.
 #![deny(missing_docs)]
 // `unsafe_code` is "deny" for this crate (Cargo.toml says why), not the workspace's "forbid":
 // the one exception is `process::die_with_parent`.
@@ -42,13 +46,16 @@ pub mod process;
 mod proxy;
 mod state;
 pub mod status;
+mod stream;
 mod supervisor;
 
 pub use pool::WorkerPool;
 pub use status::PoolStatus;
 
 use children::Registry;
-use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
+use common::handler::{
+    Handler, HandlerError, HandlerSample, JobRequest, JobResponse, ResponseBody,
+};
 use config::WorkerConfig;
 use light::TrafficLight;
 use pool::Finished;
@@ -101,6 +108,7 @@ impl Handler for WorkerHandler {
         loop {
             let mut lease = self.pool.checkout(deadline, self.wait_for_worker)?;
             let config = lease.config().clone();
+            let started = Instant::now();
             let conn = lease.take_conn();
             let socket = lease.socket().to_path_buf();
             let exchange = if process::has_exited(lease.pid()) {
@@ -113,6 +121,16 @@ impl Handler for WorkerHandler {
                         .await
                         .unwrap_or(Exchange::TimedOut)
                 })
+            };
+            let exchange = match exchange {
+                Exchange::Streaming { head, body, conn } => {
+                    let until = started + config.timeout;
+                    let stream =
+                        stream::WorkerStream::new(self.pool.clone(), lease, body, conn, until);
+                    let body = ResponseBody::stream(move |sink| stream.produce(sink));
+                    return Ok(JobResponse::from_parts(head, body));
+                }
+                other => other,
             };
             match self.pool.finish(lease, exchange) {
                 Finished::Done(result) => return result,

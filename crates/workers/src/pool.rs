@@ -94,6 +94,19 @@ pub(crate) enum Finished {
     Retry(HandlerError),
 }
 
+/// How a streamed answer ended, for [`WorkerPool::stream_ended`].
+#[derive(Debug)]
+pub(crate) enum StreamEnd {
+    /// The whole answer was forwarded; the connection, if it can carry another request.
+    Completed(Option<Conn>),
+    /// We closed the connection mid-answer (client gone, too large, slow reader).
+    Dropped,
+    /// The worker paused past `stream_idle_timeout_ms` or ran past `timeout_ms`.
+    TimedOut(String),
+    /// The connection broke on the worker's side (it died, or ended the answer unterminated).
+    Broken(String),
+}
+
 /// A worker checked out for one request. Returned with [`WorkerPool::finish`]; if dropped
 /// instead (the request's thread unwound), the worker is stopped.
 #[derive(Debug)]
@@ -334,8 +347,52 @@ impl WorkerPool {
                 return Finished::Retry(error);
             }
             Exchange::Broken(cause) => Err(self.failed(key, false, &cause)),
+            // The handler streams these itself (`crate::stream`); one reaching here is dropped.
+            Exchange::Streaming { .. } => {
+                let mut state = self.shared.lock();
+                state.answer_dropped(key, Instant::now());
+                self.shared.changed(&mut state);
+                Err(HandlerError::Internal(
+                    "a streamed answer was not streamed".into(),
+                ))
+            }
         };
         Finished::Done(self.shutdown_aware(result))
+    }
+
+    /// Return the worker after a streamed answer ended, as `end` says: completed (the connection
+    /// kept if it can carry another request), cut short on our side (the connection was closed:
+    /// the client went away, the answer passed `max_response_bytes`, the client read too slowly;
+    /// the worker lives on and gets a fresh connection), past a time limit (the worker is
+    /// replaced), or broken on the worker's side.
+    pub(crate) fn stream_ended(&self, mut lease: Lease, end: StreamEnd) {
+        lease.returned = true;
+        let key = lease.checkout.key;
+        match end {
+            StreamEnd::Completed(conn) => {
+                let rss = lease
+                    .config
+                    .max_rss_bytes
+                    .and_then(|_| process::rss_bytes(lease.checkout.pid));
+                let mut state = self.shared.lock();
+                state.answered(key, Instant::now(), rss, conn);
+                self.shared.changed(&mut state);
+            }
+            StreamEnd::Dropped => {
+                let mut state = self.shared.lock();
+                state.answer_dropped(key, Instant::now());
+                self.shared.changed(&mut state);
+            }
+            StreamEnd::TimedOut(why) => {
+                let mut state = self.shared.lock();
+                state.timed_out(key, Instant::now());
+                self.shared.changed(&mut state);
+                tracing::warn!(endpoint = %self.endpoint, pid = lease.checkout.pid, cause = %why, "worker stream past its time limit; stopping the worker");
+            }
+            StreamEnd::Broken(cause) => {
+                let _ = self.failed(key, false, &cause);
+            }
+        }
     }
 
     /// During shutdown every failure is the shutdown's: `503`.

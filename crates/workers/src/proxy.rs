@@ -1,6 +1,7 @@
 //! The exchange with one worker: the request as the client sent it, over the worker's kept-alive
 //! HTTP/1.1 connection on its Unix socket, and the worker's answer back, with hop-by-hop headers
-//! handled as a proxy should (RFC 9110 section 7.6.1) and the body bounded.
+//! handled as a proxy should (RFC 9110 section 7.6.1) and the body bounded: read whole when the
+//! worker declared its length, streamed on (see `crate::stream`) when it did not.
 //!
 //! A kept-alive connection may have been closed by the worker since its last answer (gunicorn's
 //! sync workers close every connection): it is replaced by a fresh one before sending, and a
@@ -47,6 +48,16 @@ pub(crate) enum Exchange {
     TooLarge,
     /// The exchange ran past `timeout_ms` (decided by the caller, which bounds it).
     TimedOut,
+    /// The worker's answer has no length (chunked, or until close): its head, hop-by-hop headers
+    /// removed, and its body still coming on `conn`, to be streamed (see `crate::stream`).
+    Streaming {
+        /// Status and headers of the answer.
+        head: hyper::http::response::Parts,
+        /// The body, still being read.
+        body: hyper::body::Incoming,
+        /// The connection that carries it.
+        conn: Conn,
+    },
 }
 
 /// Open a connection to the worker listening on `socket`.
@@ -125,6 +136,18 @@ async fn read_answer(
     max_response: usize,
 ) -> Exchange {
     let (mut parts, body) = resp.into_parts();
+    // No length (a generator's chunks, server-sent events): streamed as it comes. A HEAD answer
+    // has no body to stream.
+    if method != Method::HEAD && hyper::body::Body::size_hint(&body).exact().is_none() {
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.version = Version::HTTP_11;
+        return Exchange::Streaming {
+            head: parts,
+            body,
+            conn: sender,
+        };
+    }
     let body = match Limited::new(body, max_response).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Exchange::TooLarge,
