@@ -1,0 +1,64 @@
+"""Time to first byte of a streamed response against its producer's first chunk, for
+benches/stream.sh.
+
+    python3 benches/ttfb.py HOST PORT PATH REQUESTS LABEL
+
+The producer's first chunk is a line holding the wall-clock time (ns since the epoch) at which it
+wrote it; for each request (one connection each, HTTP/1.1), the client notes the wall clock when
+the bytes completing that line arrive, and the difference is one sample. Prints one markdown
+table row: label, requests, p50, p99, max (microseconds).
+"""
+
+import socket
+import sys
+import time
+
+
+def first_line(sock):
+    """Read until the first body line of a chunked response is whole; its text and arrival time."""
+    buf = b""
+    while True:
+        data = sock.recv(65536)
+        now = time.time_ns()
+        if not data:
+            raise RuntimeError("connection closed before the first chunk: %r" % buf[:200])
+        buf += data
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            continue
+        head, body = buf[:head_end], buf[head_end + 4:]
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError("unexpected answer: %r" % head[:200])
+        if b"transfer-encoding: chunked" not in head.lower():
+            raise RuntimeError("not a streamed (chunked) answer: %r" % head)
+        size_end = body.find(b"\r\n")
+        if size_end < 0:
+            continue
+        chunk = body[size_end + 2:]
+        line_end = chunk.find(b"\n")
+        if line_end < 0:
+            continue
+        return chunk[:line_end].decode(), now
+
+
+def main():
+    host, port, path, requests, label = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    request = ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)).encode()
+    samples = []
+    for _ in range(requests):
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(request)
+            text, arrived = first_line(sock)
+            samples.append((arrived - int(text)) / 1000.0)
+            while sock.recv(65536):
+                pass
+    samples.sort()
+
+    def pct(p):
+        return samples[min(len(samples) - 1, int(p / 100.0 * len(samples)))]
+
+    print("| %s | %d | %.0f | %.0f | %.0f |" % (label, len(samples), pct(50), pct(99), samples[-1]))
+
+
+if __name__ == "__main__":
+    main()
