@@ -222,3 +222,61 @@ async fn the_access_line_of_a_stream_is_written_when_it_ends_with_its_bytes_and_
     }
     assert!(binary.stop().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_blocks_the_program_at_a_bound_then_it_completes() {
+    const BLOCK: usize = 64 * 1024;
+    const BLOCKS: usize = 1600; // 100 MiB: far more than every buffer on the way together
+    let dir = TempDir::new("exec-stream-slow");
+    let count = dir.path().join("count");
+    // The program counts the 64 KiB blocks it has written, in a file the test reads.
+    let program = format!(
+        "import sys\nb = b'x' * {BLOCK}\nfor i in range({BLOCKS}):\n    sys.stdout.buffer.write(b)\n    \
+         sys.stdout.buffer.flush()\n    open('{count}', 'w').write(str(i + 1))\n",
+        count = count.display()
+    );
+    let script = dir.write("writer.py", &program);
+    let toml = format!(
+        "[[endpoint]]\npath = \"/big\"\nexpected_wait_admission = false\n\
+         [endpoint.exec]\ncommand = [\"python3\", \"{}\"]\nstream = true\n\
+         max_output_bytes = 200000000\n",
+        script.display()
+    );
+    let server = TestServer::start(&toml).await;
+    let resp = server
+        .client()
+        .open(request("GET", "/big", Bytes::new()))
+        .await;
+    let written = || -> usize {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // The client reads nothing: the program's writes block once every buffer on the way is
+    // full, and its count stands still (20 looks in a row), short of the whole output.
+    let (mut last, mut still) = (usize::MAX, 0);
+    wait_until("the program blocks", || {
+        let now = written();
+        still = if now == last && now > 0 { still + 1 } else { 0 };
+        last = now;
+        still >= 20 || now == BLOCKS
+    })
+    .await;
+    let blocked_at = written();
+    assert!(
+        blocked_at < BLOCKS && blocked_at * BLOCK < 48 * 1024 * 1024,
+        "{blocked_at} blocks written for a client that reads nothing"
+    );
+    let mut body = resp.into_body();
+    let mut received = 0usize;
+    while let Some(chunk) = next_chunk(&mut body).await {
+        received += chunk.unwrap().len();
+    }
+    assert_eq!(received, BLOCK * BLOCKS);
+    wait_until("the stream is counted", || {
+        server.counters("/big").completed == 1
+    })
+    .await;
+    server.shutdown().await;
+}

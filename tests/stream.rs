@@ -15,6 +15,7 @@ use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use support::{next_chunk, registry, request, wait_until, within, Gate, TestServer};
 use tokio::net::TcpStream;
 
@@ -312,5 +313,27 @@ async fn http2_streams_data_frames_as_they_are_produced() {
         server.counters("/stream").completed == 1
     })
     .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_pausing_longer_than_the_connection_idle_timeout_keeps_its_connection() {
+    let ticker = Arc::new(Ticker::default());
+    let toml = format!("[server]\nidle_timeout_ms = 100\n{TOML}");
+    let server = TestServer::start_with(&toml, &registry("ticker", ticker.clone())).await;
+    let resp = open_h1(
+        &server,
+        stream_request(&[("x-chunks", "2"), ("x-gated", "1")]),
+    )
+    .await;
+    let mut body = resp.into_body();
+    assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "chunk-0\n");
+    ticker.gate.wait_arrived(1).await;
+    // Give a sweep that took the paused stream for an idle connection every chance to close it
+    // (this only ever fails a broken sweep, never a slow machine).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ticker.gate.release();
+    assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "chunk-1\n");
+    assert!(next_chunk(&mut body).await.is_none(), "a clean end");
     server.shutdown().await;
 }

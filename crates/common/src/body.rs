@@ -96,10 +96,18 @@ impl ResponseBody {
     }
 
     /// Front end: call `hook` once when a streamed body ends, completed or not (the client went
-    /// away, the producer failed). Nothing for a whole body, which the caller logs at once.
+    /// away, the producer failed), after the hooks set before it. Nothing for a whole body, which
+    /// the caller logs at once.
     pub fn on_stream_end(&mut self, hook: EndHook) {
         if let ResponseBody::Streaming(rx) = self {
-            rx.shared.lock().hook = Some(hook);
+            let mut state = rx.shared.lock();
+            state.hook = Some(match state.hook.take() {
+                None => hook,
+                Some(first) => Box::new(move |summary| {
+                    first(summary);
+                    hook(summary);
+                }),
+            });
         }
     }
 

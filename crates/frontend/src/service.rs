@@ -62,8 +62,16 @@ pub(super) fn for_connection(
                 let in_flight = InFlight::new(&activity);
                 let app = app.clone();
                 Reply::later(Box::pin(async move {
-                    let answer = pending.await;
-                    drop(in_flight);
+                    let mut answer = pending.await;
+                    match answer.as_mut() {
+                        // A streamed answer is in flight until its stream ends: the idle sweep
+                        // leaves its connection alone while the producer pauses between chunks
+                        // (the producer's own idle timeout bounds that).
+                        Ok(resp) if resp.body().is_stream() => resp
+                            .body_mut()
+                            .on_stream_end(Box::new(move |_| drop(in_flight))),
+                        _ => drop(in_flight),
+                    }
                     finish.apply(&app, answer)
                 }))
             }
