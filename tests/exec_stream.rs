@@ -280,3 +280,36 @@ async fn a_client_that_stops_reading_blocks_the_program_at_a_bound_then_it_compl
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_stream_open_kills_the_program_and_ends_the_stream_cut_short() {
+    let dir = TempDir::new("exec-stream-shutdown");
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > {pid}; echo line1; exec sleep 1000",
+        pid = pid_file.display()
+    );
+    let toml = format!(
+        "[server]\nshutdown_grace_ms = 100\n{}",
+        streaming("/long", &script, "")
+    );
+    let server = TestServer::start(&toml).await;
+    let resp = server
+        .client()
+        .open(request("GET", "/long", Bytes::new()))
+        .await;
+    let mut body = resp.into_body();
+    assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "line1\n");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stopped = tokio::spawn(server.shutdown());
+    assert!(
+        matches!(next_chunk(&mut body).await, Some(Err(_))),
+        "the stream is cut short, not cleanly ended"
+    );
+    within("the server to stop", stopped).await.unwrap();
+    assert!(is_dead(pid), "the program was killed");
+}
