@@ -5,7 +5,9 @@
 //! [`ResponseBody::stream`]: a [`Producer`] the [`crate::executor::JobRunner`] calls on the same
 //! executor thread, still holding the job's running slot, after the response head has gone to the
 //! waiting front end. The producer writes chunks into a [`BodySink`]; the front end polls the
-//! other half ([`ResponseBody::Streaming`]) as a hyper body (HTTP/1 chunked, HTTP/2 DATA frames).
+//! other half (the same [`ResponseBody::Stream`], now holding the channel's receiving end) as a
+//! hyper body (HTTP/1 chunked, HTTP/2 DATA frames). A stream is boxed, so a whole body is the
+//! size of its `Bytes`, as hyper's `Full<Bytes>` is.
 //!
 //! The channel between them holds at most [`STREAM_CHUNKS`] chunks of at most [`STREAM_CHUNK_BYTES`]
 //! each: a slow reader blocks the producer in [`BodySink::send`], memory never grows. `send` fails
@@ -46,11 +48,20 @@ pub type EndHook = Box<dyn FnOnce(StreamSummary) + Send>;
 pub enum ResponseBody {
     /// The whole body, known when the handler returns.
     Full(Bytes),
-    /// A body still to be produced, as the handler returns it (see [`ResponseBody::stream`]).
-    Stream(Producer),
-    /// A streamed body being produced: the front end's half of the channel. Made by the
-    /// [`crate::executor::JobRunner`] from a [`ResponseBody::Stream`]; never by a handler.
-    Streaming(BodyReceiver),
+    /// A streamed body (made with [`ResponseBody::stream`]): its producer as the handler returns
+    /// it, then, once the [`crate::executor::JobRunner`] has started it, the front end's half of
+    /// its channel.
+    Stream(Box<BodyStream>),
+}
+
+/// A streamed body's state (inside [`ResponseBody::Stream`]).
+pub struct BodyStream(Streamed);
+
+enum Streamed {
+    /// Not started: the handler's producer.
+    Pending(Producer),
+    /// Being produced: the receiving half of its channel.
+    Receiving(BodyReceiver),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -58,7 +69,6 @@ impl std::fmt::Debug for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => f.debug_tuple("Full").field(bytes).finish(),
             ResponseBody::Stream(_) => f.write_str("Stream(..)"),
-            ResponseBody::Streaming(_) => f.write_str("Streaming(..)"),
         }
     }
 }
@@ -79,7 +89,7 @@ impl ResponseBody {
     pub fn stream(
         produce: impl FnOnce(&mut BodySink) -> Result<(), StreamError> + Send + 'static,
     ) -> ResponseBody {
-        ResponseBody::Stream(Box::new(produce))
+        ResponseBody::Stream(Box::new(BodyStream(Streamed::Pending(Box::new(produce)))))
     }
 
     /// The bytes of a whole body; `None` for a stream.
@@ -95,11 +105,19 @@ impl ResponseBody {
         !matches!(self, ResponseBody::Full(_))
     }
 
+    /// True for a streamed body whose producer nobody has started.
+    pub(crate) fn is_unstarted(&self) -> bool {
+        matches!(self, ResponseBody::Stream(s) if matches!(s.0, Streamed::Pending(_)))
+    }
+
     /// Front end: call `hook` once when a streamed body ends, completed or not (the client went
     /// away, the producer failed), after the hooks set before it. Nothing for a whole body, which
     /// the caller logs at once.
     pub fn on_stream_end(&mut self, hook: EndHook) {
-        if let ResponseBody::Streaming(rx) = self {
+        if let ResponseBody::Stream(stream) = self {
+            let Streamed::Receiving(rx) = &stream.0 else {
+                return;
+            };
             let mut state = rx.shared.lock();
             state.hook = Some(match state.hook.take() {
                 None => hook,
@@ -114,7 +132,10 @@ impl ResponseBody {
     /// The runner: turn a [`ResponseBody::Stream`] into its channel's receiving half, and return
     /// the producer with its sink. `None` for any other body.
     pub(crate) fn start(&mut self) -> Option<(Producer, BodySink)> {
-        if !matches!(self, ResponseBody::Stream(_)) {
+        let ResponseBody::Stream(stream) = self else {
+            return None;
+        };
+        if !matches!(stream.0, Streamed::Pending(_)) {
             return None;
         }
         let shared = Arc::new(Shared {
@@ -128,11 +149,11 @@ impl ResponseBody {
             }),
             room: Condvar::new(),
         });
-        let receiver = ResponseBody::Streaming(BodyReceiver {
+        let receiver = Streamed::Receiving(BodyReceiver {
             shared: shared.clone(),
         });
-        match std::mem::replace(self, receiver) {
-            ResponseBody::Stream(producer) => Some((
+        match std::mem::replace(&mut stream.0, receiver) {
+            Streamed::Pending(producer) => Some((
                 producer,
                 BodySink {
                     shared,
@@ -351,13 +372,49 @@ impl Drop for BodySink {
 /// when a chunk is taken or the client goes away; this only bounds a missed wake-up).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-/// The front end's half of a streamed body (inside [`ResponseBody::Streaming`]). Dropping it (the
-/// client went away) makes the producer's next [`BodySink::send`] fail.
-pub struct BodyReceiver {
+/// The front end's half of a streamed body. Dropping it (the client went away) makes the
+/// producer's next [`BodySink::send`] fail.
+struct BodyReceiver {
     shared: Arc<Shared>,
 }
 
 impl BodyReceiver {
+    /// The next chunk, the clean end, the producer's error, or pending (the waker kept).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let mut state = self.shared.lock();
+        if let Some(chunk) = state.chunks.pop_front() {
+            state.sent += chunk.len() as u64;
+            drop(state);
+            self.shared.room.notify_one();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let (poll, report) = match &state.end {
+            None => {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
+                }
+                (Poll::Pending, None)
+            }
+            Some(Ok(())) => (Poll::Ready(None), BodyReceiver::report(&mut state, true)),
+            Some(Err(e)) => {
+                let e = e.clone();
+                (
+                    Poll::Ready(Some(Err(e))),
+                    BodyReceiver::report(&mut state, false),
+                )
+            }
+        };
+        drop(state);
+        if let Some((hook, summary)) = report {
+            hook(summary);
+        }
+        poll
+    }
+
     /// Report the end once, outside the lock.
     fn report(state: &mut State, completed: bool) -> Option<(EndHook, StreamSummary)> {
         let hook = state.hook.take()?;
@@ -401,58 +458,28 @@ impl hyper::body::Body for ResponseBody {
                     Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes)))))
                 }
             }
-            // A producer nobody started (only a handler's own caller holds one): no body.
-            ResponseBody::Stream(_) => Poll::Ready(None),
-            ResponseBody::Streaming(rx) => {
-                let mut state = rx.shared.lock();
-                if let Some(chunk) = state.chunks.pop_front() {
-                    state.sent += chunk.len() as u64;
-                    drop(state);
-                    rx.shared.room.notify_one();
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                let (poll, report) = match &state.end {
-                    None => {
-                        if !state
-                            .waker
-                            .as_ref()
-                            .is_some_and(|w| w.will_wake(cx.waker()))
-                        {
-                            state.waker = Some(cx.waker().clone());
-                        }
-                        (Poll::Pending, None)
-                    }
-                    Some(Ok(())) => (Poll::Ready(None), BodyReceiver::report(&mut state, true)),
-                    Some(Err(e)) => {
-                        let e = e.clone();
-                        (
-                            Poll::Ready(Some(Err(e))),
-                            BodyReceiver::report(&mut state, false),
-                        )
-                    }
-                };
-                drop(state);
-                if let Some((hook, summary)) = report {
-                    hook(summary);
-                }
-                poll
-            }
+            ResponseBody::Stream(stream) => match &mut stream.0 {
+                // A producer nobody started (only a handler's own caller holds one): no body.
+                Streamed::Pending(_) => Poll::Ready(None),
+                Streamed::Receiving(rx) => rx.poll(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_empty(),
-            ResponseBody::Stream(_) => true,
-            ResponseBody::Streaming(_) => false,
+            ResponseBody::Stream(stream) => matches!(stream.0, Streamed::Pending(_)),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseBody::Stream(_) => SizeHint::with_exact(0),
-            ResponseBody::Streaming(_) => SizeHint::default(),
+            ResponseBody::Stream(stream) => match stream.0 {
+                Streamed::Pending(_) => SizeHint::with_exact(0),
+                Streamed::Receiving(_) => SizeHint::default(),
+            },
         }
     }
 }
@@ -521,6 +548,15 @@ mod tests {
         let (mut body, sink) = started();
         drop(sink);
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn a_whole_body_is_no_bigger_than_its_bytes() {
+        // As `http_body_util::Full<Bytes>` (an `Option<Bytes>`): the stream variant is boxed.
+        assert_eq!(
+            std::mem::size_of::<ResponseBody>(),
+            std::mem::size_of::<Bytes>()
+        );
     }
 
     #[test]

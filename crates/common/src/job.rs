@@ -14,7 +14,7 @@
 
 use crate::counters::EndpointCounters;
 use crate::handler::ClientWatch;
-use crate::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
+use crate::handler::{text_response, HandlerError, JobRequest, JobResponse};
 use hyper::StatusCode;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -251,9 +251,9 @@ pub(crate) fn respond(
 ) -> JobResponse {
     // A stream reaching this point would have nobody to produce it (an inline handler's): refuse.
     let result = match result {
-        Ok(response) if matches!(response.body(), ResponseBody::Stream(_)) => Err(
-            HandlerError::Internal("this handler cannot stream its answer".into()),
-        ),
+        Ok(response) if response.body().is_unstarted() => Err(HandlerError::Internal(
+            "this handler cannot stream its answer".into(),
+        )),
         other => other,
     };
     counters.record(&result);
