@@ -214,7 +214,18 @@ async fn the_access_line_of_a_stream_is_written_when_it_ends_with_its_bytes_and_
     assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "line1\n");
     drop(body);
     for (path, bytes, completed) in [("/done", 12, true), ("/gone", 6, false)] {
-        let line = binary.wait_logged(&format!("\"path\":\"{path}\"")).await;
+        let access_line = || {
+            binary
+                .log()
+                .lines()
+                .find(|l| {
+                    l.contains("fiddler_crab::access")
+                        && l.contains(&format!("\"path\":\"{path}\""))
+                })
+                .map(str::to_string)
+        };
+        wait_until("the stream's access line", || access_line().is_some()).await;
+        let line = access_line().unwrap();
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(event["target"], "fiddler_crab::access", "{line}");
         assert_eq!(event["fields"]["bytes"], bytes, "{line}");
