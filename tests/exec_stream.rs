@@ -324,3 +324,21 @@ async fn shutdown_with_a_stream_open_kills_the_program_and_ends_the_stream_cut_s
     within("the server to stop", stopped).await.unwrap();
     assert!(is_dead(pid), "the program was killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_does_not_bound_the_wait_for_the_first_bytes() {
+    let dir = TempDir::new("exec-stream-first");
+    let gate = fifo(&dir, "gate");
+    let script = format!("read x < {}; echo first", gate.display());
+    let server =
+        TestServer::start(&streaming("/slow", &script, "stream_idle_timeout_ms = 100")).await;
+    let reply = server.client().spawn(request("GET", "/slow", Bytes::new()));
+    // Give a wrongly applied idle timeout every chance to fire (this only ever fails a broken
+    // limit, never a slow machine), then let the program write.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release(&gate).await;
+    let reply = within("the answer", reply).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.text(), "first\n");
+    server.shutdown().await;
+}

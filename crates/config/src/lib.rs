@@ -287,8 +287,8 @@ pub struct ExecConfig {
     /// Stream stdout to the client as it comes (after the CGI headers), instead of answering
     /// once the program has exited. Default false.
     pub stream: bool,
-    /// When streaming: the longest wait for the next stdout bytes; past it the program is killed
-    /// and the stream cut short (default 30 s).
+    /// When streaming: the longest wait for the next stdout bytes once the first came; past it
+    /// the program is killed and the stream cut short (default 30 s).
     pub stream_idle_timeout: Duration,
     /// Server environment variables passed through beside PATH, LANG and HOME.
     pub pass_env: Vec<String>,

@@ -9,7 +9,8 @@
 //! on the channel, and the program blocks on its full stdout pipe. Nothing grows.
 //!
 //! Limits mid-stream: `timeout_ms` bounds the whole response (the sink's deadline too),
-//! `stream_idle_timeout_ms` the wait for the next chunk, `max_output_bytes` the whole stdout; a
+//! `stream_idle_timeout_ms` the wait for the next chunk once the first bytes came (the first
+//! are bounded by `timeout_ms` alone), `max_output_bytes` the whole stdout; a
 //! limit hit, a failed exit or a client gone kills the process group (SIGTERM, then SIGKILL after
 //! `kill_grace_ms`; at once for a client gone) and ends the stream early, logged once.
 
@@ -83,7 +84,8 @@ pub(crate) fn handle(
     let client = req.client.clone();
     let mut head: Vec<u8> = Vec::new();
     loop {
-        match run.next(&|| client.is_gone()) {
+        // The first bytes are bounded by `timeout_ms` alone; the idle timeout runs between chunks.
+        match run.next(&|| client.is_gone(), !head.is_empty()) {
             Next::Data(data) => {
                 head.extend_from_slice(&data);
                 if cfg.output == ExecOutput::Raw {
@@ -151,7 +153,7 @@ impl StreamingRun {
                     return Err(e);
                 }
             }
-            match self.next(&|| sink.is_client_gone()) {
+            match self.next(&|| sink.is_client_gone(), true) {
                 Next::Data(data) => pending = Some(data),
                 Next::End => {
                     return match self.exited() {
@@ -174,9 +176,13 @@ impl StreamingRun {
     }
 
     /// The next chunk of stdout, its end, or why there is none: the whole-response deadline, the
-    /// idle timeout, a client gone (asked every [`CLIENT_POLL`]), a cap, a failed read.
-    fn next(&mut self, gone: &dyn Fn() -> bool) -> Next {
-        let idle_until = Instant::now() + self.cfg.stream_idle_timeout;
+    /// idle timeout (if `idle`), a client gone (asked every [`CLIENT_POLL`]), a cap, a failed read.
+    fn next(&mut self, gone: &dyn Fn() -> bool, idle: bool) -> Next {
+        let idle_until = if idle {
+            Instant::now() + self.cfg.stream_idle_timeout
+        } else {
+            self.launched.deadline
+        };
         loop {
             let now = Instant::now();
             let until = self.launched.deadline.min(idle_until);
