@@ -9,8 +9,8 @@
 //! writes block, nothing grows).
 //!
 //! Limits: `timeout_ms` for the whole answer (the sink's deadline too), `stream_idle_timeout_ms`
-//! between two chunks (past either, the worker is replaced, as for a request past `timeout_ms`),
-//! `max_response_bytes` over the whole body (the connection is dropped, the worker lives on). A
+//! between two chunks once the first came (past either, the worker is replaced, as for a request
+//! past `timeout_ms`), `max_response_bytes` over the whole body (the connection is dropped, the worker lives on). A
 //! client gone mid-stream: the connection is closed, which is how a worker learns to stop
 //! (`fiddler_worker` closes the generator at its next write); the worker lives on and gets a
 //! fresh connection for its next request.
@@ -70,7 +70,10 @@ impl WorkerStream {
         sink.set_deadline(self.until);
         let mut total = 0usize;
         let (end, result) = loop {
-            match self.next(sink, config.stream_idle_timeout) {
+            // The first bytes are bounded by `timeout_ms` alone; the idle timeout runs between
+            // chunks.
+            let idle = (total > 0).then_some(config.stream_idle_timeout);
+            match self.next(sink, idle) {
                 Next::Data(data) => {
                     total = total.saturating_add(data.len());
                     if total > config.max_response_bytes {
@@ -151,8 +154,8 @@ impl WorkerStream {
 
     /// The next chunk, waiting at most `idle` for it (and never past the deadline), looking every
     /// [`CLIENT_POLL`] whether the client has gone.
-    fn next(&mut self, sink: &BodySink, idle: Duration) -> Next {
-        let idle_until = Instant::now() + idle;
+    fn next(&mut self, sink: &BodySink, idle: Option<Duration>) -> Next {
+        let idle_until = idle.map_or(self.until, |idle| Instant::now() + idle);
         loop {
             let now = Instant::now();
             if now >= self.until {
