@@ -1,0 +1,208 @@
+//! The messages a proxy relays: the request as forwarded, and the answer's head and bounded body.
+
+use bytes::Bytes;
+use common::handler::{JobRequest, JobResponse};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::response::Parts;
+use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
+
+/// What a forwarded request says about where it came from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarding {
+    /// `X-Forwarded-Proto` to set (`http` or `https`), if any.
+    pub proto: Option<&'static str>,
+}
+
+/// The request to forward: method, `target` (path and query) and body as given, headers as the
+/// client sent them minus hop-by-hop headers and `Expect` (the body is already here), with `Host`
+/// (from the request target if the client sent none, as HTTP/2 clients do), an exact
+/// `Content-Length`, the client's address appended to `X-Forwarded-For`, and
+/// `X-Forwarded-Proto` if `forwarding` says one.
+pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Request<Full<Bytes>> {
+    let mut headers = req.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(EXPECT);
+    if !headers.contains_key(HOST) {
+        let host = req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        headers.insert(HOST, host);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
+    let forwarded = HeaderName::from_static("x-forwarded-for");
+    let client = req.remote_addr.ip().to_string();
+    let chain = match headers.get(&forwarded).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(forwarded, value);
+    }
+    if let Some(proto) = forwarding.proto {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static(proto),
+        );
+    }
+    let mut out = Request::new(Full::new(req.body.clone()));
+    *out.method_mut() = req.method.clone();
+    *out.uri_mut() = target;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// The request's own path and query, as a request target (`/` if it has none).
+pub fn path_and_query(req: &JobRequest) -> Uri {
+    req.uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
+}
+
+/// Why an answer's body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It exceeded the limit; the connection must be dropped.
+    TooLarge,
+    /// The connection failed mid-body.
+    Broken(String),
+}
+
+/// The answer's head as relayed: hop-by-hop headers removed, HTTP/1.1, and no `Content-Length`
+/// (the front end frames the body it sends) except on an answer to `HEAD`, which keeps the
+/// length the server declared.
+pub fn answer_head(mut parts: Parts, method: &Method) -> Parts {
+    strip_hop_by_hop(&mut parts.headers);
+    if method != Method::HEAD {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    parts.version = Version::HTTP_11;
+    parts
+}
+
+/// The whole answer to a `method` request, its body bounded by `max` bytes, its head as
+/// [`answer_head`] makes it.
+pub async fn read_bounded(
+    resp: Response<hyper::body::Incoming>,
+    method: &Method,
+    max: usize,
+) -> Result<JobResponse, BodyError> {
+    let (parts, body) = resp.into_parts();
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(BodyError::TooLarge)
+        }
+        Err(e) => return Err(BodyError::Broken(format!("reading the answer: {e}"))),
+    };
+    Ok(Response::from_parts(answer_head(parts, method), body.into()))
+}
+
+/// Remove the headers that belong to one connection, not to the message (RFC 9110 section
+/// 7.6.1): `Connection` and every header it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-keep", "2"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep", "content-type"]);
+    }
+
+    #[test]
+    fn the_forwarded_request_gets_the_target_host_length_and_forwarded_headers() {
+        let req = JobRequest {
+            method: Method::POST,
+            uri: "http://example.test/predict?x=1".parse().unwrap(),
+            version: Version::HTTP_2,
+            headers: headers(&[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("expect", "100-continue"),
+                ("content-length", "999"),
+                ("connection", "close"),
+            ]),
+            body: Bytes::from_static(b"abc"),
+            remote_addr: ([192, 0, 2, 7], 5555).into(),
+            local_addr: ([127, 0, 0, 1], 8080).into(),
+            client: Default::default(),
+        };
+        let out = outgoing(&req, path_and_query(&req), Forwarding::default());
+        assert_eq!(out.method(), Method::POST);
+        assert_eq!(out.uri(), "/predict?x=1");
+        assert_eq!(out.version(), Version::HTTP_11);
+        let h = out.headers();
+        assert_eq!(h[HOST], "example.test");
+        assert_eq!(h[CONTENT_LENGTH], "3");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert!(!h.contains_key(EXPECT) && !h.contains_key(CONNECTION));
+        assert!(!h.contains_key("x-forwarded-proto"));
+        let proto = Forwarding {
+            proto: Some("https"),
+        };
+        let out = outgoing(&req, Uri::from_static("/v1/x"), proto);
+        assert_eq!(out.uri(), "/v1/x");
+        assert_eq!(out.headers()["x-forwarded-proto"], "https");
+    }
+}
