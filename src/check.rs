@@ -4,8 +4,9 @@
 //! the server's start and a SIGHUP reload run it. Each problem is a [`ConfigError`], printed as
 //! `FILE: KEY: PROBLEM`.
 
-use config::{Config, ConfigError, ExecConfig, HandlerConfig};
+use config::{Config, ConfigError, ExecConfig, HandlerConfig, UpstreamAddress, UpstreamConfig};
 use std::io::ErrorKind;
+use std::net::ToSocketAddrs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,8 @@ const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
 /// Every problem with the files `config` names (from `file`): each exec program found on PATH or
 /// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
 /// each `cwd` a directory, each worker endpoint's socket directory writable or creatable, each
-/// token and users file readable and well-formed, and the TLS certificate
-/// and key readable and matching. Empty if none.
+/// upstream's host resolving (or its socket's directory existing), each token and users file
+/// readable and well-formed, and the TLS certificate and key readable and matching. Empty if none.
 pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
     let mut problem = |key: String, problem: String| {
@@ -38,7 +39,12 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
                     problem(format!("endpoint[{i}].worker.socket_dir"), p);
                 }
             }
-            _ => {}
+            HandlerConfig::Upstream(upstream) => {
+                if let Some(p) = upstream_problem(upstream) {
+                    problem(format!("endpoint[{i}].upstream.url"), p);
+                }
+            }
+            HandlerConfig::Builtin(_) => {}
         }
     }
     for (i, ep) in config.endpoints.iter().enumerate() {
@@ -64,6 +70,27 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
         }
     }
     problems
+}
+
+/// Why an upstream's address cannot be right, if it cannot: a host name that does not resolve,
+/// or a Unix socket whose directory does not exist. The upstream itself need not be running yet
+/// (its health check and `/readyz` tell when it is).
+fn upstream_problem(upstream: &UpstreamConfig) -> Option<String> {
+    match &upstream.address {
+        UpstreamAddress::Tcp { host, port } => {
+            let resolves = (host.as_str(), *port)
+                .to_socket_addrs()
+                .is_ok_and(|mut addrs| addrs.next().is_some());
+            (!resolves).then(|| format!("the host `{}` does not resolve", config::quote(host)))
+        }
+        UpstreamAddress::Unix(socket) => match socket.parent() {
+            Some(dir) if !dir.is_dir() => Some(format!(
+                "the socket's directory {} does not exist",
+                dir.display()
+            )),
+            _ => None,
+        },
+    }
 }
 
 /// The problems of one exec table, as (key under `exec`, problem).

@@ -27,6 +27,7 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use upstream::UpstreamHandler;
 use workers::{Pools, WorkerHandler};
 
 mod check;
@@ -206,8 +207,8 @@ pub fn start_light(config: &Config) -> std::io::Result<TrafficLight> {
     TrafficLight::system(l.policy, l.sample_every, l.stale_after, l.fail_safe)
 }
 
-/// The worker processes a worker endpoint keeps: one per concurrency slot (crab 1, jellyfish and
-/// adaptive their pool size).
+/// The worker processes a worker endpoint keeps, or the idle connections an upstream endpoint
+/// keeps: one per concurrency slot (crab 1, jellyfish and adaptive their pool size).
 pub fn worker_slots(ep: &EndpointConfig) -> usize {
     match ep.mode {
         ModeConfig::Crab { .. } => 1,
@@ -227,6 +228,7 @@ fn start_endpoint(
     children: &Arc<ChildRegistry>,
     pools: &Pools,
     light: &TrafficLight,
+    https: bool,
 ) -> Result<Started, BuildError> {
     let start = |source| BuildError::Start {
         path: ep.path.clone(),
@@ -249,6 +251,10 @@ fn start_endpoint(
             workers = Some(handler.clone());
             handler
         }
+        HandlerConfig::Upstream(upstream) => Arc::new(
+            UpstreamHandler::start(&ep.path, ep.is_prefix(), upstream, worker_slots(ep), https)
+                .map_err(start)?,
+        ),
     };
     let executor = executor_for(ep, light).map_err(start)?;
     let endpoint = Endpoint::start(ep.clone(), handler, executor).map_err(start)?;
@@ -299,10 +305,14 @@ impl Server {
         }
         let children = Arc::new(ChildRegistry::new());
         let pools = Arc::new(Pools::new(children.clone(), light.clone()));
+        // Endpoints are served on the main listener only, which speaks HTTPS whenever TLS is on.
+        let https = config.server.tls.is_some();
         let endpoints = config
             .endpoints
             .iter()
-            .map(|ep| start_endpoint(ep, registry, &children, &pools, &light).map(|(e, _)| e))
+            .map(|ep| {
+                start_endpoint(ep, registry, &children, &pools, &light, https).map(|(e, _)| e)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
             app: Arc::new(
@@ -400,6 +410,7 @@ impl Reloader {
                         self.app.children(),
                         &self.pools,
                         self.app.light(),
+                        self.app.server.tls.is_some(),
                     ) {
                         Ok((fresh, workers)) => {
                             worker_handlers.extend(workers);

@@ -258,13 +258,14 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
 }
 
 /// The startup line of one endpoint: path, methods, mode, concurrency (worker processes for a
-/// worker endpoint), queue, overflow, handler kind and what it runs, and whether it asks for
-/// credentials.
+/// worker endpoint), queue, overflow, handler kind and what it runs (an upstream's URL), and
+/// whether it asks for credentials.
 fn log_endpoint(ep: &EndpointConfig) {
     let (handler, runs) = match &ep.handler {
         HandlerConfig::Builtin(name) => ("builtin", name.as_str()),
         HandlerConfig::Exec(exec) => ("exec", exec.command.first().map_or("", String::as_str)),
         HandlerConfig::Worker(w) => ("worker", w.command.first().map_or("", String::as_str)),
+        HandlerConfig::Upstream(u) => ("upstream", u.url.as_str()),
     };
     let methods: Vec<&str> = ep.methods.iter().map(|m| m.as_str()).collect();
     tracing::info!(

@@ -11,13 +11,16 @@
 //! - [`light`]: the traffic light's colours and thresholds.
 //! - [`tls`]: the HTTPS certificate settings.
 //! - [`worker`]: warm worker processes (`[endpoint.worker]`).
+//! - [`upstream`]: an HTTP server the endpoint forwards to (`[endpoint.upstream]`).
 
 pub mod light;
 pub mod mode;
 mod raw;
 pub mod tls;
+pub mod upstream;
 pub mod worker;
 
+pub use upstream::{UpstreamAddress, UpstreamConfig};
 pub use worker::WorkerConfig;
 
 use http::HeaderValue;
@@ -219,7 +222,8 @@ pub enum OnClientGone {
 /// One endpoint (`[[endpoint]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
-    /// Exact request path, starting with `/`.
+    /// Request path, starting with `/`: exact, or, for an upstream endpoint whose path ends in
+    /// `/`, a prefix (see [`EndpointConfig::is_prefix`]).
     pub path: String,
     /// Methods allowed; others get `405` with `Allow`. `HEAD` is added wherever `GET` is.
     pub methods: Vec<Method>,
@@ -254,6 +258,8 @@ pub enum HandlerConfig {
     Exec(ExecConfig),
     /// Warm worker processes, one per concurrency slot, serving HTTP/1.1 on Unix sockets.
     Worker(WorkerConfig),
+    /// An HTTP/1.1 server that runs by itself, reached over TCP or a Unix socket.
+    Upstream(UpstreamConfig),
 }
 
 /// How an exec handler reads the program's stdout.
@@ -294,6 +300,14 @@ pub struct ExecConfig {
     pub pass_env: Vec<String>,
     /// Variables set for the child.
     pub env: Vec<(String, String)>,
+}
+
+impl EndpointConfig {
+    /// True if the endpoint serves every path under its own (an upstream endpoint whose `path`
+    /// ends in `/`); otherwise it serves its exact path only.
+    pub fn is_prefix(&self) -> bool {
+        matches!(self.handler, HandlerConfig::Upstream(_)) && self.path.ends_with('/')
+    }
 }
 
 impl Config {

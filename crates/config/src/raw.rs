@@ -63,6 +63,8 @@ mod range {
     pub const KILL_GRACE_MS: (u64, u64) = (0, 600_000);
     pub const MAX_OUTPUT_BYTES: (u64, u64) = (1, GIB);
     pub const STREAM_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
+    pub const CONNECT_TIMEOUT_MS: (u64, u64) = (1, 600_000);
+    pub const HEALTH_INTERVAL_MS: (u64, u64) = (10, HOUR_MS);
 }
 
 /// Longest file path accepted (`cwd`, the program, certificate and key files): Linux's PATH_MAX.
@@ -307,6 +309,7 @@ struct RawEndpoint {
     exec: Option<RawExec>,
     auth: Option<RawEndpointAuth>,
     worker: Option<crate::worker::RawWorker>,
+    upstream: Option<crate::upstream::RawUpstream>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -692,21 +695,41 @@ impl RawEndpoint {
             (self.builtin.is_some(), "`builtin`"),
             (self.exec.is_some(), "`[exec]`"),
             (self.worker.is_some(), "`[worker]`"),
+            (self.upstream.is_some(), "`[upstream]`"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
         .collect();
-        let handler = match (self.builtin, self.exec, self.worker) {
-            (Some(name), None, None) => HandlerConfig::Builtin(name),
-            (None, Some(exec), None) => HandlerConfig::Exec(exec.validate(p, &key("exec"))?),
-            (None, None, Some(worker)) => HandlerConfig::Worker(
+        let handler = match (self.builtin, self.exec, self.worker, self.upstream) {
+            (Some(name), None, None, None) => HandlerConfig::Builtin(name),
+            (None, Some(exec), None, None) => {
+                HandlerConfig::Exec(exec.validate(p, &key("exec"))?)
+            }
+            (None, None, Some(worker), None) => HandlerConfig::Worker(
                 worker
                     .validate()
                     .map_err(|(k, problem)| p.at(format!("{at}.worker.{k}"), problem))?,
             ),
-            (None, None, None) => return Err(p.at(
+            (None, None, None, Some(upstream)) => {
+                let ranges = [
+                    range::CONNECT_TIMEOUT_MS,
+                    range::JOB_TIMEOUT_MS,
+                    range::HEALTH_INTERVAL_MS,
+                ];
+                let upstream = upstream
+                    .validate(ranges, range::MAX_OUTPUT_BYTES)
+                    .map_err(|(k, problem)| p.at(format!("{at}.upstream.{k}"), problem))?;
+                if upstream.strip_prefix && !self.path.ends_with('/') {
+                    return Err(p.at(
+                        key("upstream.strip_prefix"),
+                        "needs a prefix endpoint (a `path` ending in `/`)",
+                    ));
+                }
+                HandlerConfig::Upstream(upstream)
+            }
+            (None, None, None, None) => return Err(p.at(
                 at,
-                "needs `builtin = \"...\"`, an `[endpoint.exec]` or an `[endpoint.worker]` table",
+                "needs `builtin = \"...\"`, an `[endpoint.exec]`, an `[endpoint.worker]` or an `[endpoint.upstream]` table",
             )),
             _ => return Err(p.at(at, format!("has both {}: choose one", named.join(" and ")))),
         };

@@ -127,7 +127,7 @@ fn refused(refusal: Refusal) -> Answer {
         Refusal::HandlerUnavailable { retry_after_secs } => {
             let mut resp = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "endpoint unavailable (its workers keep failing), retry later",
+                "endpoint unavailable (its workers keep failing or its upstream is unhealthy), retry later",
             );
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));

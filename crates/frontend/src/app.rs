@@ -31,6 +31,8 @@ pub(super) struct Table {
     /// In config order.
     routes: Vec<Route>,
     by_path: HashMap<String, usize>,
+    /// The prefix endpoints (an upstream endpoint whose path ends in `/`), longest path first.
+    prefixes: Vec<usize>,
     /// The credentials the server's own paths ask for, if protected.
     pub admin_guard: Option<Arc<Guard>>,
 }
@@ -71,10 +73,17 @@ impl Table {
         } else {
             HashMap::new()
         };
+        let mut prefixes: Vec<usize> = (0..routes.len())
+            .filter(|&i| routes.get(i).is_some_and(|r| r.endpoint.config.is_prefix()))
+            .collect();
+        prefixes.sort_by_key(|&i| {
+            std::cmp::Reverse(routes.get(i).map_or(0, |r| r.endpoint.config.path.len()))
+        });
         Table {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
             routes,
             by_path,
+            prefixes,
             admin_guard: guards.admin.clone(),
         }
     }
@@ -84,13 +93,20 @@ impl Table {
         &self.routes
     }
 
-    /// The route of `path`, if any.
+    /// The route of `path`, if any: the endpoint with exactly that path, else the prefix
+    /// endpoint with the longest path `path` starts with.
     pub(super) fn find(&self, path: &str) -> Option<&Route> {
-        if self.routes.len() > LINEAR_ROUTES {
+        let exact = if self.routes.len() > LINEAR_ROUTES {
             self.by_path.get(path).and_then(|&i| self.routes.get(i))
         } else {
             self.routes.iter().find(|r| r.endpoint.config.path == path)
-        }
+        };
+        exact.or_else(|| {
+            self.prefixes
+                .iter()
+                .filter_map(|&i| self.routes.get(i))
+                .find(|r| path.starts_with(r.endpoint.config.path.as_str()))
+        })
     }
 }
 
@@ -205,7 +221,8 @@ impl App {
             .collect()
     }
 
-    /// The endpoint serving `path` now, if any.
+    /// The endpoint serving `path` now, if any (the endpoint with that exact path, else the
+    /// longest prefix endpoint above it).
     pub fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
         self.table().find(path).map(|r| r.endpoint.clone())
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, HOST};
-use hyper::{Request, Response, Uri};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
@@ -169,26 +169,18 @@ where
     }
 }
 
-/// GET `path` with `Host: host` on `conn`: true if the server answers 2xx (its body drained,
-/// bounded).
-pub async fn probe(conn: &mut Conn, path: &str, host: &HeaderValue) -> bool {
-    if conn.ready().await.is_err() {
-        return false;
-    }
+/// GET `path` with `Host: host` on `conn`: the answer's status once its body is drained
+/// (bounded), or why there is none.
+pub async fn probe(conn: &mut Conn, path: &str, host: &HeaderValue) -> Result<StatusCode, String> {
+    conn.ready().await.map_err(|e| e.to_string())?;
     let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = match path.parse::<Uri>() {
-        Ok(uri) => uri,
-        Err(_) => return false,
-    };
+    *req.uri_mut() = path.parse::<Uri>().map_err(|e| e.to_string())?;
     req.headers_mut().insert(HOST, host.clone());
-    match conn.send_request(req).await {
-        Ok(resp) => {
-            let ok = resp.status().is_success();
-            let drained = Limited::new(resp.into_body(), PROBE_BODY_LIMIT)
-                .collect()
-                .await;
-            ok && drained.is_ok()
-        }
-        Err(_) => false,
-    }
+    let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    Limited::new(resp.into_body(), PROBE_BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
 }

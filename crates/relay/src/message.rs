@@ -10,6 +10,9 @@ use hyper::header::{
 use hyper::http::response::Parts;
 use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
 
+/// The body of a forwarded request: the whole request body, already read.
+pub type OutBody = Full<Bytes>;
+
 /// What a forwarded request says about where it came from.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forwarding {

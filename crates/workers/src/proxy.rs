@@ -104,5 +104,8 @@ pub(crate) async fn exchange(
 
 /// GET `path` on `conn`: true if the worker answers 2xx.
 pub(crate) async fn probe(conn: &mut Conn, path: &str) -> bool {
-    relay::probe(conn, path, &HeaderValue::from_static("localhost")).await
+    let host = HeaderValue::from_static("localhost");
+    relay::probe(conn, path, &host)
+        .await
+        .is_ok_and(|status| status.is_success())
 }

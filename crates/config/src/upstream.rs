@@ -1,0 +1,312 @@
+//! Upstream endpoints (`[endpoint.upstream]`): the raw TOML table and its validated form.
+//!
+//! An upstream endpoint forwards each request to an HTTP/1.1 server that runs by itself (a
+//! llama.cpp `llama-server`, a gunicorn or uvicorn app) over a kept-alive connection pool, TCP or
+//! Unix socket. The documented reference of each key is `config/reference.toml`.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Longest Unix socket path accepted, in bytes (`sun_path` holds 107 and a NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// An upstream server (`[endpoint.upstream]`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Where the upstream listens, as written (`http://host:port[/base]` or `unix:/path.sock`).
+    pub url: String,
+    /// Where to connect.
+    pub address: UpstreamAddress,
+    /// A path put before every forwarded path (`/base` of the URL; empty for none). Never ends in
+    /// `/`.
+    pub base_path: String,
+    /// Time to establish a connection; past it the answer is `504`. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Time for the whole exchange (connect, request, answer); past it the answer is `504` and
+    /// the connection is closed. Default 60 s.
+    pub timeout: Duration,
+    /// A path polled with `GET` every `health_interval`; while it does not answer 2xx the
+    /// endpoint refuses new requests as overflow at once and `/readyz` says not ready.
+    pub health_path: Option<String>,
+    /// Time between two health checks; also the longest one check may take. Default 1 s.
+    pub health_interval: Duration,
+    /// Largest answer body taken whole from the upstream; past it the answer is `502`. Default
+    /// 64 MiB.
+    pub max_response_bytes: usize,
+    /// On a prefix endpoint (`path` ending in `/`): forward the path without the endpoint's
+    /// prefix (`/llm/v1/models` goes up as `/v1/models`). Default false: the path as requested.
+    pub strip_prefix: bool,
+}
+
+/// Where an upstream listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddress {
+    /// A TCP host (name or IP address) and port.
+    Tcp {
+        /// Host name or address (an IPv6 address without its brackets).
+        host: String,
+        /// Port (80 if the URL names none).
+        port: u16,
+    },
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+/// The `[endpoint.upstream]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) url: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub(crate) connect_timeout_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub(crate) timeout_ms: u64,
+    pub(crate) health_path: Option<String>,
+    #[serde(default = "default_health_interval_ms")]
+    pub(crate) health_interval_ms: u64,
+    #[serde(default = "default_max_response_bytes")]
+    pub(crate) max_response_bytes: usize,
+    #[serde(default)]
+    pub(crate) strip_prefix: bool,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_timeout_ms() -> u64 {
+    60_000
+}
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+fn default_max_response_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+/// A problem with one key of the table: the key (relative to the table) and what is wrong.
+pub(crate) type Problem = (&'static str, String);
+
+/// The parts of a valid upstream URL: address and base path.
+pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
+    let bad = |why: &str| {
+        format!(
+            "`{}` {why}: write http://host:port[/base] or unix:/path/to.sock",
+            crate::quote(url)
+        )
+    };
+    if let Some(path) = url.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(bad("needs an absolute socket path"));
+        }
+        if path.len() > MAX_UNIX_PATH || path.contains('\0') {
+            return Err(bad(&format!(
+                "is not a usable socket path (at most {MAX_UNIX_PATH} bytes)"
+            )));
+        }
+        return Ok((UpstreamAddress::Unix(PathBuf::from(path)), String::new()));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        if url.starts_with("https://") {
+            return Err(bad(
+                "uses https, which upstreams do not speak (plain HTTP/1.1 only)",
+            ));
+        }
+        return Err(bad("is not an http:// or unix: URL"));
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(bad("names no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("may not carry credentials"));
+    }
+    if uri.query().is_some() || rest.contains('#') {
+        return Err(bad("may not carry a query or fragment"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("names no host"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let base = uri.path().trim_end_matches('/').to_string();
+    Ok((
+        UpstreamAddress::Tcp {
+            host: host.to_string(),
+            port,
+        },
+        base,
+    ))
+}
+
+impl RawUpstream {
+    /// Validate the table (its durations against `ranges`: connect, whole exchange, health
+    /// interval; its body limit against `max_bytes`); an error names the offending key relative
+    /// to it.
+    pub(crate) fn validate(
+        self,
+        ranges: [(u64, u64); 3],
+        max_bytes: (u64, u64),
+    ) -> Result<UpstreamConfig, Problem> {
+        let (address, base_path) = parse_url(&self.url).map_err(|p| ("url", p))?;
+        if let Some(path) = &self.health_path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err((
+                    "health_path",
+                    format!(
+                        "`{}` must start with `/` and hold no spaces",
+                        crate::quote(path)
+                    ),
+                ));
+            }
+        }
+        let [connect, whole, health] = ranges;
+        Ok(UpstreamConfig {
+            url: self.url,
+            address,
+            base_path,
+            connect_timeout: millis("connect_timeout_ms", self.connect_timeout_ms, connect)?,
+            timeout: millis("timeout_ms", self.timeout_ms, whole)?,
+            health_path: self.health_path,
+            health_interval: millis("health_interval_ms", self.health_interval_ms, health)?,
+            max_response_bytes: in_range(
+                "max_response_bytes",
+                self.max_response_bytes as u64,
+                max_bytes,
+            )? as usize,
+            strip_prefix: self.strip_prefix,
+        })
+    }
+}
+
+fn in_range(key: &'static str, value: u64, (min, max): (u64, u64)) -> Result<u64, Problem> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err((key, format!("{value} is out of range ({min} to {max})")))
+    }
+}
+
+fn millis(key: &'static str, ms: u64, range: (u64, u64)) -> Result<Duration, Problem> {
+    in_range(key, ms, range).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::{Config, HandlerConfig};
+
+    fn endpoint(path: &str, upstream: &str) -> String {
+        format!("[[endpoint]]\npath = \"{path}\"\n[endpoint.upstream]\n{upstream}\n")
+    }
+
+    #[test]
+    fn an_upstream_table_gets_every_default() {
+        let c = Config::from_toml(&endpoint("/u", "url = \"http://127.0.0.1:8081\""), "t.toml")
+            .unwrap();
+        let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
+            panic!("not an upstream endpoint: {:?}", c.endpoints[0].handler);
+        };
+        assert_eq!(
+            u.address,
+            UpstreamAddress::Tcp {
+                host: "127.0.0.1".into(),
+                port: 8081
+            }
+        );
+        assert_eq!(u.base_path, "");
+        assert_eq!(u.connect_timeout, Duration::from_secs(1));
+        assert_eq!(u.timeout, Duration::from_secs(60));
+        assert_eq!(u.health_interval, Duration::from_secs(1));
+        assert_eq!(u.max_response_bytes, 64 * 1024 * 1024);
+        assert!(u.health_path.is_none() && !u.strip_prefix);
+        assert!(!c.endpoints[0].is_prefix());
+    }
+
+    #[test]
+    fn urls_give_their_address_and_base_path() {
+        let cases = [
+            ("http://localhost/api/", ("localhost", 80), "/api"),
+            ("http://[::1]:9000", ("::1", 9000), ""),
+            ("http://h:1/a/b", ("h", 1), "/a/b"),
+        ];
+        for (url, (host, port), base) in cases {
+            let (address, b) = parse_url(url).unwrap();
+            assert_eq!(
+                address,
+                UpstreamAddress::Tcp {
+                    host: host.into(),
+                    port
+                },
+                "{url}"
+            );
+            assert_eq!(b, base, "{url}");
+        }
+        let (address, _) = parse_url("unix:/run/llama.sock").unwrap();
+        assert_eq!(address, UpstreamAddress::Unix("/run/llama.sock".into()));
+    }
+
+    #[test]
+    fn bad_upstream_keys_are_named() {
+        let cases = [
+            ("url = \"https://x\"", "endpoint[0].upstream.url"),
+            ("url = \"ftp://x\"", "endpoint[0].upstream.url"),
+            ("url = \"unix:relative.sock\"", "endpoint[0].upstream.url"),
+            ("url = \"http://u:p@h:1\"", "endpoint[0].upstream.url"),
+            ("url = \"http://h:1/?q=1\"", "endpoint[0].upstream.url"),
+            (
+                "url = \"http://h:1\"\nhealth_path = \"health\"",
+                "endpoint[0].upstream.health_path",
+            ),
+            (
+                "url = \"http://h:1\"\ntimeout_ms = 0",
+                "endpoint[0].upstream.timeout_ms",
+            ),
+            (
+                "url = \"http://h:1\"\nconnect_timeout_ms = 0",
+                "endpoint[0].upstream.connect_timeout_ms",
+            ),
+            (
+                "url = \"http://h:1\"\nmax_response_bytes = 0",
+                "endpoint[0].upstream.max_response_bytes",
+            ),
+            (
+                "url = \"http://h:1\"\nstrip_prefix = true",
+                "endpoint[0].upstream.strip_prefix",
+            ),
+            (
+                "url = \"http://h:1\"\nretries = 3",
+                "endpoint[0].upstream.retries",
+            ),
+        ];
+        for (table, key) in cases {
+            let e = Config::from_toml(&endpoint("/u", table), "t.toml").unwrap_err();
+            assert_eq!(e.key, key, "{table}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_trailing_slash_makes_an_upstream_endpoint_a_prefix() {
+        let c = Config::from_toml(
+            &endpoint("/llm/", "url = \"unix:/tmp/x.sock\"\nstrip_prefix = true"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.endpoints[0].is_prefix());
+        let builtin = "[[endpoint]]\npath = \"/b/\"\nbuiltin = \"ping\"\n";
+        let c = Config::from_toml(builtin, "t.toml").unwrap();
+        assert!(!c.endpoints[0].is_prefix());
+    }
+
+    #[test]
+    fn upstream_is_exclusive_with_other_handlers() {
+        let text = "[[endpoint]]\npath = \"/u\"\nbuiltin = \"ping\"\n[endpoint.upstream]\nurl = \"http://h:1\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(e.key, "endpoint[0]");
+        assert!(e.problem.contains("choose one"), "{e}");
+    }
+}

@@ -1,0 +1,222 @@
+//! One request's exchange with the upstream: the target path, a pooled connection, the send
+//! (resent once only if never written), the bounded answer, and every failure as a short answer
+//! that names no address (the log and `/status` have the details).
+
+use crate::Shared;
+use common::handler::{text_response, HandlerError, JobRequest, JobResponse};
+use hyper::StatusCode;
+use hyper::Uri;
+use relay::{BodyError, Conn, Sent};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How often a running exchange looks whether its client has gone.
+const CLIENT_POLL: Duration = Duration::from_millis(50);
+
+/// What a client is told when the upstream cannot be reached.
+pub const UNAVAILABLE: &str = "upstream unavailable";
+
+/// Run `req`'s exchange on `runtime`, bounded by `timeout_ms`; stopped early if the client goes.
+pub(crate) fn run(
+    shared: &Shared,
+    runtime: &tokio::runtime::Handle,
+    req: &JobRequest,
+) -> Result<JobResponse, HandlerError> {
+    if has_dot_segment(req.uri.path()) {
+        // `/llm/../admin` would leave the prefix once the upstream resolves it.
+        return Ok(text_response(
+            StatusCode::BAD_REQUEST,
+            "a path with `.` or `..` segments is not forwarded",
+        ));
+    }
+    let target = target(shared, &req.uri)?;
+    let outgoing = relay::outgoing(req, target, shared.forwarding);
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    shared.stats.count(&shared.stats.requests);
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = tokio::time::timeout(shared.config.timeout, exchange(shared, req, outgoing)) => {
+                result.unwrap_or_else(|_| {
+                    fail(shared, "no answer within timeout_ms".into());
+                    Err(HandlerError::Timeout("upstream did not answer within timeout_ms".into()))
+                })
+            }
+            () = client_gone(req) => {
+                Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
+            }
+        }
+    });
+    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// True if a segment of `path` is `.` or `..`, written plainly or percent-encoded.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let plain = lower.replace("%2e", ".");
+        plain == "." || plain == ".."
+    })
+}
+
+/// The request target at the upstream: the URL's base path, then the request's path (without
+/// the endpoint's prefix under `strip_prefix`), then its query as sent.
+pub fn target_of(base: &str, strip: Option<&str>, uri: &Uri) -> Result<Uri, HandlerError> {
+    let path = uri.path();
+    let path = match strip.and_then(|prefix| path.strip_prefix(prefix)) {
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    };
+    let mut target = String::with_capacity(base.len() + path.len() + 1);
+    target.push_str(base);
+    target.push_str(path);
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+        .parse()
+        .map_err(|_| HandlerError::Internal("cannot build the upstream request target".into()))
+}
+
+fn target(shared: &Shared, uri: &Uri) -> Result<Uri, HandlerError> {
+    if shared.config.base_path.is_empty() && shared.strip.is_none() {
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(Uri::from(pq.clone()));
+        }
+    }
+    target_of(&shared.config.base_path, shared.strip.as_deref(), uri)
+}
+
+async fn exchange(
+    shared: &Shared,
+    req: &JobRequest,
+    outgoing: hyper::Request<relay::message::OutBody>,
+) -> Result<JobResponse, HandlerError> {
+    let conn = relay::usable(checkout(shared)).await;
+    let (sent, resent) = relay::send(conn, || connect(shared), outgoing, 1).await;
+    if resent > 0 {
+        shared.stats.count(&shared.stats.retries);
+    }
+    match sent {
+        Sent::Answered { response, conn } => {
+            match relay::read_bounded(response, &req.method, shared.config.max_response_bytes).await
+            {
+                Ok(response) => {
+                    checkin(shared, conn);
+                    Ok(response)
+                }
+                Err(BodyError::TooLarge) => {
+                    fail(shared, "answer larger than max_response_bytes".into());
+                    Err(HandlerError::BadGateway(
+                        "upstream answer larger than max_response_bytes".into(),
+                    ))
+                }
+                Err(BodyError::Broken(cause)) => {
+                    fail(shared, cause);
+                    Err(HandlerError::BadGateway(
+                        "upstream failed while sending its answer".into(),
+                    ))
+                }
+            }
+        }
+        Sent::Unsent { cause, connect } if connect && cause.kind() == io::ErrorKind::TimedOut => {
+            fail(shared, "connect timed out".into());
+            Err(HandlerError::Timeout(
+                "upstream did not accept the connection in time".into(),
+            ))
+        }
+        Sent::Unsent { cause, connect } => {
+            let what = if connect {
+                "cannot connect"
+            } else {
+                "connection closed before sending"
+            };
+            fail(shared, format!("{what}: {cause}"));
+            Err(HandlerError::BadGateway(UNAVAILABLE.into()))
+        }
+        Sent::Broken(cause) => {
+            fail(shared, cause);
+            Err(HandlerError::BadGateway(
+                "upstream closed the connection without answering".into(),
+            ))
+        }
+    }
+}
+
+/// A fresh connection, bounded by `connect_timeout_ms` (past it: a `TimedOut` error).
+async fn connect(shared: &Shared) -> io::Result<Conn> {
+    shared.stats.count(&shared.stats.connects);
+    match tokio::time::timeout(
+        shared.config.connect_timeout,
+        relay::connect(&shared.target),
+    )
+    .await
+    {
+        Ok(conn) => conn,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// The most recently used idle connection, if any.
+fn checkout(shared: &Shared) -> Option<Conn> {
+    shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+}
+
+/// Keep `conn` for the next request if it is open and the idle set has room.
+fn checkin(shared: &Shared, conn: Conn) {
+    if conn.is_closed() {
+        return;
+    }
+    let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < shared.max_idle {
+        idle.push(conn);
+    }
+}
+
+/// Count a failed exchange and remember its cause for `/status`; log it with the upstream.
+fn fail(shared: &Shared, cause: String) {
+    shared.stats.count(&shared.stats.failures);
+    tracing::warn!(endpoint = %shared.endpoint, upstream = %shared.config.url, cause = %cause, "upstream exchange failed");
+    remember(shared, cause);
+}
+
+/// Remember `cause` as the last error, for `/status`.
+pub(crate) fn remember(shared: &Shared, cause: String) {
+    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((cause, Instant::now()));
+}
+
+/// Resolves once the client that waits for `req` has gone (never, if nobody watches).
+async fn client_gone(req: &JobRequest) {
+    while !req.client.is_gone() {
+        tokio::time::sleep(CLIENT_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_target_keeps_or_strips_the_prefix_and_keeps_the_query() {
+        let uri: Uri = "/llm/v1/models?x=1&y".parse().unwrap();
+        let t = |base, strip| target_of(base, strip, &uri).unwrap().to_string();
+        assert_eq!(t("", None), "/llm/v1/models?x=1&y");
+        assert_eq!(t("", Some("/llm")), "/v1/models?x=1&y");
+        assert_eq!(t("/base", Some("/llm")), "/base/v1/models?x=1&y");
+        let root: Uri = "/llm/".parse().unwrap();
+        assert_eq!(target_of("", Some("/llm"), &root).unwrap(), "/");
+    }
+
+    #[test]
+    fn dot_segments_are_found_plain_or_encoded() {
+        for path in ["/llm/../admin", "/llm/./x", "/llm/%2E%2e/admin", "/llm/.."] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/llm/v1/models", "/llm/.well-known/x", "/llm/a..b", "/"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+}

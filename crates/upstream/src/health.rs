@@ -1,0 +1,130 @@
+//! The upstream's health: with `health_path`, a `GET` every `health_interval_ms` (each bounded by
+//! the interval) over one kept-alive connection. A check that fails makes the upstream
+//! unhealthy, one that answers 2xx healthy again: while unhealthy, new requests are overflow at
+//! once ([`Health::available`]) and `/readyz` says not ready with the reason ([`Health::ready`]).
+//! Without `health_path` the upstream always counts as healthy, and failures show in `/status`.
+
+use crate::Shared;
+use relay::Conn;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+const OFF: u8 = 0;
+const PENDING: u8 = 1;
+const HEALTHY: u8 = 2;
+const UNHEALTHY: u8 = 3;
+
+/// The health state, read on every admission (one atomic load).
+#[derive(Debug)]
+pub struct Health {
+    state: AtomicU8,
+    /// Why the last check failed (for `/readyz`: no address, no server path).
+    reason: Mutex<String>,
+}
+
+impl Health {
+    /// `checked`: a health path is polled (the state starts pending until the first check);
+    /// otherwise health is not checked and always good.
+    pub fn new(checked: bool) -> Health {
+        Health {
+            state: AtomicU8::new(if checked { PENDING } else { OFF }),
+            reason: Mutex::new(String::new()),
+        }
+    }
+
+    /// False while the last check failed: admission then refuses new requests as overflow.
+    pub fn available(&self) -> bool {
+        self.state.load(Ordering::Acquire) != UNHEALTHY
+    }
+
+    /// For `/readyz`: ready once a check passed (or if none are made).
+    pub fn ready(&self) -> Result<(), String> {
+        match self.state.load(Ordering::Acquire) {
+            OFF | HEALTHY => Ok(()),
+            PENDING => Err("upstream health not checked yet".into()),
+            _ => Err(format!(
+                "upstream unhealthy ({})",
+                self.reason.lock().unwrap_or_else(|p| p.into_inner())
+            )),
+        }
+    }
+
+    /// The state's name for `/status`: `off`, `pending`, `healthy` or `unhealthy`.
+    pub fn name(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            OFF => "off",
+            PENDING => "pending",
+            HEALTHY => "healthy",
+            _ => "unhealthy",
+        }
+    }
+
+    /// 1 unless the last check failed.
+    pub fn gauge(&self) -> i64 {
+        i64::from(self.available())
+    }
+
+    /// Record a check's result; true if the state changed.
+    fn record(&self, result: &Result<(), String>) -> bool {
+        let to = match result {
+            Ok(()) => HEALTHY,
+            Err(why) => {
+                *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = why.clone();
+                UNHEALTHY
+            }
+        };
+        self.state.swap(to, Ordering::AcqRel) != to
+    }
+}
+
+/// The poll, until the runtime ends: check, record, log a change, wait an interval.
+pub(crate) async fn poll(shared: Arc<Shared>) {
+    let Some(path) = shared.config.health_path.clone() else {
+        return;
+    };
+    let interval = shared.config.health_interval;
+    let mut conn: Option<Conn> = None;
+    loop {
+        let result = match tokio::time::timeout(interval, check(&shared, &path, &mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn = None;
+                Err("health check timed out".to_string())
+            }
+        };
+        if shared.health.record(&result) {
+            match &result {
+                Ok(()) => tracing::info!(endpoint = %shared.endpoint, "upstream healthy"),
+                Err(why) => tracing::warn!(
+                    endpoint = %shared.endpoint,
+                    upstream = %shared.config.url,
+                    cause = %why,
+                    "upstream unhealthy: new requests are refused as overflow"
+                ),
+            }
+        }
+        if let Err(why) = &result {
+            crate::exchange::remember(&shared, format!("health check: {why}"));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One check over the kept connection (or a fresh one): Ok on a 2xx answer.
+async fn check(shared: &Shared, path: &str, conn: &mut Option<Conn>) -> Result<(), String> {
+    let mut c = match relay::usable(conn.take()).await {
+        Some(c) => c,
+        None => relay::connect(&shared.target)
+            .await
+            .map_err(|e| format!("cannot connect: {}", e.kind()))?,
+    };
+    let status = relay::probe(&mut c, path, &shared.authority)
+        .await
+        .map_err(|_| "no valid answer".to_string())?;
+    *conn = (!c.is_closed()).then_some(c);
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("health check answered {}", status.as_u16()))
+    }
+}

@@ -1,0 +1,154 @@
+//! Upstream endpoints: each admitted request is forwarded to an HTTP/1.1 server that runs by
+//! itself (llama.cpp's `llama-server`, a gunicorn or uvicorn app), over a kept-alive connection
+//! pool on TCP or a Unix socket, and its answer relayed back.
+//!
+//! The endpoint's queue and concurrency stay in front: at most the endpoint's running slots
+//! (`workers` in jellyfish) are in flight to the upstream, the rest wait in the bounded queue or
+//! overflow. What this crate adds:
+//!
+//! - **The exchange** ([`exchange`]): hop-by-hop headers removed, `X-Forwarded-For` appended and
+//!   `X-Forwarded-Proto` set, the client's `Host` passed on; the upstream's status, headers and
+//!   body back. The whole exchange is bounded by `timeout_ms`, the connect by
+//!   `connect_timeout_ms`.
+//! - **One safe retry**: a request is sent again (once) only if it was never written: the
+//!   connection could not be made, or closed before the request went out.
+//! - **Fast, clean failures**: a refused connection is `502 upstream unavailable` at once (the
+//!   address and cause go to the log and `/status`, never to the client).
+//! - **Health** ([`health`]): with `health_path`, a poll; while it fails, new requests are
+//!   overflow at once and `/readyz` says why.
+//!
+//! # Layout
+//! - [`UpstreamHandler`]: the [`Handler`] an endpoint calls.
+//! - `io`: the I/O thread and its runtime, which the exchanges and the health poll run on.
+//! - [`exchange`]: one request's exchange, the target path, and its failures as answers.
+//! - [`health`]: the health state and its poll.
+//! - `status`: `/status` and `/metrics`.
+#![deny(missing_docs)]
+
+pub mod exchange;
+pub mod health;
+mod io;
+mod status;
+
+use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
+use config::{UpstreamAddress, UpstreamConfig};
+use health::Health;
+use hyper::header::HeaderValue;
+use relay::{Conn, Forwarding, Target};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+/// What the handler, its exchanges and its health poll share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The endpoint's path, for logs.
+    pub endpoint: String,
+    pub config: UpstreamConfig,
+    pub target: Target,
+    /// `Host` of the health checks: the upstream's own authority.
+    pub authority: HeaderValue,
+    pub forwarding: Forwarding,
+    /// The prefix taken off the path before it is forwarded (`strip_prefix`), without its `/`.
+    pub strip: Option<String>,
+    /// Kept-alive connections not in use, most recent last; at most `max_idle`.
+    pub idle: Mutex<Vec<Conn>>,
+    pub max_idle: usize,
+    pub health: Health,
+    pub stats: status::Stats,
+    /// The last failure, for `/status`: what and when (seconds since the handler started).
+    pub last_error: Mutex<Option<(String, std::time::Instant)>>,
+    pub in_flight: AtomicU64,
+}
+
+/// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
+///
+/// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
+#[derive(Debug)]
+pub struct UpstreamHandler {
+    shared: Arc<Shared>,
+    io: io::Io,
+}
+
+impl UpstreamHandler {
+    /// A handler for the endpoint at `path` forwarding to `config`'s upstream, keeping at most
+    /// `slots` idle connections (the endpoint's concurrency), and telling the upstream the
+    /// client's scheme was HTTPS when `https`. Starts its I/O thread (and health poll).
+    pub fn start(
+        path: &str,
+        prefix: bool,
+        config: &UpstreamConfig,
+        slots: usize,
+        https: bool,
+    ) -> std::io::Result<UpstreamHandler> {
+        let (target, authority) = match &config.address {
+            UpstreamAddress::Tcp { host, port } => {
+                let name = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                (
+                    Target::Tcp {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                    HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost")),
+                )
+            }
+            UpstreamAddress::Unix(socket) => (
+                Target::Unix(socket.clone()),
+                HeaderValue::from_static("localhost"),
+            ),
+        };
+        let shared = Arc::new(Shared {
+            endpoint: path.to_string(),
+            config: config.clone(),
+            target,
+            authority,
+            forwarding: Forwarding {
+                proto: Some(if https { "https" } else { "http" }),
+            },
+            strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
+            idle: Mutex::new(Vec::new()),
+            max_idle: slots.max(1),
+            health: Health::new(config.health_path.is_some()),
+            stats: status::Stats::default(),
+            last_error: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+        });
+        let io = io::Io::start(shared.clone())?;
+        Ok(UpstreamHandler { shared, io })
+    }
+}
+
+impl Handler for UpstreamHandler {
+    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+        exchange::run(&self.shared, self.io.runtime(), req)
+    }
+
+    fn available(&self) -> bool {
+        self.shared.health.available()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.shared.health.ready()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        Some(status::status(&self.shared))
+    }
+
+    fn samples(&self) -> Vec<HandlerSample> {
+        status::samples(&self.shared)
+    }
+
+    fn close(&self) {
+        self.io.stop();
+    }
+}
+
+impl Drop for UpstreamHandler {
+    fn drop(&mut self) {
+        self.io.stop();
+    }
+}

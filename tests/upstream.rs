@@ -1,0 +1,489 @@
+//! Upstream endpoints against a fake upstream written here (a hyper server, or raw sockets that
+//! misbehave on purpose), on real TCP and Unix sockets: status, headers and body pass through
+//! with hop-by-hop headers removed and `X-Forwarded-*` added; connections are kept alive; no more
+//! than `workers` requests are ever in flight to the upstream; a down upstream is a fast, clean
+//! `502` and is tried again only while nothing was written; health checks turn a down upstream
+//! into fast overflow and `/readyz` not ready, and back; prefix endpoints forward everything under
+//! them. Every hold is a gate the test opens; nothing waits on a wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use light::{Light, TrafficLight};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use support::{request, wait_until, within, TempDir, TestServer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A request as the fake upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What the fake upstream records and what the test controls.
+#[derive(Debug)]
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    /// A request with `x-hold: N` waits until this is at least N.
+    gate: watch::Sender<u32>,
+}
+
+/// A fake upstream: `GET /health` answers 200 or 503 as the test says; anything else answers
+/// `201` with its own hop-by-hop headers, after waiting for the gate if the request says
+/// `x-hold`.
+struct Fake {
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Fake {
+    fn state() -> Arc<State> {
+        Arc::new(State {
+            seen: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            gate: watch::channel(0).0,
+        })
+    }
+
+    async fn tcp() -> (Fake, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Fake::state();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: aborting the fake closes every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.spawn(serve(stream, s.clone()));
+            }
+        });
+        (Fake { state, task }, addr)
+    }
+
+    fn unix(path: &Path, state: Arc<State>) -> Fake {
+        let listener = UnixListener::bind(path).unwrap();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: aborting the fake closes every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.spawn(serve(stream, s.clone()));
+            }
+        });
+        Fake { state, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Release the requests held with `x-hold` up to `level`.
+    fn release(&self, level: u32) {
+        self.state.gate.send_replace(level);
+    }
+
+    fn open_gate(&self) {
+        self.release(u32::MAX);
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve<S>(stream: S, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    state.connections.fetch_add(1, Ordering::SeqCst);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, hyper::Error>(answer(req, &state).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/health" {
+        let status = if state.healthy.load(Ordering::SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
+        *resp.status_mut() = status;
+        return resp;
+    }
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let hold: Option<u32> = req
+        .headers()
+        .get("x-hold")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let uri = parts.uri.to_string();
+    state.seen.lock().unwrap().push(Seen {
+        headers: parts.headers,
+        body,
+    });
+    if let Some(level) = hold {
+        let mut gate = state.gate.subscribe();
+        let _ = gate.wait_for(|open| *open >= level).await;
+    }
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("x-up", "yes")
+        .header("connection", "x-drop")
+        .header("x-drop", "secret")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from(format!("from upstream {uri}"))))
+        .unwrap()
+}
+
+/// A jellyfish endpoint at `path` with 4 workers forwarding to `url`, plus `extra` lines in the
+/// `[endpoint.upstream]` table.
+fn config(path: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[endpoint]]\npath = \"{path}\"\nmode = \"jellyfish\"\nworkers = 4\nqueue = 64\n\
+         overflow = \"reject\"\nexpected_wait_admission = false\n\
+         [endpoint.upstream]\nurl = \"{url}\"\n{extra}\n"
+    )
+}
+
+fn upstream_status(server: &TestServer, path: &str) -> serde_json::Value {
+    server.status_of(path).handler.expect("an upstream status")["upstream"].clone()
+}
+
+/// An address nothing listens on (bound a moment ago, then closed).
+async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn status_headers_and_body_pass_through_with_hop_by_hop_headers_removed_and_forwarding_added()
+{
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+
+    let req = Request::builder()
+        .method("POST")
+        .uri("/u?x=1&y=2")
+        .header("host", "fiddler.test")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=9")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let reply = server.client().send(req).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.text(), "from upstream /u?x=1&y=2");
+    assert_eq!(reply.header("x-up").as_deref(), Some("yes"));
+    for hop in ["x-drop", "keep-alive"] {
+        assert!(reply.header(hop).is_none(), "{hop} reached the client");
+    }
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0].headers;
+    assert_eq!(seen[0].body, "payload");
+    assert_eq!(h["host"], "fiddler.test");
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["content-length"], "7");
+    for hop in ["x-secret", "keep-alive", "proxy-authorization"] {
+        assert!(!h.contains_key(hop), "{hop} reached the upstream");
+    }
+
+    // The connection is kept alive for the next request.
+    let reply = server.get("/u").await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(fake.connections(), 1);
+    assert_eq!(upstream_status(&server, "/u")["idle_connections"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_clients() {
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    let client = server.client();
+    let held = |i: usize, level: &str| {
+        let mut req = request("POST", "/u", format!("{i}"));
+        req.headers_mut().insert("x-hold", level.parse().unwrap());
+        client.spawn(req)
+    };
+    let in_flight = || fake.state.in_flight.load(Ordering::SeqCst);
+    // The first request runs alone (a batch of one) while the other 49 queue behind it.
+    let mut replies = vec![held(0, "1")];
+    wait_until("the first request at the upstream", || in_flight() == 1).await;
+    replies.extend((1..50).map(|i| held(i, "2")));
+    server.wait_queued("/u", 49).await;
+    // Then the 49 go as one batch: 4 at the upstream, 45 still queued.
+    fake.release(1);
+    wait_until("4 requests held at the upstream", || in_flight() == 4).await;
+    server.wait_queued("/u", 45).await;
+    assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 4);
+
+    fake.open_gate();
+    for reply in replies {
+        assert_eq!(
+            within("a reply", reply).await.unwrap().status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(fake.seen().len(), 50);
+    assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 4);
+    assert!(
+        fake.connections() <= 4,
+        "{} connections",
+        fake.connections()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_upstream_is_a_fast_502_that_names_no_address_tried_once_more() {
+    let addr = refused_addr().await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+
+    let reply = server.get("/u").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.text(), "upstream unavailable\n");
+
+    let up = upstream_status(&server, "/u");
+    assert_eq!(
+        (up["connects"].as_u64(), up["retries"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(up["failures"], 1);
+    let cause = up["last_error"]["cause"].as_str().unwrap();
+    assert!(cause.contains("cannot connect"), "{cause}");
+    assert_eq!(server.counters("/u").failed, 1);
+    server.shutdown().await;
+}
+
+/// A raw upstream that accepts connections and, per connection, either closes it at once or
+/// reads the request head first and then closes it: never an answer.
+async fn rude_upstream(read_first: bool) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            if read_first {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            }
+            drop(stream);
+        }
+    });
+    (addr, connections, task)
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_has_read_is_never_sent_again() {
+    let (addr, connections, task) = rude_upstream(true).await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    let reply = server.post("/u", "once").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(!reply.text().contains("127.0.0.1"), "{}", reply.text());
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream_status(&server, "/u")["retries"], 0);
+    server.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_the_request_is_read_is_tried_at_most_once_more() {
+    let (addr, connections, task) = rude_upstream(false).await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    for _ in 0..5 {
+        let reply = server.post("/u", "x").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    }
+    // Whether the close came before the request was written (sent again, once) or after (never
+    // sent again: the upstream may have read it) is the kernel's timing; either way no request
+    // took more than two connections, and each second one is counted as a retry.
+    let up = upstream_status(&server, "/u");
+    let retries = up["retries"].as_u64().unwrap() as usize;
+    assert!(retries <= 5, "{up}");
+    wait_until("the upstream saw every connection", || {
+        connections.load(Ordering::SeqCst) == 5 + retries
+    })
+    .await;
+    server.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_whole_exchange_is_bounded_by_timeout_ms() {
+    let (fake, addr) = Fake::tcp().await;
+    let server =
+        TestServer::start(&config("/u", &format!("http://{addr}"), "timeout_ms = 200")).await;
+    let mut req = request("GET", "/u", "");
+    req.headers_mut().insert("x-hold", "1".parse().unwrap());
+    let reply = server.client().send(req).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.text(), "upstream did not answer within timeout_ms\n");
+    assert_eq!(server.counters("/u").timed_out, 1);
+    fake.open_gate();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_prefix_endpoint_forwards_everything_under_it_with_the_query() {
+    let (fake, addr) = Fake::tcp().await;
+    let url = format!("http://{addr}");
+    let toml = format!(
+        "{}{}{}",
+        config("/llm/", &url, ""),
+        config("/strip/", &format!("{url}/base"), "strip_prefix = true"),
+        config("/llm/exact", &url, "")
+            .replace("\"/llm/exact\"", "\"/llm/exact\"\nmethods = [\"POST\"]"),
+    );
+    let server = TestServer::start(&toml).await;
+
+    let reply = server.get("/llm/v1/models?limit=2").await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.text(), "from upstream /llm/v1/models?limit=2");
+    let reply = server.get("/strip/v1/models?a=b").await;
+    assert_eq!(reply.text(), "from upstream /base/v1/models?a=b");
+    // An exact endpoint wins over the prefix above it: its methods apply.
+    assert_eq!(
+        server.get("/llm/exact").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // Outside every prefix, or leaving it with dot segments: never forwarded.
+    assert_eq!(server.get("/llm").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/other").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        server.get("/llm/../status").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(fake.seen().len(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_health_checked_unix_socket_upstream_going_down_is_overflow_and_not_ready_until_it_returns(
+) {
+    let dir = TempDir::new("up");
+    let socket: PathBuf = dir.path().join("up.sock");
+    let state = Fake::state();
+    let fake = Fake::unix(&socket, state.clone());
+    let url = format!("unix:{}", socket.display());
+    let server = TestServer::launch(&config(
+        "/u",
+        &url,
+        "health_path = \"/health\"\nhealth_interval_ms = 20",
+    ))
+    .light(&TrafficLight::fixed(Light::Green))
+    .start()
+    .await;
+    wait_until("the upstream checked healthy", || {
+        server.endpoint("/u").handler_ready().is_ok()
+    })
+    .await;
+    let reply = server.post("/u", "over unix").await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(fake.seen()[0].body, "over unix");
+    let r = server.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Down: its health check fails; new requests are refused at once, /readyz says why.
+    state.healthy.store(false, Ordering::SeqCst);
+    wait_until("the upstream checked unhealthy", || {
+        upstream_status(&server, "/u")["health"] == "unhealthy"
+    })
+    .await;
+    let reply = server.post("/u", "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.text().contains("upstream is unhealthy"),
+        "{}",
+        reply.text()
+    );
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready
+            .text()
+            .contains("/u: upstream unhealthy (health check answered 503)"),
+        "{}",
+        ready.text()
+    );
+
+    // Gone altogether, then back on the same socket.
+    drop(fake);
+    std::fs::remove_file(&socket).unwrap();
+    state.healthy.store(true, Ordering::SeqCst);
+    wait_until("the failed connect recorded", || {
+        upstream_status(&server, "/u")["last_error"]["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("cannot connect"))
+    })
+    .await;
+    assert!(!server
+        .get("/readyz")
+        .await
+        .text()
+        .contains(&socket.display().to_string()));
+    let fake = Fake::unix(&socket, state.clone());
+    wait_until("the upstream checked healthy again", || {
+        upstream_status(&server, "/u")["health"] == "healthy"
+    })
+    .await;
+    assert_eq!(server.post("/u", "back").await.status, StatusCode::CREATED);
+    let r = server.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    drop(fake);
+    server.shutdown().await;
+}
