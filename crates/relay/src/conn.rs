@@ -38,6 +38,16 @@ pub enum Target {
     Unix(PathBuf),
 }
 
+/// The runtime a relay's connections run on: one I/O worker thread named `thread_name`, timers
+/// and I/O enabled. Build it on a thread that will own it and drop it outside any runtime.
+pub fn io_runtime(thread_name: &str) -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(thread_name)
+        .enable_all()
+        .build()
+}
+
 /// Open an HTTP/1.1 connection to `target` (TCP with `TCP_NODELAY`); its driver is spawned on the
 /// current runtime.
 pub async fn connect(target: &Target) -> io::Result<Conn> {

@@ -2,8 +2,8 @@
 //! share: one client, written once.
 //!
 //! # Layout
-//! - [`conn`]: a connection to a [`Target`] (TCP or Unix socket), whether a kept-alive one is still
-//!   usable, and [`send`] with its rule: a request is sent again only if it was never written.
+//! - [`conn`]: the I/O runtime, a connection to a [`Target`] (TCP or Unix socket), whether a
+//!   kept-alive one is still usable, and [`send`] with its rule: a request is sent again only if it was never written.
 //! - [`message`]: the request as a proxy forwards it (hop-by-hop headers removed per RFC 9110
 //!   section 7.6.1, `X-Forwarded-For`/`-Proto`) and the answer's head and bounded body back.
 #![deny(missing_docs)]
@@ -11,7 +11,7 @@
 pub mod conn;
 pub mod message;
 
-pub use conn::{connect, probe, send, usable, Conn, Sent, Target};
+pub use conn::{connect, io_runtime, probe, send, usable, Conn, Sent, Target};
 pub use message::{
     answer_head, outgoing, path_and_query, read_bounded, strip_hop_by_hop, BodyError, Forwarding,
 };

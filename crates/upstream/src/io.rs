@@ -24,12 +24,7 @@ impl Io {
         let (stop, stopped) = oneshot::channel::<()>();
         let name = format!("fc-up{}", shared.endpoint.replace('/', "-"));
         std::thread::Builder::new().name(name).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("fc-upstream-io")
-                .enable_all()
-                .build()
-            {
+            let runtime = match relay::io_runtime("fc-upstream-io") {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     let _ = tx.send(Err(e));

@@ -45,12 +45,7 @@ pub(crate) fn spawn(
     let endpoint = endpoint.to_string();
     let name = format!("fc-wk{}", endpoint.replace('/', "-"));
     thread::Builder::new().name(name).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fc-worker-io")
-            .enable_all()
-            .build()
-        {
+        let runtime = match relay::io_runtime("fc-worker-io") {
             Ok(runtime) => runtime,
             Err(e) => {
                 let _ = tx.send(Err(e));
