@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Proxy hop benchmark: GET /ping through a proxy to a bare hyper upstream (examples/bare_hyper.rs),
+# fiddler_crab against nginx and HAProxy in the same run, under a closed-loop wrk load. Servers:
+#   bare        the bare hyper upstream alone (no hop): the floor
+#   fc          fiddler_crab, /ping an upstream endpoint (jellyfish, FC_WORKERS slots) → bare hyper,
+#               kept-alive pool, access log off
+#   nginx       nginx (one worker) → bare hyper: proxy_pass to an upstream block with `keepalive`,
+#               HTTP/1.1, access_log off
+#   haproxy     HAProxy (1 thread) → bare hyper, `http-reuse always`, no log
+# Every server-side process (the proxy's processes and the upstream) pinned to CPU SERVER_CPU, wrk
+# to CPU LOADGEN_CPU. Per run: requests/s, p50/p99 latency and server-side CPU microseconds per
+# request (utime + stime of the proxy and the upstream over the run ÷ requests wrk completed; the
+# hop's own cost is that less bare's). Servers run in turn, ROUNDS times; medians, and each held
+# against bare and against nginx (the bar: fiddler_crab's hop at most nginx's). Loopback only; every
+# run ends by itself. Installs wrk, nginx-light and haproxy (Debian) when missing.
+#
+#   bash benches/proxy.sh                           # 3 rounds of 10 s per server (about 3 minutes)
+#   ROUNDS=1 DURATION=3 WARMUP=1 bash benches/proxy.sh   # a quick look
+#
+# Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
+# CONNECTIONS (default 32), THREADS (wrk threads, default 1), FC_WORKERS (fiddler_crab's slots,
+# that is connections to the upstream, default 8), SERVER_CPU / LOADGEN_CPU (default 0 / 1),
+# SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
+# benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+FC_WORKERS=${FC_WORKERS:-8}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+SERVERS=${SERVERS:-"bare fc nginx haproxy"}
+mkdir -p bench-results
+OUT=${OUT:-bench-results/proxy-$(date +%Y%m%d-%H%M%S).md}
+# Other benchmarks' processes (their servers run from /tmp/fc-NAME.* directories).
+OTHERS='bench_server|loadgen|flood\.sh|adaptive\.sh|ping\.sh|workers\.sh|overflow\.sh|/fc-(ping|workers|overflow)\.'
+OTHER_NAMES='wrk|cargo|rustc'
+
+# others, wait_quiet, free_port, ensure_cmd, tree_ticks, nginx_conf, wrk_measure, ...
+. "$(dirname "$0")/lib.sh"
+
+ensure_cmd wrk wrk
+if [[ " $SERVERS " == *" nginx "* ]]; then ensure_cmd nginx nginx-light nginx; fi
+if [[ " $SERVERS " == *" haproxy "* ]]; then ensure_cmd haproxy haproxy; fi
+cargo build --release --bin fiddler_crab --example bare_hyper
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates 2>/dev/null || echo ' with uncommitted changes in src/ or crates/')"
+# Private copies: a rebuild by someone else during the run cannot swap the binaries.
+work=$(mktemp -d /tmp/fc-proxy.XXXXXX)
+chmod 755 "$work"
+cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+CLK_TCK=$(getconf CLK_TCK)
+WRK_ARGS=()
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# start_upstream: the bare hyper upstream on CPU $SERVER_CPU; sets upstream_pid and upstream_port.
+start_upstream() {
+  upstream_port=$(free_port)
+  taskset -c "$SERVER_CPU" "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" \
+    --max-seconds 600 >"$work/upstream.log" 2>&1 &
+  upstream_pid=$!
+  if wait_http "http://127.0.0.1:$upstream_port/ping" 100 "$upstream_pid"; then return 0; fi
+  echo "the bare hyper upstream did not start:" >&2
+  cat "$work/upstream.log" >&2
+  return 1
+}
+
+# start_server NAME: the upstream, then the proxy in front of it (none for bare), both on CPU
+# $SERVER_CPU; sets server_pids (both) and url.
+start_server() {
+  local name=$1 port dir cmd
+  start_upstream || return 1
+  server_pids=("$upstream_pid")
+  if [ "$name" = bare ]; then
+    url="http://127.0.0.1:$upstream_port/ping"
+    return 0
+  fi
+  port=$(free_port)
+  rm -f "$work/server.log"
+  case $name in
+    fc)
+      cat >"$work/fc.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+access_log = false
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+mode = "jellyfish"
+workers = $FC_WORKERS
+queue = 1024
+overflow = "reject"
+[endpoint.upstream]
+url = "http://127.0.0.1:$upstream_port"
+EOF
+      taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/fc.toml" \
+        >"$work/server.log" 2>&1 &
+      ;;
+    nginx)
+      dir=$work/nginx
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location = /ping {
+            proxy_pass http://bare;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }" >"$dir/nginx.conf"
+      mapfile -t cmd < <(nginx_cmd "$dir")
+      taskset -c "$SERVER_CPU" "${cmd[@]}" >"$work/server.log" 2>&1 &
+      ;;
+    haproxy)
+      cat >"$work/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+    nbthread 1
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    http-reuse always
+
+frontend hop
+    bind 127.0.0.1:$port
+    default_backend bare
+
+backend bare
+    server upstream 127.0.0.1:$upstream_port
+EOF
+      taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
+      ;;
+    *) echo "unknown server $name" >&2; exit 2 ;;
+  esac
+  server_pids+=($!)
+  url="http://127.0.0.1:$port/ping"
+  if wait_http "$url" 100 "${server_pids[1]}"; then return 0; fi
+  echo "$name did not start:" >&2
+  cat "$work/server.log" "$work/nginx/error.log" 2>/dev/null >&2 || true
+  return 1
+}
+
+new_results "$work/results.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in $SERVERS; do
+    wrk_measure "$name" "$round" "$work/results.tsv"
+  done
+done
+
+{
+  echo "# Proxy hop benchmark (GET /ping → bare hyper) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  machine_line
+  echo "Built from commit $COMMIT.$(command -v nginx >/dev/null && echo " $(nginx -v 2>&1 | sed 's/.*: //').")$(command -v haproxy >/dev/null && echo " $(haproxy -v | head -1 | cut -d' ' -f1-3).")"
+  echo "Every server-side process (proxy and upstream) on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh proxy and upstream per run; $ROUNDS rounds, servers in turn, medians."
+  echo "Server CPU per request: utime + stime of the proxy's processes and the bare hyper upstream over the run ÷ requests wrk completed; the hop's cost is that less bare's."
+  echo
+  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab with $FC_WORKERS slots."
+  echo
+  python3 benches/report.py wrk "$work/results.tsv" --servers "$SERVERS" \
+    --compare 'bare:*=bare' \
+    --compare 'nginx:*=nginx' \
+    --label 'bare=bare hyper alone (no hop)' \
+    --label "fc=fiddler_crab upstream endpoint → bare hyper" \
+    --label 'nginx=nginx proxy_pass, keepalive → bare hyper' \
+    --label 'haproxy=HAProxy, http-reuse always → bare hyper'
+} | tee "$OUT"
+echo "saved to $OUT" >&2
