@@ -39,6 +39,8 @@ struct Seen {
 struct State {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    /// Connections that ended (closed by the proxy, or by the fake).
+    closed: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     healthy: AtomicBool,
@@ -59,6 +61,7 @@ impl Fake {
         Arc::new(State {
             seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -123,13 +126,33 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     state.connections.fetch_add(1, Ordering::SeqCst);
+    let s = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
+        let state = s.clone();
         async move { Ok::<_, hyper::Error>(answer(req, &state).await) }
     });
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .await;
+    state.closed.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Counts a request in flight at the fake for as long as it lives (its answer may be dropped
+/// unfinished when the connection closes).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(state: &'a State) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
@@ -143,8 +166,7 @@ async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
         *resp.status_mut() = status;
         return resp;
     }
-    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let in_flight = InFlight::new(state);
     let hold: Option<u32> = req
         .headers()
         .get("x-hold")
@@ -164,7 +186,7 @@ async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
         let mut gate = state.gate.subscribe();
         let _ = gate.wait_for(|open| *open >= level).await;
     }
-    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    drop(in_flight);
     Response::builder()
         .status(StatusCode::CREATED)
         .header("x-up", "yes")
@@ -299,6 +321,17 @@ async fn a_refused_upstream_is_a_fast_502_that_names_no_address_tried_once_more(
     let cause = up["last_error"]["cause"].as_str().unwrap();
     assert!(cause.contains("cannot connect"), "{cause}");
     assert_eq!(server.counters("/u").failed, 1);
+    let metrics = server.get("/metrics").await.text();
+    for name in [
+        "upstream_retries_total",
+        "upstream_healthy",
+        "upstream_idle_connections",
+    ] {
+        assert!(
+            metrics.contains(&format!("fiddler_crab_{name}")),
+            "{name}: {metrics}"
+        );
+    }
     server.shutdown().await;
 }
 
@@ -375,6 +408,31 @@ async fn the_whole_exchange_is_bounded_by_timeout_ms() {
     assert_eq!(reply.text(), "upstream did not answer within timeout_ms\n");
     assert_eq!(server.counters("/u").timed_out, 1);
     fake.open_gate();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_closes_its_upstream_connection() {
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    let client = server
+        .client()
+        .open_raw(b"GET /u HTTP/1.1\r\nHost: fiddler.test\r\nX-Hold: 1\r\n\r\n")
+        .await;
+    wait_until("the request at the upstream", || {
+        fake.state.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(client);
+    wait_until("the upstream connection closed", || {
+        fake.state.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_until("the job counted as client_gone", || {
+        server.counters("/u").client_gone == 1
+    })
+    .await;
+    assert_eq!(fake.state.in_flight.load(Ordering::SeqCst), 0);
     server.shutdown().await;
 }
 
