@@ -55,7 +55,7 @@ pub(crate) struct Shared {
     pub max_idle: usize,
     pub health: Health,
     pub stats: status::Stats,
-    /// The last failure, for `/status`: what and when (seconds since the handler started).
+    /// The last failure, for `/status`: what, and when.
     pub last_error: Mutex<Option<(String, std::time::Instant)>>,
     pub in_flight: AtomicU64,
 }
