@@ -4,19 +4,23 @@
 //! than `workers` requests are ever in flight to the upstream; a down upstream is a fast, clean
 //! `502` and is tried again only while nothing was written; health checks turn a down upstream
 //! into fast overflow and `/readyz` not ready, and back; prefix endpoints forward everything under
-//! them. Every hold is a gate the test opens; nothing waits on a wall clock.
+//! them; a streamed answer (Server-Sent Events) reaches the client token by token, and a client
+//! that leaves mid-stream closes the upstream connection. Every hold is a gate the test opens;
+//! nothing waits on a wall clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{channel, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use light::{Light, TrafficLight};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +50,8 @@ struct State {
     healthy: AtomicBool,
     /// A request with `x-hold: N` waits until this is at least N.
     gate: watch::Sender<u32>,
+    /// The body of the last `GET /sse`: the test sends its events.
+    events: Mutex<Option<channel::Sender<Bytes, Infallible>>>,
 }
 
 /// A fake upstream: `GET /health` answers 200 or 503 as the test says; anything else answers
@@ -66,6 +72,7 @@ impl Fake {
             max_in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             gate: watch::channel(0).0,
+            events: Mutex::new(None),
         })
     }
 
@@ -113,6 +120,15 @@ impl Fake {
     fn open_gate(&self) {
         self.release(u32::MAX);
     }
+
+    /// The event stream of the `GET /sse` the fake has received (waits for it).
+    async fn events(&self) -> channel::Sender<Bytes, Infallible> {
+        wait_until("an event stream at the upstream", || {
+            self.state.events.lock().unwrap().is_some()
+        })
+        .await;
+        self.state.events.lock().unwrap().take().unwrap()
+    }
 }
 
 impl Drop for Fake {
@@ -155,14 +171,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+type FakeBody = BoxBody<Bytes, Infallible>;
+
+async fn answer(req: Request<Incoming>, state: &State) -> Response<FakeBody> {
+    if req.uri().path() == "/sse" {
+        let (events, body) = channel::Channel::new(1);
+        *state.events.lock().unwrap() = Some(events);
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(body.boxed())
+            .unwrap();
+    }
     if req.uri().path() == "/health" {
         let status = if state.healthy.load(Ordering::SeqCst) {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")).boxed());
         *resp.status_mut() = status;
         return resp;
     }
@@ -193,7 +220,7 @@ async fn answer(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
         .header("connection", "x-drop")
         .header("x-drop", "secret")
         .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from(format!("from upstream {uri}"))))
+        .body(Full::new(Bytes::from(format!("from upstream {uri}"))).boxed())
         .unwrap()
 }
 
@@ -543,5 +570,98 @@ async fn a_health_checked_unix_socket_upstream_going_down_is_overflow_and_not_re
     let r = server.get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     drop(fake);
+    server.shutdown().await;
+}
+
+/// `GET path` on a fresh connection to `addr`: the answer's head, with its body still to read
+/// frame by frame.
+async fn open_stream(addr: SocketAddr, path: &str) -> Response<Incoming> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    within(
+        "the streamed answer's head",
+        sender.send_request(request("GET", path, "")),
+    )
+    .await
+    .unwrap()
+}
+
+/// Read `body` until it has given exactly `expected` (more would fail the test).
+async fn read_exactly(body: &mut Incoming, expected: &str) {
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let frame = within("the next chunk", body.frame()).await;
+        let frame = frame.expect("the body ended early").expect("a body chunk");
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[tokio::test]
+async fn server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_them() {
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config("/sse", &format!("http://{addr}"), "")).await;
+
+    let response = open_stream(server.addr, "/sse").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut events = fake.events().await;
+
+    // Token 2 is not sent until the client has token 1: nothing is held back to be sent in bulk.
+    events
+        .send_data(Bytes::from("data: token1\n\n"))
+        .await
+        .unwrap();
+    read_exactly(&mut body, "data: token1\n\n").await;
+    events
+        .send_data(Bytes::from("data: token2\n\n"))
+        .await
+        .unwrap();
+    read_exactly(&mut body, "data: token2\n\n").await;
+    drop(events);
+    let end = within("the end of the stream", body.frame()).await;
+    assert!(end.is_none(), "{end:?}");
+
+    wait_until("the stream counted as completed", || {
+        server.counters("/sse").completed == 1
+    })
+    .await;
+    // Its connection went back to the pool.
+    wait_until("the connection idle again", || {
+        upstream_status(&server, "/sse")["idle_connections"] == 1
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_closes_the_upstream_connection() {
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config("/sse", &format!("http://{addr}"), "")).await;
+
+    let mut body = open_stream(server.addr, "/sse").await.into_body();
+    let mut events = fake.events().await;
+    events
+        .send_data(Bytes::from("data: token1\n\n"))
+        .await
+        .unwrap();
+    read_exactly(&mut body, "data: token1\n\n").await;
+    drop(body);
+
+    wait_until("the upstream connection closed", || {
+        fake.state.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_until("the stream counted as client_gone", || {
+        server.counters("/sse").client_gone == 1
+    })
+    .await;
+    assert_eq!(upstream_status(&server, "/sse")["in_flight"], 0);
     server.shutdown().await;
 }

@@ -106,7 +106,10 @@ pub async fn read_bounded(
         }
         Err(e) => return Err(BodyError::Broken(format!("reading the answer: {e}"))),
     };
-    Ok(Response::from_parts(answer_head(parts, method), body.into()))
+    Ok(Response::from_parts(
+        answer_head(parts, method),
+        body.into(),
+    ))
 }
 
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section

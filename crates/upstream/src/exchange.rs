@@ -1,15 +1,29 @@
 //! One request's exchange with the upstream: the target path, a pooled connection, the send
-//! (resent once only if never written), the bounded answer, and every failure as a short answer
-//! that names no address (the log and `/status` have the details).
+//! (resent once only if never written), the answer, and every failure as a short answer that
+//! names no address (the log and `/status` have the details).
+//!
+//! A small answer (a declared `Content-Length` up to [`WHOLE_MAX`], or no body) is read whole.
+//! Any other answer (Server-Sent Events, chunked token streams, large bodies) is streamed: its
+//! head goes to the client at once, and its body chunk by chunk as the upstream sends it, through
+//! the bounded channel of [`common::body`], on the executor thread and in the job's running slot.
+//! A slow client slows the upstream read; a client that leaves closes the upstream connection.
 
 use crate::Shared;
-use common::handler::{text_response, HandlerError, JobRequest, JobResponse};
-use hyper::StatusCode;
-use hyper::Uri;
+use common::body::{BodySink, StreamError};
+use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Method, Response, StatusCode, Uri};
 use relay::{BodyError, Conn, Sent};
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Largest declared body read whole before it is sent on; anything larger, or of unknown length,
+/// is streamed.
+pub const WHOLE_MAX: u64 = 64 * 1024;
 
 /// How often a running exchange looks whether its client has gone.
 const CLIENT_POLL: Duration = Duration::from_millis(50);
@@ -17,9 +31,10 @@ const CLIENT_POLL: Duration = Duration::from_millis(50);
 /// What a client is told when the upstream cannot be reached.
 pub const UNAVAILABLE: &str = "upstream unavailable";
 
-/// Run `req`'s exchange on `runtime`, bounded by `timeout_ms`; stopped early if the client goes.
+/// Run `req`'s exchange on `runtime`, bounded by `timeout_ms` as a whole (a streamed body's
+/// last chunk included); stopped early if the client goes.
 pub(crate) fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     runtime: &tokio::runtime::Handle,
     req: &JobRequest,
 ) -> Result<JobResponse, HandlerError> {
@@ -32,12 +47,13 @@ pub(crate) fn run(
     }
     let target = target(shared, &req.uri)?;
     let outgoing = relay::outgoing(req, target, shared.forwarding);
-    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let flight = InFlight::new(shared.clone());
     shared.stats.count(&shared.stats.requests);
-    let result = runtime.block_on(async {
+    let deadline = Instant::now() + shared.config.timeout;
+    let answer = runtime.block_on(async {
         tokio::select! {
-            result = tokio::time::timeout(shared.config.timeout, exchange(shared, req, outgoing)) => {
-                result.unwrap_or_else(|_| {
+            answer = tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing)) => {
+                answer.unwrap_or_else(|_| {
                     fail(shared, "no answer within timeout_ms".into());
                     Err(HandlerError::Timeout("upstream did not answer within timeout_ms".into()))
                 })
@@ -46,9 +62,121 @@ pub(crate) fn run(
                 Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
             }
         }
-    });
-    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-    result
+    })?;
+    match answer {
+        Answer::Whole(response) => Ok(response),
+        Answer::Stream { head, body, conn } => {
+            let shared = shared.clone();
+            let runtime = runtime.clone();
+            let relay = move |sink: &mut BodySink| {
+                let _flight = flight;
+                sink.set_deadline(deadline);
+                runtime.block_on(stream(&shared, body, conn, sink, deadline))
+            };
+            Ok(Response::from_parts(head, ResponseBody::stream(relay)))
+        }
+    }
+}
+
+/// Counts a request in flight to the upstream for as long as it lives: its exchange, then its
+/// streamed body if it has one.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: Arc<Shared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream's answer: read whole, or its head with the body still to stream.
+enum Answer {
+    Whole(JobResponse),
+    Stream {
+        head: hyper::http::response::Parts,
+        body: Incoming,
+        conn: Conn,
+    },
+}
+
+/// True if the answer to a `method` request with this head is read whole: no body (`HEAD`,
+/// 1xx, 204, 304) or a declared length up to [`WHOLE_MAX`].
+fn read_whole(method: &Method, response: &Response<Incoming>) -> bool {
+    let status = response.status();
+    let bodiless = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    bodiless || declared.is_some_and(|len| len <= WHOLE_MAX)
+}
+
+/// Relay `body` into `sink` chunk by chunk until it ends (then `conn` is kept for the next
+/// request), the client goes, the upstream fails, the deadline passes or the body exceeds
+/// `max_response_bytes` (then the connection is dropped, which closes it).
+async fn stream(
+    shared: &Shared,
+    mut body: Incoming,
+    conn: Conn,
+    sink: &mut BodySink,
+    deadline: Instant,
+) -> Result<(), StreamError> {
+    let max = shared.config.max_response_bytes as u64;
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout_at(deadline.into(), body.frame()) => frame,
+            () = sink_gone(sink) => return Err(StreamError::ClientGone),
+        };
+        let frame = match frame {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => {
+                checkin(shared, conn);
+                return Ok(());
+            }
+            Ok(Some(Err(e))) => {
+                fail(shared, format!("reading the streamed answer: {e}"));
+                return Err(StreamError::Failed(
+                    "upstream failed while sending its answer".into(),
+                ));
+            }
+            Err(_) => {
+                fail(
+                    shared,
+                    "streamed answer not finished within timeout_ms".into(),
+                );
+                return Err(StreamError::Timeout(
+                    "upstream did not finish its answer within timeout_ms".into(),
+                ));
+            }
+        };
+        // Trailers are hop-by-hop here: the front end frames its own body.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if sink.produced() + data.len() as u64 > max {
+            fail(shared, "answer larger than max_response_bytes".into());
+            return Err(StreamError::Failed(
+                "upstream answer larger than max_response_bytes".into(),
+            ));
+        }
+        sink.send(data)?;
+    }
+}
+
+/// Resolves once the client of a streamed answer has gone.
+async fn sink_gone(sink: &BodySink) {
+    while !sink.is_client_gone() {
+        tokio::time::sleep(CLIENT_POLL).await;
+    }
 }
 
 /// True if a segment of `path` is `.` or `..`, written plainly or percent-encoded.
@@ -93,19 +221,27 @@ async fn exchange(
     shared: &Shared,
     req: &JobRequest,
     outgoing: hyper::Request<relay::message::OutBody>,
-) -> Result<JobResponse, HandlerError> {
+) -> Result<Answer, HandlerError> {
     let conn = relay::usable(checkout(shared)).await;
     let (sent, resent) = relay::send(conn, || connect(shared), outgoing, 1).await;
     if resent > 0 {
         shared.stats.count(&shared.stats.retries);
     }
     match sent {
+        Sent::Answered { response, conn } if !read_whole(&req.method, &response) => {
+            let (head, body) = response.into_parts();
+            Ok(Answer::Stream {
+                head: relay::answer_head(head, &req.method),
+                body,
+                conn,
+            })
+        }
         Sent::Answered { response, conn } => {
             match relay::read_bounded(response, &req.method, shared.config.max_response_bytes).await
             {
                 Ok(response) => {
                     checkin(shared, conn);
-                    Ok(response)
+                    Ok(Answer::Whole(response))
                 }
                 Err(BodyError::TooLarge) => {
                     fail(shared, "answer larger than max_response_bytes".into());

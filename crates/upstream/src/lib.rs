@@ -8,8 +8,9 @@
 //!
 //! - **The exchange** ([`exchange`]): hop-by-hop headers removed, `X-Forwarded-For` appended and
 //!   `X-Forwarded-Proto` set, the client's `Host` passed on; the upstream's status, headers and
-//!   body back. The whole exchange is bounded by `timeout_ms`, the connect by
-//!   `connect_timeout_ms`.
+//!   body back: a small body whole, any other streamed chunk by chunk as it comes (Server-Sent
+//!   Events, token streams), still in the job's running slot. The whole exchange, a stream's last
+//!   chunk included, is bounded by `timeout_ms`, the connect by `connect_timeout_ms`.
 //! - **One safe retry**: a request is sent again (once) only if it was never written: the
 //!   connection could not be made, or closed before the request went out.
 //! - **Fast, clean failures**: a refused connection is `502 upstream unavailable` at once (the
@@ -20,7 +21,8 @@
 //! # Layout
 //! - [`UpstreamHandler`]: the [`Handler`] an endpoint calls.
 //! - `io`: the I/O thread and its runtime, which the exchanges and the health poll run on.
-//! - [`exchange`]: one request's exchange, the target path, and its failures as answers.
+//! - [`exchange`]: one request's exchange, the target path, the streamed body, and its failures
+//!   as answers.
 //! - [`health`]: the health state and its poll.
 //! - `status`: `/status` and `/metrics`.
 #![deny(missing_docs)]
