@@ -68,8 +68,7 @@ pub(crate) async fn exchange(
 ) -> Exchange {
     let conn = relay::usable(conn).await;
     let resends = usize::from(conn.is_some());
-    let outgoing = relay::outgoing(req, relay::path_and_query(req), Forwarding::default());
-    let (sent, _) = relay::send(conn, || connect(socket), outgoing, resends).await;
+    let (sent, _) = relay::send(conn, || connect(socket), to_worker(req), resends).await;
     match sent {
         // No length (a generator's chunks, server-sent events): streamed as it comes. A HEAD
         // answer has no body to stream.
@@ -100,6 +99,11 @@ pub(crate) async fn exchange(
         Sent::Unsent { cause, .. } => Exchange::Unsent(cause.to_string()),
         Sent::Broken(cause) => Exchange::Broken(cause),
     }
+}
+
+/// The request for the worker: as the client sent it, relayed (see [`relay::outgoing`]).
+pub(crate) fn to_worker(req: &JobRequest) -> hyper::Request<relay::message::OutBody> {
+    relay::outgoing(req, relay::path_and_query(req), Forwarding::default())
 }
 
 /// GET `path` on `conn`: true if the worker answers 2xx.
