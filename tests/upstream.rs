@@ -602,6 +602,13 @@ async fn read_exactly(body: &mut Incoming, expected: &str) {
     assert_eq!(String::from_utf8_lossy(&got), expected);
 }
 
+/// The upstream sends one event, `data: TOKEN`; the client must receive exactly it.
+async fn token(events: &mut channel::Sender<Bytes, Infallible>, body: &mut Incoming, token: &str) {
+    let event = format!("data: {token}\n\n");
+    events.send_data(Bytes::from(event.clone())).await.unwrap();
+    read_exactly(body, &event).await;
+}
+
 #[tokio::test]
 async fn server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_them() {
     let (fake, addr) = Fake::tcp().await;
@@ -614,16 +621,8 @@ async fn server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_th
     let mut events = fake.events().await;
 
     // Token 2 is not sent until the client has token 1: nothing is held back to be sent in bulk.
-    events
-        .send_data(Bytes::from("data: token1\n\n"))
-        .await
-        .unwrap();
-    read_exactly(&mut body, "data: token1\n\n").await;
-    events
-        .send_data(Bytes::from("data: token2\n\n"))
-        .await
-        .unwrap();
-    read_exactly(&mut body, "data: token2\n\n").await;
+    token(&mut events, &mut body, "token1").await;
+    token(&mut events, &mut body, "token2").await;
     drop(events);
     let end = within("the end of the stream", body.frame()).await;
     assert!(end.is_none(), "{end:?}");
@@ -647,11 +646,7 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_connection() {
 
     let mut body = open_stream(server.addr, "/sse").await.into_body();
     let mut events = fake.events().await;
-    events
-        .send_data(Bytes::from("data: token1\n\n"))
-        .await
-        .unwrap();
-    read_exactly(&mut body, "data: token1\n\n").await;
+    token(&mut events, &mut body, "token1").await;
     drop(body);
 
     wait_until("the upstream connection closed", || {
