@@ -660,3 +660,23 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_connection() {
     assert_eq!(upstream_status(&server, "/sse")["in_flight"], 0);
     server.shutdown().await;
 }
+
+#[test]
+fn check_names_an_upstream_whose_socket_directory_is_missing() {
+    use fiddler_crab::config::Config;
+    let missing = config("/u", "unix:/nonexistent-fiddler-dir/up.sock", "");
+    let problems =
+        fiddler_crab::check_files(&Config::from_toml(&missing, "t.toml").unwrap(), "t.toml");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "endpoint[0].upstream.url");
+    assert!(
+        problems[0].problem.contains("does not exist"),
+        "{}",
+        problems[0]
+    );
+    // An upstream that is not running yet is no problem: its health check says when it is.
+    let down = config("/u", "http://127.0.0.1:1", "");
+    let problems =
+        fiddler_crab::check_files(&Config::from_toml(&down, "t.toml").unwrap(), "t.toml");
+    assert!(problems.is_empty(), "{problems:?}");
+}
