@@ -714,6 +714,7 @@ impl RawEndpoint {
                 let ranges = [
                     range::CONNECT_TIMEOUT_MS,
                     range::JOB_TIMEOUT_MS,
+                    range::STREAM_IDLE_TIMEOUT_MS,
                     range::HEALTH_INTERVAL_MS,
                 ];
                 let upstream = upstream

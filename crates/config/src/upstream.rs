@@ -26,6 +26,9 @@ pub struct UpstreamConfig {
     /// Time for the whole exchange (connect, request, answer); past it the answer is `504` and
     /// the connection is closed. Default 60 s.
     pub timeout: Duration,
+    /// Longest pause between two chunks of a streamed answer once the first came; past it the
+    /// stream is cut. Default 30 s.
+    pub stream_idle_timeout: Duration,
     /// A path polled with `GET` every `health_interval`; while it does not answer 2xx the
     /// endpoint refuses new requests as overflow at once and `/readyz` says not ready.
     pub health_path: Option<String>,
@@ -62,6 +65,8 @@ pub(crate) struct RawUpstream {
     pub(crate) connect_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub(crate) timeout_ms: u64,
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub(crate) stream_idle_timeout_ms: u64,
     pub(crate) health_path: Option<String>,
     #[serde(default = "default_health_interval_ms")]
     pub(crate) health_interval_ms: u64,
@@ -76,6 +81,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_timeout_ms() -> u64 {
     60_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    30_000
 }
 fn default_health_interval_ms() -> u64 {
     1_000
@@ -143,12 +151,12 @@ pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
 }
 
 impl RawUpstream {
-    /// Validate the table (its durations against `ranges`: connect, whole exchange, health
-    /// interval; its body limit against `max_bytes`); an error names the offending key relative
-    /// to it.
+    /// Validate the table (its durations against `ranges`: connect, whole exchange, stream idle,
+    /// health interval; its body limit against `max_bytes`); an error names the offending key
+    /// relative to it.
     pub(crate) fn validate(
         self,
-        ranges: [(u64, u64); 3],
+        ranges: [(u64, u64); 4],
         max_bytes: (u64, u64),
     ) -> Result<UpstreamConfig, Problem> {
         let (address, base_path) = parse_url(&self.url).map_err(|p| ("url", p))?;
@@ -163,13 +171,18 @@ impl RawUpstream {
                 ));
             }
         }
-        let [connect, whole, health] = ranges;
+        let [connect, whole, idle, health] = ranges;
         Ok(UpstreamConfig {
             url: self.url,
             address,
             base_path,
             connect_timeout: millis("connect_timeout_ms", self.connect_timeout_ms, connect)?,
             timeout: millis("timeout_ms", self.timeout_ms, whole)?,
+            stream_idle_timeout: millis(
+                "stream_idle_timeout_ms",
+                self.stream_idle_timeout_ms,
+                idle,
+            )?,
             health_path: self.health_path,
             health_interval: millis("health_interval_ms", self.health_interval_ms, health)?,
             max_response_bytes: in_range(
@@ -221,6 +234,7 @@ mod tests {
         assert_eq!(u.base_path, "");
         assert_eq!(u.connect_timeout, Duration::from_secs(1));
         assert_eq!(u.timeout, Duration::from_secs(60));
+        assert_eq!(u.stream_idle_timeout, Duration::from_secs(30));
         assert_eq!(u.health_interval, Duration::from_secs(1));
         assert_eq!(u.max_response_bytes, 64 * 1024 * 1024);
         assert!(u.health_path.is_none() && !u.strip_prefix);

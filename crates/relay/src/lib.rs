@@ -6,12 +6,15 @@
 //!   kept-alive one is still usable, and [`send`] with its rule: a request is sent again only if it was never written.
 //! - [`message`]: the request as a proxy forwards it (hop-by-hop headers removed per RFC 9110
 //!   section 7.6.1, `X-Forwarded-For`/`-Proto`) and the answer's head and bounded body back.
+//! - [`stream`]: a streamed answer's next chunk for a producer, bounded in time, client watched.
 #![deny(missing_docs)]
 
 pub mod conn;
 pub mod message;
+pub mod stream;
 
 pub use conn::{connect, io_runtime, probe, send, usable, Conn, Sent, Target};
 pub use message::{
     answer_head, outgoing, path_and_query, read_bounded, strip_hop_by_hop, BodyError, Forwarding,
 };
+pub use stream::{next_chunk, Next};

@@ -11,11 +11,10 @@
 use crate::Shared;
 use common::body::{BodySink, StreamError};
 use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Response, StatusCode, Uri};
-use relay::{BodyError, Conn, Sent};
+use relay::{BodyError, Conn, Next, Sent};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 pub const WHOLE_MAX: u64 = 64 * 1024;
 
 /// How often a running exchange looks whether its client has gone.
-const CLIENT_POLL: Duration = Duration::from_millis(50);
+const CLIENT_POLL: Duration = relay::stream::CLIENT_POLL;
 
 /// What a client is told when the upstream cannot be reached.
 pub const UNAVAILABLE: &str = "upstream unavailable";
@@ -71,7 +70,7 @@ pub(crate) fn run(
             let relay = move |sink: &mut BodySink| {
                 let _flight = flight;
                 sink.set_deadline(deadline);
-                runtime.block_on(stream(&shared, body, conn, sink, deadline))
+                stream(&shared, &runtime, body, conn, sink, deadline)
             };
             Ok(Response::from_parts(head, ResponseBody::stream(relay)))
         }
@@ -121,10 +120,12 @@ fn read_whole(method: &Method, response: &Response<Incoming>) -> bool {
 }
 
 /// Relay `body` into `sink` chunk by chunk until it ends (then `conn` is kept for the next
-/// request), the client goes, the upstream fails, the deadline passes or the body exceeds
-/// `max_response_bytes` (then the connection is dropped, which closes it).
-async fn stream(
+/// request), the client goes, the upstream fails, `timeout_ms` passes (or, once the first chunk
+/// came, `stream_idle_timeout_ms` between two), or the body exceeds `max_response_bytes` (then the
+/// connection is dropped, which closes it).
+fn stream(
     shared: &Shared,
+    runtime: &tokio::runtime::Handle,
     mut body: Incoming,
     conn: Conn,
     sink: &mut BodySink,
@@ -132,23 +133,31 @@ async fn stream(
 ) -> Result<(), StreamError> {
     let max = shared.config.max_response_bytes as u64;
     loop {
-        let frame = tokio::select! {
-            frame = tokio::time::timeout_at(deadline.into(), body.frame()) => frame,
-            () = sink_gone(sink) => return Err(StreamError::ClientGone),
-        };
-        let frame = match frame {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(None) => {
+        // The first bytes are bounded by `timeout_ms` alone; the idle timeout runs between chunks.
+        let idle = (sink.produced() > 0).then_some(shared.config.stream_idle_timeout);
+        let data = match relay::next_chunk(runtime, &mut body, sink, deadline, idle) {
+            Next::Data(data) => data,
+            Next::End => {
                 checkin(shared, conn);
                 return Ok(());
             }
-            Ok(Some(Err(e))) => {
-                fail(shared, format!("reading the streamed answer: {e}"));
+            Next::ClientGone => return Err(StreamError::ClientGone),
+            Next::Broken(cause) => {
+                fail(shared, format!("reading the streamed answer: {cause}"));
                 return Err(StreamError::Failed(
                     "upstream failed while sending its answer".into(),
                 ));
             }
-            Err(_) => {
+            Next::Idle => {
+                fail(
+                    shared,
+                    "streamed answer paused past stream_idle_timeout_ms".into(),
+                );
+                return Err(StreamError::Timeout(
+                    "upstream paused past stream_idle_timeout_ms".into(),
+                ));
+            }
+            Next::Timeout => {
                 fail(
                     shared,
                     "streamed answer not finished within timeout_ms".into(),
@@ -158,10 +167,6 @@ async fn stream(
                 ));
             }
         };
-        // Trailers are hop-by-hop here: the front end frames its own body.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
         if sink.produced() + data.len() as u64 > max {
             fail(shared, "answer larger than max_response_bytes".into());
             return Err(StreamError::Failed(
@@ -169,13 +174,6 @@ async fn stream(
             ));
         }
         sink.send(data)?;
-    }
-}
-
-/// Resolves once the client of a streamed answer has gone.
-async fn sink_gone(sink: &BodySink) {
-    while !sink.is_client_gone() {
-        tokio::time::sleep(CLIENT_POLL).await;
     }
 }
 

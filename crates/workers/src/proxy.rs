@@ -74,7 +74,9 @@ pub(crate) async fn exchange(
         // answer has no body to stream.
         Sent::Answered { response, conn }
             if req.method != Method::HEAD
-                && hyper::body::Body::size_hint(response.body()).exact().is_none() =>
+                && hyper::body::Body::size_hint(response.body())
+                    .exact()
+                    .is_none() =>
         {
             let (head, body) = response.into_parts();
             Exchange::Streaming {

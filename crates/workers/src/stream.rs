@@ -4,7 +4,7 @@
 //! The producer runs on the executor thread that called the handler, still in the job's running
 //! slot and still holding the worker's lease (the worker is busy until the answer ends). It reads
 //! the next frame on the pool's runtime in short slices, so it sees a client that went away
-//! between two chunks within [`CLIENT_POLL`], and hands each chunk to the sink, which blocks while
+//! between two chunks within [`relay::stream::CLIENT_POLL`], and hands each chunk to the sink, which blocks while
 //! the client reads slowly (hyper stops reading the worker's socket meanwhile: the worker's
 //! writes block, nothing grows).
 //!
@@ -17,15 +17,11 @@
 
 use crate::pool::{Lease, StreamEnd, WorkerPool};
 use crate::proxy::Conn;
-use bytes::Bytes;
 use common::body::{BodySink, StreamError};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use relay::Next;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often a producer waiting for the worker's next chunk looks whether its client has gone.
-const CLIENT_POLL: Duration = Duration::from_millis(50);
 
 /// A streamed worker answer whose head has been sent.
 pub(crate) struct WorkerStream {
@@ -35,16 +31,6 @@ pub(crate) struct WorkerStream {
     conn: Conn,
     /// `timeout_ms` from when the request was sent.
     until: Instant,
-}
-
-/// What came next from the worker.
-enum Next {
-    Data(Bytes),
-    End,
-    Broken(String),
-    Idle,
-    Timeout,
-    ClientGone,
 }
 
 impl WorkerStream {
@@ -152,37 +138,8 @@ impl WorkerStream {
         result
     }
 
-    /// The next chunk, waiting at most `idle` for it (and never past the deadline), looking every
-    /// [`CLIENT_POLL`] whether the client has gone.
+    /// The next chunk (see [`relay::next_chunk`]).
     fn next(&mut self, sink: &BodySink, idle: Option<Duration>) -> Next {
-        let idle_until = idle.map_or(self.until, |idle| Instant::now() + idle);
-        loop {
-            let now = Instant::now();
-            if now >= self.until {
-                return Next::Timeout;
-            }
-            if now >= idle_until {
-                return Next::Idle;
-            }
-            if sink.is_client_gone() {
-                return Next::ClientGone;
-            }
-            let slice = self.until.min(idle_until).saturating_duration_since(now);
-            let body = &mut self.body;
-            let frame = self.pool.runtime().block_on(async {
-                // `frame()` only polls the body: dropping it at the timeout loses nothing.
-                tokio::time::timeout(slice.min(CLIENT_POLL), body.frame()).await
-            });
-            match frame {
-                Err(_) => continue,
-                Ok(None) => return Next::End,
-                Ok(Some(Err(e))) => return Next::Broken(e.to_string()),
-                Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => return Next::Data(data),
-                    // Trailers, empty chunks: nothing to forward.
-                    _ => continue,
-                },
-            }
-        }
+        relay::next_chunk(self.pool.runtime(), &mut self.body, sink, self.until, idle)
     }
 }
