@@ -130,10 +130,54 @@ pub(crate) fn has_exited(pid: u32) -> bool {
     }
 }
 
-/// The resident memory of process `pid` (`VmRSS` in `/proc/PID/status`), in bytes.
+/// Most processes [`rss_bytes`] visits in one worker's tree: a pre-forking server's arbiter and its
+/// workers are a handful; the bound keeps a fork bomb from turning a memory check into a scan.
+const RSS_TREE_MAX: usize = 256;
+
+/// The resident memory of the worker `pid` and every process it started (a pre-forking server
+/// such as gunicorn holds its model in the processes its arbiter forks, not in the arbiter): the
+/// sum of `VmRSS` (`/proc/PID/status`) over the tree, in bytes, found through
+/// `/proc/PID/task/TID/children`. Pages shared between them (copy-on-write after a fork) count
+/// once per process, as `ps` and `top` add them: an upper bound of what the tree holds. `None`
+/// once `pid` is gone.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let mut total = process_rss(pid)?;
+    let mut pending = children(pid);
+    let mut visited = 1;
+    while let Some(child) = pending.pop() {
+        if visited >= RSS_TREE_MAX {
+            break;
+        }
+        visited += 1;
+        // A child that exited meanwhile holds nothing.
+        total = total.saturating_add(process_rss(child).unwrap_or(0));
+        pending.extend(children(child));
+    }
+    Some(total)
+}
+
+/// `VmRSS` of one process, in bytes.
+fn process_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_rss(&status)
+}
+
+/// The children of every thread of `pid` (empty if it is gone, or the kernel lacks the file).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        found.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    found
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
@@ -280,6 +324,36 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn the_resident_memory_of_a_worker_counts_the_processes_it_started() {
+        // A child that holds about 64 MiB resident, as a pre-forked worker holds its model.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); \
+                 print('ready', flush=True); sys.stdin.read()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        let me = std::process::id();
+        let alone = process_rss(me).expect("own rss");
+        let child_rss = process_rss(child.id()).expect("child rss");
+        assert!(child_rss >= 64 << 20, "{child_rss}");
+        let tree = rss_bytes(me).expect("tree rss");
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(
+            tree >= alone + (60 << 20),
+            "the child's memory is counted: {tree} vs {alone}"
+        );
     }
 
     #[test]
