@@ -63,6 +63,7 @@ mod range {
     pub const KILL_GRACE_MS: (u64, u64) = (0, 600_000);
     pub const MAX_OUTPUT_BYTES: (u64, u64) = (1, GIB);
     pub const STREAM_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
+    pub const WEBSOCKET_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
     pub const CONNECT_TIMEOUT_MS: (u64, u64) = (1, 600_000);
     pub const HEALTH_INTERVAL_MS: (u64, u64) = (10, HOUR_MS);
 }
@@ -715,6 +716,7 @@ impl RawEndpoint {
                     range::CONNECT_TIMEOUT_MS,
                     range::JOB_TIMEOUT_MS,
                     range::STREAM_IDLE_TIMEOUT_MS,
+                    range::WEBSOCKET_IDLE_TIMEOUT_MS,
                     range::HEALTH_INTERVAL_MS,
                 ];
                 let upstream = upstream

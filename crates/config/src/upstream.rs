@@ -29,6 +29,9 @@ pub struct UpstreamConfig {
     /// Longest pause between two chunks of a streamed answer once the first came; past it the
     /// stream is cut. Default 30 s.
     pub stream_idle_timeout: Duration,
+    /// Longest a passed-through WebSocket session may stay silent both ways; past it both
+    /// connections are closed. Default 5 min.
+    pub websocket_idle_timeout: Duration,
     /// A path polled with `GET` every `health_interval`; while it does not answer 2xx the
     /// endpoint refuses new requests as overflow at once and `/readyz` says not ready.
     pub health_path: Option<String>,
@@ -67,6 +70,8 @@ pub(crate) struct RawUpstream {
     pub(crate) timeout_ms: u64,
     #[serde(default = "default_stream_idle_timeout_ms")]
     pub(crate) stream_idle_timeout_ms: u64,
+    #[serde(default = "default_websocket_idle_timeout_ms")]
+    pub(crate) websocket_idle_timeout_ms: u64,
     pub(crate) health_path: Option<String>,
     #[serde(default = "default_health_interval_ms")]
     pub(crate) health_interval_ms: u64,
@@ -84,6 +89,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_stream_idle_timeout_ms() -> u64 {
     30_000
+}
+fn default_websocket_idle_timeout_ms() -> u64 {
+    300_000
 }
 fn default_health_interval_ms() -> u64 {
     1_000
@@ -152,11 +160,11 @@ pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
 
 impl RawUpstream {
     /// Validate the table (its durations against `ranges`: connect, whole exchange, stream idle,
-    /// health interval; its body limit against `max_bytes`); an error names the offending key
+    /// WebSocket idle, health interval; its body limit against `max_bytes`); an error names the offending key
     /// relative to it.
     pub(crate) fn validate(
         self,
-        ranges: [(u64, u64); 4],
+        ranges: [(u64, u64); 5],
         max_bytes: (u64, u64),
     ) -> Result<UpstreamConfig, Problem> {
         let (address, base_path) = parse_url(&self.url).map_err(|p| ("url", p))?;
@@ -171,7 +179,7 @@ impl RawUpstream {
                 ));
             }
         }
-        let [connect, whole, idle, health] = ranges;
+        let [connect, whole, idle, websocket_idle, health] = ranges;
         Ok(UpstreamConfig {
             url: self.url,
             address,
@@ -182,6 +190,11 @@ impl RawUpstream {
                 "stream_idle_timeout_ms",
                 self.stream_idle_timeout_ms,
                 idle,
+            )?,
+            websocket_idle_timeout: millis(
+                "websocket_idle_timeout_ms",
+                self.websocket_idle_timeout_ms,
+                websocket_idle,
             )?,
             health_path: self.health_path,
             health_interval: millis("health_interval_ms", self.health_interval_ms, health)?,
@@ -235,6 +248,7 @@ mod tests {
         assert_eq!(u.connect_timeout, Duration::from_secs(1));
         assert_eq!(u.timeout, Duration::from_secs(60));
         assert_eq!(u.stream_idle_timeout, Duration::from_secs(30));
+        assert_eq!(u.websocket_idle_timeout, Duration::from_secs(300));
         assert_eq!(u.health_interval, Duration::from_secs(1));
         assert_eq!(u.max_response_bytes, 64 * 1024 * 1024);
         assert!(u.health_path.is_none() && !u.strip_prefix);
