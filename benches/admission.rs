@@ -128,6 +128,7 @@ fn request() -> JobRequest {
         remote_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
         local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         client: Default::default(),
+        upgrade: Default::default(),
     }
 }
 

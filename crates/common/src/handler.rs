@@ -30,6 +30,45 @@ pub struct JobRequest {
     /// streamed answer's head has arrived it no longer changes: a producer asks its
     /// [`crate::body::BodySink`] instead.
     pub client: ClientWatch,
+    /// The client's side of an HTTP/1.1 upgrade (a WebSocket handshake), for a handler that
+    /// passes upgrades through (upstream endpoints); empty everywhere else.
+    pub upgrade: ClientUpgrade,
+}
+
+/// The client connection's pending upgrade, taken by the front end from a request that asks for
+/// one (`Connection: upgrade`, `Upgrade: ...`) on an endpoint that passes upgrades through. Once
+/// the handler answers `101`, [`ClientUpgrade::take`] gives the future of the upgraded
+/// connection. Cloning shares the one upgrade: the first `take` gets it.
+#[derive(Clone, Default)]
+pub struct ClientUpgrade(Option<Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>>);
+
+impl ClientUpgrade {
+    /// The pending upgrade of a client's request.
+    pub fn new(upgrade: hyper::upgrade::OnUpgrade) -> ClientUpgrade {
+        ClientUpgrade(Some(Arc::new(std::sync::Mutex::new(Some(upgrade)))))
+    }
+
+    /// True if the request carries an upgrade not yet taken.
+    pub fn is_pending(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    }
+
+    /// The upgrade, once: resolves to the client's connection after the `101` was sent.
+    pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0
+            .as_ref()
+            .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+}
+
+impl std::fmt::Debug for ClientUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClientUpgrade")
+            .field(&self.is_pending())
+            .finish()
+    }
 }
 
 /// Tells a running handler whether the client that asked for its job has gone (HTTP/1 connection

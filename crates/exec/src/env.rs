@@ -186,6 +186,7 @@ mod tests {
             remote_addr: "192.0.2.7:41000".parse().unwrap(),
             local_addr: "127.0.0.1:8080".parse().unwrap(),
             client: Default::default(),
+            upgrade: Default::default(),
         }
     }
 

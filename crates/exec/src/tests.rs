@@ -49,6 +49,7 @@ fn request(uri: &str, body: impl Into<Bytes>) -> JobRequest {
         remote_addr: "127.0.0.1:50000".parse().unwrap(),
         local_addr: "127.0.0.1:8080".parse().unwrap(),
         client: Default::default(),
+        upgrade: Default::default(),
     }
 }
 

@@ -9,7 +9,8 @@
 use super::{Answer, Body, Ignored, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
-use common::handler::{text_response, JobRequest};
+use common::handler::{text_response, ClientUpgrade, JobRequest};
+use config::HandlerConfig;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
@@ -61,11 +62,12 @@ pub(super) fn admit(
 fn enqueue(
     endpoint: &Arc<Endpoint>,
     timing: bool,
-    parts: hyper::http::request::Parts,
+    mut parts: hyper::http::request::Parts,
     body: bytes::Bytes,
     remote: SocketAddr,
     local: SocketAddr,
 ) -> Step {
+    let upgrade = client_upgrade(endpoint, &mut parts);
     let request = JobRequest {
         method: parts.method,
         uri: parts.uri,
@@ -75,6 +77,7 @@ fn enqueue(
         remote_addr: remote,
         local_addr: local,
         client: Default::default(),
+        upgrade,
     };
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Inline(answer) => Step::Now(Ok(answer)),
@@ -86,6 +89,23 @@ fn enqueue(
         }
         Outcome::Refused(refusal) => Step::Now(refused(refusal)),
     }
+}
+
+/// The client connection's pending upgrade, for an upstream endpoint (which passes WebSocket
+/// upgrades through) and an HTTP/1.1 request that asks for one; empty otherwise, so any other
+/// endpoint answers an upgrade request as a plain request. HTTP/2's extended CONNECT is not served.
+fn client_upgrade(endpoint: &Endpoint, parts: &mut hyper::http::request::Parts) -> ClientUpgrade {
+    let upstream = matches!(endpoint.config.handler, HandlerConfig::Upstream(_));
+    if !upstream
+        || parts.version != hyper::Version::HTTP_11
+        || !parts.headers.contains_key(hyper::header::UPGRADE)
+    {
+        return ClientUpgrade::default();
+    }
+    parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .map_or_else(ClientUpgrade::default, ClientUpgrade::new)
 }
 
 /// The whole body, bounded in size (`413`) and time (`408`).

@@ -359,6 +359,13 @@ impl App {
         }
     }
 
+    /// True once shutdown has begun ([`App::close`]).
+    pub(super) fn closing(&self) -> bool {
+        self.all_endpoints()
+            .iter()
+            .any(|e| e.admission().is_closed())
+    }
+
     /// True once every endpoint's dispatcher, retired ones included, has drained and stopped.
     pub fn stopped(&self) -> bool {
         self.all_endpoints().iter().all(|e| e.is_stopped())

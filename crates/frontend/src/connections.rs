@@ -40,6 +40,9 @@ pub(super) struct Activity {
     write_blocked: AtomicBool,
     /// Set by the sweeper: the connection has been idle too long and is to be closed.
     close: AtomicBool,
+    /// A passed-through upgrade (WebSocket) session on this connection: resolves (or fails)
+    /// when it ends. The connection keeps its slot until then.
+    session: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Activity {
@@ -65,6 +68,19 @@ impl Activity {
     /// Count a new request on this connection; returns how many it has had, this one included.
     pub(super) fn request(&self) -> usize {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// An upgrade answered `101` on this connection: its session ends when `ended` resolves.
+    pub(super) fn hold_session(&self, ended: tokio::sync::oneshot::Receiver<()>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
+    }
+
+    /// The upgrade session this connection was handed to, if any.
+    pub(super) fn take_session(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// A request answered as soon as it was read (never in flight across an await).
@@ -374,10 +390,15 @@ impl ConnectionTable {
 
 impl Registration {
     /// Drive `conn` until it ends, or until the sweeper finds it idle (`None`); once the drain
-    /// begins, ask it to shut down gracefully and keep driving it.
-    pub(super) async fn serve<C>(&self, activity: &Activity, conn: Pin<&mut C>) -> Option<C::Output>
+    /// begins, ask it to shut down gracefully (`graceful_shutdown`) and keep driving it.
+    pub(super) async fn serve<C>(
+        &self,
+        activity: &Activity,
+        conn: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+    ) -> Option<C::Output>
     where
-        C: hyper_util::server::graceful::GracefulConnection,
+        C: std::future::Future,
     {
         let connections = &self.connections;
         let mut conn = conn;
@@ -397,7 +418,7 @@ impl Registration {
             }
             if !graceful && connections.draining.load(Ordering::SeqCst) {
                 graceful = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
             conn.as_mut().poll(cx).map(Some)
         })

@@ -8,12 +8,14 @@ use super::router::{route, Role};
 use super::{Answer, Reply, Step};
 use common::handler::text_response;
 use common::job::JobTiming;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The hyper service for one connection. A request whose answer is decided at once (nearly
 /// everything but a body to read or a queued job to wait for) is answered without building an
@@ -61,8 +63,18 @@ pub(super) fn for_connection(
             Step::Later(pending) => {
                 let in_flight = InFlight::new(&activity);
                 let app = app.clone();
+                let activity = activity.clone();
                 Reply::later(Box::pin(async move {
                     let mut answer = pending.await;
+                    if let Ok(resp) = answer.as_mut() {
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && resp.body().is_stream()
+                        {
+                            return finish
+                                .apply(&app, answer)
+                                .map(|resp| upgrade_session(&app, &activity, resp, in_flight));
+                        }
+                    }
                     match answer.as_mut() {
                         // A streamed answer is in flight until its stream ends: the idle sweep
                         // leaves its connection alone while the producer pauses between chunks
@@ -77,6 +89,45 @@ pub(super) fn for_connection(
             }
         }
     })
+}
+
+/// How often a passed-through upgrade session looks whether the server is shutting down.
+const SESSION_POLL: Duration = Duration::from_millis(100);
+
+/// A `101` answer whose streamed body is an upgrade session (an upstream endpoint's WebSocket):
+/// the head goes out with no body, and the session's body, whose producer holds the job's running
+/// slot while it splices the two upgraded connections, is driven by a task until it ends. The
+/// connection keeps its slot (see [`Activity::hold_session`]) and the request stays in flight
+/// until then; at shutdown the task lets go of the body, which ends the session.
+fn upgrade_session(
+    app: &Arc<App>,
+    activity: &Activity,
+    mut resp: hyper::Response<super::Body>,
+    in_flight: InFlight,
+) -> hyper::Response<super::Body> {
+    let mut body = std::mem::take(resp.body_mut());
+    let (ended, session) = tokio::sync::oneshot::channel::<()>();
+    activity.hold_session(session);
+    let app = app.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SESSION_POLL);
+        loop {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
+                },
+                _ = ticks.tick() => if app.closing() {
+                    tracing::debug!("shutting down: upgrade session closed");
+                    break;
+                },
+            }
+        }
+        drop(body);
+        drop(in_flight);
+        drop(ended);
+    });
+    resp
 }
 
 /// What is done to every answer before it is sent: the access log line, HSTS, and
@@ -112,7 +163,8 @@ impl Finish {
             if let Some(hsts) = self.hsts {
                 resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
             }
-            if self.last {
+            // A `101` keeps its `Connection: upgrade`; the connection is handed over anyway.
+            if self.last && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

@@ -193,6 +193,7 @@ mod tests {
             remote_addr: ([192, 0, 2, 7], 5555).into(),
             local_addr: ([127, 0, 0, 1], 8080).into(),
             client: Default::default(),
+            upgrade: Default::default(),
         };
         let out = outgoing(&req, path_and_query(&req), Forwarding::default());
         assert_eq!(out.method(), Method::POST);

@@ -199,9 +199,12 @@ impl Connections {
         // In a block of its own, so that hyper's connection and its buffers are gone before the
         // lingering close.
         let outcome = {
-            let conn = shared.builder.serve_connection(io, service);
+            // With upgrades: an upstream endpoint passes WebSocket sessions through.
+            let conn = shared.builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            registration.serve(&activity, conn).await
+            registration
+                .serve(&activity, conn, |conn| conn.graceful_shutdown())
+                .await
         };
         match outcome {
             None => tracing::trace!(client = %remote, "idle connection closed"),
@@ -214,7 +217,14 @@ impl Connections {
             // close into a reset that destroys the answers. It still holds its slot meanwhile.
             Some(Ok(())) => {
                 drop(registration);
-                tcp.linger().await;
+                match activity.take_session() {
+                    // Handed to an upgrade session: the socket is its now, and the connection
+                    // keeps its slot under max_connections until the session ends.
+                    Some(session) => {
+                        let _ = session.await;
+                    }
+                    None => tcp.linger().await,
+                }
             }
             Some(Err(_)) => {}
         }
