@@ -69,7 +69,8 @@ where
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // With upgrades: a `101` hands the connection to the upgrade (a WebSocket session).
+        if let Err(e) = conn.with_upgrades().await {
             tracing::trace!(cause = %e, "relay connection ended");
         }
     });

@@ -12,7 +12,7 @@ use crate::Shared;
 use common::body::{BodySink, StreamError};
 use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, UPGRADE};
 use hyper::{Method, Response, StatusCode, Uri};
 use relay::{BodyError, Conn, Next, Sent};
 use std::io;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub const WHOLE_MAX: u64 = 64 * 1024;
 
 /// How often a running exchange looks whether its client has gone.
-const CLIENT_POLL: Duration = relay::stream::CLIENT_POLL;
+pub(crate) const CLIENT_POLL: Duration = relay::stream::CLIENT_POLL;
 
 /// What a client is told when the upstream cannot be reached.
 pub const UNAVAILABLE: &str = "upstream unavailable";
@@ -45,13 +45,23 @@ pub(crate) fn run(
         ));
     }
     let target = target(shared, &req.uri)?;
-    let outgoing = relay::outgoing(req, target, shared.forwarding);
+    let mut outgoing = relay::outgoing(req, target, shared.forwarding);
+    let upgrading = req.upgrade.is_pending();
+    if upgrading {
+        // A WebSocket handshake: `Connection` and `Upgrade` go up again (they are hop-by-hop, and
+        // this hop passes the upgrade on).
+        if let Some(protocol) = req.headers.get(UPGRADE) {
+            let headers = outgoing.headers_mut();
+            headers.insert(UPGRADE, protocol.clone());
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
     let flight = InFlight::new(shared.clone());
     shared.stats.count(&shared.stats.requests);
     let deadline = Instant::now() + shared.config.timeout;
     let answer = runtime.block_on(async {
         tokio::select! {
-            answer = tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing)) => {
+            answer = tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing, upgrading)) => {
                 answer.unwrap_or_else(|_| {
                     fail(shared, "no answer within timeout_ms".into());
                     Err(HandlerError::Timeout("upstream did not answer within timeout_ms".into()))
@@ -74,6 +84,32 @@ pub(crate) fn run(
             };
             Ok(Response::from_parts(head, ResponseBody::stream(relay)))
         }
+        Answer::Upgrade { mut response, conn } => {
+            let Some(client) = req.upgrade.take() else {
+                return Err(HandlerError::Internal(
+                    "the upgrade was already taken".into(),
+                ));
+            };
+            let upstream = hyper::upgrade::on(&mut response);
+            let (parts, _) = response.into_parts();
+            let protocol = parts.headers.get(UPGRADE).cloned();
+            let mut head = relay::answer_head(parts, &req.method);
+            head.headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                head.headers.insert(UPGRADE, protocol);
+            }
+            let shared = shared.clone();
+            let runtime = runtime.clone();
+            // The session's producer sends no bytes: it holds the running slot while it splices.
+            let session = move |sink: &mut BodySink| {
+                let _flight = flight;
+                let result = crate::upgrade::splice(&shared, &runtime, client, upstream, sink);
+                drop(conn);
+                result
+            };
+            Ok(Response::from_parts(head, ResponseBody::stream(session)))
+        }
     }
 }
 
@@ -94,8 +130,13 @@ impl Drop for InFlight {
     }
 }
 
-/// The upstream's answer: read whole, or its head with the body still to stream.
+/// The upstream's answer: read whole, or its head with the body still to stream, or its `101` to
+/// an upgrade (the connection it came on is the session's now).
 enum Answer {
+    Upgrade {
+        response: Response<Incoming>,
+        conn: Conn,
+    },
     Whole(JobResponse),
     Stream {
         head: hyper::http::response::Parts,
@@ -219,6 +260,7 @@ async fn exchange(
     shared: &Shared,
     req: &JobRequest,
     outgoing: hyper::Request<relay::message::OutBody>,
+    upgrading: bool,
 ) -> Result<Answer, HandlerError> {
     let conn = relay::usable(checkout(shared)).await;
     let (sent, resent) = relay::send(conn, || connect(shared), outgoing, 1).await;
@@ -226,6 +268,11 @@ async fn exchange(
         shared.stats.count(&shared.stats.retries);
     }
     match sent {
+        Sent::Answered { response, conn }
+            if upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            Ok(Answer::Upgrade { response, conn })
+        }
         Sent::Answered { response, conn } if !read_whole(&req.method, &response) => {
             let (head, body) = response.into_parts();
             Ok(Answer::Stream {
@@ -310,7 +357,7 @@ fn checkin(shared: &Shared, conn: Conn) {
 }
 
 /// Count a failed exchange and remember its cause for `/status`; log it with the upstream.
-fn fail(shared: &Shared, cause: String) {
+pub(crate) fn fail(shared: &Shared, cause: String) {
     shared.stats.count(&shared.stats.failures);
     tracing::warn!(endpoint = %shared.endpoint, upstream = %shared.config.url, cause = %cause, "upstream exchange failed");
     remember(shared, cause);

@@ -15,6 +15,9 @@
 //!   connection could not be made, or closed before the request went out.
 //! - **Fast, clean failures**: a refused connection is `502 upstream unavailable` at once (the
 //!   address and cause go to the log and `/status`, never to the client).
+//! - **WebSocket sessions** (`upgrade`): an HTTP/1.1 upgrade the upstream answers `101` is spliced
+//!   through, in the job's running slot, until either side closes or it is silent past
+//!   `websocket_idle_timeout_ms`.
 //! - **Health** ([`health`]): with `health_path`, a poll; while it fails, new requests are
 //!   overflow at once and `/readyz` says why.
 //!
@@ -25,12 +28,14 @@
 //!   as answers.
 //! - [`health`]: the health state and its poll.
 //! - `status`: `/status` and `/metrics`.
+//! - `upgrade`: a WebSocket session passed through (`101`), spliced in the job's running slot.
 #![deny(missing_docs)]
 
 pub mod exchange;
 pub mod health;
 mod io;
 mod status;
+mod upgrade;
 
 use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
 use config::{UpstreamAddress, UpstreamConfig};
