@@ -69,7 +69,9 @@ pub(crate) fn splice(
                     if sink.is_client_gone() {
                         return Err(StreamError::ClientGone);
                     }
-                    let quiet = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                    // Saturating: a byte moved on another thread since `elapsed` was read.
+                    let quiet = (start.elapsed().as_millis() as u64)
+                        .saturating_sub(last.load(Ordering::Relaxed));
                     if u128::from(quiet) > idle.as_millis() {
                         return Err(StreamError::Timeout(
                             "websocket session silent past websocket_idle_timeout_ms".into(),
