@@ -289,9 +289,13 @@ async fn shutdown_closes_an_open_session() {
     server.begin_shutdown();
     closed_by_server(&mut ws).await;
     wait_until("the upstream side closed", || sessions.open_now() == 0).await;
+    wait_until("the session counted", || {
+        let c = server.counters("/ws");
+        c.completed + c.client_gone == 1
+    })
+    .await;
     let c = server.counters("/ws");
-    assert_eq!(c.admitted, 1);
-    assert_eq!(c.completed + c.client_gone, 1, "{c:?}");
+    assert_eq!((c.admitted, c.failed, c.timed_out), (1, 0, 0), "{c:?}");
     server.join().await;
     upstream.abort();
 }
