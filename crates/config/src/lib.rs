@@ -242,11 +242,33 @@ pub struct EndpointConfig {
     pub expected_wait_admission: bool,
     /// Largest request body accepted; larger gets `413` before anything is queued.
     pub max_body_bytes: u64,
+    /// Dynamic batching: how many queued requests one handler call may take.
+    pub batch: BatchConfig,
     /// What runs the request.
     pub handler: HandlerConfig,
     /// The credentials a request must carry: the endpoint's `[endpoint.auth]`, else the
     /// server's `[server.auth]` unless `auth = false`; `None` is open.
     pub auth: Option<AuthConfig>,
+}
+
+/// An endpoint's dynamic batching (`max_batch`, `max_batch_wait_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Requests one handler call takes at most; 1 (the default) is no batching. Above 1 only on
+    /// worker endpoints.
+    pub max: NonZeroUsize,
+    /// How long a batch smaller than `max` waits for more requests, at most (never past its
+    /// oldest request's queue deadline). Default zero: take what is queued.
+    pub wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max: NonZeroUsize::MIN,
+            wait: Duration::ZERO,
+        }
+    }
 }
 
 /// What runs an endpoint's requests.
@@ -527,5 +549,62 @@ mod tests {
         let text = "[[endpoint]]\npath = \"/p\"\nmode = \"adaptive\"\nworkers = 2\nyellow_workers = 3\nbuiltin = \"ping\"\n";
         let e = Config::from_toml(text, "t.toml").unwrap_err();
         assert_eq!(e.key, "endpoint[0].yellow_workers");
+    }
+
+    fn batch_of(endpoint_keys: &str, handler: &str) -> Result<BatchConfig, ConfigError> {
+        let text = format!("[[endpoint]]\npath = \"/b\"\n{endpoint_keys}\n{handler}\n");
+        Config::from_toml(&text, "t.toml").map(|c| c.endpoints[0].batch)
+    }
+
+    const WORKER: &str =
+        "[endpoint.worker]\ncommand = [\"python3\", \"-m\", \"fiddler_worker\", \"app\"]";
+
+    #[test]
+    fn batching_is_off_by_default_and_takes_its_keys_on_a_worker_endpoint() {
+        assert_eq!(batch_of("", WORKER).unwrap(), BatchConfig::default());
+        let b = batch_of("max_batch = 16\nmax_batch_wait_ms = 5", WORKER).unwrap();
+        assert_eq!(b.max.get(), 16);
+        assert_eq!(b.wait, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn max_batch_on_a_builtin_or_exec_endpoint_is_an_error_saying_why() {
+        let e = batch_of("max_batch = 4", "builtin = \"ping\"").unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch");
+        assert!(
+            e.problem
+                .contains("a builtin endpoint runs one request per call"),
+            "{e}"
+        );
+        let e = batch_of("max_batch = 4", "[endpoint.exec]\ncommand = [\"cat\"]").unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch");
+        assert!(e.problem.contains("an exec endpoint"), "{e}");
+        // 1 is no batching: fine everywhere.
+        assert!(batch_of("max_batch = 1", "builtin = \"ping\"").is_ok());
+    }
+
+    #[test]
+    fn batch_values_out_of_range_or_without_effect_are_errors() {
+        let e = batch_of("max_batch = 0", WORKER).unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch");
+        let e = batch_of("max_batch = 1025", WORKER).unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch");
+        let e = batch_of("max_batch = 8\nmax_batch_wait_ms = 60001", WORKER).unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch_wait_ms");
+        let e = batch_of("max_batch_wait_ms = 5", WORKER).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: endpoint[0].max_batch_wait_ms: has no effect without max_batch above 1"
+        );
+        let e = batch_of(
+            "queue_timeout_ms = 100\nmax_batch = 8\nmax_batch_wait_ms = 100",
+            WORKER,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "endpoint[0].max_batch_wait_ms");
+        assert!(
+            e.problem.contains("less than queue_timeout_ms (100)"),
+            "{e}"
+        );
     }
 }

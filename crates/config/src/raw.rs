@@ -1,9 +1,9 @@
 //! The raw TOML shape, with defaults, and its validation into [`super::Config`].
 
 use super::{
-    AuthConfig, Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput, HandlerConfig,
-    LightConfig, Mode, ModeConfig, OnClientGone, Overflow, QueryRedaction, ServerConfig, TlsConfig,
-    RESERVED_PATHS,
+    AuthConfig, BatchConfig, Config, ConfigError, EndpointConfig, ExecConfig, ExecOutput,
+    HandlerConfig, LightConfig, Mode, ModeConfig, OnClientGone, Overflow, QueryRedaction,
+    ServerConfig, TlsConfig, RESERVED_PATHS,
 };
 use crate::light::{Levels, Thresholds};
 use crate::light::{Light, LightPolicy};
@@ -66,6 +66,8 @@ mod range {
     pub const WEBSOCKET_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
     pub const CONNECT_TIMEOUT_MS: (u64, u64) = (1, 600_000);
     pub const HEALTH_INTERVAL_MS: (u64, u64) = (10, HOUR_MS);
+    pub const MAX_BATCH: (u64, u64) = (1, 1024);
+    pub const MAX_BATCH_WAIT_MS: (u64, u64) = (0, 60_000);
 }
 
 /// Longest file path accepted (`cwd`, the program, certificate and key files): Linux's PATH_MAX.
@@ -306,6 +308,8 @@ struct RawEndpoint {
     expected_wait_admission: bool,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
+    max_batch: Option<usize>,
+    max_batch_wait_ms: Option<u64>,
     builtin: Option<String>,
     exec: Option<RawExec>,
     auth: Option<RawEndpointAuth>,
@@ -692,6 +696,11 @@ impl RawEndpoint {
             }
         }
         let mode = self.mode_config(p, at, default_mode)?;
+        let queue_timeout = p.millis(
+            key("queue_timeout_ms"),
+            self.queue_timeout_ms,
+            range::QUEUE_TIMEOUT_MS,
+        )?;
         let named: Vec<&str> = [
             (self.builtin.is_some(), "`builtin`"),
             (self.exec.is_some(), "`[exec]`"),
@@ -736,6 +745,16 @@ impl RawEndpoint {
             )),
             _ => return Err(p.at(at, format!("has both {}: choose one", named.join(" and ")))),
         };
+        let batch = batch_config(p, at, self.max_batch, self.max_batch_wait_ms, &handler)?;
+        if batch.max.get() > 1 && batch.wait >= queue_timeout {
+            return Err(p.at(
+                key("max_batch_wait_ms"),
+                format!(
+                    "must be less than queue_timeout_ms ({}): a lone request would wait for its batch until its queue deadline",
+                    queue_timeout.as_millis()
+                ),
+            ));
+        }
         Ok(EndpointConfig {
             path: self.path,
             methods,
@@ -744,11 +763,8 @@ impl RawEndpoint {
             queue: p.count(key("queue"), self.queue, range::QUEUE)?,
             overflow: self.overflow,
             on_client_gone: self.on_client_gone,
-            queue_timeout: p.millis(
-                key("queue_timeout_ms"),
-                self.queue_timeout_ms,
-                range::QUEUE_TIMEOUT_MS,
-            )?,
+            queue_timeout,
+            batch,
             max_body_bytes: p.in_range(
                 key("max_body_bytes"),
                 self.max_body_bytes,
@@ -812,6 +828,44 @@ impl RawEndpoint {
             },
         })
     }
+}
+
+/// The endpoint's dynamic batching: `max_batch` only where the handler can take a batch in one
+/// call (warm workers); `max_batch_wait_ms` only where `max_batch` is above 1.
+fn batch_config(
+    p: &Problems<'_>,
+    at: &str,
+    max_batch: Option<usize>,
+    max_batch_wait_ms: Option<u64>,
+    handler: &HandlerConfig,
+) -> Result<BatchConfig, ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    let max = p.count(key("max_batch"), max_batch.unwrap_or(1), range::MAX_BATCH)?;
+    let wait = p.millis(
+        key("max_batch_wait_ms"),
+        max_batch_wait_ms.unwrap_or(0),
+        range::MAX_BATCH_WAIT_MS,
+    )?;
+    if max.get() > 1 {
+        let kind = match handler {
+            HandlerConfig::Worker(_) => None,
+            HandlerConfig::Builtin(_) => Some("a builtin"),
+            HandlerConfig::Exec(_) => Some("an exec"),
+            HandlerConfig::Upstream(_) => Some("an upstream"),
+        };
+        if let Some(kind) = kind {
+            return Err(p.at(
+                key("max_batch"),
+                format!("{kind} endpoint runs one request per call and cannot take a batch; only `[endpoint.worker]` endpoints batch (use 1, or leave it out)"),
+            ));
+        }
+    } else if max_batch_wait_ms.is_some_and(|ms| ms > 0) {
+        return Err(p.at(
+            key("max_batch_wait_ms"),
+            "has no effect without max_batch above 1",
+        ));
+    }
+    Ok(BatchConfig { max, wait })
 }
 
 impl RawExec {
