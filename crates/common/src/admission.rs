@@ -97,13 +97,16 @@ impl Admission {
     ) -> Admission {
         let queue = Arc::new(HandoffQueue::new(config.queue.get()));
         let counters = Arc::new(EndpointCounters::default());
-        let runner = Arc::new(JobRunner::new(
-            &config.path,
-            handler,
-            queue.clone(),
-            config.queue_timeout,
-            counters.clone(),
-        ));
+        let runner = Arc::new(
+            JobRunner::new(
+                &config.path,
+                handler,
+                queue.clone(),
+                config.queue_timeout,
+                counters.clone(),
+            )
+            .with_batching(config.batch),
+        );
         Admission {
             queue,
             runner,
@@ -226,7 +229,11 @@ impl Admission {
     }
 
     /// Expected queue wait of a request admitted now: (queued + running jobs) ÷ concurrency × job
-    /// time. Zero until a first job has run.
+    /// time. Zero until a first job has run. With dynamic batching, a handler call of k jobs
+    /// costs about one call's time (the job time is measured per call), so the jobs ahead are
+    /// divided by the recent mean batch size too: (queued + running) ÷ (concurrency × mean
+    /// batch size) × call time. Under overload batches fill to `max_batch`, which is when the
+    /// estimate matters.
     pub fn expected_wait(&self) -> Duration {
         // Everything ahead of a new job: the queued ones and the ones running now.
         let ahead = self.queue.depth() + self.runner.running();
@@ -238,7 +245,12 @@ impl Admission {
         };
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
         let concurrency = u32::try_from(self.concurrency().max(1)).unwrap_or(u32::MAX);
-        job_time.saturating_mul(ahead) / concurrency
+        let per_slot = job_time.saturating_mul(ahead) / concurrency;
+        if self.runner.max_batch() > 1 {
+            per_slot.div_f64(self.runner.batch_stats().mean_size())
+        } else {
+            per_slot
+        }
     }
 
     /// Seconds a rejected client should wait before retrying: the expected wait for the work

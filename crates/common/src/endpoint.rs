@@ -2,6 +2,7 @@
 //! supervised dispatcher thread.
 
 use crate::admission::Admission;
+use crate::batching::BatchSnapshot;
 use crate::counters::CountersSnapshot;
 use crate::executor::{dispatch, Executor};
 use crate::handler::{Handler, HandlerSample};
@@ -50,6 +51,22 @@ pub struct EndpointStatus {
     /// Handler-specific state (worker processes), if the handler has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handler: Option<serde_json::Value>,
+    /// Dynamic batching, on an endpoint with `max_batch` above 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchStatus>,
+}
+
+/// An endpoint's dynamic batching in `/status`: its settings and the sizes of its handler calls
+/// (`items` ÷ `calls` is the mean batch size).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BatchStatus {
+    /// `max_batch`.
+    pub max_batch: usize,
+    /// `max_batch_wait_ms`.
+    pub max_batch_wait_ms: u64,
+    /// Handler calls, items and the largest call.
+    #[serde(flatten)]
+    pub sizes: BatchSnapshot,
 }
 
 impl EndpointStatus {
@@ -129,7 +146,19 @@ impl Endpoint {
             restarts: self.dispatcher.restarts(),
             counters: admission.counters(),
             handler: admission.runner.handler().status(),
+            batch: self.batch_status(),
         }
+    }
+
+    /// The endpoint's batching line, if it batches.
+    fn batch_status(&self) -> Option<BatchStatus> {
+        let runner = &self.admission.runner;
+        let config = runner.batching();
+        (config.max.get() > 1).then(|| BatchStatus {
+            max_batch: config.max.get(),
+            max_batch_wait_ms: u64::try_from(config.wait.as_millis()).unwrap_or(u64::MAX),
+            sizes: runner.batch_stats().snapshot(),
+        })
     }
 
     /// Whether the endpoint's handler can serve now (see [`Handler::ready`]).
@@ -137,9 +166,38 @@ impl Endpoint {
         self.admission.runner.handler().ready()
     }
 
-    /// The handler's own numbers for `/metrics` (see [`Handler::samples`]).
+    /// The handler's own numbers for `/metrics` (see [`Handler::samples`]), and on an endpoint
+    /// that batches, `batch_calls` and `batch_items` (counters) and `batch_largest`.
     pub fn handler_samples(&self) -> Vec<HandlerSample> {
-        self.admission.runner.handler().samples()
+        let mut samples = self.admission.runner.handler().samples();
+        if let Some(b) = self.batch_status() {
+            let sample = |name, help, counter, value: u64| HandlerSample {
+                name,
+                help,
+                counter,
+                labels: Vec::new(),
+                value: i64::try_from(value).unwrap_or(i64::MAX),
+            };
+            samples.push(sample(
+                "batch_calls",
+                "Handler calls on an endpoint that batches (a lone job is a call of 1).",
+                true,
+                b.sizes.calls,
+            ));
+            samples.push(sample(
+                "batch_items",
+                "Jobs those handler calls answered (items / calls is the mean batch size).",
+                true,
+                b.sizes.items,
+            ));
+            samples.push(sample(
+                "batch_largest",
+                "The largest handler call so far, in jobs.",
+                false,
+                b.sizes.largest,
+            ));
+        }
+        samples
     }
 
     /// The endpoint's run-time histogram.

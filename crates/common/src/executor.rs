@@ -6,6 +6,7 @@
 //! contained, and one concurrency limit: a job runs only in one of the runner's running slots,
 //! which inline runs on the front end take too (see [`JobRunner::run`]).
 
+use crate::batching::{exactly, fill_until, BatchStats, Work};
 use crate::body::{BodySink, Producer, StreamError};
 use crate::counters::EndpointCounters;
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
@@ -15,7 +16,7 @@ use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
 use config::Mode;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,12 @@ pub struct JobRunner {
     /// When the latest job started, in µs since `epoch` (0: none yet).
     last_start_us: AtomicU64,
     epoch: Instant,
+    /// `max_batch` and `max_batch_wait_ms` (see [`crate::batching`]).
+    batch: config::BatchConfig,
+    /// Sizes of the handler calls.
+    batch_stats: BatchStats,
+    /// A batch answer of the wrong length was logged already (logged once per endpoint).
+    warned_batch_length: AtomicBool,
 }
 
 /// Weight of the newest run in the job-time moving average, as 1/N.
@@ -111,6 +118,111 @@ impl JobRunner {
             job_seconds: Arc::new(JobHistogram::default()),
             last_start_us: AtomicU64::new(0),
             epoch: Instant::now(),
+            batch: config::BatchConfig::default(),
+            batch_stats: BatchStats::default(),
+            warned_batch_length: AtomicBool::new(false),
+        }
+    }
+
+    /// The runner with the endpoint's dynamic batching (default: none).
+    pub fn with_batching(mut self, batch: config::BatchConfig) -> JobRunner {
+        self.batch = batch;
+        self
+    }
+
+    /// Jobs one handler call takes at most (`max_batch`; 1 is no batching).
+    pub fn max_batch(&self) -> usize {
+        self.batch.max.get()
+    }
+
+    /// The endpoint's batching setting.
+    pub fn batching(&self) -> config::BatchConfig {
+        self.batch
+    }
+
+    /// Sizes of the handler calls so far.
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.batch_stats
+    }
+
+    /// Run a unit of work popped by [`Batch::pop_work`] in one of at most `limit` running slots.
+    /// True if the handler ran (for at least one of its jobs).
+    pub fn run_work(&self, work: Work, limit: usize) -> bool {
+        match work {
+            Work::One(job) => self.run(job, limit),
+            Work::Many(jobs) => self.run_many(jobs, limit),
+        }
+    }
+
+    /// A batch's jobs in one running slot: each job's turn checks (expired, client gone, too old,
+    /// shutting down: answered or dropped and counted there), then one call for the jobs still
+    /// wanted ([`Handler::handle`] for a lone survivor, [`Handler::handle_batch`] otherwise), then
+    /// one answer per job. A batch's answers are whole bodies: a streamed one is answered `500`
+    /// (see [`Handler::handle_batch`]). True if the handler ran.
+    fn run_many(&self, jobs: Vec<Job>, limit: usize) -> bool {
+        let slot = self.claim(limit);
+        let closing = self.queue.is_shedding();
+        let mut wanted: Vec<Job> = jobs
+            .into_iter()
+            .filter_map(|job| match job.take_turn(self.queue_timeout, closing) {
+                Turn::Run(job) => Some(job),
+                Turn::Done => None,
+            })
+            .collect();
+        if wanted.len() <= 1 {
+            let Some(job) = wanted.pop() else {
+                return false;
+            };
+            // A lone survivor is a plain call, and may stream its answer.
+            self.run_started(slot, job);
+            return true;
+        }
+        let results = self.call_batch(&slot, &wanted);
+        drop(slot);
+        for (job, result) in wanted.into_iter().zip(results) {
+            job.finish(result);
+        }
+        true
+    }
+
+    /// One [`Handler::handle_batch`] call for `jobs` in a slot already taken: timed as one run, a
+    /// panic answered `500` for every job, and exactly one result per job.
+    fn call_batch(
+        &self,
+        _slot: &RunningSlot<'_>,
+        jobs: &[Job],
+    ) -> Vec<Result<JobResponse, HandlerError>> {
+        let started = Instant::now();
+        self.note_start(started);
+        let requests: Vec<&JobRequest> = jobs.iter().map(|j| j.request.as_ref()).collect();
+        let n = requests.len();
+        self.batch_stats.record(n);
+        let results = match catch_panic(|| self.handler.handle_batch(&requests)) {
+            Ok(results) => results,
+            Err(message) => {
+                EndpointCounters::bump(&self.counters.panics);
+                tracing::debug!(endpoint = %self.endpoint, %message, jobs = n, "handler panicked in a batch; answering 500 to each job");
+                return (0..n)
+                    .map(|_| Err(HandlerError::Internal("handler failed".into())))
+                    .collect();
+            }
+        };
+        let (results, wrong) = exactly(results, n);
+        if wrong && !self.warned_batch_length.swap(true, Ordering::Relaxed) {
+            tracing::warn!(endpoint = %self.endpoint, jobs = n, "the handler's batch answer had the wrong number of results; each job without one is answered 500 (logged once)");
+        }
+        self.record_job_time(started.elapsed());
+        results
+    }
+
+    /// Before any job has finished, remember when the latest started (see [`JobRunner::job_time`]).
+    fn note_start(&self, started: Instant) {
+        if self.job_time_us.load(Ordering::Relaxed) == 0 {
+            let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
+            self.last_start_us.store(
+                u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -126,6 +238,13 @@ impl JobRunner {
             Turn::Run(job) => job,
             Turn::Done => return false,
         };
+        self.run_started(slot, job);
+        true
+    }
+
+    /// A started job in its running slot: the handler, then the answer (a streamed one produced
+    /// here, still in the slot), then the slot given back.
+    fn run_started(&self, slot: RunningSlot<'_>, job: Job) {
         let started = Instant::now();
         let (result, _took) = self.call(&slot, &job.request);
         let mut response = match result {
@@ -133,19 +252,18 @@ impl JobRunner {
             Err(e) => {
                 drop(slot);
                 job.finish(Err(e));
-                return true;
+                return;
             }
         };
         let Some((producer, sink)) = response.body_mut().start() else {
             drop(slot);
             job.finish(Ok(response));
-            return true;
+            return;
         };
         job.send_head(response);
         self.stream(producer, sink);
         self.record_job_time(started.elapsed());
         drop(slot);
-        true
     }
 
     /// Produce a streamed body on this thread, in the job's running slot, after its head was
@@ -209,13 +327,9 @@ impl JobRunner {
         request: &JobRequest,
     ) -> (Result<JobResponse, HandlerError>, Duration) {
         let started = Instant::now();
-        // Only read while no job has finished yet (see `job_time`): not stored after that.
-        if self.job_time_us.load(Ordering::Relaxed) == 0 {
-            let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
-            self.last_start_us.store(
-                u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
-                Ordering::Relaxed,
-            );
+        self.note_start(started);
+        if self.batch.max.get() > 1 {
+            self.batch_stats.record(1);
         }
         let result = match catch_panic(|| self.handler.handle(request)) {
             Ok(result) => result,
@@ -317,10 +431,28 @@ pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobR
     let mut spare = VecDeque::new();
     while let Some(mut batch) = queue.take_batch(spare, IDLE_TICK) {
         wait_for_handler(queue, runner);
+        fill(queue, &mut batch, runner);
         tracing::trace!(endpoint = %runner.endpoint(), jobs = batch.len(), mode = %executor.mode(), "batch handed off");
         executor.run_batch(&mut batch, runner);
         spare = batch.into_spare();
     }
+}
+
+/// Dynamic batching: a handed-off batch smaller than `max_batch` waits for more jobs, at most
+/// `max_batch_wait_ms` and never past its oldest job's queue deadline (see
+/// [`crate::batching`]); shutdown or a retirement ends the wait at once.
+pub(crate) fn fill(queue: &HandoffQueue, batch: &mut Batch, runner: &JobRunner) {
+    let config::BatchConfig { max, wait } = runner.batching();
+    if max.get() <= 1 || wait.is_zero() || batch.len() >= max.get() {
+        return;
+    }
+    let until = fill_until(
+        Instant::now(),
+        wait,
+        batch.oldest_admitted(),
+        runner.queue_timeout,
+    );
+    queue.top_up(batch, max.get(), until);
 }
 
 /// Hold a handed-off batch while the handler cannot serve yet but will (worker processes still

@@ -140,6 +140,23 @@ pub trait Handler: Send + Sync + 'static {
     /// ([`Handler::is_inline`]) answers with a whole body: a stream from it is answered `500`.
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError>;
 
+    /// Produce one result per request of `reqs`, in order, from one call: a handler that can
+    /// batch (see [`Handler::can_batch`]) runs them together (one worker, one vectorised model
+    /// call). Each item stands alone: an error answers its own request only. Each answer has a
+    /// whole body ([`ResponseBody::Full`]): a streamed one is answered `500`. The executor calls
+    /// this only with two or more requests, in one running slot; a result list of the wrong
+    /// length is answered `500` for each request without a result. The default calls
+    /// [`Handler::handle`] for each request in turn.
+    fn handle_batch(&self, reqs: &[&JobRequest]) -> Vec<Result<JobResponse, HandlerError>> {
+        reqs.iter().map(|req| self.handle(req)).collect()
+    }
+
+    /// True if [`Handler::handle_batch`] runs a batch in one call, so an endpoint with
+    /// `max_batch` above 1 is worth it. Default false.
+    fn can_batch(&self) -> bool {
+        false
+    }
+
     /// True if the handler is cheap and never blocks (microseconds, no I/O), so that in a
     /// concurrent mode it may run directly on the front end's async worker when a pool slot is
     /// free and nothing is queued: a direct handoff with no thread hop. Default false.

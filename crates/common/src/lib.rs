@@ -15,6 +15,7 @@
 //! - [`counters`]: per-endpoint counters that add up.
 //! - [`histogram`]: the lock-free job-time histogram behind `/metrics`.
 //! - [`queue`]: the bounded handoff queue and the batches it hands over.
+//! - [`batching`]: dynamic batching: units of work, the wait for a batch to fill, batch sizes.
 //! - [`executor`]: the executor trait, the per-job runner (its running slots cap inline and
 //!   executor runs together) and the dispatcher loop.
 //! - [`admission`]: one request in, one counted outcome out (inline, queued, refused), and the
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod batching;
 pub mod body;
 pub mod builtin;
 pub mod counters;

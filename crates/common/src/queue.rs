@@ -14,11 +14,12 @@
 //! The queue is open, then closed (a retired endpoint: nothing new, pending jobs still run), or
 //! closed and shedding (shutdown: pending jobs are answered `503`): one atomic state.
 
+use crate::batching::Work;
 use crate::job::Job;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a job was not admitted.
 #[derive(Debug)]
@@ -153,6 +154,27 @@ impl HandoffQueue {
         }
     }
 
+    /// Dynamic batching: add the jobs pending now to the handed-off `batch`, and wait for more
+    /// until it holds `want` jobs, until `until`, or until the queue closes, whichever comes
+    /// first. Each push wakes the wait; jobs keep their queue slots (and their deadlines) as
+    /// before.
+    pub fn top_up(&self, batch: &mut Batch, want: usize, until: Instant) {
+        let mut filling = self.lock();
+        loop {
+            batch.jobs.extend(filling.jobs.drain(..));
+            let now = Instant::now();
+            if batch.jobs.len() >= want || now >= until || self.is_closed() {
+                return;
+            }
+            filling.waiting = true;
+            filling = match self.ready.wait_timeout(filling, until - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            filling.waiting = false;
+        }
+    }
+
     /// True once pending jobs are to be answered `503` instead of run (shutdown).
     pub fn is_shedding(&self) -> bool {
         self.state.load(Ordering::Acquire) == SHEDDING
@@ -195,6 +217,21 @@ impl Batch {
     /// Next job in FIFO order.
     pub fn pop(&mut self) -> Option<Job> {
         self.jobs.pop_front()
+    }
+
+    /// The next unit of work in FIFO order: one job, or with `max` above 1 up to `max` jobs for
+    /// one batch call (a lone job left is still [`Work::One`]).
+    pub fn pop_work(&mut self, max: usize) -> Option<Work> {
+        let n = self.jobs.len().min(max);
+        if n <= 1 {
+            return self.pop().map(Work::One);
+        }
+        Some(Work::Many(self.jobs.drain(..n).collect()))
+    }
+
+    /// When the batch's oldest job was admitted (its queue deadline is the first to come).
+    pub fn oldest_admitted(&self) -> Option<Instant> {
+        self.jobs.front().map(|j| j.admitted_at)
     }
 
     /// Jobs left in the batch.

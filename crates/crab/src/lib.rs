@@ -1,6 +1,6 @@
 //! Crab mode: serial execution for work that takes the whole machine.
 //!
-//! One job at a time, in FIFO order, on the endpoint's dedicated dispatcher OS thread (never a
+//! One job (or, with `max_batch` above 1, one batch call) at a time, in FIFO order, on the endpoint's dedicated dispatcher OS thread (never a
 //! tokio worker), with a `pace` pause between two jobs. A job whose client left before its turn is
 //! skipped without the pause.
 //!
@@ -57,13 +57,14 @@ impl Executor for CrabExecutor {
     }
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
-        while let Some(job) = batch.pop() {
-            if !job.client_gone() {
+        // With `max_batch` above 1, a unit of work is up to that many jobs in one handler call.
+        while let Some(work) = batch.pop_work(runner.max_batch()) {
+            if !work.client_gone() {
                 self.pace_wait(runner);
             }
             // One at a time: the one running slot (an inline run an adaptive endpoint started
             // before its light turned red may still hold it for a moment).
-            if runner.run(job, 1) {
+            if runner.run_work(work, 1) {
                 *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             }
         }

@@ -13,15 +13,16 @@
 
 pub mod pool;
 
+use common::batching::Work;
 use common::executor::{Executor, JobRunner};
-use common::job::Job;
 use common::queue::Batch;
 use config::Mode;
 use pool::Pool;
 use std::sync::Arc;
 
-/// A job for a pool worker: run it through the runner within the batch's concurrency limit.
-type Task = (Job, Arc<JobRunner>, usize);
+/// Work for a pool worker (one job, or one batch call of up to `max_batch` jobs): run it through
+/// the runner within the batch's concurrency limit.
+type Task = (Work, Arc<JobRunner>, usize);
 
 /// Runs a batch's jobs on a bounded pool of worker threads.
 pub struct JellyfishExecutor {
@@ -41,8 +42,8 @@ impl JellyfishExecutor {
     /// A pool of `workers` threads (at least 1) named after `name`.
     pub fn new(name: &str, workers: usize) -> std::io::Result<JellyfishExecutor> {
         let workers = workers.max(1);
-        let pool = Pool::new(name, workers, |(job, runner, limit): Task| {
-            runner.run(job, limit);
+        let pool = Pool::new(name, workers, |(work, runner, limit): Task| {
+            runner.run_work(work, limit);
         })?;
         Ok(JellyfishExecutor { workers, pool })
     }
@@ -52,19 +53,20 @@ impl JellyfishExecutor {
         self.workers
     }
 
-    /// Run `batch` with at most `limit` jobs at once (clamped to 1..=workers), FIFO starts. The
+    /// Run `batch` with at most `limit` jobs (or batch calls, with `max_batch` above 1) at once
+    /// (clamped to 1..=workers), FIFO starts. The
     /// limit holds with the endpoint's inline runs counted in: each job runs in one of the
     /// runner's `limit` running slots.
     pub fn run_limited(&self, batch: &mut Batch, runner: &Arc<JobRunner>, limit: usize) {
         let limit = limit.clamp(1, self.workers);
         let mut round = self.pool.round();
-        while let Some(job) = batch.pop() {
+        while let Some(work) = batch.pop_work(runner.max_batch()) {
             if round.in_flight() >= limit {
                 round.wait_one();
             }
-            if let Err((job, runner, limit)) = round.submit((job, runner.clone(), limit)) {
+            if let Err((work, runner, limit)) = round.submit((work, runner.clone(), limit)) {
                 // No worker can take it (the pool is gone): run it here rather than lose it.
-                runner.run(job, limit);
+                runner.run_work(work, limit);
             }
         }
         round.wait_all();
