@@ -8,7 +8,8 @@
 //!   `FIDDLER_WORKER_PARENT_PID`; it is *ready* once its socket accepts (and `ready_path` answers
 //!   2xx). No request ever goes to a worker that is not ready: a request waits for one (bounded
 //!   by the endpoint's `queue_timeout_ms`), and `/readyz` says why the endpoint cannot serve.
-//! - **One request at a time** per worker, over one kept-alive connection.
+//! - **One request at a time** per worker, over one kept-alive connection; with `max_batch`
+//!   above 1, one batch at a time (`POST /.fiddler/batch`, one answer per request).
 //! - **Faults.** A worker that dies mid-request: that request `502`, the worker restarted with
 //!   exponential backoff. A crash loop makes the endpoint refuse new requests as overflow at once.
 //!   A request past `timeout_ms`: `504`, the worker's process group SIGTERM, grace, SIGKILL, and a
@@ -35,12 +36,14 @@
 //! - `supervisor`: the thread that starts, reaps, probes and polls.
 //! - [`process`]: spawning a worker that dies with the server; socket directory; memory.
 //! - `proxy`: the HTTP/1.1 exchange with a worker, hop-by-hop headers, bounded answers.
+//! - `batch`: the batch wire format (`POST /.fiddler/batch`) for an endpoint with `max_batch`.
 //! - [`status`]: `/status` and `/metrics` of a pool.
 //! - `stream`: a worker's answer without a length, forwarded chunk by chunk.
 #![deny(missing_docs)]
 // `unsafe_code` is "deny" for this crate (Cargo.toml says why), not the workspace's "forbid":
 // the one exception is `process::die_with_parent`.
 
+mod batch;
 pub mod pool;
 pub mod process;
 mod proxy;
@@ -94,15 +97,19 @@ impl WorkerHandler {
         &self.pool
     }
 
-    fn release(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
-            self.pool.release();
-        }
-    }
-}
-
-impl Handler for WorkerHandler {
-    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+    /// One exchange with a worker, as [`Handler::handle`] makes it: check out a ready worker
+    /// (waiting at most `wait_for_worker`), send `req` and read the answer (at most
+    /// `max_response` body bytes, within `timeout_ms`), then `check` the answer; a request that
+    /// never reached its worker goes to another one. With `stream`, an answer without a length is
+    /// forwarded as a stream (unchecked); without, it is refused. An answer refused is a broken
+    /// exchange (its connection dropped, the worker handled as after any failed exchange).
+    fn exchange<T>(
+        &self,
+        req: &JobRequest,
+        max_response: impl Fn(&WorkerConfig) -> usize,
+        stream: bool,
+        check: impl Fn(&JobResponse, &WorkerConfig) -> Result<T, String>,
+    ) -> Result<(JobResponse, Option<T>), HandlerError> {
         let deadline = Instant::now() + self.wait_for_worker;
         let mut attempts = 0;
         loop {
@@ -115,30 +122,93 @@ impl Handler for WorkerHandler {
                 // Died while idle, not yet reaped: nothing is sent to it.
                 Exchange::Unsent("the worker had exited".into())
             } else {
+                let cap = max_response(&config);
                 self.pool.runtime().block_on(async {
-                    let exchange = proxy::exchange(conn, &socket, req, config.max_response_bytes);
+                    let exchange = proxy::exchange(conn, &socket, req, cap);
                     tokio::time::timeout(config.timeout, exchange)
                         .await
                         .unwrap_or(Exchange::TimedOut)
                 })
             };
+            let mut checked = None;
             let exchange = match exchange {
-                Exchange::Streaming { head, body, conn } => {
+                // No length (a generator, server-sent events): forwarded as it comes.
+                Exchange::Streaming { head, body, conn } if stream => {
                     let until = started + config.timeout;
                     let stream =
                         stream::WorkerStream::new(self.pool.clone(), lease, body, conn, until);
                     let body = ResponseBody::stream(move |sink| stream.produce(sink));
-                    return Ok(JobResponse::from_parts(head, body));
+                    return Ok((JobResponse::from_parts(head, body), None));
                 }
+                Exchange::Streaming { .. } => {
+                    Exchange::Broken("the answer has no Content-Length".into())
+                }
+                Exchange::Answered { response, conn } => match check(&response, &config) {
+                    Ok(value) => {
+                        checked = Some(value);
+                        Exchange::Answered { response, conn }
+                    }
+                    Err(cause) => Exchange::Broken(cause),
+                },
                 other => other,
             };
             match self.pool.finish(lease, exchange) {
-                Finished::Done(result) => return result,
+                Finished::Done(result) => return result.map(|r| (r, checked)),
                 // Nothing reached that worker (it died idle): another one may take it.
                 Finished::Retry(_) if attempts < MAX_UNSENT_RETRIES => attempts += 1,
-                Finished::Retry(error) => return self.pool.shutdown_aware(Err(error)),
+                Finished::Retry(error) => {
+                    return self.pool.shutdown_aware(Err(error)).map(|r| (r, None))
+                }
             }
         }
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.pool.release();
+        }
+    }
+}
+
+impl Handler for WorkerHandler {
+    fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
+        self.exchange(req, |c| c.max_response_bytes, true, |_, _| Ok(()))
+            .map(|(response, _)| response)
+    }
+
+    /// One `POST /.fiddler/batch` to one worker (see docs/WORKERS.md), bounded by `timeout_ms`
+    /// for the whole batch; its answer holds one response per request, each at most
+    /// `max_response_bytes`. A malformed answer fails every request with `502`.
+    fn handle_batch(&self, reqs: &[&JobRequest]) -> Vec<Result<JobResponse, HandlerError>> {
+        let n = reqs.len();
+        let request = batch::encode(reqs);
+        let cap = |c: &WorkerConfig| {
+            c.max_response_bytes
+                .saturating_add(batch::ITEM_HEAD_ALLOWANCE)
+                .saturating_mul(n)
+        };
+        let decoded = self.exchange(&request, cap, false, |answer, config| {
+            batch::decode(answer, n, config.max_response_bytes)
+                .map_err(|why| format!("malformed batch answer: {why}"))
+        });
+        match decoded {
+            Ok((_, Some(items))) => items
+                .into_iter()
+                .map(|item| item.map_err(HandlerError::BadGateway))
+                .collect(),
+            Ok((_, None)) => {
+                let e = HandlerError::Internal("batch answer lost".into());
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %self.pool.endpoint(), jobs = n, cause = %e, "batch failed");
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
+    fn can_batch(&self) -> bool {
+        true
     }
 
     fn available(&self) -> bool {
