@@ -2,7 +2,8 @@
 //! batch-capable app receives batches larger than 1 and never more than `max_batch`, and every
 //! client gets its own answer; a failing item answers that item only; an item whose queue
 //! deadline passes while its batch waits is answered 504 and never sent; a client gone before
-//! the call is skipped; and the counters add up.
+//! the call is skipped; a worker that does not speak the batch format fails each item with 502
+//! and keeps serving; and the counters add up.
 //!
 //! The app is `tests/fixtures/workers/batch_app.py`: it echoes each request's id with the size
 //! of the call it came in, and lists every id it received in a file.
@@ -209,6 +210,41 @@ async fn an_item_whose_deadline_passes_while_its_batch_waits_is_504_unsent_and_a
     // The worker still serves.
     let after = client.post(PATH, "after").await;
     assert_eq!(after.status, StatusCode::OK);
+    assert_counters_add_up(&server);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_does_not_speak_the_batch_format_fails_each_item_502_and_keeps_serving() {
+    // A stdlib http.server: it answers POST /.fiddler/batch with its usual JSON, not a batch.
+    let toml = format!(
+        "[[endpoint]]\npath = \"{PATH}\"\nmethods = [\"POST\"]\nmode = \"crab\"\nmax_batch = 2\nmax_batch_wait_ms = 5000\n\
+         [endpoint.worker]\ncommand = ['python3', '{ROOT}/tests/fixtures/workers/threaded_server.py']\n"
+    );
+    let server = TestServer::launch(&toml)
+        .light(&TrafficLight::fixed(Light::Green))
+        .start()
+        .await;
+    let client = server.client();
+    let pair: Vec<_> = (0..2)
+        .map(|i| client.spawn(request("POST", PATH, format!("{i}"))))
+        .collect();
+    for r in pair {
+        let reply = r.await.unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            reply.text().starts_with(
+                "malformed batch answer from the worker (POST /.fiddler/batch): item 0: no newline"
+            ),
+            "{}",
+            reply.text()
+        );
+    }
+    let c = server.counters(PATH);
+    assert_eq!((c.admitted, c.failed), (2, 2));
+    // The same worker still answers a lone request (sent as itself, not as a batch).
+    let alone = client.post(PATH, "alone").await;
+    assert_eq!(alone.status, StatusCode::OK, "{}", alone.text());
     assert_counters_add_up(&server);
     server.shutdown().await;
 }

@@ -100,14 +100,14 @@ impl WorkerHandler {
     /// One exchange with a worker, as [`Handler::handle`] makes it: check out a ready worker
     /// (waiting at most `wait_for_worker`), send `req` and read the answer (at most
     /// `max_response` body bytes, within `timeout_ms`), then `check` the answer; a request that
-    /// never reached its worker goes to another one. With `stream`, an answer without a length is
-    /// forwarded as a stream (unchecked); without, it is refused. An answer refused is a broken
+    /// never reached its worker goes to another one. An answer without a length is forwarded as a
+    /// stream (unchecked), or refused with the reason in `refuse_unframed`. An answer refused is a broken
     /// exchange (its connection dropped, the worker handled as after any failed exchange).
     fn exchange<T>(
         &self,
         req: &JobRequest,
         max_response: impl Fn(&WorkerConfig) -> usize,
-        stream: bool,
+        refuse_unframed: Option<&str>,
         check: impl Fn(&JobResponse, &WorkerConfig) -> Result<T, String>,
     ) -> Result<(JobResponse, Option<T>), HandlerError> {
         let deadline = Instant::now() + self.wait_for_worker;
@@ -130,10 +130,10 @@ impl WorkerHandler {
                         .unwrap_or(Exchange::TimedOut)
                 })
             };
-            let mut checked = None;
+            let (mut checked, mut refused) = (None, None);
             let exchange = match exchange {
                 // No length (a generator, server-sent events): forwarded as it comes.
-                Exchange::Streaming { head, body, conn } if stream => {
+                Exchange::Streaming { head, body, conn } if refuse_unframed.is_none() => {
                     let until = started + config.timeout;
                     let stream =
                         stream::WorkerStream::new(self.pool.clone(), lease, body, conn, until);
@@ -141,22 +141,31 @@ impl WorkerHandler {
                     return Ok((JobResponse::from_parts(head, body), None));
                 }
                 Exchange::Streaming { .. } => {
-                    Exchange::Broken("the answer has no Content-Length".into())
+                    let cause = refuse_unframed.unwrap_or_default().to_string();
+                    refused = Some(cause.clone());
+                    Exchange::Broken(cause)
                 }
                 Exchange::Answered { response, conn } => match check(&response, &config) {
                     Ok(value) => {
                         checked = Some(value);
                         Exchange::Answered { response, conn }
                     }
-                    Err(cause) => Exchange::Broken(cause),
+                    Err(cause) => {
+                        refused = Some(cause.clone());
+                        Exchange::Broken(cause)
+                    }
                 },
                 other => other,
             };
-            match self.pool.finish(lease, exchange) {
-                Finished::Done(result) => return result.map(|r| (r, checked)),
+            match (self.pool.finish(lease, exchange), refused) {
+                // The worker lives and answered: say what was wrong with the answer.
+                (Finished::Done(Err(HandlerError::BadGateway(_))), Some(cause)) => {
+                    return Err(HandlerError::BadGateway(cause))
+                }
+                (Finished::Done(result), _) => return result.map(|r| (r, checked)),
                 // Nothing reached that worker (it died idle): another one may take it.
-                Finished::Retry(_) if attempts < MAX_UNSENT_RETRIES => attempts += 1,
-                Finished::Retry(error) => {
+                (Finished::Retry(_), _) if attempts < MAX_UNSENT_RETRIES => attempts += 1,
+                (Finished::Retry(error), _) => {
                     return self.pool.shutdown_aware(Err(error)).map(|r| (r, None))
                 }
             }
@@ -172,7 +181,7 @@ impl WorkerHandler {
 
 impl Handler for WorkerHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
-        self.exchange(req, |c| c.max_response_bytes, true, |_, _| Ok(()))
+        self.exchange(req, |c| c.max_response_bytes, None, |_, _| Ok(()))
             .map(|(response, _)| response)
     }
 
@@ -187,9 +196,11 @@ impl Handler for WorkerHandler {
                 .saturating_add(batch::ITEM_HEAD_ALLOWANCE)
                 .saturating_mul(n)
         };
-        let decoded = self.exchange(&request, cap, false, |answer, config| {
+        let malformed = "malformed batch answer from the worker (POST /.fiddler/batch)";
+        let unframed = format!("{malformed}: it has no Content-Length");
+        let decoded = self.exchange(&request, cap, Some(&unframed), |answer, config| {
             batch::decode(answer, n, config.max_response_bytes)
-                .map_err(|why| format!("malformed batch answer: {why}"))
+                .map_err(|why| format!("{malformed}: {why}"))
         });
         match decoded {
             Ok((_, Some(items))) => items
