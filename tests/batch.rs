@@ -218,7 +218,7 @@ async fn an_item_whose_deadline_passes_while_its_batch_waits_is_504_unsent_and_a
 async fn a_worker_that_does_not_speak_the_batch_format_fails_each_item_502_and_keeps_serving() {
     // A stdlib http.server: it answers POST /.fiddler/batch with its usual JSON, not a batch.
     let toml = format!(
-        "[[endpoint]]\npath = \"{PATH}\"\nmethods = [\"POST\"]\nmode = \"crab\"\nmax_batch = 2\nmax_batch_wait_ms = 5000\n\
+        "[[endpoint]]\npath = \"{PATH}\"\nmethods = [\"POST\"]\nmode = \"crab\"\nmax_batch = 2\nmax_batch_wait_ms = 1000\n\
          [endpoint.worker]\ncommand = ['python3', '{ROOT}/tests/fixtures/workers/threaded_server.py']\n"
     );
     let server = TestServer::launch(&toml)
