@@ -248,3 +248,61 @@ async fn a_worker_that_does_not_speak_the_batch_format_fails_each_item_502_and_k
     assert_counters_add_up(&server);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_iris_example_classifies_concurrent_clients_in_batches_each_its_own_flower() {
+    let python = format!("{ROOT}/.venv/bin/python3");
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: run `bash scripts/venv.sh` first"
+    );
+    let toml = format!(
+        "[[endpoint]]\npath = \"{PATH}\"\nmethods = [\"POST\"]\nmode = \"crab\"\nmax_batch = 8\nmax_batch_wait_ms = 2000\n\
+         [endpoint.worker]\ncommand = ['{python}', '-m', 'fiddler_worker', '{ROOT}/examples/iris/app.py']\n\
+         env = {{ PYTHONPATH = '{ROOT}/python', OMP_NUM_THREADS = '1' }}\nready_timeout_ms = 120000\n"
+    );
+    let server = TestServer::launch(&toml)
+        .light(&TrafficLight::fixed(Light::Green))
+        .start()
+        .await;
+    let flowers = [
+        ("[5.1, 3.5, 1.4, 0.2]", Some("setosa")),
+        ("[6.7, 3.0, 5.2, 2.3]", Some("virginica")),
+        ("[1, 2]", None),
+    ];
+    let client = server.client();
+    // 16 clients: two full batches.
+    let replies: Vec<_> = (0..16)
+        .map(|i| {
+            let (features, _) = flowers[i % 3];
+            client.spawn(request(
+                "POST",
+                PATH,
+                format!("{{\"features\": {features}}}"),
+            ))
+        })
+        .collect();
+    for (i, r) in replies.into_iter().enumerate() {
+        let reply = r.await.unwrap();
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        match flowers[i % 3].1 {
+            Some(species) => {
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                assert_eq!(v["species"], species);
+            }
+            // A bad input fails its own request only.
+            None => {
+                assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+                assert!(v["error"].as_str().unwrap().contains("4 numbers"));
+            }
+        }
+    }
+    let batch = server.status_of(PATH).batch.unwrap();
+    assert_eq!(batch.sizes.items, 16);
+    assert!(
+        batch.sizes.largest > 1 && batch.sizes.largest <= 8,
+        "{batch:?}"
+    );
+    assert_counters_add_up(&server);
+    server.shutdown().await;
+}
