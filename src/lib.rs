@@ -256,6 +256,16 @@ fn start_endpoint(
                 .map_err(start)?,
         ),
     };
+    if ep.batch.max.get() > 1 && !handler.can_batch() {
+        // The config allows max_batch only where the handler kind batches; this holds the
+        // handler itself to it.
+        return Err(ConfigError {
+            file: "config".to_string(),
+            key: format!("endpoint {}: max_batch", ep.path),
+            problem: "this endpoint's handler cannot take a batch in one call".to_string(),
+        }
+        .into());
+    }
     let executor = executor_for(ep, light).map_err(start)?;
     let endpoint = Endpoint::start(ep.clone(), handler, executor).map_err(start)?;
     Ok((endpoint, workers))
