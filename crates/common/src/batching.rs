@@ -225,6 +225,11 @@ mod tests {
             if req.body.as_ref() == b"bad" {
                 return Err(HandlerError::BadGateway("bad item".into()));
             }
+            if req.body.as_ref() == b"stream" {
+                return Ok(JobResponse::new(crate::body::ResponseBody::stream(
+                    |sink| sink.send(Bytes::from_static(b"streamed")),
+                )));
+            }
             Ok(JobResponse::new(req.body.clone().into()))
         }
 
@@ -382,6 +387,26 @@ mod tests {
             );
             let c = rig.counters.snapshot();
             assert_eq!((c.completed, c.failed), (2, 1));
+        }
+
+        #[test]
+        fn a_streamed_answer_in_a_batch_is_500_for_its_job_only_and_a_lone_job_may_stream() {
+            let rig = rig(8, 0, Duration::from_secs(5));
+            let waiters: Vec<Waiter> = ["a", "stream"].iter().map(|b| rig.push(b)).collect();
+            rig.run_one_batch();
+            let answers: Vec<(u16, String)> = waiters.into_iter().map(answer).collect();
+            assert_eq!(answers[0], (200, "a".to_string()));
+            assert_eq!(
+                answers[1],
+                (500, "this handler cannot stream its answer".to_string())
+            );
+            // Alone, the same request is a plain call whose answer streams.
+            let alone = rig.push("stream");
+            rig.run_one_batch();
+            let reply = alone.reply.blocking_recv().unwrap();
+            assert_eq!(reply.status(), 200);
+            assert!(reply.body().is_stream());
+            assert_eq!(rig.sizes(), [2, 1]);
         }
 
         #[test]
