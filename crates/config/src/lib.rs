@@ -579,6 +579,12 @@ mod tests {
         let e = batch_of("max_batch = 4", "[endpoint.exec]\ncommand = [\"cat\"]").unwrap_err();
         assert_eq!(e.key, "endpoint[0].max_batch");
         assert!(e.problem.contains("an exec endpoint"), "{e}");
+        let e = batch_of(
+            "max_batch = 4",
+            "[endpoint.upstream]\nurl = \"http://127.0.0.1:8081\"",
+        )
+        .unwrap_err();
+        assert!(e.problem.contains("an upstream endpoint"), "{e}");
         // 1 is no batching: fine everywhere.
         assert!(batch_of("max_batch = 1", "builtin = \"ping\"").is_ok());
     }

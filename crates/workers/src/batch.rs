@@ -5,11 +5,12 @@
 //! Each item is one JSON line ended by `\n`, then exactly `body_len` raw body bytes. A batch
 //! answer that does not hold exactly the items asked for, framed so, is malformed as a whole.
 
-use crate::proxy::{strip_hop_by_hop, to_worker};
+use crate::proxy::to_worker;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::handler::{ClientWatch, JobRequest, JobResponse, ResponseBody};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use relay::message::strip_hop_by_hop;
 
 /// The path a batch is posted to.
 pub(crate) const BATCH_PATH: &str = "/.fiddler/batch";
