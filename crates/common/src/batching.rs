@@ -261,6 +261,7 @@ mod tests {
                 remote_addr: ([127, 0, 0, 1], 1).into(),
                 local_addr: ([127, 0, 0, 1], 2).into(),
                 client: Default::default(),
+                upgrade: Default::default(),
             }
         }
 

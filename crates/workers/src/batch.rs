@@ -95,6 +95,7 @@ pub(crate) fn encode(reqs: &[&JobRequest]) -> JobRequest {
         remote_addr,
         local_addr,
         client: ClientWatch::default(),
+        upgrade: Default::default(),
     }
 }
 
@@ -194,6 +195,7 @@ mod tests {
             remote_addr: ([192, 0, 2, 1], 1).into(),
             local_addr: ([127, 0, 0, 1], 2).into(),
             client: Default::default(),
+            upgrade: Default::default(),
         }
     }
 
