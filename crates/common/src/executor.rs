@@ -151,7 +151,7 @@ impl JobRunner {
     /// Produce a streamed body on this thread, in the job's running slot, after its head was
     /// sent: the producer's panic contained, the end given to the receiver (clean, or an abort),
     /// and the stream's one outcome counted.
-    fn stream(&self, producer: Producer, mut sink: BodySink) {
+    pub(crate) fn stream(&self, producer: Producer, mut sink: BodySink) {
         let outcome = match catch_panic(|| producer(&mut sink)) {
             Ok(outcome) => outcome,
             Err(message) => {
@@ -181,6 +181,17 @@ impl JobRunner {
             })
             .ok()?;
         Some(RunningSlot(&self.running))
+    }
+
+    /// Like [`JobRunner::try_claim`], but the slot holds the runner and may live in a future or
+    /// move to another thread (an asynchronous run and its stream).
+    pub(crate) fn try_claim_owned(self: &Arc<Self>, limit: usize) -> Option<OwnedSlot> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(OwnedSlot(self.clone()))
     }
 
     /// A running slot under `limit`, waiting for one if all are taken. An executor runs at most
@@ -252,7 +263,7 @@ impl JobRunner {
         self.job_seconds.clone()
     }
 
-    fn record_job_time(&self, took: Duration) {
+    pub(crate) fn record_job_time(&self, took: Duration) {
         self.job_seconds.observe(took);
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         // A plain load and store, not a compare-and-swap loop: when two jobs finish at the same
@@ -308,6 +319,24 @@ pub(crate) struct RunningSlot<'a>(&'a AtomicUsize);
 impl Drop for RunningSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One taken running slot that owns its runner (see [`JobRunner::try_claim_owned`]); given back
+/// when dropped, also when the future holding it is dropped.
+#[derive(Debug)]
+pub(crate) struct OwnedSlot(Arc<JobRunner>);
+
+impl OwnedSlot {
+    /// The runner whose slot this is.
+    pub(crate) fn runner(&self) -> &Arc<JobRunner> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
