@@ -307,7 +307,7 @@ async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_client
     // connection's task (the direct path), the next 46 queue behind them.
     let mut replies: Vec<_> = (0..4).map(|i| held(i, "1")).collect();
     wait_until("4 requests at the upstream", || in_flight() == 4).await;
-    assert_eq!(server.counters("/u").direct, 4);
+    assert_eq!(server.counters("/u").async_runs, 4);
     replies.extend((4..50).map(|i| held(i, "2")));
     server.wait_queued("/u", 46).await;
     // The direct runs end and give their slots back; the queued ones then run through the
@@ -326,7 +326,7 @@ async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_client
     }
     let counters = server.counters("/u");
     assert_eq!(counters.admitted, 50);
-    assert_eq!(counters.direct, 4, "the other 46 ran from the queue");
+    assert_eq!(counters.async_runs, 4, "the other 46 ran from the queue");
     assert_eq!(counters.completed, 50);
     assert_eq!(counters.answered(), counters.admitted);
     assert_eq!(fake.seen().len(), 50);

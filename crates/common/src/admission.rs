@@ -211,7 +211,7 @@ impl Admission {
             AsyncCall::Declined(request) => return Direct::Declined(request),
         };
         EndpointCounters::bump(&self.counters.admitted);
-        EndpointCounters::bump(&self.counters.direct);
+        EndpointCounters::bump(&self.counters.async_runs);
         Direct::Run(DirectRun(Box::pin(direct(
             slot,
             self.counters.clone(),
