@@ -197,7 +197,11 @@ impl Admission {
     /// the returned future until its answer (or its stream) ends. Only on an `on_client_gone =
     /// "stop"` endpoint: a client that goes drops the future, which stops the run.
     fn try_direct(&self, request: JobRequest, timing: bool) -> Direct {
-        if self.queue.depth() != 0 || !self.stop_when_client_gone || !self.executor.allows_inline()
+        // Nothing queued, so FIFO order is kept; a closed endpoint's handler is not called here.
+        if self.queue.depth() != 0
+            || self.queue.is_closed()
+            || !self.stop_when_client_gone
+            || !self.executor.allows_inline()
         {
             return Direct::Declined(request);
         }

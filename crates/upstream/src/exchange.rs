@@ -56,13 +56,14 @@ pub(crate) fn run(
 
 /// [`run`] on the caller's runtime, awaited instead of blocked on: new connections' drivers run
 /// on that runtime too (the pool holds connections of either kind). A client that goes drops
-/// this future, which drops the connection in use (closing it). A streamed body is still
-/// produced through `runtime` (by a blocking thread, see [`common::handler::Handler::call_async`]).
+/// this future, which drops the connection in use (closing it). A streamed body is produced
+/// through the caller's runtime too, by one of its blocking threads (see
+/// [`common::handler::Handler::call_async`]), so nothing here needs the handler's I/O thread.
 pub(crate) async fn run_async(
     shared: Arc<Shared>,
-    runtime: tokio::runtime::Handle,
     req: JobRequest,
 ) -> Result<JobResponse, HandlerError> {
+    let runtime = tokio::runtime::Handle::current();
     let (outgoing, flight, deadline, upgrading) = match prepare(&shared, &req)? {
         Prepared::Send(outgoing, flight, deadline, upgrading) => {
             (outgoing, flight, deadline, upgrading)
@@ -77,7 +78,12 @@ pub(crate) async fn run_async(
 enum Prepared {
     /// The outgoing request, its in-flight count, the exchange's deadline, and whether it asks
     /// for an upgrade.
-    Send(hyper::Request<relay::message::OutBody>, InFlight, Instant, bool),
+    Send(
+        hyper::Request<relay::message::OutBody>,
+        InFlight,
+        Instant,
+        bool,
+    ),
     /// Refused here (a path that would leave the prefix).
     Refused(JobResponse),
 }

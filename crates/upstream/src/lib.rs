@@ -136,11 +136,11 @@ impl Handler for UpstreamHandler {
     }
 
     fn call_async(&self, req: JobRequest) -> AsyncCall {
-        AsyncCall::Started(Box::pin(exchange::run_async(
-            self.shared.clone(),
-            self.io.runtime().clone(),
-            req,
-        )))
+        if req.upgrade.is_pending() {
+            // A WebSocket session's splice runs through the executor path, as documented.
+            return AsyncCall::Declined(req);
+        }
+        AsyncCall::Started(Box::pin(exchange::run_async(self.shared.clone(), req)))
     }
 
     fn available(&self) -> bool {
