@@ -469,6 +469,11 @@ async fn a_client_that_leaves_closes_its_upstream_connection() {
     })
     .await;
     assert_eq!(fake.state.in_flight.load(Ordering::SeqCst), 0);
+    // It ran on the direct path: the dropped exchange gave its slot back, counted once.
+    let counters = server.counters("/u");
+    assert_eq!((counters.admitted, counters.async_runs), (1, 1));
+    assert_eq!(counters.answered(), 1);
+    assert_eq!(server.endpoint("/u").admission().running(), 0);
     server.shutdown().await;
 }
 
@@ -632,12 +637,19 @@ async fn server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_th
     // Token 2 is not sent until the client has token 1: nothing is held back to be sent in bulk.
     token(&mut events, &mut body, "token1").await;
     token(&mut events, &mut body, "token2").await;
+    // Run on the direct path (a free slot, nothing queued), its slot held while it streams.
+    assert_eq!(server.counters("/sse").async_runs, 1);
+    assert_eq!(server.endpoint("/sse").admission().running(), 1);
     drop(events);
     let end = within("the end of the stream", body.frame()).await;
     assert!(end.is_none(), "{end:?}");
 
     wait_until("the stream counted as completed", || {
         server.counters("/sse").completed == 1
+    })
+    .await;
+    wait_until("its slot given back", || {
+        server.endpoint("/sse").admission().running() == 0
     })
     .await;
     // Its connection went back to the pool.
@@ -667,6 +679,11 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_connection() {
     })
     .await;
     assert_eq!(upstream_status(&server, "/sse")["in_flight"], 0);
+    wait_until("its slot given back", || {
+        server.endpoint("/sse").admission().running() == 0
+    })
+    .await;
+    assert_eq!(server.counters("/sse").answered(), 1);
     server.shutdown().await;
 }
 
