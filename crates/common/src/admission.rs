@@ -374,6 +374,17 @@ impl Drop for GoneUnlessAnswered {
     }
 }
 
+/// Counts `failed` if dropped armed: a stream's producer task was dropped unrun.
+struct FailedUnlessRun(Option<Arc<EndpointCounters>>);
+
+impl Drop for FailedUnlessRun {
+    fn drop(&mut self) {
+        if let Some(counters) = self.0.take() {
+            EndpointCounters::bump(&counters.failed);
+        }
+    }
+}
+
 /// A handler's future with its panics turned into `Err(message)`.
 struct CatchPanic(HandlerFuture);
 
@@ -435,12 +446,19 @@ async fn direct(
             timing.then(|| run_timing(started.elapsed())),
         );
     };
-    response
-        .extensions_mut()
-        .insert(run_timing(started.elapsed()));
+    if timing {
+        response
+            .extensions_mut()
+            .insert(run_timing(started.elapsed()));
+    }
     // A stream's producer blocks between chunks: not on the connection's task. The slot moves
     // with it and is given back when the stream ends.
+    // A runtime shutting down may drop the task unrun: its stream then ends aborted and is
+    // counted failed, so the counters still add up.
+    let unrun = FailedUnlessRun(Some(counters));
     tokio::task::spawn_blocking(move || {
+        let mut unrun = unrun;
+        unrun.0 = None;
         let runner = slot.runner();
         runner.stream(producer, sink);
         runner.record_job_time(started.elapsed());
