@@ -292,7 +292,8 @@ async fn status_headers_and_body_pass_through_with_hop_by_hop_headers_removed_an
 }
 
 #[tokio::test]
-async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_clients() {
+async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_clients_direct_or_queued()
+{
     let (fake, addr) = Fake::tcp().await;
     let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
     let client = server.client();
@@ -302,17 +303,20 @@ async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_client
         client.spawn(req)
     };
     let in_flight = || fake.state.in_flight.load(Ordering::SeqCst);
-    // The first request runs alone (a batch of one) while the other 49 queue behind it.
-    let mut replies = vec![held(0, "1")];
-    wait_until("the first request at the upstream", || in_flight() == 1).await;
-    replies.extend((1..50).map(|i| held(i, "2")));
-    server.wait_queued("/u", 49).await;
-    // Then the 49 go as one batch: 4 at the upstream, 45 still queued.
+    // The first 4 find a free running slot and nothing queued: each runs at once on its own
+    // connection's task (the direct path), the next 46 queue behind them.
+    let mut replies: Vec<_> = (0..4).map(|i| held(i, "1")).collect();
+    wait_until("4 requests at the upstream", || in_flight() == 4).await;
+    assert_eq!(server.counters("/u").async_runs, 4);
+    replies.extend((4..50).map(|i| held(i, "2")));
+    server.wait_queued("/u", 46).await;
+    // The direct runs end and give their slots back; the queued ones then run through the
+    // executor, in the same 4 slots: never more than 4 at the upstream.
     fake.release(1);
-    wait_until("4 requests held at the upstream", || in_flight() == 4).await;
-    server.wait_queued("/u", 45).await;
-    assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 4);
-
+    wait_until("the 4 direct runs answered", || {
+        server.counters("/u").completed == 4
+    })
+    .await;
     fake.open_gate();
     for reply in replies {
         assert_eq!(
@@ -320,6 +324,11 @@ async fn requests_in_flight_to_the_upstream_never_exceed_workers_under_50_client
             StatusCode::CREATED
         );
     }
+    let counters = server.counters("/u");
+    assert_eq!(counters.admitted, 50);
+    assert_eq!(counters.async_runs, 4, "the other 46 ran from the queue");
+    assert_eq!(counters.completed, 50);
+    assert_eq!(counters.answered(), counters.admitted);
     assert_eq!(fake.seen().len(), 50);
     assert_eq!(fake.state.max_in_flight.load(Ordering::SeqCst), 4);
     assert!(
@@ -460,6 +469,11 @@ async fn a_client_that_leaves_closes_its_upstream_connection() {
     })
     .await;
     assert_eq!(fake.state.in_flight.load(Ordering::SeqCst), 0);
+    // It ran on the direct path: the dropped exchange gave its slot back, counted once.
+    let counters = server.counters("/u");
+    assert_eq!((counters.admitted, counters.async_runs), (1, 1));
+    assert_eq!(counters.answered(), 1);
+    assert_eq!(server.endpoint("/u").admission().running(), 0);
     server.shutdown().await;
 }
 
@@ -623,12 +637,19 @@ async fn server_sent_events_reach_the_client_one_by_one_as_the_upstream_sends_th
     // Token 2 is not sent until the client has token 1: nothing is held back to be sent in bulk.
     token(&mut events, &mut body, "token1").await;
     token(&mut events, &mut body, "token2").await;
+    // Run on the direct path (a free slot, nothing queued), its slot held while it streams.
+    assert_eq!(server.counters("/sse").async_runs, 1);
+    assert_eq!(server.endpoint("/sse").admission().running(), 1);
     drop(events);
     let end = within("the end of the stream", body.frame()).await;
     assert!(end.is_none(), "{end:?}");
 
     wait_until("the stream counted as completed", || {
         server.counters("/sse").completed == 1
+    })
+    .await;
+    wait_until("its slot given back", || {
+        server.endpoint("/sse").admission().running() == 0
     })
     .await;
     // Its connection went back to the pool.
@@ -658,6 +679,11 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_connection() {
     })
     .await;
     assert_eq!(upstream_status(&server, "/sse")["in_flight"], 0);
+    wait_until("its slot given back", || {
+        server.endpoint("/sse").admission().running() == 0
+    })
+    .await;
+    assert_eq!(server.counters("/sse").answered(), 1);
     server.shutdown().await;
 }
 

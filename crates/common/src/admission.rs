@@ -3,22 +3,29 @@
 //!
 //! [`Admission::check`] is the O(1) look before a body is read (queue room, the handler's
 //! availability, expected wait);
-//! [`Admission::try_admit`] then runs a cheap handler inline, or puts the job into the handoff
-//! queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
+//! [`Admission::try_admit`] then runs a cheap handler inline, or starts an asynchronous handler's
+//! run for the caller to await ([`Outcome::Direct`]), or puts the job into the handoff queue, or
+//! refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
 //! deadline. Every admitted request is counted `admitted` once (when it enters the queue, or when
-//! its inline run takes a running slot) and gets exactly one outcome; a refused request is counted
+//! its inline or asynchronous run takes a running slot) and gets exactly one outcome; a refused request is counted
 //! `overflowed` once, by [`Admission`] alone.
 
 use crate::counters::{CountersSnapshot, EndpointCounters};
-use crate::executor::{Executor, JobRunner};
-use crate::handler::{text_response, Handler, JobRequest, JobResponse};
+use crate::executor::{Executor, JobRunner, OwnedSlot};
+use crate::handler::{
+    text_response, AsyncCall, Handler, HandlerError, HandlerFuture, JobRequest, JobResponse,
+};
 use crate::job::{
     respond, shutting_down, waited_too_long, GoneOnDrop, Job, JobTiming, Waiter, DROPPED_STATUS,
 };
 use crate::queue::{HandoffQueue, Refused};
+use crate::supervisor::catch_panic;
 use config::{EndpointConfig, OnClientGone, Overflow};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// What became of a request.
 #[derive(Debug)]
@@ -26,6 +33,9 @@ pub enum Outcome {
     /// Run at once on the caller's thread (a cheap handler with a free running slot and nothing
     /// queued): here is its answer.
     Inline(JobResponse),
+    /// Running on the caller's task (an asynchronous handler with a free running slot and nothing
+    /// queued): await it for the answer.
+    Direct(DirectRun),
     /// In the handoff queue: [`Admission::wait`] for its reply.
     Queued(Waiter),
     /// Not admitted.
@@ -148,6 +158,10 @@ impl Admission {
         if let Some(answer) = self.try_inline(&request, timing) {
             return Outcome::Inline(answer);
         }
+        let request = match self.try_direct(request, timing) {
+            Direct::Run(run) => return Outcome::Direct(run),
+            Direct::Declined(request) => request,
+        };
         let (mut job, waiter) = Job::new(request, self.counters.clone());
         if self.stop_when_client_gone {
             job.watch_client();
@@ -180,6 +194,38 @@ impl Admission {
             run,
         });
         Some(respond(&self.counters, result, timing))
+    }
+
+    /// The asynchronous run ([`Handler::call_async`]): in one of the same running slots, held by
+    /// the returned future until its answer (or its stream) ends. Only on an `on_client_gone =
+    /// "stop"` endpoint: a client that goes drops the future, which stops the run.
+    fn try_direct(&self, request: JobRequest, timing: bool) -> Direct {
+        // Nothing queued, so FIFO order is kept; a closed endpoint's handler is not called here.
+        if self.queue.depth() != 0
+            || self.queue.is_closed()
+            || !self.stop_when_client_gone
+            || !self.executor.allows_inline()
+        {
+            return Direct::Declined(request);
+        }
+        let Some(slot) = self.runner.try_claim_owned(self.executor.concurrency()) else {
+            return Direct::Declined(request);
+        };
+        let started = Instant::now();
+        let call = match self.runner.handler().call_async(request) {
+            AsyncCall::Started(call) => call,
+            // The slot goes back as it drops.
+            AsyncCall::Declined(request) => return Direct::Declined(request),
+        };
+        EndpointCounters::bump(&self.counters.admitted);
+        EndpointCounters::bump(&self.counters.async_runs);
+        Direct::Run(DirectRun(Box::pin(direct(
+            slot,
+            self.counters.clone(),
+            call,
+            started,
+            timing,
+        ))))
     }
 
     /// Count an overflow and say how to answer it.
@@ -300,6 +346,137 @@ impl Admission {
     pub(crate) fn retire(&self) {
         self.queue.close();
     }
+}
+
+/// What [`Admission::try_direct`] did with a request.
+// Both variants are moved once, by value; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Direct {
+    Run(DirectRun),
+    Declined(JobRequest),
+}
+
+/// An asynchronous run started by [`Admission::try_admit`]: await it on the client's connection
+/// task for the one answer (already counted). Dropped before it ends, it stops the run, gives its
+/// running slot back and counts `client_gone`.
+pub struct DirectRun(Pin<Box<dyn Future<Output = JobResponse> + Send>>);
+
+impl std::fmt::Debug for DirectRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectRun")
+    }
+}
+
+impl Future for DirectRun {
+    type Output = JobResponse;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// Counts `client_gone` if dropped armed: the run's future was dropped before its answer.
+struct GoneUnlessAnswered(Option<Arc<EndpointCounters>>);
+
+impl Drop for GoneUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(counters) = self.0.take() {
+            EndpointCounters::bump(&counters.client_gone);
+        }
+    }
+}
+
+/// Counts `failed` if dropped armed: a stream's producer task was dropped unrun.
+struct FailedUnlessRun(Option<Arc<EndpointCounters>>);
+
+impl Drop for FailedUnlessRun {
+    fn drop(&mut self) {
+        if let Some(counters) = self.0.take() {
+            EndpointCounters::bump(&counters.failed);
+        }
+    }
+}
+
+/// A handler's future with its panics turned into `Err(message)`.
+struct CatchPanic(HandlerFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Result<JobResponse, HandlerError>, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_panic(|| self.0.as_mut().poll(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(message) => Poll::Ready(Err(message)),
+        }
+    }
+}
+
+/// One asynchronous run in `slot`: the handler's future (a panic answered `500`), its run time
+/// recorded, its outcome counted once. A streamed answer is produced on a blocking thread of the
+/// current runtime, still in the slot, and counted when it ends (as an executor's stream is).
+async fn direct(
+    slot: OwnedSlot,
+    counters: Arc<EndpointCounters>,
+    call: HandlerFuture,
+    started: Instant,
+    timing: bool,
+) -> JobResponse {
+    let mut gone = GoneUnlessAnswered(Some(counters.clone()));
+    let runner = slot.runner().clone();
+    let result = match CatchPanic(call).await {
+        Ok(result) => result,
+        Err(message) => {
+            EndpointCounters::bump(&counters.panics);
+            tracing::debug!(endpoint = %runner.endpoint(), %message, "handler panicked; answering 500");
+            Err(HandlerError::Internal("handler failed".into()))
+        }
+    };
+    gone.0 = None;
+    if let Err(e) = &result {
+        tracing::debug!(endpoint = %runner.endpoint(), status = e.status().as_u16(), cause = %e, "job failed");
+    }
+    let run_timing = |run| JobTiming {
+        queue_wait: Duration::ZERO,
+        run,
+    };
+    let mut response = match result {
+        Ok(response) if response.body().is_stream() => response,
+        other => {
+            let took = started.elapsed();
+            runner.record_job_time(took);
+            drop(slot);
+            return respond(&counters, other, timing.then(|| run_timing(took)));
+        }
+    };
+    let Some((producer, sink)) = response.body_mut().start() else {
+        runner.record_job_time(started.elapsed());
+        drop(slot);
+        return respond(
+            &counters,
+            Ok(response),
+            timing.then(|| run_timing(started.elapsed())),
+        );
+    };
+    if timing {
+        response
+            .extensions_mut()
+            .insert(run_timing(started.elapsed()));
+    }
+    // A stream's producer blocks between chunks: not on the connection's task. The slot moves
+    // with it and is given back when the stream ends.
+    // A runtime shutting down may drop the task unrun: its stream then ends aborted and is
+    // counted failed, so the counters still add up.
+    let unrun = FailedUnlessRun(Some(counters));
+    tokio::task::spawn_blocking(move || {
+        let mut unrun = unrun;
+        unrun.0 = None;
+        let runner = slot.runner();
+        runner.stream(producer, sink);
+        runner.record_job_time(started.elapsed());
+        drop(slot);
+    });
+    response
 }
 
 /// The reply a queued job's executor sent, or `500` if it dropped the job unanswered.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Outcome counters of one endpoint. Every admitted job is counted in exactly one outcome.
 ///
 /// Only this crate changes them, each in one place per outcome: `admitted` where a job enters the
-/// queue or an inline run takes its running slot; `completed` / `failed` / `timed_out` where a
+/// queue or an inline or asynchronous run takes its running slot (also `async_runs` for the latter); `completed` / `failed` / `timed_out` where a
 /// result becomes a response (`job::respond`); `skipped` at a job's turn; `failed` also for a job
 /// dropped unanswered; `overflowed` and `shed_by_wait` where [`crate::admission::Admission`]
 /// refuses. Everyone else reads a [`CountersSnapshot`].
@@ -30,6 +30,8 @@ pub struct EndpointCounters {
     pub(crate) panics: AtomicU64,
     /// See [`CountersSnapshot::shed_by_wait`].
     pub(crate) shed_by_wait: AtomicU64,
+    /// See [`CountersSnapshot::async_runs`].
+    pub(crate) async_runs: AtomicU64,
 }
 
 /// A point-in-time copy of [`EndpointCounters`].
@@ -54,6 +56,10 @@ pub struct CountersSnapshot {
     /// Overflowed because the expected wait already exceeded the queue timeout (also in
     /// `overflowed`).
     pub shed_by_wait: u64,
+    /// Admitted and run asynchronously on the client's connection task, without the queue
+    /// ([`crate::handler::Handler::call_async`]). Also in `admitted`, beside the queued and inline
+    /// runs.
+    pub async_runs: u64,
 }
 
 impl EndpointCounters {
@@ -86,6 +92,7 @@ impl EndpointCounters {
             overflowed: self.overflowed.load(Relaxed),
             panics: self.panics.load(Relaxed),
             shed_by_wait: self.shed_by_wait.load(Relaxed),
+            async_runs: self.async_runs.load(Relaxed),
         }
     }
 }

@@ -17,17 +17,19 @@ use crate::supervisor::catch_panic;
 use config::Mode;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an idle dispatcher sleeps between looks at its queue's state.
 const IDLE_TICK: Duration = Duration::from_millis(200);
 
-/// Tries to take a running slot by yielding the thread before waiting in [`SLOT_POLL`] sleeps.
+/// Tries to take a running slot by yielding the thread before waiting to be woken by a slot's
+/// release. Inline runs (cheap builtins, microseconds) usually free theirs within these yields;
+/// asynchronous runs (an upstream exchange) may hold theirs for as long as the exchange lasts.
 const SLOT_YIELDS: u32 = 64;
-/// How long a job whose slots are all taken sleeps between two looks. Only inline runs (cheap
-/// builtins, microseconds) hold a slot that a batch's job can find taken.
-const SLOT_POLL: Duration = Duration::from_micros(100);
+/// Longest wait for a release's wake-up before another look (a bound, not a poll: a release
+/// wakes the waiters at once).
+const SLOT_WAIT: Duration = Duration::from_millis(5);
 
 /// Runs handed-off batches. Implemented by the `crab`, `jellyfish` and `adaptive` crates.
 ///
@@ -72,6 +74,10 @@ pub struct JobRunner {
     /// Running slots taken: jobs running now, inline runs included. Every run takes one under a
     /// limit first (see [`JobRunner::run`]), so one cap covers the inline path and the executor.
     running: AtomicUsize,
+    /// Executor threads waiting for a slot: a release wakes them through `freed`.
+    waiting: AtomicUsize,
+    freed: Mutex<()>,
+    freed_cv: Condvar,
     /// Moving average of handler run time, in microseconds (0 until the first job ran).
     job_time_us: AtomicU64,
     /// Distribution of handler run times, for `/metrics`.
@@ -114,6 +120,9 @@ impl JobRunner {
             queue_timeout,
             counters,
             running: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: Mutex::new(()),
+            freed_cv: Condvar::new(),
             job_time_us: AtomicU64::new(0),
             job_seconds: Arc::new(JobHistogram::default()),
             last_start_us: AtomicU64::new(0),
@@ -269,7 +278,7 @@ impl JobRunner {
     /// Produce a streamed body on this thread, in the job's running slot, after its head was
     /// sent: the producer's panic contained, the end given to the receiver (clean, or an abort),
     /// and the stream's one outcome counted.
-    fn stream(&self, producer: Producer, mut sink: BodySink) {
+    pub(crate) fn stream(&self, producer: Producer, mut sink: BodySink) {
         let outcome = match catch_panic(|| producer(&mut sink)) {
             Ok(outcome) => outcome,
             Err(message) => {
@@ -293,29 +302,56 @@ impl JobRunner {
     /// A running slot if fewer than `limit` are taken now (`None` otherwise). Lock-free: one
     /// compare-and-swap.
     pub(crate) fn try_claim(&self, limit: usize) -> Option<RunningSlot<'_>> {
+        self.take_slot(limit).then(|| RunningSlot(self))
+    }
+
+    /// One slot under `limit` taken, if there was one. Sequentially consistent with
+    /// [`JobRunner::release_slot`], so a waiter that found none is woken by the next release.
+    fn take_slot(&self, limit: usize) -> bool {
         self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .ok()?;
-        Some(RunningSlot(&self.running))
+            .is_ok()
+    }
+
+    /// Give a slot back, and wake the executor threads waiting for one, if any.
+    fn release_slot(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _held = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+            self.freed_cv.notify_all();
+        }
+    }
+
+    /// Like [`JobRunner::try_claim`], but the slot holds the runner and may live in a future or
+    /// move to another thread (an asynchronous run and its stream).
+    pub(crate) fn try_claim_owned(self: &Arc<Self>, limit: usize) -> Option<OwnedSlot> {
+        self.take_slot(limit).then(|| OwnedSlot(self.clone()))
     }
 
     /// A running slot under `limit`, waiting for one if all are taken. An executor runs at most
-    /// `limit` jobs of its own at once, so what it can find taken is inline runs, which last
-    /// microseconds: it yields, then polls.
+    /// `limit` jobs of its own at once, so what it can find taken is inline runs (microseconds:
+    /// it yields) or asynchronous runs (it sleeps until a release wakes it).
     fn claim(&self, limit: usize) -> RunningSlot<'_> {
-        let mut tries = 0u32;
-        loop {
-            if let Some(slot) = self.try_claim(limit.max(1)) {
+        let limit = limit.max(1);
+        for _ in 0..SLOT_YIELDS {
+            if let Some(slot) = self.try_claim(limit) {
                 return slot;
             }
-            tries = tries.saturating_add(1);
-            if tries < SLOT_YIELDS {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(SLOT_POLL);
+            std::thread::yield_now();
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(slot) = self.try_claim(limit) {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return slot;
             }
+            held = match self.freed_cv.wait_timeout(held, SLOT_WAIT) {
+                Ok((held, _)) => held,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 
@@ -366,7 +402,7 @@ impl JobRunner {
         self.job_seconds.clone()
     }
 
-    fn record_job_time(&self, took: Duration) {
+    pub(crate) fn record_job_time(&self, took: Duration) {
         self.job_seconds.observe(took);
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         // A plain load and store, not a compare-and-swap loop: when two jobs finish at the same
@@ -417,11 +453,29 @@ impl JobRunner {
 /// One taken running slot of a [`JobRunner`]; given back when dropped, also when a panic unwinds
 /// past it.
 #[derive(Debug)]
-pub(crate) struct RunningSlot<'a>(&'a AtomicUsize);
+pub(crate) struct RunningSlot<'a>(&'a JobRunner);
 
 impl Drop for RunningSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.release_slot();
+    }
+}
+
+/// One taken running slot that owns its runner (see [`JobRunner::try_claim_owned`]); given back
+/// when dropped, also when the future holding it is dropped.
+#[derive(Debug)]
+pub(crate) struct OwnedSlot(Arc<JobRunner>);
+
+impl OwnedSlot {
+    /// The runner whose slot this is.
+    pub(crate) fn runner(&self) -> &Arc<JobRunner> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        self.0.release_slot();
     }
 }
 

@@ -3,8 +3,23 @@
 pub use crate::body::ResponseBody;
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// A handler's asynchronous run of one request (see [`Handler::call_async`]).
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<JobResponse, HandlerError>> + Send>>;
+
+/// What [`Handler::call_async`] makes of a request.
+// Both variants are moved once, by value; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum AsyncCall {
+    /// The run, to await.
+    Started(HandlerFuture),
+    /// No asynchronous run: the request, given back for the queue.
+    Declined(JobRequest),
+}
 
 /// A request as a handler sees it: fully read, owned, and independent of the connection.
 #[derive(Debug, Clone)]
@@ -162,6 +177,19 @@ pub trait Handler: Send + Sync + 'static {
     /// free and nothing is queued: a direct handoff with no thread hop. Default false.
     fn is_inline(&self) -> bool {
         false
+    }
+
+    /// An asynchronous run of `req` that waits without blocking (network I/O only, bounded in time
+    /// by the handler): when a running slot is free and nothing is queued on an `on_client_gone =
+    /// "stop"` endpoint of a concurrent mode, the front end awaits it on the connection's own task
+    /// instead of handing the job to an executor thread (no thread hop). The slot is held until
+    /// the future ends (for a streamed answer, until its stream ends, produced as by
+    /// [`Handler::handle`] but on a blocking thread of the front end's runtime); a future dropped
+    /// before it ends (its client went away) is counted `client_gone`. [`AsyncCall::Declined`]
+    /// gives the request back: no asynchronous run, the job goes through the queue. Default
+    /// declined.
+    fn call_async(&self, req: JobRequest) -> AsyncCall {
+        AsyncCall::Declined(req)
     }
 
     /// False while the handler cannot serve any time soon (for example every worker process keeps

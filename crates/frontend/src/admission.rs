@@ -4,7 +4,8 @@
 //!
 //! Order of checks, cheapest first: declared body size (`413`), `Admission::check` (a few atomic
 //! loads; a full queue is overflow before a single body byte is read), body read (bounded in size
-//! and time), then `Admission::try_admit`: inline answer, queued (wait for the reply), or refused.
+//! and time), then `Admission::try_admit`: inline answer, direct (an asynchronous run awaited here),
+//! queued (wait for the reply), or refused.
 
 use super::{Answer, Body, Ignored, Step};
 use common::admission::{Outcome, Refusal};
@@ -58,7 +59,7 @@ pub(super) fn admit(
 }
 
 /// Hand the request to the endpoint's admission and answer its outcome: an inline answer at
-/// once, a queued job's reply later, or the refusal.
+/// once, an asynchronous run's or a queued job's answer later, or the refusal.
 fn enqueue(
     endpoint: &Arc<Endpoint>,
     timing: bool,
@@ -81,6 +82,8 @@ fn enqueue(
     };
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Inline(answer) => Step::Now(Ok(answer)),
+        // Awaited on this connection's task: dropped with it if the client goes.
+        Outcome::Direct(run) => Step::Later(Box::pin(async move { Ok(run.await) })),
         Outcome::Queued(waiter) => {
             let endpoint = endpoint.clone();
             Step::Later(Box::pin(async move {

@@ -90,6 +90,11 @@ const COUNTERS: &[(&str, &str, CounterOf)] = &[
         "Overflowed because the expected wait exceeded the queue timeout.",
         |c| c.shed_by_wait,
     ),
+    (
+        "requests_async",
+        "Admitted requests run asynchronously on their connection's task, without the queue.",
+        |c| c.async_runs,
+    ),
     ("handler_panics", "Handler panics contained.", |c| c.panics),
 ];
 

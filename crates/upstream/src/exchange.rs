@@ -37,12 +37,64 @@ pub(crate) fn run(
     runtime: &tokio::runtime::Handle,
     req: &JobRequest,
 ) -> Result<JobResponse, HandlerError> {
+    let (outgoing, flight, deadline, upgrading) = match prepare(shared, req)? {
+        Prepared::Send(outgoing, flight, deadline, upgrading) => {
+            (outgoing, flight, deadline, upgrading)
+        }
+        Prepared::Refused(answer) => return Ok(answer),
+    };
+    let answer = runtime.block_on(async {
+        tokio::select! {
+            answer = timed(shared, req, outgoing, deadline, upgrading) => answer,
+            () = client_gone(req) => {
+                Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
+            }
+        }
+    })?;
+    answered(shared, runtime, req, answer, flight, deadline)
+}
+
+/// [`run`] on the caller's runtime, awaited instead of blocked on: new connections' drivers run
+/// on that runtime too (the pool holds connections of either kind). A client that goes drops
+/// this future, which drops the connection in use (closing it). A streamed body is produced
+/// through the caller's runtime too, by one of its blocking threads (see
+/// [`common::handler::Handler::call_async`]), so nothing here needs the handler's I/O thread.
+pub(crate) async fn run_async(
+    shared: Arc<Shared>,
+    req: JobRequest,
+) -> Result<JobResponse, HandlerError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (outgoing, flight, deadline, upgrading) = match prepare(&shared, &req)? {
+        Prepared::Send(outgoing, flight, deadline, upgrading) => {
+            (outgoing, flight, deadline, upgrading)
+        }
+        Prepared::Refused(answer) => return Ok(answer),
+    };
+    let answer = timed(&shared, &req, outgoing, deadline, upgrading).await?;
+    answered(&shared, &runtime, &req, answer, flight, deadline)
+}
+
+/// A request ready to send, or answered without the upstream.
+enum Prepared {
+    /// The outgoing request, its in-flight count, the exchange's deadline, and whether it asks
+    /// for an upgrade.
+    Send(
+        hyper::Request<relay::message::OutBody>,
+        InFlight,
+        Instant,
+        bool,
+    ),
+    /// Refused here (a path that would leave the prefix).
+    Refused(JobResponse),
+}
+
+fn prepare(shared: &Arc<Shared>, req: &JobRequest) -> Result<Prepared, HandlerError> {
     if has_dot_segment(req.uri.path()) {
         // `/llm/../admin` would leave the prefix once the upstream resolves it.
-        return Ok(text_response(
+        return Ok(Prepared::Refused(text_response(
             StatusCode::BAD_REQUEST,
             "a path with `.` or `..` segments is not forwarded",
-        ));
+        )));
     }
     let target = target(shared, &req.uri)?;
     let mut outgoing = relay::outgoing(req, target, shared.forwarding);
@@ -59,19 +111,37 @@ pub(crate) fn run(
     let flight = InFlight::new(shared.clone());
     shared.stats.count(&shared.stats.requests);
     let deadline = Instant::now() + shared.config.timeout;
-    let answer = runtime.block_on(async {
-        tokio::select! {
-            answer = tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing, upgrading)) => {
-                answer.unwrap_or_else(|_| {
-                    fail(shared, "no answer within timeout_ms".into());
-                    Err(HandlerError::Timeout("upstream did not answer within timeout_ms".into()))
-                })
-            }
-            () = client_gone(req) => {
-                Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
-            }
-        }
-    })?;
+    Ok(Prepared::Send(outgoing, flight, deadline, upgrading))
+}
+
+/// The exchange, bounded by `deadline`.
+async fn timed(
+    shared: &Shared,
+    req: &JobRequest,
+    outgoing: hyper::Request<relay::message::OutBody>,
+    deadline: Instant,
+    upgrading: bool,
+) -> Result<Answer, HandlerError> {
+    tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing, upgrading))
+        .await
+        .unwrap_or_else(|_| {
+            fail(shared, "no answer within timeout_ms".into());
+            Err(HandlerError::Timeout(
+                "upstream did not answer within timeout_ms".into(),
+            ))
+        })
+}
+
+/// The handler's response to `answer`: whole, a stream relayed by its producer through
+/// `runtime`, or an upgraded session spliced through it, in flight until it ends.
+fn answered(
+    shared: &Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    req: &JobRequest,
+    answer: Answer,
+    flight: InFlight,
+    deadline: Instant,
+) -> Result<JobResponse, HandlerError> {
     match answer {
         Answer::Whole(response) => Ok(response),
         Answer::Stream { head, body, conn } => {

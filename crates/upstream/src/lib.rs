@@ -37,7 +37,7 @@ mod io;
 mod status;
 mod upgrade;
 
-use common::handler::{Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
+use common::handler::{AsyncCall, Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
 use config::{UpstreamAddress, UpstreamConfig};
 use health::Health;
 use hyper::header::HeaderValue;
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
 /// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
 ///
 /// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
+/// `call_async` runs the same exchange on the front end's own task (see
+/// [`Handler::call_async`]): the path taken when a running slot is free and nothing is queued.
 #[derive(Debug)]
 pub struct UpstreamHandler {
     shared: Arc<Shared>,
@@ -131,6 +133,14 @@ impl UpstreamHandler {
 impl Handler for UpstreamHandler {
     fn handle(&self, req: &JobRequest) -> Result<JobResponse, HandlerError> {
         exchange::run(&self.shared, self.io.runtime(), req)
+    }
+
+    fn call_async(&self, req: JobRequest) -> AsyncCall {
+        if req.upgrade.is_pending() {
+            // A WebSocket session's splice runs through the executor path, as documented.
+            return AsyncCall::Declined(req);
+        }
+        AsyncCall::Started(Box::pin(exchange::run_async(self.shared.clone(), req)))
     }
 
     fn available(&self) -> bool {
