@@ -10,7 +10,10 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use std::path::{Path, PathBuf};
 use support::binary::Binary;
-use support::{is_dead, next_chunk, request, wait_until, within, Client, TempDir, TestServer};
+use support::{
+    is_dead, make_fifo, next_chunk, release_fifo, request, wait_until, within, Client, TempDir,
+    TestServer,
+};
 
 /// A streaming `[[endpoint]]` at `path` running `script` with `sh -c`, plus `extra` exec lines.
 fn streaming(path: &str, script: &str, extra: &str) -> String {
@@ -21,33 +24,10 @@ fn streaming(path: &str, script: &str, extra: &str) -> String {
     )
 }
 
-/// A FIFO at `dir/name`: a script's `read` on it blocks until the test writes a line.
-fn fifo(dir: &TempDir, name: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    let made = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo failed");
-    path
-}
-
-/// Write one line to `fifo` (blocks until the script opens it, so on a blocking thread).
-async fn release(fifo: &Path) {
-    let fifo = fifo.to_path_buf();
-    within(
-        "the script to read the FIFO",
-        tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_headers() {
     let dir = TempDir::new("exec-stream-order");
-    let gate = fifo(&dir, "gate");
+    let gate = make_fifo(&dir, "gate");
     let script = format!(
         "printf 'Content-Type: text/event-stream\\r\\nX-Run: 1\\r\\n\\r\\n'; echo 'data: one'; echo; \
          read x < {gate}; echo 'data: two'; echo; read x < {gate}; echo 'data: three'; echo",
@@ -76,7 +56,7 @@ async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_hea
         text = rest.to_string();
         assert_eq!(events.len(), released + 1, "{events:?}");
         if released < 2 {
-            release(&gate).await;
+            release_fifo(&gate).await;
         }
     }
     assert_eq!(events, ["one", "two", "three"]);
@@ -125,7 +105,7 @@ async fn a_client_gone_mid_stream_kills_the_program_and_the_server_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_and_the_output_cap_cut_a_stream_short() {
     let dir = TempDir::new("exec-stream-limits");
-    let gate = fifo(&dir, "gate");
+    let gate = make_fifo(&dir, "gate");
     let toml = streaming(
         "/idle",
         "echo line1; exec sleep 1000",
@@ -148,7 +128,7 @@ async fn the_idle_timeout_and_the_output_cap_cut_a_stream_short() {
         let mut body = resp.into_body();
         assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "line1\n");
         if path == "/big" {
-            release(&gate).await;
+            release_fifo(&gate).await;
         }
         let mut received = 6;
         let cut = loop {
@@ -328,7 +308,7 @@ async fn shutdown_with_a_stream_open_kills_the_program_and_ends_the_stream_cut_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_does_not_bound_the_wait_for_the_first_bytes() {
     let dir = TempDir::new("exec-stream-first");
-    let gate = fifo(&dir, "gate");
+    let gate = make_fifo(&dir, "gate");
     let script = format!("read x < {}; echo first", gate.display());
     let server =
         TestServer::start(&streaming("/slow", &script, "stream_idle_timeout_ms = 100")).await;
@@ -336,7 +316,7 @@ async fn the_idle_timeout_does_not_bound_the_wait_for_the_first_bytes() {
     // Give a wrongly applied idle timeout every chance to fire (this only ever fails a broken
     // limit, never a slow machine), then let the program write.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    release(&gate).await;
+    release_fifo(&gate).await;
     let reply = within("the answer", reply).await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(reply.text(), "first\n");

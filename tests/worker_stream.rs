@@ -11,7 +11,9 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use light::{Light, TrafficLight};
 use std::path::{Path, PathBuf};
-use support::{next_chunk, request, wait_until, within, TempDir, TestServer};
+use support::{
+    make_fifo, next_chunk, release_fifo, request, wait_until, within, TempDir, TestServer,
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -29,29 +31,6 @@ async fn start(worker: &str) -> TestServer {
         .await
 }
 
-/// A FIFO in `dir`: the worker's generator blocks reading it until the test writes a line.
-fn fifo(dir: &TempDir) -> PathBuf {
-    let path = dir.path().join("gate");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo failed");
-    path
-}
-
-/// Let the generator produce its next chunk.
-async fn release(fifo: &Path) {
-    let fifo = fifo.to_path_buf();
-    within(
-        "the worker to read the FIFO",
-        tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-}
-
 async fn pid(server: &TestServer) -> u64 {
     let reply = server.get("/s?pid=1").await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
@@ -62,7 +41,7 @@ async fn pid(server: &TestServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
     let dir = TempDir::new("worker-sse");
-    let gate = fifo(&dir);
+    let gate = make_fifo(&dir, "gate");
     let server = start("").await;
     let worker = pid(&server).await;
     let path = format!("/s?n=3&format=sse&gate={}", gate.display());
@@ -89,7 +68,7 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
         text = rest.to_string();
         assert_eq!(events.len(), n + 1, "{events:?}");
         if n < 2 {
-            release(&gate).await;
+            release_fifo(&gate).await;
         }
     }
     assert_eq!(events, ["0", "1", "2"]);
@@ -105,7 +84,7 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_serves_on() {
     let dir = TempDir::new("worker-stream-gone");
-    let gate = fifo(&dir);
+    let gate = make_fifo(&dir, "gate");
     let server = start("").await;
     let worker = pid(&server).await;
     let path = format!("/s?n=3&gate={}", gate.display());
@@ -121,7 +100,7 @@ async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_se
     })
     .await;
     // The generator learns at its next write that nobody reads any more.
-    release(&gate).await;
+    release_fifo(&gate).await;
     assert_eq!(pid(&server).await, worker, "the same worker serves on");
     let c = server.counters("/s");
     assert_eq!((c.admitted, c.answered()), (3, 3));
@@ -131,7 +110,7 @@ async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_pausing_past_the_idle_timeout_cuts_the_stream_short_and_is_replaced() {
     let dir = TempDir::new("worker-stream-idle");
-    let gate = fifo(&dir);
+    let gate = make_fifo(&dir, "gate");
     let server = start("stream_idle_timeout_ms = 300").await;
     let worker = pid(&server).await;
     let path = format!("/s?n=3&gate={}", gate.display());

@@ -63,3 +63,42 @@ pub fn is_dead(pid: i32) -> bool {
         None => true,
     }
 }
+
+/// A FIFO named `name` in `dir`: a program or worker blocks reading it until the test writes a
+/// line with [`release_fifo`].
+pub fn make_fifo(dir: &TempDir, name: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    path
+}
+
+/// Write one line into `fifo` once its reader has it open. The open never blocks (`O_NONBLOCK`
+/// fails with `ENXIO` while nobody reads; it is tried again), so a reader that never comes fails
+/// the test at the patience bound instead of leaving a blocked thread that the runtime's
+/// shutdown would wait for forever.
+pub async fn release_fifo(fifo: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = async {
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(fifo)
+            {
+                Ok(file) => return file,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                Err(e) => panic!("open {}: {e}", fifo.display()),
+            }
+        }
+    };
+    let mut file = super::within("the FIFO's reader", opened).await;
+    // One short line into an empty pipe: written whole, never blocks.
+    file.write_all(b"go\n").expect("write the FIFO");
+}
