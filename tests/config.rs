@@ -285,6 +285,8 @@ const NUMERIC_KEYS: &[(&str, u64, u64, &str)] = &[
     ("server.max_header_bytes", 8192, 1_048_576, "[server]\nmax_header_bytes = {}\n"),
     ("server.max_requests_per_connection", 1, 1_000_000, "[server]\nmax_requests_per_connection = {}\n"),
     ("server.max_h2_streams", 1, 4096, "[server]\nmax_h2_streams = {}\n"),
+    ("server.max_unsent_bytes", 65_536, 64 << 30, "[server]\nmax_unsent_bytes = {}\n"),
+    ("server.max_unsent_bytes_per_connection", 65_536, 64 << 30, "[server]\nmax_unsent_bytes_per_connection = {}\n"),
     ("server.tls.handshake_timeout_ms", 1, 600_000, "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nhandshake_timeout_ms = {}\n"),
     ("server.tls.hsts_max_age_s", 0, 63_072_000, "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nhsts_max_age_s = {}\n"),
     ("light.sample_ms", 1, 60_000, "[light]\nsample_ms = {}\n"),

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 use support::{read_to_close, wait_until, within, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,5 +183,141 @@ async fn a_reader_that_never_reads_is_closed_at_the_send_timeout_and_others_are_
         let received = read_to_close(stream).await;
         assert!(received.len() < body.len(), "{} bytes", received.len());
     }
+    server.shutdown().await;
+}
+
+/// Answers 1 MiB, whole, at once.
+struct Big;
+
+const BIG: usize = 1 << 20;
+
+impl common::handler::Handler for Big {
+    fn handle(
+        &self,
+        _req: &common::handler::JobRequest,
+    ) -> Result<common::handler::JobResponse, common::handler::HandlerError> {
+        Ok(hyper::Response::new(
+            bytes::Bytes::from(vec![b'x'; BIG]).into(),
+        ))
+    }
+}
+
+const SHUT_WINDOW: &str = r#"
+[server]
+access_log = false
+send_timeout_ms = 1500
+max_unsent_bytes = 8388608
+max_unsent_bytes_per_connection = 1048576
+
+[[endpoint]]
+path = "/big"
+methods = ["GET"]
+builtin = "big"
+queue = 256
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET"]
+builtin = "ping"
+"#;
+
+/// An HTTP/2 connection that sets `SETTINGS_INITIAL_WINDOW_SIZE = 0`, never opens a window and
+/// answers PINGs (h2 does), asking `streams` times for `/big`. Returns its connection's task
+/// (which ends when the server closes it) and the streams' answers (`None` if reset), to be kept:
+/// dropping one cancels its stream.
+async fn shut_window(
+    addr: std::net::SocketAddr,
+    streams: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Vec<tokio::task::JoinHandle<Option<hyper::Response<h2::RecvStream>>>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..streams {
+        let req = hyper::Request::get(format!("http://{addr}/big"))
+            .body(())
+            .unwrap();
+        let (answer, _) = client.send_request(req, true).unwrap();
+        answers.push(tokio::spawn(async move { answer.await.ok() }));
+        client = client.ready().await.unwrap();
+    }
+    (conn, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_readers_that_keep_their_window_shut_stay_under_the_budget_and_are_closed() {
+    let server =
+        TestServer::start_with(SHUT_WINDOW, &support::registry("big", Arc::new(Big))).await;
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        attackers.push(shut_window(server.addr, 16).await);
+    }
+    // Every stream gets its head: 200 (its body waiting for a window) or 503 (over a budget).
+    let mut heads = Vec::new();
+    for (_, answers) in &mut attackers {
+        for answer in answers.drain(..) {
+            heads.push(within("a stream's head", answer).await.unwrap());
+        }
+    }
+    let statuses: Vec<_> = heads
+        .iter()
+        .map(|h| h.as_ref().map(|r| r.status()))
+        .collect();
+    let ok = statuses
+        .iter()
+        .filter(|s| **s == Some(hyper::StatusCode::OK))
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == Some(hyper::StatusCode::SERVICE_UNAVAILABLE))
+        .count();
+    assert_eq!(ok + refused, 64, "{statuses:?}");
+    assert!(ok >= 4, "each connection's first answer fits: {statuses:?}");
+    assert!(refused > 0, "{statuses:?}");
+    let held = server.app.unsent_bytes();
+    assert!(
+        held > 0 && held <= 8 << 20,
+        "{held} unsent bytes, 8 MiB budget; {ok} ok, {refused} refused"
+    );
+
+    // A good client is answered meanwhile, a large answer included.
+    let reply = within("a good client's ping", server.client().get("/ping")).await;
+    assert_eq!(reply.status, hyper::StatusCode::OK);
+    let h2 = server.client().connect_h2().await;
+    let reply = within(
+        "a good client's large answer",
+        h2.send(support::request("GET", "/big", bytes::Bytes::new())),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (hyper::StatusCode::OK, BIG)
+    );
+
+    // The idle timeout is 60 s (longer than PATIENCE), and PINGs are answered: only the send
+    // deadline closes them.
+    for (conn, _) in attackers {
+        within("the attacker's connection closed", conn)
+            .await
+            .unwrap();
+    }
+    drop(heads);
+    wait_until("every unsent byte released", || {
+        server.app.unsent_bytes() == 0
+    })
+    .await;
+    assert_eq!(server.app.unsent_refused(), refused as u64);
+    let status = server.status_json().await;
+    assert_eq!(status["connections"]["unsent_refused"], refused as u64);
     server.shutdown().await;
 }

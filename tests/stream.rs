@@ -337,3 +337,47 @@ async fn a_stream_pausing_longer_than_the_connection_idle_timeout_keeps_its_conn
     assert!(next_chunk(&mut body).await.is_none(), "a clean end");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_reader_that_keeps_its_window_shut_is_closed_at_the_send_timeout() {
+    let ticker = Arc::new(Ticker::default());
+    let toml = format!("[server]\nsend_timeout_ms = 500\n{TOML}");
+    let server = TestServer::start_with(&toml, &registry("ticker", ticker.clone())).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0, never a WINDOW_UPDATE; h2 answers PINGs.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let req = hyper::Request::get(format!("http://{}/stream", server.addr))
+        .header("x-chunks", "64")
+        .header("x-size", "65536")
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(req, true).unwrap();
+    let head = within("the stream's head", answer).await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    // The idle timeout is 60 s: only the send deadline closes it, and the producer learns it.
+    within("the connection closed by the server", closed)
+        .await
+        .unwrap();
+    wait_until("the producer ends", || {
+        !ticker.ended.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        ticker.ended.lock().unwrap().as_slice(),
+        [Err(StreamError::ClientGone)]
+    );
+    wait_until("every unsent byte released", || {
+        server.app.unsent_bytes() == 0
+    })
+    .await;
+    drop(head);
+    server.shutdown().await;
+}

@@ -83,8 +83,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time a client has to send the request body.
     pub body_read_timeout: Duration,
-    /// How long a connection's writes may stay blocked (the client accepts no byte of a pending
-    /// answer) before it is closed.
+    /// How long a connection's writes may stay blocked, or its unsent answers untaken (the client
+    /// accepts no byte of a pending answer, on the socket or through HTTP/2 flow control), before
+    /// it is closed.
     pub send_timeout: Duration,
     /// Time the running jobs get to finish on shutdown before children are killed.
     pub shutdown_grace: Duration,
@@ -94,6 +95,12 @@ pub struct ServerConfig {
     pub max_requests_per_connection: NonZeroUsize,
     /// Concurrent streams on one HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// Response bytes not yet taken by their clients, server-wide, above which a connection that
+    /// still has some is refused new large answers (`503`); see docs/HARDENING.md.
+    pub max_unsent_bytes: u64,
+    /// Response bytes not yet taken by its client above which a connection is refused new large
+    /// answers (`503`); one answer of any size always fits.
+    pub max_unsent_bytes_per_connection: u64,
     /// Write one access-log line per answered request (never for ignored overflow).
     pub access_log: bool,
     /// The credentials every endpoint asks for unless it says otherwise (`[server.auth]`).

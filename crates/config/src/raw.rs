@@ -48,6 +48,7 @@ mod range {
     pub const HEADER_BYTES: (u64, u64) = (MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
     pub const REQUESTS_PER_CONNECTION: (u64, u64) = (1, 1_000_000);
     pub const H2_STREAMS: (u64, u64) = (1, 4096);
+    pub const UNSENT_BYTES: (u64, u64) = (64 * 1024, 64 * GIB);
     pub const HANDSHAKE_TIMEOUT_MS: (u64, u64) = (1, 600_000);
     /// Two years, in seconds (preload lists ask for one).
     pub const HSTS_MAX_AGE_S: (u64, u64) = (0, 63_072_000);
@@ -195,6 +196,8 @@ struct RawServer {
     max_header_bytes: usize,
     max_requests_per_connection: usize,
     max_h2_streams: u32,
+    max_unsent_bytes: u64,
+    max_unsent_bytes_per_connection: u64,
     access_log: bool,
     access_log_redact_query: RawRedaction,
     admin_listen: Option<String>,
@@ -275,6 +278,8 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
+            max_unsent_bytes: 32 << 20,
+            max_unsent_bytes_per_connection: 2 << 20,
             access_log: true,
             access_log_redact_query: RawRedaction::All(false),
             admin_listen: None,
@@ -588,6 +593,16 @@ impl RawServer {
                 "server.max_h2_streams",
                 self.max_h2_streams,
                 range::H2_STREAMS,
+            )?,
+            max_unsent_bytes: p.in_range(
+                "server.max_unsent_bytes",
+                self.max_unsent_bytes,
+                range::UNSENT_BYTES,
+            )?,
+            max_unsent_bytes_per_connection: p.in_range(
+                "server.max_unsent_bytes_per_connection",
+                self.max_unsent_bytes_per_connection,
+                range::UNSENT_BYTES,
             )?,
             access_log: self.access_log,
             auth: self

@@ -134,6 +134,8 @@ pub struct App {
     unauthorized: AtomicU64,
     /// The public listener's door (see [`crate::door`]).
     door: crate::door::Door,
+    /// Response bytes waiting for their clients, and their budget (see [`crate::unsent`]).
+    unsent: Arc<crate::unsent::Ledger>,
 }
 
 impl App {
@@ -146,7 +148,12 @@ impl App {
         light: TrafficLight,
     ) -> App {
         let table = Table::new(endpoints, &Guards::default());
+        let unsent = Arc::new(crate::unsent::Ledger::new(
+            server.max_unsent_bytes,
+            server.max_unsent_bytes_per_connection,
+        ));
         App {
+            unsent,
             server,
             table_id: AtomicU64::new(table.id),
             table: RwLock::new(Arc::new(table)),
@@ -167,6 +174,21 @@ impl App {
         self.table_id.store(table.id, Ordering::Release);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self
+    }
+
+    /// Response bytes made and not yet taken by their connections, server-wide.
+    pub fn unsent_bytes(&self) -> u64 {
+        self.unsent.bytes()
+    }
+
+    /// Requests and answers refused `503` because their connection's unsent answers were over a
+    /// budget.
+    pub fn unsent_refused(&self) -> u64 {
+        self.unsent.refused()
+    }
+
+    pub(super) fn unsent(&self) -> &Arc<crate::unsent::Ledger> {
+        &self.unsent
     }
 
     /// Requests refused `401` so far.

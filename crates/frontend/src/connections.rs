@@ -43,6 +43,11 @@ pub(super) struct Activity {
     /// A passed-through upgrade (WebSocket) session on this connection: resolves (or fails)
     /// when it ends. The connection keeps its slot until then.
     session: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Response bytes made for this connection and not yet taken by hyper (see [`crate::unsent`]).
+    unsent: AtomicU64,
+    /// Response bytes hyper has taken: progress while answers wait (HTTP/2 takes them only as
+    /// the client's flow-control window opens).
+    taken: AtomicU64,
 }
 
 impl Activity {
@@ -81,6 +86,29 @@ impl Activity {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    /// Response bytes made for this connection and not yet taken.
+    pub(super) fn unsent(&self) -> u64 {
+        self.unsent.load(Ordering::Relaxed)
+    }
+
+    /// `bytes` more made and waiting.
+    pub(super) fn hold(&self, bytes: u64) {
+        self.unsent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` of those waiting taken by hyper (`taken`) or dropped with their answer.
+    pub(super) fn release(&self, bytes: u64, taken: bool) {
+        self.unsent.fetch_sub(bytes, Ordering::Relaxed);
+        if taken {
+            self.took(bytes);
+        }
+    }
+
+    /// `bytes` of an answer taken by hyper: progress for the send deadline.
+    pub(super) fn took(&self, bytes: u64) {
+        self.taken.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A request answered as soon as it was read (never in flight across an await).
@@ -197,6 +225,9 @@ struct Entry {
     /// The write count at the last sweep that saw it change, and when that was.
     seen_writes: u64,
     writes_since: Instant,
+    /// The taken-bytes count at the last sweep that saw it change or no bytes waiting, and when.
+    seen_taken: u64,
+    taken_since: Instant,
     /// The accept loop that took it: a listener at its limit evicts only its own connections.
     listener: &'static str,
     /// When it was registered (for eviction: the oldest of those without a request goes first).
@@ -246,6 +277,8 @@ impl ConnectionTable {
             quiet_since: now,
             seen_writes: 0,
             writes_since: now,
+            seen_taken: 0,
+            taken_since: now,
             listener,
             opened: now,
         };
@@ -328,18 +361,28 @@ impl ConnectionTable {
     }
 
     /// One sweep at `now`: mark and wake every connection idle for a whole period (`silent`
-    /// before its first request, `idle` after), or whose writes have been blocked for `send`. Returns how many it closed.
+    /// before its first request, `idle` after), or whose client has accepted no byte of a pending
+    /// answer for `send`. Returns how many it closed.
     fn sweep(&self, now: Instant, silent: Duration, idle: Duration, send: Duration) -> usize {
         let mut closed = 0;
         for entry in self.lock().entries.iter_mut().flatten() {
             let activity = &entry.activity;
             // The send deadline: blocked writes with no byte taken by the client for `send`,
-            // whatever else the connection does (it may keep sending, or have a request in flight).
+            // whatever else the connection does (it may keep sending, or have a request in flight);
+            // or answers waiting with none of their bytes taken by hyper for `send` (an HTTP/2
+            // client whose flow-control window stays shut never blocks a socket write).
             let writes = activity.writes.load(Ordering::Relaxed);
             if writes != entry.seen_writes || !activity.write_blocked.load(Ordering::Relaxed) {
                 entry.seen_writes = writes;
                 entry.writes_since = now;
-            } else if now.saturating_duration_since(entry.writes_since) >= send {
+            }
+            let taken = activity.taken.load(Ordering::Relaxed);
+            if taken != entry.seen_taken || activity.unsent() == 0 {
+                entry.seen_taken = taken;
+                entry.taken_since = now;
+            }
+            let stalled = entry.writes_since.min(entry.taken_since);
+            if now.saturating_duration_since(stalled) >= send {
                 if !activity.close.swap(true, Ordering::SeqCst) {
                     closed += 1;
                     if let Some(waker) = &entry.waker {
@@ -511,6 +554,36 @@ mod tests {
         assert_eq!(connections.sweep(start + SEND / 2, silent, idle, SEND), 0);
         assert_eq!(connections.sweep(start + SEND, silent, idle, SEND), 1);
         assert!(stalled.close.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn untaken_answers_close_at_the_send_timeout_though_the_client_keeps_answering_pings() {
+        let (silent, idle) = (Duration::from_secs(600), Duration::from_secs(600));
+        let connections = Arc::new(ConnectionTable::default());
+        let shut = Arc::new(Activity::default());
+        let reading = Arc::new(Activity::default());
+        let _s = connections.register(shut.clone(), "main");
+        let _r = connections.register(reading.clone(), "main");
+        let start = Instant::now();
+        for activity in [&shut, &reading] {
+            activity.request();
+            activity.hold(1 << 20);
+            activity.release(16 << 10, true);
+        }
+        assert_eq!(connections.sweep(start, silent, idle, SEND), 0);
+        shut.progressed(); // a PING answered: read progress, nothing taken
+        reading.release(16 << 10, true);
+        assert_eq!(connections.sweep(start + SEND / 2, silent, idle, SEND), 0);
+        reading.release(16 << 10, true);
+        assert_eq!(connections.sweep(start + SEND, silent, idle, SEND), 1);
+        assert!(shut.close.load(Ordering::SeqCst));
+        assert!(
+            !reading.close.load(Ordering::SeqCst),
+            "its client takes bytes"
+        );
+        // With nothing left waiting, a quiet period is not a stalled send.
+        reading.release(reading.unsent(), true);
+        assert_eq!(connections.sweep(start + SEND * 3, silent, idle, SEND), 0);
     }
 
     #[test]

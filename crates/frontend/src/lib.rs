@@ -25,6 +25,8 @@
 //!   thread writes out in batches.
 //! - [`auth`]: bearer tokens from a file, checked before admission.
 //! - [`tls`]: HTTPS: certificate store (reloadable), rustls config, bounded handshake.
+//! - `unsent`: response bytes not yet taken by their clients: the body hyper sends (large bodies
+//!   in counted slices), per-connection and server-wide budgets.
 
 pub mod access;
 mod admission;
@@ -39,6 +41,7 @@ mod router;
 mod service;
 mod status;
 pub mod tls;
+mod unsent;
 
 pub use app::App;
 pub use listener::{serve, serve_all, Listeners, Tls};
@@ -83,29 +86,38 @@ enum Step {
     Later(Pending),
 }
 
-/// The future the connection's service returns: a [`Step`] as a future.
-pub struct Reply(Option<Step>);
+/// What the connection's service answers: the response with its body as hyper sends it
+/// ([`unsent::Sent`]), or a deliberate silence.
+pub type Sending = Result<Response<unsent::Sent>, Ignored>;
+
+/// The future the connection's service returns: answered at once, or by a boxed future.
+pub struct Reply(Option<Ready>);
+
+enum Ready {
+    Now(Sending),
+    Later(Pin<Box<dyn Future<Output = Sending> + Send>>),
+}
 
 impl Reply {
-    fn now(answer: Answer) -> Reply {
-        Reply(Some(Step::Now(answer)))
+    fn now(answer: Sending) -> Reply {
+        Reply(Some(Ready::Now(answer)))
     }
 
-    fn later(pending: Pending) -> Reply {
-        Reply(Some(Step::Later(pending)))
+    fn later(pending: Pin<Box<dyn Future<Output = Sending> + Send>>) -> Reply {
+        Reply(Some(Ready::Later(pending)))
     }
 }
 
 impl Future for Reply {
-    type Output = Answer;
+    type Output = Sending;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sending> {
         match self.0.take() {
-            Some(Step::Now(answer)) => Poll::Ready(answer),
-            Some(Step::Later(mut pending)) => match pending.as_mut().poll(cx) {
+            Some(Ready::Now(answer)) => Poll::Ready(answer),
+            Some(Ready::Later(mut pending)) => match pending.as_mut().poll(cx) {
                 Poll::Ready(answer) => Poll::Ready(answer),
                 Poll::Pending => {
-                    self.0 = Some(Step::Later(pending));
+                    self.0 = Some(Ready::Later(pending));
                     Poll::Pending
                 }
             },

@@ -41,6 +41,8 @@ struct Scrape {
     endpoints: Vec<EndpointScrape>,
     open_connections: i64,
     unauthorized: u64,
+    unsent_refused: u64,
+    unsent_bytes: i64,
     children: i64,
     light: i64,
     access_log_dropped: u64,
@@ -143,6 +145,12 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(self.unsent_refused).encode(encoder.encode_descriptor(
+            "requests_unsent_refused",
+            "Requests and answers refused 503 because their connection's unsent answers were over a budget.",
+            None,
+            MetricType::Counter,
+        )?)?;
         // Handler samples, one descriptor per name across every endpoint that has it.
         let mut by_name: BTreeMap<&str, Vec<(&EndpointScrape, &HandlerSample)>> = BTreeMap::new();
         for ep in &self.endpoints {
@@ -171,7 +179,12 @@ impl Collector for Scrape {
                 }
             }
         }
-        let server: [(&str, &str, i64); 2] = [
+        let server: [(&str, &str, i64); 3] = [
+            (
+                "unsent_bytes",
+                "Response bytes made and not yet taken by their clients' connections.",
+                self.unsent_bytes,
+            ),
             (
                 "open_connections",
                 "Client connections open now.",
@@ -304,6 +317,8 @@ pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
             .collect(),
         open_connections: gauge(app.open_connections()),
         unauthorized: app.unauthorized(),
+        unsent_refused: app.unsent_refused(),
+        unsent_bytes: i64::try_from(app.unsent_bytes()).unwrap_or(i64::MAX),
         children: gauge(app.children().live()),
         light: app.light_level(),
         access_log_dropped: super::access::dropped_total(),

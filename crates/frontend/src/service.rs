@@ -1,11 +1,13 @@
 //! One connection's hyper service: the router behind it, the access log, HSTS, the redirect
-//! listener's answer, and the cap on requests per HTTP/1 connection.
+//! listener's answer, the cap on requests per HTTP/1 connection, and the budgets of unsent
+//! answers.
 
 use super::access::AccessLine;
 use super::app::App;
 use super::connections::{Activity, InFlight};
 use super::router::{route, Role};
-use super::{Answer, Reply, Step};
+use super::unsent::{Ledger, Sent};
+use super::{Answer, Reply, Sending, Step};
 use common::handler::text_response;
 use common::job::JobTiming;
 use http_body_util::BodyExt;
@@ -29,7 +31,7 @@ pub(super) fn for_connection(
     activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = hyper::Response<super::Body>,
+    Response = hyper::Response<Sent>,
     Error = super::Ignored,
     Future = Reply,
 > + Clone
@@ -46,19 +48,25 @@ pub(super) fn for_connection(
             last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
             hsts: hsts.clone(),
         };
+        let ledger = app.unsent();
         let step = match role {
             Role::Redirect(port) => Step::Now(Ok(redirect(&req, port))),
-            _ => route(&app, role, req, remote, local),
+            _ => match ledger.refuse_request(&activity) {
+                Some(refusal) => Step::Now(Ok(refusal)),
+                None => route(&app, role, req, remote, local),
+            },
         };
         match step {
             Step::Now(answer) => {
                 activity.answered_at_once();
+                let answer = answer.map(|resp| ledger.admit(&activity, resp));
                 // Most answers need no finishing: then the answer is not moved through `apply`.
-                Reply::now(if finish.is_nothing() {
+                let answer = if finish.is_nothing() {
                     answer
                 } else {
                     finish.apply(&app, answer)
-                })
+                };
+                Reply::now(sending(answer, &activity, ledger))
             }
             Step::Later(pending) => {
                 let in_flight = InFlight::new(&activity);
@@ -70,9 +78,10 @@ pub(super) fn for_connection(
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                             && resp.body().is_stream()
                         {
-                            return finish
+                            let answer = finish
                                 .apply(&app, answer)
                                 .map(|resp| upgrade_session(&app, &activity, resp, in_flight));
+                            return sending(answer, &activity, app.unsent());
                         }
                     }
                     match answer.as_mut() {
@@ -84,7 +93,10 @@ pub(super) fn for_connection(
                             .on_stream_end(Box::new(move |_| drop(in_flight))),
                         _ => drop(in_flight),
                     }
-                    finish.apply(&app, answer)
+                    let ledger = app.unsent();
+                    let answer = answer.map(|resp| ledger.admit(&activity, resp));
+                    let answer = finish.apply(&app, answer);
+                    sending(answer, &activity, ledger)
                 }))
             }
         }
@@ -128,6 +140,12 @@ fn upgrade_session(
         drop(ended);
     });
     resp
+}
+
+/// The answer with its body as hyper sends it: large and streamed bodies counted as unsent
+/// until hyper takes them (see [`crate::unsent`]).
+fn sending(answer: Answer, activity: &Arc<Activity>, ledger: &Arc<Ledger>) -> Sending {
+    answer.map(|resp| resp.map(|body| Sent::new(body, activity, ledger)))
 }
 
 /// What is done to every answer before it is sent: the access log line, HSTS, and

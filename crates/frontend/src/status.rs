@@ -22,11 +22,15 @@ struct StatusDocument<'a> {
     endpoints: BTreeMap<&'a str, EndpointStatus>,
 }
 
-/// Open connections against the main listener's limit.
+/// Open connections against the main listener's limit, and the answers they have not taken yet.
 #[derive(serde::Serialize)]
 struct ConnectionCounts {
     open: usize,
     max: usize,
+    /// Response bytes made and not yet taken by their connections.
+    unsent_bytes: u64,
+    /// Requests and answers refused `503` for a connection over an unsent-bytes budget.
+    unsent_refused: u64,
 }
 
 /// The status document. Reads atomics only: never waits behind work.
@@ -38,6 +42,8 @@ pub(super) fn render(app: &App) -> Response<Body> {
         connections: ConnectionCounts {
             open: app.open_connections(),
             max: app.server.max_connections.get(),
+            unsent_bytes: app.unsent_bytes(),
+            unsent_refused: app.unsent_refused(),
         },
         children: app.children().live(),
         light: app.light().snapshot(),
