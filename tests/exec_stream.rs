@@ -8,7 +8,6 @@ mod support;
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use std::path::{Path, PathBuf};
 use support::binary::Binary;
 use support::{
     is_dead, make_fifo, next_chunk, release_fifo, request, wait_until, within, Client, TempDir,

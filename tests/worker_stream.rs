@@ -10,10 +10,7 @@ mod support;
 use bytes::Bytes;
 use hyper::StatusCode;
 use light::{Light, TrafficLight};
-use std::path::{Path, PathBuf};
-use support::{
-    make_fifo, next_chunk, release_fifo, request, wait_until, within, TempDir, TestServer,
-};
+use support::{make_fifo, next_chunk, release_fifo, request, wait_until, TempDir, TestServer};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
