@@ -278,7 +278,7 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
-            max_unsent_bytes: 32 << 20,
+            max_unsent_bytes: 16 << 20,
             max_unsent_bytes_per_connection: 2 << 20,
             access_log: true,
             access_log_redact_query: RawRedaction::All(false),
