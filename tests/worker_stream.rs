@@ -84,7 +84,10 @@ async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_se
     let gate = make_fifo(&dir, "gate");
     let server = start("").await;
     let worker = pid(&server).await;
-    let path = format!("/s?n=3&gate={}", gate.display());
+    // Two chunks: after the client leaves, the generator's one remaining chunk ends it whether or
+    // not that write already fails (the first write into a connection the server closed can still
+    // succeed locally before the peer's reset arrives; a third chunk would then wait at the FIFO).
+    let path = format!("/s?n=2&gate={}", gate.display());
     let resp = server
         .client()
         .open(request("GET", &path, Bytes::new()))
