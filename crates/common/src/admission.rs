@@ -201,7 +201,8 @@ impl Admission {
     /// "stop"` endpoint: a client that goes drops the future, which stops the run.
     fn try_direct(&self, request: JobRequest, timing: bool) -> Direct {
         // Nothing queued, so FIFO order is kept; a closed endpoint's handler is not called here.
-        if self.queue.depth() != 0
+        if !self.runner.handler().runs_async()
+            || self.queue.depth() != 0
             || self.queue.is_closed()
             || !self.stop_when_client_gone
             || !self.executor.allows_inline()

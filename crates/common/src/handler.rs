@@ -192,6 +192,13 @@ pub trait Handler: Send + Sync + 'static {
         AsyncCall::Declined(req)
     }
 
+    /// True if [`Handler::call_async`] may start runs: only then does admission take a running
+    /// slot to offer it one, so the admission of every other handler stays a queue push with no
+    /// slot taken and given back. Default false.
+    fn runs_async(&self) -> bool {
+        false
+    }
+
     /// False while the handler cannot serve any time soon (for example every worker process keeps
     /// crashing): admission then treats new requests as overflow at once instead of queueing them.
     /// Called on every admission: must be a few atomic loads at most. Default true.

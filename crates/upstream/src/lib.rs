@@ -135,6 +135,10 @@ impl Handler for UpstreamHandler {
         exchange::run(&self.shared, self.io.runtime(), req)
     }
 
+    fn runs_async(&self) -> bool {
+        true
+    }
+
     fn call_async(&self, req: JobRequest) -> AsyncCall {
         if req.upgrade.is_pending() {
             // A WebSocket session's splice runs through the executor path, as documented.
