@@ -20,7 +20,8 @@
 # Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
 # CONNECTIONS (default 32), THREADS (wrk threads, default 1), FC_WORKERS (fiddler_crab's slots,
 # that is connections to the upstream, default 8), SERVER_CPU / LOADGEN_CPU (default 0 / 1),
-# SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
+# ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
+# server's log file), SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 FC_WORKERS=${FC_WORKERS:-8}
+ACCESS_LOG=${ACCESS_LOG:-false}   # true: fiddler_crab as shipped (access log on, to the server log)
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVERS=${SERVERS:-"bare fc nginx haproxy"}
@@ -85,7 +87,7 @@ start_server() {
       cat >"$work/fc.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
-access_log = false
+access_log = $ACCESS_LOG
 
 [[endpoint]]
 path = "/ping"
