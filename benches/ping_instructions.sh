@@ -13,8 +13,10 @@
 #
 #   bash benches/ping_instructions.sh
 #
-# Environment: SERVERS (default "bare jellyfish crab"), SHORT / LONG (s, default 2 / 8),
-# CONNECTIONS (default 8), REF_BIN (another fiddler_crab binary, run as server "jellyfish-ref").
+# Environment: SERVERS (default "bare jellyfish crab"; also "default": the embedded default config,
+# access log on, to a file; "nginx" / "nginx-log": nginx as one process, access_log off / to a
+# file), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
+# binary, run as servers "jellyfish-ref" and "default-ref").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,10 +43,25 @@ one() {
       cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;
     jellyfish-ref) fiddler_crab_config jellyfish "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab-ref" --config "$work/$name.toml") ;;
+    default) cmd=("$work/fiddler_crab" --listen "127.0.0.1:$port") ;;
+    default-ref) cmd=("$work/fiddler_crab-ref" --listen "127.0.0.1:$port") ;;
+    nginx | nginx-log)
+      local dir=$work/$name log=off
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      if [ "$name" = nginx-log ]; then log=on; fi
+      nginx_conf "$dir" "$log" "    server {
+        listen 127.0.0.1:$port;
+        location = /ping { default_type text/plain; return 200 \"pong\\n\"; }
+    }" >"$dir/nginx.conf"
+      # One process (no master): cachegrind follows the process that serves.
+      cmd=("$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+        -g "daemon off; master_process off; worker_processes 1;") ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/$name.cg" "${cmd[@]}" \
-    >/dev/null 2>"$work/$name.valgrind.log" &
+  # The server's own stderr (the default config's access log) goes to a file, as in ping.sh.
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/$name.cg" \
+    --log-file="$work/$name.valgrind.log" "${cmd[@]}" >/dev/null 2>"$work/$name.stderr" &
   pid=$!
   local i
   for i in $(seq 1 100); do
