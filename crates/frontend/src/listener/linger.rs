@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The longest a closed connection lingers, reading and discarding.
@@ -70,11 +70,27 @@ impl AsyncRead for SharedTcp {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
+            let room = buf.remaining();
+            let mut short = None;
             // Into the unfilled part as it is, uninitialised: `initialize_unfilled` would zero
             // hyper's whole spare read buffer on every read (a memset of kilobytes per request).
-            match self.0.try_read_buf(buf) {
+            // A read that returns less than there was room for has drained the socket: it
+            // reports "would block" to the outer `try_io`, which clears the readiness it saw
+            // before the read (as tokio's own `TcpStream::poll_read` does), so the next read
+            // waits for the next readiness event instead of making a `recvfrom` that can only
+            // fail with EAGAIN: one system call less per request.
+            let read = self.0.try_io(Interest::READABLE, || {
+                let n = self.0.try_read_buf(buf)?;
+                if n > 0 && n < room {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match read {
                 Ok(_) => return Poll::Ready(Ok(())),
-                // try_read cleared the readiness: the next poll_read_ready registers the waker.
+                Err(_) if short.is_some() => return Poll::Ready(Ok(())),
+                // The readiness was cleared: the next poll_read_ready registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
