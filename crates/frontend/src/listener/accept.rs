@@ -45,6 +45,9 @@ struct Connections {
     role: Role,
     tls: Option<Tls>,
     shared: Arc<Shared>,
+    /// The listener's address when it names one IP: every connection's local address, known
+    /// without a `getsockname` per connection (a wildcard listener asks each connection).
+    local: Option<SocketAddr>,
 }
 
 impl AcceptLoop {
@@ -57,6 +60,10 @@ impl AcceptLoop {
         max: usize,
         shared: Arc<Shared>,
     ) -> AcceptLoop {
+        let local = socket
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         AcceptLoop {
             socket,
             limit: Arc::new(Semaphore::new(max)),
@@ -66,6 +73,7 @@ impl AcceptLoop {
                 role,
                 tls,
                 shared,
+                local,
             }),
         }
     }
@@ -164,13 +172,13 @@ impl Connections {
     /// in the connection table for the idle sweep and the drain.
     async fn serve(self: Arc<Self>, open: OpenConnection, tcp: TcpStream, remote: SocketAddr) {
         let _open = open;
-        let Ok(local) = tcp.local_addr() else {
+        let Some(local) = self.local.or_else(|| tcp.local_addr().ok()) else {
             return;
         };
         let _ = tcp.set_nodelay(true);
         let tcp = SharedTcp::new(tcp);
         let (stream, hsts) = match &self.tls {
-            None => (ClientStream::Plain(tcp.clone()), None),
+            None => (ClientStream::Plain(tcp.clone(), Default::default()), None),
             Some(tls) => {
                 match crate::tls::handshake(&tls.acceptor, tcp.clone(), tls.handshake_timeout).await
                 {

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -25,17 +26,35 @@ pub(super) const LINGER_BYTES: usize = 1 << 20;
 /// close (which outlives hyper's connection): hyper's end of it is dropped when its connection
 /// ends, and the socket stays open until the lingering close drops the other.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedTcp(Arc<TcpStream>);
+pub(crate) struct SharedTcp(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    tcp: TcpStream,
+    /// Set by the first `shutdown(SHUT_WR)` (hyper's, or the linger's), so there is one only.
+    write_shut: AtomicBool,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
 
 impl SharedTcp {
     pub(crate) fn new(tcp: TcpStream) -> SharedTcp {
-        SharedTcp(Arc::new(tcp))
+        SharedTcp(Arc::new(Shared {
+            tcp,
+            write_shut: AtomicBool::new(false),
+        }))
     }
 
     /// Send FIN once every byte written is on its way, then read and discard until the client
     /// closes its side, [`LINGER_BYTES`] have been read, [`LINGER_TIME`] has passed, or an error.
     pub(super) async fn linger(self) {
-        shutdown_write(&self.0);
+        self.0.shutdown_write();
         let discard = async {
             let mut chunk = [0u8; 4096];
             let mut read = 0usize;
@@ -55,11 +74,48 @@ impl SharedTcp {
     }
 }
 
-/// `shutdown(SHUT_WR)`: FIN after the bytes already written. An error (the peer reset, the socket
-/// is already shut) leaves nothing to do.
-fn shutdown_write(tcp: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let _ = nix::sys::socket::shutdown(tcp.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+impl Shared {
+    /// `shutdown(SHUT_WR)`: FIN after the bytes already written, once (hyper shuts a connection
+    /// it closes, and the linger after it would only get `ENOTCONN`). An error (the peer reset)
+    /// leaves nothing to do.
+    fn shutdown_write(&self) {
+        use std::os::fd::AsRawFd;
+        if !self.write_shut.swap(true, Ordering::Relaxed) {
+            let _ =
+                nix::sys::socket::shutdown(self.tcp.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        }
+    }
+}
+
+impl SharedTcp {
+    /// Read into the spare capacity of `vec` (at least one byte of it), as [`AsyncRead`] reads
+    /// into a `ReadBuf`; nothing added means end of stream.
+    pub(super) fn poll_read_vec(
+        &self,
+        cx: &mut Context<'_>,
+        vec: &mut Vec<u8>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            let room = vec.capacity() - vec.len();
+            let mut short = false;
+            // As in `poll_read`: a short read clears the readiness seen before it.
+            let read = self.0.try_io(Interest::READABLE, || {
+                let n = self.0.try_read_buf(vec)?;
+                if n > 0 && n < room {
+                    short = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match read {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(_) if short => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 impl AsyncRead for SharedTcp {
@@ -136,7 +192,7 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.0);
+        self.0.shutdown_write();
         Poll::Ready(Ok(()))
     }
 }
