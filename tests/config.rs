@@ -282,6 +282,7 @@ const NUMERIC_KEYS: &[(&str, u64, u64, &str)] = &[
     ("server.idle_timeout_ms", 1, 86_400_000, "[server]\nidle_timeout_ms = {}\n"),
     ("server.body_read_timeout_ms", 1, 3_600_000, "[server]\nbody_read_timeout_ms = {}\n"),
     ("server.shutdown_grace_ms", 0, 3_600_000, "[server]\nshutdown_grace_ms = {}\n"),
+    ("server.overflow_hold_ms", 0, 60_000, "[server]\noverflow_hold_ms = {}\n"),
     ("server.max_header_bytes", 8192, 1_048_576, "[server]\nmax_header_bytes = {}\n"),
     ("server.max_requests_per_connection", 1, 1_000_000, "[server]\nmax_requests_per_connection = {}\n"),
     ("server.max_h2_streams", 1, 4096, "[server]\nmax_h2_streams = {}\n"),

@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// accepts no byte of a pending answer, on the socket or through HTTP/2 flow control), before
     /// it is closed.
     pub send_timeout: Duration,
+    /// How long an HTTP/1 connection whose request overflowed an `ignore` endpoint is held open,
+    /// unanswered and unread, before it is closed without a byte (the hold); zero closes it at
+    /// once. Held connections count against `max_connections` and are the first evicted at it.
+    pub overflow_hold: Duration,
     /// Time the running jobs get to finish on shutdown before children are killed.
     pub shutdown_grace: Duration,
     /// Largest request head (request line and headers); larger gets `431`. At least 8192.

@@ -45,6 +45,7 @@ mod range {
     pub const READ_TIMEOUT_MS: (u64, u64) = (1, HOUR_MS);
     pub const IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
     pub const GRACE_MS: (u64, u64) = (0, HOUR_MS);
+    pub const OVERFLOW_HOLD_MS: (u64, u64) = (0, 60_000);
     pub const HEADER_BYTES: (u64, u64) = (MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
     pub const REQUESTS_PER_CONNECTION: (u64, u64) = (1, 1_000_000);
     pub const H2_STREAMS: (u64, u64) = (1, 4096);
@@ -191,6 +192,7 @@ struct RawServer {
     idle_timeout_ms: u64,
     body_read_timeout_ms: u64,
     send_timeout_ms: u64,
+    overflow_hold_ms: u64,
     shutdown_grace_ms: u64,
     default_mode: Mode,
     max_header_bytes: usize,
@@ -273,6 +275,7 @@ impl Default for RawServer {
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
             send_timeout_ms: 30_000,
+            overflow_hold_ms: 1_000,
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
             max_header_bytes: 16 * 1024,
@@ -573,6 +576,11 @@ impl RawServer {
                 "server.send_timeout_ms",
                 self.send_timeout_ms,
                 range::IDLE_TIMEOUT_MS,
+            )?,
+            overflow_hold: p.millis(
+                "server.overflow_hold_ms",
+                self.overflow_hold_ms,
+                range::OVERFLOW_HOLD_MS,
             )?,
             shutdown_grace: p.millis(
                 "server.shutdown_grace_ms",

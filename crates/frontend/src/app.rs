@@ -134,6 +134,8 @@ pub struct App {
     unauthorized: AtomicU64,
     /// The public listener's door (see [`crate::door`]).
     door: crate::door::Door,
+    /// The hold of overflowed HTTP/1 connections (see [`crate::hold`]).
+    hold: crate::hold::Hold,
     /// Response bytes waiting for their clients, and their budget (see [`crate::unsent`]).
     unsent: Arc<crate::unsent::Ledger>,
 }
@@ -165,6 +167,7 @@ impl App {
             light,
             unauthorized: AtomicU64::new(0),
             door: crate::door::Door::default(),
+            hold: crate::hold::Hold::default(),
         }
     }
 
@@ -203,6 +206,11 @@ impl App {
     /// The public listener's door (see [`crate::door`]).
     pub fn door(&self) -> &crate::door::Door {
         &self.door
+    }
+
+    /// The hold of overflowed HTTP/1 connections (see [`crate::hold`]).
+    pub fn hold(&self) -> &crate::hold::Hold {
+        &self.hold
     }
 
     /// Judge readiness with `readiness` (its policy and clock) instead of the default.

@@ -15,6 +15,8 @@
 //! the drain flag). A per-connection timer re-registers its waker, and a shared shutdown watch
 //! takes a lock shared by every connection, on every wake-up of every connection.
 
+use crate::hold::HoldEnd;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +42,9 @@ pub(super) struct Activity {
     write_blocked: AtomicBool,
     /// Set by the sweeper: the connection has been idle too long and is to be closed.
     close: AtomicBool,
+    /// The connection is held after an ignored overflow (see [`crate::hold`]): the sweeper leaves
+    /// it to its own deadline, and eviction takes it first.
+    held: AtomicBool,
     /// A passed-through upgrade (WebSocket) session on this connection: resolves (or fails)
     /// when it ends. The connection keeps its slot until then.
     session: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
@@ -234,6 +239,15 @@ struct Entry {
     opened: Instant,
 }
 
+/// What [`ConnectionTable::evict_slowest`] closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evicted {
+    /// A connection held after an ignored overflow.
+    Held,
+    /// A connection that never completed a request head.
+    Silent,
+}
+
 /// A connection's place in [`ConnectionTable`], given up when dropped.
 pub(super) struct Registration {
     connections: Arc<ConnectionTable>,
@@ -321,32 +335,46 @@ impl ConnectionTable {
         }
     }
 
-    /// Make room on `listener`, at its connection limit: close the connection open longest that
-    /// has never completed a request head (a slowloris, or one silent since its accept). One with
-    /// a request in flight, or one that has been served, is never chosen. Returns true if one was
-    /// closed; its slot frees as soon as its task sees the flag.
-    pub(super) fn evict_slowest(&self, listener: &'static str) -> bool {
+    /// Make room on `listener`, at its connection limit: close a held connection (see
+    /// [`crate::hold`]: its client gets no answer anyway), the one held longest; with none held,
+    /// the connection open longest that has never completed a request head (a slowloris, or one
+    /// silent since its accept). One with a request in flight, or one that has been served and is
+    /// not held, is never chosen. Returns what was closed, if anything; its slot frees as soon as
+    /// its task sees the flag.
+    pub(super) fn evict_slowest(&self, listener: &'static str) -> Option<Evicted> {
         let slots = self.lock();
-        let victim = slots
+        let open = |entry: &&Entry| {
+            entry.listener == listener && !entry.activity.close.load(Ordering::SeqCst)
+        };
+        let held = slots
             .entries
             .iter()
             .flatten()
-            .filter(|entry| {
-                let activity = &entry.activity;
-                entry.listener == listener
-                    && activity.requests.load(Ordering::Relaxed) == 0
-                    && activity.in_flight.load(Ordering::Relaxed) == 0
-                    && !activity.close.load(Ordering::SeqCst)
-            })
+            .filter(open)
+            .filter(|entry| entry.activity.held.load(Ordering::SeqCst))
             .min_by_key(|entry| entry.opened);
-        let Some(victim) = victim else {
-            return false;
+        let (victim, evicted) = match held {
+            Some(victim) => (victim, Evicted::Held),
+            None => {
+                let silent = slots
+                    .entries
+                    .iter()
+                    .flatten()
+                    .filter(open)
+                    .filter(|entry| {
+                        let activity = &entry.activity;
+                        activity.requests.load(Ordering::Relaxed) == 0
+                            && activity.in_flight.load(Ordering::Relaxed) == 0
+                    })
+                    .min_by_key(|entry| entry.opened)?;
+                (silent, Evicted::Silent)
+            }
         };
         victim.activity.close.store(true, Ordering::SeqCst);
         if let Some(waker) = &victim.waker {
             waker.wake_by_ref();
         }
-        true
+        Some(evicted)
     }
 
     /// Begin the graceful drain: every connection finishes the requests it has and closes
@@ -367,6 +395,10 @@ impl ConnectionTable {
         let mut closed = 0;
         for entry in self.lock().entries.iter_mut().flatten() {
             let activity = &entry.activity;
+            if activity.held.load(Ordering::Relaxed) {
+                // A held connection has its own deadline (see `Registration::hold`).
+                continue;
+            }
             // The send deadline: blocked writes with no byte taken by the client for `send`,
             // whatever else the connection does (it may keep sending, or have a request in flight);
             // or answers waiting with none of their bytes taken by hyper for `send` (an HTTP/2
@@ -432,6 +464,18 @@ impl ConnectionTable {
 }
 
 impl Registration {
+    /// Register this task's waker in the table (once, and again only if it changes), so that the
+    /// sweeper, eviction and the drain can wake it; called before the flags are checked, since
+    /// they are set before the wake-up.
+    fn watch(&self, cx: &Context<'_>, waker: &mut Option<Waker>) {
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+            if let Some(Some(entry)) = self.connections.lock().entries.get_mut(self.slot) {
+                entry.waker = Some(cx.waker().clone());
+            }
+        }
+    }
+
     /// Drive `conn` until it ends, or until the sweeper finds it idle (`None`); once the drain
     /// begins, ask it to shut down gracefully (`graceful_shutdown`) and keep driving it.
     pub(super) async fn serve<C>(
@@ -441,21 +485,14 @@ impl Registration {
         graceful_shutdown: impl Fn(Pin<&mut C>),
     ) -> Option<C::Output>
     where
-        C: std::future::Future,
+        C: Future,
     {
         let connections = &self.connections;
         let mut conn = conn;
         let mut waker: Option<Waker> = None;
         let mut graceful = false;
         std::future::poll_fn(|cx| {
-            // Register this task's waker once (and again only if it changes), so that the sweeper
-            // and the drain can wake it; checked before the flags, which they set before waking.
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                waker = Some(cx.waker().clone());
-                if let Some(Some(entry)) = connections.lock().entries.get_mut(self.slot) {
-                    entry.waker = Some(cx.waker().clone());
-                }
-            }
+            self.watch(cx, &mut waker);
             if activity.close.load(Ordering::SeqCst) {
                 return Poll::Ready(None);
             }
@@ -464,6 +501,35 @@ impl Registration {
                 graceful_shutdown(conn.as_mut());
             }
             conn.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
+    /// Hold the connection after an ignored overflow (see [`crate::hold`]): marked held (the
+    /// sweeper leaves it alone, eviction takes it first) until `until`, until `client_closed`
+    /// resolves, until it is evicted, or until the drain begins; whichever comes first.
+    pub(super) async fn hold(
+        &self,
+        activity: &Activity,
+        until: Instant,
+        client_closed: impl Future<Output = ()>,
+    ) -> HoldEnd {
+        activity.held.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::sleep_until(until);
+        tokio::pin!(deadline, client_closed);
+        let mut waker: Option<Waker> = None;
+        std::future::poll_fn(|cx| {
+            self.watch(cx, &mut waker);
+            if activity.close.load(Ordering::SeqCst) {
+                return Poll::Ready(HoldEnd::Evicted);
+            }
+            if self.connections.draining.load(Ordering::SeqCst) {
+                return Poll::Ready(HoldEnd::Drained);
+            }
+            if client_closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(HoldEnd::ClientClosed);
+            }
+            deadline.as_mut().poll(cx).map(|()| HoldEnd::Expired)
         })
         .await
     }
@@ -524,12 +590,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let _y = connections.register(young.clone(), "main");
         let _a = connections.register(other.clone(), "admin");
-        assert!(connections.evict_slowest("main"));
+        assert_eq!(connections.evict_slowest("main"), Some(Evicted::Silent));
         assert!(old.close.load(Ordering::SeqCst), "the oldest goes first");
-        assert!(connections.evict_slowest("main"));
+        assert_eq!(connections.evict_slowest("main"), Some(Evicted::Silent));
         assert!(young.close.load(Ordering::SeqCst));
-        assert!(
-            !connections.evict_slowest("main"),
+        assert_eq!(
+            connections.evict_slowest("main"),
+            None,
             "a served one is never evicted"
         );
         assert!(!served.close.load(Ordering::SeqCst));
@@ -537,6 +604,43 @@ mod tests {
             !other.close.load(Ordering::SeqCst),
             "another listener's is not touched"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_connection_is_evicted_before_any_silent_one_and_the_sweeper_leaves_it_alone() {
+        let connections = Arc::new(ConnectionTable::default());
+        let silent = Arc::new(Activity::default());
+        let _s = connections.register(silent.clone(), "main");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let held = Arc::new(Activity::default());
+        held.request();
+        let h = connections.register(held.clone(), "main");
+        let holding = tokio::spawn({
+            let held = held.clone();
+            async move {
+                let until = Instant::now() + Duration::from_secs(3600);
+                h.hold(&held, until, std::future::pending()).await
+            }
+        });
+        while !held.held.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let (quiet, idle) = (Duration::from_secs(1), Duration::from_secs(1));
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(
+            connections.sweep(later, quiet, idle, SEND),
+            1,
+            "the silent one only"
+        );
+        assert!(!held.close.load(Ordering::SeqCst));
+        silent.close.store(false, Ordering::SeqCst);
+        assert_eq!(connections.evict_slowest("main"), Some(Evicted::Held));
+        assert!(!silent.close.load(Ordering::SeqCst), "though it is older");
+        let ended = tokio::time::timeout(Duration::from_secs(5), holding)
+            .await
+            .expect("the hold ends once evicted")
+            .expect("the holding task");
+        assert_eq!(ended, HoldEnd::Evicted);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,8 @@
 //!     sorted (and their log rate-limited), optional bounded TLS handshake, one serve path.
 //!   - `listener/stream`: plain TCP or TLS as one I/O type.
 //! - [`door`]: the public listener stops accepting while every queue is full and ignores overflow.
+//! - [`hold`]: an HTTP/1 connection whose request overflowed is held unread until a deadline;
+//!   its counters.
 //! - `connections`: the connection table: socket progress, the idle sweeper, the drain's wake-up
 //!   and its wait for the last close.
 //! - `service`: one connection's hyper service (access log, HSTS, redirect, request cap).
@@ -34,6 +36,7 @@ mod app;
 pub mod auth;
 mod connections;
 pub mod door;
+pub mod hold;
 mod listener;
 mod metrics;
 pub mod readiness;
@@ -58,7 +61,8 @@ use std::task::{Context, Poll};
 pub type Body = common::body::ResponseBody;
 
 /// The error that makes hyper drop a request without answering: `ignore` overflow. On HTTP/1 the
-/// connection is closed without a response byte; on HTTP/2 the stream is reset. A zero-sized type,
+/// connection is held unread (see [`hold`]), then closed without a response byte; on HTTP/2 the
+/// stream is reset. A zero-sized type,
 /// so returning it allocates nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct Ignored;

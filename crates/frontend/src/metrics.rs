@@ -47,6 +47,7 @@ struct Scrape {
     light: i64,
     access_log_dropped: u64,
     door: crate::door::DoorSnapshot,
+    hold: crate::hold::HoldSnapshot,
 }
 
 type CounterOf = fn(&CountersSnapshot) -> u64;
@@ -234,6 +235,39 @@ impl Collector for Scrape {
                 MetricType::Counter,
             )?,
         )?;
+        let hold: [(&str, &str, u64); 3] = [
+            (
+                "overflow_held",
+                "HTTP/1 connections held unread after an ignored overflow, then closed without a byte.",
+                self.hold.held_total,
+            ),
+            (
+                "overflow_hold_client_closed",
+                "Holds that ended early because the client closed its connection.",
+                self.hold.client_closed,
+            ),
+            (
+                "overflow_hold_evicted",
+                "Holds that ended early to make room for a new connection at max_connections.",
+                self.hold.evicted,
+            ),
+        ];
+        for (name, help, value) in hold {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        ConstGauge::new(i64::try_from(self.hold.held).unwrap_or(i64::MAX)).encode(
+            encoder.encode_descriptor(
+                "overflow_held_connections",
+                "HTTP/1 connections held now after an ignored overflow.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
         Ok(())
     }
 }
@@ -323,6 +357,7 @@ pub(super) fn render(app: &App, headers: &HeaderMap) -> Response<Body> {
         light: app.light_level(),
         access_log_dropped: super::access::dropped_total(),
         door: app.door().snapshot(),
+        hold: app.hold().snapshot(),
     };
     let mut registry = Registry::with_prefix("fiddler_crab");
     registry.register_collector(Box::new(scrape));

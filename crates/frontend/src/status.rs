@@ -19,6 +19,8 @@ struct StatusDocument<'a> {
     draining_endpoints: usize,
     /// The public listener's door: times closed, total closed time.
     door: crate::door::DoorSnapshot,
+    /// HTTP/1 connections held unread after an ignored overflow: total, now, ended early.
+    overflow_hold: crate::hold::HoldSnapshot,
     endpoints: BTreeMap<&'a str, EndpointStatus>,
 }
 
@@ -49,6 +51,7 @@ pub(super) fn render(app: &App) -> Response<Body> {
         light: app.light().snapshot(),
         draining_endpoints: app.draining(),
         door: app.door().snapshot(),
+        overflow_hold: app.hold().snapshot(),
         endpoints: endpoints
             .iter()
             .map(|e| (e.config.path.as_str(), e.status()))

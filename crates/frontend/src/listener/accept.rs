@@ -5,7 +5,7 @@ use super::linger::SharedTcp;
 use super::stream::ClientStream;
 use super::{Shared, Tls};
 use crate::app::App;
-use crate::connections::{Activity, Watched};
+use crate::connections::{Activity, Registration, Watched};
 use crate::router::Role;
 use crate::{service, Ignored};
 use hyper_util::rt::TokioIo;
@@ -106,7 +106,8 @@ impl AcceptLoop {
     }
 
     /// Accept a connection and give it a slot; `None` once the slots are closed. At the limit,
-    /// the new connection evicts the oldest one that has never completed a request head (see
+    /// the new connection evicts a held connection, or else the oldest one that has never
+    /// completed a request head (see
     /// [`crate::connections::ConnectionTable::evict_slowest`]) and waits for its slot; with none
     /// to evict, it waits for any slot, and the kernel's backlog holds the connections behind it.
     async fn accept(&self) -> Option<(OpenConnection, TcpStream, SocketAddr)> {
@@ -125,10 +126,11 @@ impl AcceptLoop {
         let permit = match free {
             Some(permit) => permit,
             None => {
-                if shared.connections.evict_slowest(self.name()) {
+                if let Some(evicted) = shared.connections.evict_slowest(self.name()) {
                     tracing::debug!(
                         listener = self.name(),
-                        "at the connection limit: closed the oldest connection without a request"
+                        ?evicted,
+                        "at the connection limit: closed a held or a silent connection"
                     );
                 }
                 self.limit.clone().acquire_owned().await.ok()?
@@ -171,7 +173,6 @@ impl Connections {
     /// TLS (a failed or stalled one costs at most the handshake timeout), then hyper, registered
     /// in the connection table for the idle sweep and the drain.
     async fn serve(self: Arc<Self>, open: OpenConnection, tcp: TcpStream, remote: SocketAddr) {
-        let _open = open;
         let Some(local) = self.local.or_else(|| tcp.local_addr().ok()) else {
             return;
         };
@@ -216,8 +217,23 @@ impl Connections {
         };
         match outcome {
             None => tracing::trace!(client = %remote, "idle connection closed"),
-            // Ignored overflow ends a connection on purpose: no log at all for it.
-            Some(Err(e)) if !is_ignored(e.as_ref()) => {
+            // Ignored overflow (HTTP/1; HTTP/2 resets the stream only) ends hyper's connection on
+            // purpose, with no log line: the socket is held, unread, if the hold is on. In a task
+            // of its own, so that what stays is a few words, not this task's state, which is
+            // sized for hyper's connection.
+            Some(Err(e)) if is_ignored(e.as_ref()) => {
+                let hold = shared.app.server.overflow_hold;
+                if !hold.is_zero() {
+                    let until = Instant::now() + hold;
+                    tokio::spawn(held(
+                        shared.app.clone(),
+                        (open, tcp, registration, activity),
+                        until,
+                        remote,
+                    ));
+                }
+            }
+            Some(Err(e)) => {
                 tracing::trace!(client = %remote, cause = %e, "connection ended with an error");
             }
             // hyper closed it after its last answer (`Connection: close`, the client's own
@@ -234,9 +250,25 @@ impl Connections {
                     None => tcp.linger().await,
                 }
             }
-            Some(Err(_)) => {}
         }
     }
+}
+
+/// Hold an overflowed connection (see [`crate::hold`]) until `until`, its client's close, its
+/// eviction or the drain; then close it without a byte (the socket first, then its slot).
+async fn held(
+    app: Arc<App>,
+    (open, tcp, registration, activity): (OpenConnection, SharedTcp, Registration, Arc<Activity>),
+    until: Instant,
+    remote: SocketAddr,
+) {
+    app.hold().start();
+    let end = registration.hold(&activity, until, tcp.closed()).await;
+    app.hold().end(end);
+    tracing::trace!(client = %remote, ?end, "held connection closed");
+    drop(registration);
+    drop(tcp);
+    drop(open);
 }
 
 /// An accepted connection: holds its slot under the listener's limit and counts it open in the

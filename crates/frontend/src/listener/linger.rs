@@ -6,6 +6,9 @@
 //! the client's kernel drop whatever it received but the client has not read yet. A client that
 //! pipelined past `max_requests_per_connection` (1,200 requests against a cap of 1,000) lost all
 //! but 34 of its 1,000 answers that way. nginx calls the cure `lingering_close`.
+//!
+//! The socket is shared ([`SharedTcp`]) so that it outlives hyper's connection: for the lingering
+//! close, and for the hold of an overflowed connection (which watches it for the client's close).
 
 use std::io;
 use std::pin::Pin;
@@ -113,6 +116,26 @@ impl SharedTcp {
                 Err(_) if short => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl SharedTcp {
+    /// Resolves once the client has closed (FIN) or reset its side, without reading a byte: for a
+    /// held connection (see [`crate::hold`]). Waits on the socket's readiness, which the runtime
+    /// watches anyway; input that arrives meanwhile is left unread (its readiness is cleared, so
+    /// it wakes this task once per arrival, never in a loop).
+    pub(super) async fn closed(&self) {
+        loop {
+            match self.0.ready(Interest::READABLE).await {
+                Ok(ready) if !ready.is_read_closed() && !ready.is_error() => {
+                    // Not closed, only readable: forget this readiness and wait for the next.
+                    let _ = self.0.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                _ => return,
             }
         }
     }
