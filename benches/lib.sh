@@ -249,7 +249,7 @@ nginx_cmd() {
 # (what wrk loads) and returns non-zero if the server did not start (having said why); and sets
 # SERVER_CPU, LOADGEN_CPU, THREADS, CONNECTIONS, DURATION, WARMUP, CLK_TCK and WRK_ARGS (an array
 # of extra wrk arguments: -H 'Connection: close', -s SCRIPT).
-WRK_COLUMNS="server round requests rps p50_us p99_us cpu_us busy_pct non2xx err_connect err_read err_write err_timeout others_pct cpu_attempt_us"
+WRK_COLUMNS="server round requests rps p50_us p99_us cpu_us busy_pct non2xx err_connect err_read err_write err_timeout others_pct cpu_attempt_us attempts_per_s overflowed_per_s cpu_overflowed_us"
 
 server_pids=()
 stop_server() {
@@ -258,7 +258,8 @@ stop_server() {
 }
 
 # wrk_measure NAME ROUND RESULTS: a warm-up (WARMUP s, none if 0) and a measured wrk run against a
-# fresh server; appends one row (WRK_COLUMNS) to RESULTS. Server CPU is the utime + stime of all
+# fresh server; appends one row (WRK_COLUMNS) to RESULTS. wrk opens CONNECTIONS connections, or
+# wrk_connections when the caller's start_server sets it. Server CPU is the utime + stime of all
 # its processes over the run (tree_ticks). Waits for a quiet machine first, and repeats a run
 # during which another benchmark or build ran or other work took more than INTRUDERS_MAX % of
 # either CPU, MAX_ATTEMPTS times at most (default 10). Returns 1 if the server did not start.
@@ -274,7 +275,7 @@ wrk_measure() {
       return 1
     fi
     if [ "$WARMUP" != 0 ]; then
-      taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "${WRK_ARGS[@]}" \
+      taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"${wrk_connections:-$CONNECTIONS}" -d"${WARMUP}s" "${WRK_ARGS[@]}" \
         "$url" >/dev/null 2>&1 || true
     fi
     before=$(tree_ticks "${server_pids[@]}")
@@ -282,7 +283,7 @@ wrk_measure() {
     lg0=$(cpu_busy_ticks "$LOADGEN_CPU")
     t0=$(date +%s.%N)
     wrk_out=$(taskset -c "$LOADGEN_CPU" /usr/bin/time -f 'WRK_CPU %U %S' \
-      wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" 2>&1) ||
+      wrk -t"$THREADS" -c"${wrk_connections:-$CONNECTIONS}" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "$url" 2>&1) ||
       true
     t1=$(date +%s.%N)
     lg1=$(cpu_busy_ticks "$LOADGEN_CPU")
@@ -330,13 +331,19 @@ wrk_measure() {
   # that closes a connection unanswered: ignored overflow).
   cpu_att=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n=$((requests + e_read + e_write)) \
     'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+  # Overflowed: answered non-2xx (503) or ended in a read or write error (closed unanswered, at
+  # once or at the end of a hold); per second of wrk's run, and the server's CPU per one of them.
+  local overflowed=$((non2xx + e_read + e_write)) rates
+  rates=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v a=$((requests + e_read + e_write)) \
+    -v o="$overflowed" -v d="$DURATION" \
+    'BEGIN { printf "%.1f\t%.1f\t%.2f", a / d, o / d, (o > 0 ? t / hz * 1e6 / o : 0) }')
   # Of the wall time between the two CPU samples (wrk's start-up and exit included).
   busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" \
     'BEGIN { printf "%.0f", t / hz / (t1 - t0) * 100 }')
   printf '%s\t' "$name" "$round" "$requests" "${rps:-0}" "$p50" "$p99" "$cpu_us" "$busy" "$non2xx" \
     "$e_conn" "$e_read" "$e_write" "$e_time" \
     "$((intruders > lg_intruders ? intruders : lg_intruders))" >>"$results"
-  printf '%s\n' "$cpu_att" >>"$results"
+  printf '%s\t%s\n' "$cpu_att" "$rates" >>"$results"
   echo "$name round $round: ${rps:-0} req/s, p50 ${p50} us, p99 ${p99} us, ${cpu_us} CPU-us/req" \
     "(${cpu_att} per attempt), server CPU ${busy}% of one core, non-2xx $non2xx, socket errors" \
     "c/r/w/t $e_conn/$e_read/$e_write/$e_time, others on CPU $SERVER_CPU / $LOADGEN_CPU:" \

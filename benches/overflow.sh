@@ -34,28 +34,41 @@
 #
 # 2. full: wrk -c32 keep-alive against a crab endpoint whose queue is always full (the real
 #    fiddler_crab binary, exec `sleep 0.1`, queue 10: 11 connections hold admitted requests, the
-#    other 21 overflow again and again), plain HTTP and TLS (`--self-signed`), overflow ignore vs
-#    reject: full-ignore, full-reject, full-ignore-tls, full-reject-tls. With ignore each overflow
-#    closes the connection and wrk reconnects (over TLS: a new handshake); wrk counts that as a
-#    read error. Reported: server CPU per attempt (requests wrk completed + read/write errors),
-#    held against plain reject and against reject on the same transport.
+#    other 21 overflow again and again), plain HTTP and TLS (`--self-signed`): full-ignore (the
+#    hold: each overflowed connection is held unread for HOLD_MS, then closed without a byte),
+#    full-ignore-close (overflow_hold_ms = 0: closed at once, nginx's 444), full-reject (503),
+#    each also over TLS (-tls), and full-admitted (wrk -c11: the admitted requests alone, never
+#    an overflow: the CPU the others spend on top of it is what their overflow costs). A closed
+#    connection makes wrk reconnect (over TLS: a new handshake) and count a read error.
+#    What an attempt is: a request wrk completed (200 or 503) or one that ended in a read or write
+#    error (closed unanswered, at once or at the end of its hold). A held request is one attempt,
+#    however long it is held; wrk's --timeout (5 s, above HOLD_MS) only counts late requests, it
+#    never ends one, so timeouts are not attempts. Held, a connection makes one attempt per
+#    HOLD_MS instead of one per round trip: attempts per second fall by orders of magnitude while
+#    each one still costs a reconnect (and a handshake), so CPU per attempt and per overflowed
+#    request do not show the gain (at a few attempts per second they are mostly the admitted
+#    requests' CPU); the server's CPU % of a core, against full-admitted's, does. Reported: server
+#    CPU per attempt, attempts/s, overflowed/s (503s + read/write errors), CPU per overflowed
+#    request, server CPU % of a core; ratios against plain reject and reject on the same transport.
 #
 # Every server-side process pinned to CPU 0, the load generator to CPU 1; a fresh server per run;
 # ROUNDS rounds, servers in turn, medians. Loopback only; every run ends by itself. Installs wrk,
 # nginx-light and haproxy (Debian) when missing.
 #
-#   bash benches/overflow.sh                                  # both parts, 3 rounds (about 6 min)
+#   bash benches/overflow.sh                                  # both parts, 3 rounds (about 9 min)
 #   PARTS=flood ROUNDS=1 DURATION=3 bash benches/overflow.sh  # a quick look at part 1
 #
 # Environment: PARTS (default "flood full"), ROUNDS (default 3), DURATION (s of load per run,
 # default 10), RATE (flood requests/s, default 500), WARMUP (s before a wrk run, default 2; 0 for
 # none), CONNECTIONS (wrk, default 32), ACCESS_LOG (true | false, default true: fiddler_crab as
 # shipped, and nginx's default), FLOOD_SERVERS (default "fc-ignore fc-reject nginx-limit-req
-# nginx-limit-conn haproxy"), FULL_SERVERS (default "full-ignore full-reject full-ignore-tls
-# full-reject-tls"), SERVER_CPU / LOADGEN_CPU (default 0 / 1), OUT, IDLE_MAX, IDLE_WAIT,
-# INTRUDERS_MAX, MAX_ATTEMPTS (as in benches/ping.sh), DOOR (true | false, default true: an admin
-# listener takes the probes, so fiddler_crab's door on the public listener can close;
-# false: no admin listener, no door; the probes share the public listener). See benches/README.md.
+# nginx-limit-conn haproxy"), FULL_SERVERS (default "full-admitted full-ignore full-ignore-close
+# full-reject full-ignore-tls full-ignore-close-tls full-reject-tls"), HOLD_MS (full-ignore's
+# overflow_hold_ms, default 1000, the shipped default; keep it under wrk's 5 s --timeout),
+# SERVER_CPU / LOADGEN_CPU (default 0 / 1), OUT, IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS
+# (as in benches/ping.sh), DOOR (true | false, default true: an admin listener takes the probes,
+# so fiddler_crab's door on the public listener can close; false: no admin listener, no door; the
+# probes share the public listener). See benches/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,7 +82,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=1
 ACCESS_LOG=${ACCESS_LOG:-true}
 FLOOD_SERVERS=${FLOOD_SERVERS:-"fc-ignore fc-reject nginx-limit-req nginx-limit-conn haproxy"}
-FULL_SERVERS=${FULL_SERVERS:-"full-ignore full-reject full-ignore-tls full-reject-tls"}
+FULL_SERVERS=${FULL_SERVERS:-"full-admitted full-ignore full-ignore-close full-reject full-ignore-tls full-ignore-close-tls full-reject-tls"}
+HOLD_MS=${HOLD_MS:-1000}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 QUEUE=10
@@ -125,11 +139,13 @@ pace_ms = 0
 EOF
 }
 
-# full_config OVERFLOW PORT: the real binary's always-full endpoint (exec `sleep 0.1`, queue 10).
+# full_config OVERFLOW PORT HOLD_MS: the real binary's always-full endpoint (exec `sleep 0.1`,
+# queue 10), ignored overflow held for HOLD_MS.
 full_config() {
   cat <<EOF
 [server]
 listen = "127.0.0.1:$2"
+overflow_hold_ms = $3
 shutdown_grace_ms = 2000
 access_log = $ACCESS_LOG
 $(admin_line)
@@ -177,6 +193,7 @@ start_server() {
   url=http://$addr/sleep100
   rm -f "$work/server.log"
   server_pids=()
+  wrk_connections=""
   case $name in
     fc-ignore | fc-reject)
       fc_config "${name#fc-}" "$port" >"$work/fc.toml"
@@ -184,14 +201,21 @@ start_server() {
         >"$work/server.log" 2>&1 &
       server_pids=($!)
       ;;
-    full-ignore | full-reject | full-ignore-tls | full-reject-tls)
-      local overflow=${name#full-} tls=()
+    full-*)
+      local overflow=${name#full-} tls=() hold=$HOLD_MS
       overflow=${overflow%-tls}
+      case $overflow in
+        ignore | reject) ;;
+        ignore-close) overflow=ignore hold=0 ;;
+        # The admitted requests alone: as many connections as the queue and the job take.
+        admitted) overflow=reject wrk_connections=$((QUEUE + 1)) ;;
+        *) echo "unknown server $name" >&2; exit 2 ;;
+      esac
       if [[ $name == *-tls ]]; then
         tls=(--self-signed)
         url=https://$addr/sleep100
       fi
-      full_config "$overflow" "$port" >"$work/full.toml"
+      full_config "$overflow" "$port" "$hold" >"$work/full.toml"
       taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/full.toml" "${tls[@]}" \
         >"$work/server.log" 2>&1 &
       server_pids=($!)
@@ -379,14 +403,19 @@ fi
     else
       echo "## Full queue, wrk -c$CONNECTIONS keep-alive"
       echo
-      echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s --timeout 5s after a ${WARMUP} s warm-up against fiddler_crab (release binary), crab, exec \`sleep 0.1\`, queue $QUEUE; CPU per attempt = server CPU (with its \`sleep\` children) ÷ (requests completed + read/write errors: ignored overflow closes the connection)."
+      echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s --timeout 5s after a ${WARMUP} s warm-up against fiddler_crab (release binary), crab, exec \`sleep 0.1\`, queue $QUEUE (full-admitted: -c$((QUEUE + 1)), the admitted requests alone). An attempt is a request wrk completed or one that ended in a read/write error (closed unanswered: at once with overflow_hold_ms = 0, after the ${HOLD_MS} ms hold otherwise); overflowed = 503s + those errors. CPU per attempt and per overflowed request = server CPU (with its \`sleep\` children) ÷ their number; with the hold they fall to a few per second per connection, so compare the server CPU % of a core (against full-admitted's) too."
       echo
       python3 benches/report.py wrk "$full_results" --servers "$FULL_SERVERS" \
         --metric cpu_attempt_us \
         --compare 'plain reject:*=full-reject' \
-        --compare 'reject, same transport:full-ignore-tls=full-reject-tls,full-reject-tls=full-reject-tls,*=full-reject' \
-        --label 'full-ignore=plain, ignore' --label 'full-reject=plain, reject (503)' \
-        --label 'full-ignore-tls=TLS, ignore' --label 'full-reject-tls=TLS, reject (503)'
+        --compare 'reject, same transport:full-ignore-tls=full-reject-tls,full-ignore-close-tls=full-reject-tls,full-reject-tls=full-reject-tls,*=full-reject' \
+        --label 'full-admitted=plain, admitted only (-c'$((QUEUE + 1))')' \
+        --label "full-ignore=plain, ignore, held ${HOLD_MS} ms" \
+        --label 'full-ignore-close=plain, ignore, closed at once' \
+        --label 'full-reject=plain, reject (503)' \
+        --label "full-ignore-tls=TLS, ignore, held ${HOLD_MS} ms" \
+        --label 'full-ignore-close-tls=TLS, ignore, closed at once' \
+        --label 'full-reject-tls=TLS, reject (503)'
     fi
   done
 } | tee "$OUT"

@@ -112,6 +112,11 @@ def cmd_wrk(a):
     compares = [parse_map(c) for c in a.compare]
     metric = a.metric
     header = ["server", "req/s", "p50 µs", "p99 µs", f"server CPU µs/{'req' if metric == 'cpu_us' else 'attempt'}"]
+    # Overflow runs: how many attempts and overflowed requests per second, and the CPU per
+    # overflowed one (every server CPU second over them, the admitted requests' included).
+    rates = metric == "cpu_attempt_us"
+    if rates:
+        header += ["attempts/s", "overflowed/s", "server CPU µs/overflowed"]
     for title, _ in compares:
         header += [f"× {title}: ratio of medians", f"× {title}: median of per-round ratios (min–max)",
                    f"× {title}: ratio of means [95% interval]", f"req/s ÷ {title}"]
@@ -122,6 +127,9 @@ def cmd_wrk(a):
         rs = [r for r in rows if r["server"] == n]
         line = [labels.get(n, n), f"{med(rows, n, 'rps'):.0f}", f"{med(rows, n, 'p50_us'):.0f}",
                 f"{med(rows, n, 'p99_us'):.0f}", f"{med(rows, n, metric):.2f}"]
+        if rates:
+            line += [f"{med(rows, n, 'attempts_per_s'):.1f}", f"{med(rows, n, 'overflowed_per_s'):.1f}",
+                     f"{med(rows, n, 'cpu_overflowed_us'):.2f}"]
         for _, mapping in compares:
             base = base_of(mapping, n)
             line += ratio_cells(rows, n, base, metric)
