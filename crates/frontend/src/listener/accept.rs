@@ -219,8 +219,8 @@ impl Connections {
             None => tracing::trace!(client = %remote, "idle connection closed"),
             // Ignored overflow (HTTP/1; HTTP/2 resets the stream only) ends hyper's connection on
             // purpose, with no log line: the socket is held, unread, if the hold is on. In a task
-            // of its own, so that what stays is a few words, not this task's state, which is
-            // sized for hyper's connection.
+            // of its own, which keeps only handles, a timer and a readiness wait, not this task's
+            // state, which is sized for hyper's connection.
             Some(Err(e)) if is_ignored(e.as_ref()) => {
                 let hold = shared.app.server.overflow_hold;
                 if !hold.is_zero() {
