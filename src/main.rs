@@ -241,6 +241,8 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
             log_endpoint(ep);
         }
         let endpoints = config.endpoints.len() as u64;
+        // Before the `serving` line, which tells a supervisor the server may be signalled.
+        let stop = shutdown_signal();
         tracing::info!(listen = %bound, scheme, endpoints, "serving");
         if let Some(admin) = config.server.admin_listen {
             tracing::info!(%admin, "status, metrics and probes on the admin listener");
@@ -256,7 +258,7 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
                     redirect,
                     tls,
                 },
-                shutdown_signal(),
+                stop,
             )
             .await;
         Ok(())
@@ -411,19 +413,33 @@ async fn bind(addr: SocketAddr, backlog: u32) -> anyhow::Result<tokio::net::TcpL
     listen().map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. Both handlers are installed when this is called, not when the
+/// future is first polled: a signal sent as soon as the `serving` line is out (a supervisor, a
+/// test) must stop the server gracefully, not kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(cause = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+            },
+            (Ok(mut term), Err(e)) => {
+                tracing::error!(cause = %e, "cannot listen for SIGINT; only SIGTERM stops the server");
+                term.recv().await;
+                tracing::info!(signal = "SIGTERM", "stop requested");
+            }
+            (Err(e), Ok(mut int)) => {
+                tracing::error!(cause = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                int.recv().await;
+                tracing::info!(signal = "SIGINT", "stop requested");
+            }
+            (Err(e), Err(_)) => {
+                tracing::error!(cause = %e, "cannot listen for SIGTERM or SIGINT; the server runs until killed");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
-        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "stop requested"),
     }
 }
