@@ -4,11 +4,12 @@
 //! [`Admission::check`] is the O(1) look before a body is read (queue room, the handler's
 //! availability, expected wait);
 //! [`Admission::try_admit`] then runs a cheap handler inline, or starts an asynchronous handler's
-//! run for the caller to await ([`Outcome::Direct`]), or puts the job into the handoff queue, or
-//! refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
-//! deadline. Every admitted request is counted `admitted` once (when it enters the queue, or when
-//! its inline or asynchronous run takes a running slot) and gets exactly one outcome; a refused request is counted
-//! `overflowed` once, by [`Admission`] alone.
+//! run for the caller to await ([`Outcome::Direct`]: at once in a free running slot, or after its
+//! turn in the endpoint's line of waiting tasks, see [`crate::line`]), or puts the job into the
+//! handoff queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring
+//! it at its deadline. Every admitted request is counted `admitted` once (when it enters the queue
+//! or the line, or when its inline or asynchronous run takes a running slot) and gets exactly one
+//! outcome; a refused request is counted `overflowed` once, by [`Admission`] alone.
 
 pub use crate::async_run::DirectRun;
 use crate::async_run::{direct, lined};
@@ -29,8 +30,8 @@ pub enum Outcome {
     /// Run at once on the caller's thread (a cheap handler with a free running slot and nothing
     /// queued): here is its answer.
     Inline(JobResponse),
-    /// Running on the caller's task (an asynchronous handler with a free running slot and nothing
-    /// queued): await it for the answer.
+    /// Running on the caller's task (an asynchronous handler), at once or once its turn in the
+    /// line comes: await it for the answer.
     Direct(DirectRun),
     /// In the handoff queue: [`Admission::wait`] for its reply.
     Queued(Waiter),
@@ -149,8 +150,9 @@ impl Admission {
     }
 
     /// Admit `request`: run it inline if it may (a cheap handler, a concurrent mode, nothing
-    /// queued, a running slot free), else put it into the queue, else refuse it; counted either
-    /// way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
+    /// queued, a running slot free), else start its asynchronous run (an asynchronous handler:
+    /// at once, or after its turn in the line), else put it into the queue, else refuse it;
+    /// counted either way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
     pub fn try_admit(&self, request: JobRequest, timing: bool) -> Outcome {
         if let Some(answer) = self.try_inline(&request, timing) {
             return Outcome::Inline(answer);

@@ -71,7 +71,9 @@ pub(crate) struct Shared {
 ///
 /// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
 /// `call_async` runs the same exchange on the front end's own task (see
-/// [`Handler::call_async`]): the path taken when a running slot is free and nothing is queued.
+/// [`Handler::call_async`]): every request but a WebSocket upgrade, at once or after its turn in
+/// the endpoint's line; `handle` serves the executor path (upgrades, `on_client_gone =
+/// "finish"`, crab mode, adaptive on red).
 #[derive(Debug)]
 pub struct UpstreamHandler {
     shared: Arc<Shared>,
