@@ -166,18 +166,21 @@ pub(crate) async fn lined(
         seat: &seat,
         served: false,
     };
-    let expiry = tokio::time::sleep_until(deadline.into());
-    tokio::pin!(expiry);
-    let mut look = tokio::time::interval_at((Instant::now() + LINE_LOOK).into(), LINE_LOOK);
-    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer: the next look at the line, or the deadline if it comes first.
+    let next_look = |now: Instant| (now + LINE_LOOK).min(deadline);
+    let timer = tokio::time::sleep_until(next_look(Instant::now()).into());
+    tokio::pin!(timer);
     loop {
         let expired = tokio::select! {
             biased;
             () = seat.moved() => false,
-            () = &mut expiry => true,
-            _ = look.tick() => {
-                runner.grant_waiting();
-                false
+            () = &mut timer => {
+                let now = Instant::now();
+                if now < deadline {
+                    runner.grant_waiting();
+                    timer.as_mut().reset(next_look(now).into());
+                }
+                now >= deadline
             }
         };
         match seat.standing() {
