@@ -354,7 +354,7 @@ pub fn has_dot_segment(path: &str) -> bool {
         while !rest.is_empty() {
             rest = match rest {
                 [b'.', more @ ..] => more,
-                [b'%', b'2', e, more @ ..] if e.to_ascii_lowercase() == b'e' => more,
+                [b'%', b'2', e, more @ ..] if e.eq_ignore_ascii_case(&b'e') => more,
                 _ => return false,
             };
             dots += 1;
