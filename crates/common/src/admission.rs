@@ -4,27 +4,24 @@
 //! [`Admission::check`] is the O(1) look before a body is read (queue room, the handler's
 //! availability, expected wait);
 //! [`Admission::try_admit`] then runs a cheap handler inline, or starts an asynchronous handler's
-//! run for the caller to await ([`Outcome::Direct`]), or puts the job into the handoff queue, or
-//! refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring it at its
-//! deadline. Every admitted request is counted `admitted` once (when it enters the queue, or when
-//! its inline or asynchronous run takes a running slot) and gets exactly one outcome; a refused request is counted
-//! `overflowed` once, by [`Admission`] alone.
+//! run for the caller to await ([`Outcome::Direct`]: at once in a free running slot, or after its
+//! turn in the endpoint's line of waiting tasks, see [`crate::line`]), or puts the job into the
+//! handoff queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring
+//! it at its deadline. Every admitted request is counted `admitted` once (when it enters the queue
+//! or the line, or when its inline or asynchronous run takes a running slot) and gets exactly one
+//! outcome; a refused request is counted `overflowed` once, by [`Admission`] alone.
 
+pub use crate::async_run::DirectRun;
+use crate::async_run::{direct, lined};
 use crate::counters::{CountersSnapshot, EndpointCounters};
-use crate::executor::{Executor, JobRunner, OwnedSlot};
-use crate::handler::{
-    text_response, AsyncCall, Handler, HandlerError, HandlerFuture, JobRequest, JobResponse,
-};
+use crate::executor::{Executor, JobRunner};
+use crate::handler::{text_response, AsyncCall, Handler, HandlerFuture, JobRequest, JobResponse};
 use crate::job::{
     respond, shutting_down, waited_too_long, GoneOnDrop, Job, JobTiming, Waiter, DROPPED_STATUS,
 };
-use crate::queue::{HandoffQueue, Refused};
-use crate::supervisor::catch_panic;
+use crate::queue::{HandoffQueue, Refused, SeatRefused};
 use config::{EndpointConfig, OnClientGone, Overflow};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// What became of a request.
@@ -33,8 +30,8 @@ pub enum Outcome {
     /// Run at once on the caller's thread (a cheap handler with a free running slot and nothing
     /// queued): here is its answer.
     Inline(JobResponse),
-    /// Running on the caller's task (an asynchronous handler with a free running slot and nothing
-    /// queued): await it for the answer.
+    /// Running on the caller's task (an asynchronous handler), at once or once its turn in the
+    /// line comes: await it for the answer.
     Direct(DirectRun),
     /// In the handoff queue: [`Admission::wait`] for its reply.
     Queued(Waiter),
@@ -115,7 +112,8 @@ impl Admission {
                 config.queue_timeout,
                 counters.clone(),
             )
-            .with_batching(config.batch),
+            .with_batching(config.batch)
+            .with_executor(executor.clone()),
         );
         Admission {
             queue,
@@ -152,14 +150,16 @@ impl Admission {
     }
 
     /// Admit `request`: run it inline if it may (a cheap handler, a concurrent mode, nothing
-    /// queued, a running slot free), else put it into the queue, else refuse it; counted either
-    /// way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
+    /// queued, a running slot free), else start its asynchronous run (an asynchronous handler:
+    /// at once, or after its turn in the line), else put it into the queue, else refuse it;
+    /// counted either way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
     pub fn try_admit(&self, request: JobRequest, timing: bool) -> Outcome {
         if let Some(answer) = self.try_inline(&request, timing) {
             return Outcome::Inline(answer);
         }
         let request = match self.try_direct(request, timing) {
             Direct::Run(run) => return Outcome::Direct(run),
+            Direct::Refused(refusal) => return Outcome::Refused(refusal),
             Direct::Declined(request) => request,
         };
         let (mut job, waiter) = Job::new(request, self.counters.clone());
@@ -197,26 +197,33 @@ impl Admission {
     }
 
     /// The asynchronous run ([`Handler::call_async`]): in one of the same running slots, held by
-    /// the returned future until its answer (or its stream) ends. Only on an `on_client_gone =
-    /// "stop"` endpoint: a client that goes drops the future, which stops the run.
+    /// the returned future until its answer (or its stream) ends: at once if a slot is free and
+    /// nothing is queued, else after its turn in the line (see [`crate::line`]), which holds a
+    /// unit of the queue's depth like a queued job. Only on an `on_client_gone = "stop"`
+    /// endpoint: a client that goes drops the future, which stops the run or leaves the line.
     fn try_direct(&self, request: JobRequest, timing: bool) -> Direct {
-        // Nothing queued, so FIFO order is kept; a closed endpoint's handler is not called here.
+        // A closed endpoint's handler is not called here.
         if !self.runner.handler().runs_async()
-            || self.queue.depth() != 0
             || self.queue.is_closed()
             || !self.stop_when_client_gone
             || !self.executor.allows_inline()
         {
             return Direct::Declined(request);
         }
-        let Some(slot) = self.runner.try_claim_owned(self.executor.concurrency()) else {
-            return Direct::Declined(request);
+        // Nothing queued, so FIFO order is kept.
+        let slot = if self.queue.depth() == 0 {
+            self.runner.try_claim_owned(self.executor.concurrency())
+        } else {
+            None
         };
-        let started = Instant::now();
+        // The future does nothing until first polled: made now, it runs once it holds a slot.
         let call = match self.runner.handler().call_async(request) {
             AsyncCall::Started(call) => call,
-            // The slot goes back as it drops.
+            // A slot taken goes back as it drops.
             AsyncCall::Declined(request) => return Direct::Declined(request),
+        };
+        let Some(slot) = slot else {
+            return self.line_up(call, timing);
         };
         EndpointCounters::bump(&self.counters.admitted);
         EndpointCounters::bump(&self.counters.async_runs);
@@ -224,7 +231,34 @@ impl Admission {
             slot,
             self.counters.clone(),
             call,
-            started,
+            Instant::now(),
+            timing.then_some(Duration::ZERO),
+        ))))
+    }
+
+    /// A seat at the back of the line for `call`, holding a unit of the queue's depth (admitted
+    /// and counted now), or the refusal of a full or closed queue.
+    fn line_up(&self, call: HandlerFuture, timing: bool) -> Direct {
+        if let Err(refused) = self.queue.reserve_seat() {
+            return Direct::Refused(match refused {
+                SeatRefused::Full => self.overflowed(NoRoom::Full),
+                SeatRefused::Closed => Refusal::ShuttingDown,
+            });
+        }
+        let Some(seat) = self.runner.line().join() else {
+            self.queue.release_seat();
+            return Direct::Refused(Refusal::ShuttingDown);
+        };
+        EndpointCounters::bump(&self.counters.admitted);
+        // A slot freed since the look above is not missed.
+        self.runner.grant_waiting();
+        let admitted_at = Instant::now();
+        Direct::Run(DirectRun(Box::pin(lined(
+            self.runner.clone(),
+            seat,
+            call,
+            admitted_at,
+            admitted_at + self.queue_timeout,
             timing,
         ))))
     }
@@ -340,6 +374,7 @@ impl Admission {
     /// ends are woken); the running ones finish.
     pub(crate) fn close(&self) {
         self.queue.close_and_shed();
+        self.runner.line().shed(|| self.queue.release_seat());
         self.shutdown.notify_waiters();
     }
 
@@ -354,130 +389,8 @@ impl Admission {
 #[allow(clippy::large_enum_variant)]
 enum Direct {
     Run(DirectRun),
+    Refused(Refusal),
     Declined(JobRequest),
-}
-
-/// An asynchronous run started by [`Admission::try_admit`]: await it on the client's connection
-/// task for the one answer (already counted). Dropped before it ends, it stops the run, gives its
-/// running slot back and counts `client_gone`.
-pub struct DirectRun(Pin<Box<dyn Future<Output = JobResponse> + Send>>);
-
-impl std::fmt::Debug for DirectRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DirectRun")
-    }
-}
-
-impl Future for DirectRun {
-    type Output = JobResponse;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-/// Counts `client_gone` if dropped armed: the run's future was dropped before its answer.
-struct GoneUnlessAnswered(Option<Arc<EndpointCounters>>);
-
-impl Drop for GoneUnlessAnswered {
-    fn drop(&mut self) {
-        if let Some(counters) = self.0.take() {
-            EndpointCounters::bump(&counters.client_gone);
-        }
-    }
-}
-
-/// Counts `failed` if dropped armed: a stream's producer task was dropped unrun.
-struct FailedUnlessRun(Option<Arc<EndpointCounters>>);
-
-impl Drop for FailedUnlessRun {
-    fn drop(&mut self) {
-        if let Some(counters) = self.0.take() {
-            EndpointCounters::bump(&counters.failed);
-        }
-    }
-}
-
-/// A handler's future with its panics turned into `Err(message)`.
-struct CatchPanic(HandlerFuture);
-
-impl Future for CatchPanic {
-    type Output = Result<Result<JobResponse, HandlerError>, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match catch_panic(|| self.0.as_mut().poll(cx)) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
-            Err(message) => Poll::Ready(Err(message)),
-        }
-    }
-}
-
-/// One asynchronous run in `slot`: the handler's future (a panic answered `500`), its run time
-/// recorded, its outcome counted once. A streamed answer is produced on a blocking thread of the
-/// current runtime, still in the slot, and counted when it ends (as an executor's stream is).
-async fn direct(
-    slot: OwnedSlot,
-    counters: Arc<EndpointCounters>,
-    call: HandlerFuture,
-    started: Instant,
-    timing: bool,
-) -> JobResponse {
-    let mut gone = GoneUnlessAnswered(Some(counters.clone()));
-    let runner = slot.runner().clone();
-    let result = match CatchPanic(call).await {
-        Ok(result) => result,
-        Err(message) => {
-            EndpointCounters::bump(&counters.panics);
-            tracing::debug!(endpoint = %runner.endpoint(), %message, "handler panicked; answering 500");
-            Err(HandlerError::Internal("handler failed".into()))
-        }
-    };
-    gone.0 = None;
-    if let Err(e) = &result {
-        tracing::debug!(endpoint = %runner.endpoint(), status = e.status().as_u16(), cause = %e, "job failed");
-    }
-    let run_timing = |run| JobTiming {
-        queue_wait: Duration::ZERO,
-        run,
-    };
-    let mut response = match result {
-        Ok(response) if response.body().is_stream() => response,
-        other => {
-            let took = started.elapsed();
-            runner.record_job_time(took);
-            drop(slot);
-            return respond(&counters, other, timing.then(|| run_timing(took)));
-        }
-    };
-    let Some((producer, sink)) = response.body_mut().start() else {
-        runner.record_job_time(started.elapsed());
-        drop(slot);
-        return respond(
-            &counters,
-            Ok(response),
-            timing.then(|| run_timing(started.elapsed())),
-        );
-    };
-    if timing {
-        response
-            .extensions_mut()
-            .insert(run_timing(started.elapsed()));
-    }
-    // A stream's producer blocks between chunks: not on the connection's task. The slot moves
-    // with it and is given back when the stream ends.
-    // A runtime shutting down may drop the task unrun: its stream then ends aborted and is
-    // counted failed, so the counters still add up.
-    let unrun = FailedUnlessRun(Some(counters));
-    tokio::task::spawn_blocking(move || {
-        let mut unrun = unrun;
-        unrun.0 = None;
-        let runner = slot.runner();
-        runner.stream(producer, sink);
-        runner.record_job_time(started.elapsed());
-        drop(slot);
-    });
-    response
 }
 
 /// The reply a queued job's executor sent, or `500` if it dropped the job unanswered.

@@ -56,9 +56,10 @@ pub struct CountersSnapshot {
     /// Overflowed because the expected wait already exceeded the queue timeout (also in
     /// `overflowed`).
     pub shed_by_wait: u64,
-    /// Admitted and run asynchronously on the client's connection task, without the queue
-    /// ([`crate::handler::Handler::call_async`]). Also in `admitted`, beside the queued and inline
-    /// runs.
+    /// Admitted and run asynchronously on the client's connection task, at once or after a turn
+    /// in the endpoint's line, never on an executor thread
+    /// ([`crate::handler::Handler::call_async`]). Also in `admitted`, beside the executor's and
+    /// inline runs.
     pub async_runs: u64,
 }
 

@@ -12,6 +12,7 @@ use crate::counters::EndpointCounters;
 use crate::handler::{Handler, HandlerError, JobRequest, JobResponse};
 use crate::histogram::JobHistogram;
 use crate::job::{Job, Turn};
+use crate::line::Line;
 use crate::queue::{Batch, HandoffQueue};
 use crate::supervisor::catch_panic;
 use config::Mode;
@@ -91,6 +92,11 @@ pub struct JobRunner {
     batch_stats: BatchStats,
     /// A batch answer of the wrong length was logged already (logged once per endpoint).
     warned_batch_length: AtomicBool,
+    /// Queued asynchronous runs waiting for a slot (see [`crate::line`]): a release hands its
+    /// slot to the first of them.
+    line: Line,
+    /// The executor whose concurrency limits the slots handed to the line (1 without one).
+    executor: Option<Arc<dyn Executor>>,
 }
 
 /// Weight of the newest run in the job-time moving average, as 1/N.
@@ -130,7 +136,51 @@ impl JobRunner {
             batch: config::BatchConfig::default(),
             batch_stats: BatchStats::default(),
             warned_batch_length: AtomicBool::new(false),
+            line: Line::default(),
+            executor: None,
         }
+    }
+
+    /// The runner whose line of queued asynchronous runs takes slots under `executor`'s
+    /// concurrency (see [`crate::line`]).
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> JobRunner {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// The line of queued asynchronous runs.
+    pub(crate) fn line(&self) -> &Line {
+        &self.line
+    }
+
+    /// The endpoint's counters.
+    pub(crate) fn counters(&self) -> &Arc<EndpointCounters> {
+        &self.counters
+    }
+
+    /// Give back the queue depth a seat in the line held.
+    pub(crate) fn release_seat(&self) {
+        self.queue.release_seat();
+    }
+
+    /// Hand free running slots (under the executor's concurrency now) to the seats at the front
+    /// of the line, waking each. Cheap when nobody waits: one atomic load.
+    pub(crate) fn grant_waiting(&self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let limit = self
+            .executor
+            .as_ref()
+            .map_or(1, |executor| executor.concurrency())
+            .max(1);
+        self.line.grant(
+            || self.take_slot(limit),
+            || {
+                self.running.fetch_sub(1, Ordering::SeqCst);
+            },
+            || self.queue.release_seat(),
+        );
     }
 
     /// The runner with the endpoint's dynamic batching (default: none).
@@ -315,12 +365,15 @@ impl JobRunner {
             .is_ok()
     }
 
-    /// Give a slot back, and wake the executor threads waiting for one, if any.
+    /// Give a slot back: wake the executor threads waiting for one, if any, or else hand it to
+    /// the first seat of the line, if any.
     fn release_slot(&self) {
         self.running.fetch_sub(1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let _held = self.freed.lock().unwrap_or_else(|p| p.into_inner());
             self.freed_cv.notify_all();
+        } else {
+            self.grant_waiting();
         }
     }
 
@@ -345,7 +398,10 @@ impl JobRunner {
         let mut held = self.freed.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(slot) = self.try_claim(limit) {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // Releases skipped the line while this thread waited: other slots may be free.
+                    self.grant_waiting();
+                }
                 return slot;
             }
             held = match self.freed_cv.wait_timeout(held, SLOT_WAIT) {
@@ -467,6 +523,12 @@ impl Drop for RunningSlot<'_> {
 pub(crate) struct OwnedSlot(Arc<JobRunner>);
 
 impl OwnedSlot {
+    /// The slot [`JobRunner::grant_waiting`] took on behalf of a seat of the line, now held by
+    /// that seat's run.
+    pub(crate) fn granted(runner: Arc<JobRunner>) -> OwnedSlot {
+        OwnedSlot(runner)
+    }
+
     /// The runner whose slot this is.
     pub(crate) fn runner(&self) -> &Arc<JobRunner> {
         &self.0

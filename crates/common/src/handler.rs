@@ -180,14 +180,17 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// An asynchronous run of `req` that waits without blocking (network I/O only, bounded in time
-    /// by the handler): when a running slot is free and nothing is queued on an `on_client_gone =
-    /// "stop"` endpoint of a concurrent mode, the front end awaits it on the connection's own task
-    /// instead of handing the job to an executor thread (no thread hop). The slot is held until
-    /// the future ends (for a streamed answer, until its stream ends, produced as by
+    /// by the handler): on an `on_client_gone = "stop"` endpoint of a concurrent mode, the front
+    /// end awaits it on the connection's own task instead of handing the job to an executor thread
+    /// (no thread hop): at once when a running slot is free and nothing is queued, else once the
+    /// request's turn in the endpoint's line comes (a queued request waiting on its own task,
+    /// handed a slot as one frees). The future must do nothing until first polled (as an `async`
+    /// block's does): it is made at admission and first polled once it holds its slot. The slot
+    /// is held until the future ends (for a streamed answer, until its stream ends, produced as by
     /// [`Handler::handle`] but on a blocking thread of the front end's runtime); a future dropped
     /// before it ends (its client went away) is counted `client_gone`. [`AsyncCall::Declined`]
-    /// gives the request back: no asynchronous run, the job goes through the queue. Default
-    /// declined.
+    /// gives the request back: no asynchronous run, the job goes through the queue and an
+    /// executor thread. Default declined.
     fn call_async(&self, req: JobRequest) -> AsyncCall {
         AsyncCall::Declined(req)
     }

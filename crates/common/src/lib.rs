@@ -18,13 +18,17 @@
 //! - [`batching`]: dynamic batching: units of work, the wait for a batch to fill, batch sizes.
 //! - [`executor`]: the executor trait, the per-job runner (its running slots cap inline and
 //!   executor runs together) and the dispatcher loop.
-//! - [`admission`]: one request in, one counted outcome out (inline, queued, refused), and the
-//!   wait for a queued job's reply.
+//! - [`admission`]: one request in, one counted outcome out (inline, asynchronous, queued,
+//!   refused), and the wait for a queued job's reply.
+//! - `async_run`: an asynchronous handler's run on the client's connection task, at once or after
+//!   its turn in the line.
+//! - `line`: the queued asynchronous runs waiting, each on its own task, for a running slot.
 //! - [`endpoint`]: a running endpoint: config, admission, supervised dispatcher, status.
 //! - [`supervisor`]: restart-with-backoff for threads and tasks; the panic hook.
 #![deny(missing_docs)]
 
 pub mod admission;
+mod async_run;
 pub mod batching;
 pub mod body;
 pub mod builtin;
@@ -34,5 +38,6 @@ pub mod executor;
 pub mod handler;
 pub mod histogram;
 pub mod job;
+mod line;
 pub mod queue;
 pub mod supervisor;

@@ -30,6 +30,15 @@ pub enum Refused {
     Closed(Job),
 }
 
+/// Why [`HandoffQueue::reserve_seat`] held no depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SeatRefused {
+    /// The queue is at capacity: overflow.
+    Full,
+    /// The queue is closed.
+    Closed,
+}
+
 /// [`HandoffQueue::state`]: admitting.
 const OPEN: u8 = 0;
 /// Refusing new jobs; pending ones still run.
@@ -120,6 +129,24 @@ impl HandoffQueue {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Hold one unit of depth for a request that waits outside the queue (a seat in the
+    /// [`crate::line::Line`] of an asynchronous handler), as a pushed job would. Refused when the
+    /// queue is closed or full; O(1).
+    pub(crate) fn reserve_seat(&self) -> Result<(), SeatRefused> {
+        if self.is_closed() {
+            return Err(SeatRefused::Closed);
+        }
+        if !self.reserve() {
+            return Err(SeatRefused::Full);
+        }
+        Ok(())
+    }
+
+    /// Give back a unit of depth held by [`HandoffQueue::reserve_seat`].
+    pub(crate) fn release_seat(&self) {
+        self.depth.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn reserve(&self) -> bool {

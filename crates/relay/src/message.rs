@@ -26,7 +26,17 @@ pub struct Forwarding {
 /// `Content-Length`, the client's address appended to `X-Forwarded-For`, and
 /// `X-Forwarded-Proto` if `forwarding` says one.
 pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Request<Full<Bytes>> {
-    let mut headers = req.headers.clone();
+    outgoing_with(req, req.headers.clone(), target, forwarding)
+}
+
+/// [`outgoing`] with `headers`, the request's own, moved in by a caller that owns the request
+/// (no copy of the header map).
+pub fn outgoing_with(
+    req: &JobRequest,
+    mut headers: HeaderMap,
+    target: Uri,
+    forwarding: Forwarding,
+) -> Request<Full<Bytes>> {
     strip_hop_by_hop(&mut headers);
     headers.remove(CONTENT_LENGTH);
     headers.remove(EXPECT);
@@ -45,7 +55,8 @@ pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Reques
         Some(earlier) => format!("{earlier}, {client}"),
         None => client,
     };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    // The string's buffer becomes the value's: no second copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
         headers.insert(forwarded, value);
     }
     if let Some(proto) = forwarding.proto {

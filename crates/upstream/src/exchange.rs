@@ -37,7 +37,7 @@ pub(crate) fn run(
     runtime: &tokio::runtime::Handle,
     req: &JobRequest,
 ) -> Result<JobResponse, HandlerError> {
-    let (outgoing, flight, deadline, upgrading) = match prepare(shared, req)? {
+    let (outgoing, flight, deadline, upgrading) = match prepare(shared, req, req.headers.clone())? {
         Prepared::Send(outgoing, flight, deadline, upgrading) => {
             (outgoing, flight, deadline, upgrading)
         }
@@ -45,33 +45,79 @@ pub(crate) fn run(
     };
     let answer = runtime.block_on(async {
         tokio::select! {
-            answer = timed(shared, req, outgoing, deadline, upgrading) => answer,
+            answer = timed(shared, req, outgoing, deadline, upgrading, Side::Io) => answer,
             () = client_gone(req) => {
                 Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
             }
         }
     })?;
-    answered(shared, runtime, req, answer, flight, deadline)
+    answered(shared, runtime, req, answer, flight, deadline, Side::Io)
 }
 
-/// [`run`] on the caller's runtime, awaited instead of blocked on: new connections' drivers run
-/// on that runtime too (the pool holds connections of either kind). A client that goes drops
+/// [`run`] on the caller's runtime, awaited instead of blocked on: its connections are driven by
+/// that runtime too (taken from and given back to the pool's side for it, so an exchange never
+/// waits on another runtime's thread). A client that goes drops
 /// this future, which drops the connection in use (closing it). A streamed body is produced
 /// through the caller's runtime too, by one of its blocking threads (see
 /// [`common::handler::Handler::call_async`]), so nothing here needs the handler's I/O thread.
 pub(crate) async fn run_async(
     shared: Arc<Shared>,
-    req: JobRequest,
+    mut req: JobRequest,
 ) -> Result<JobResponse, HandlerError> {
     let runtime = tokio::runtime::Handle::current();
-    let (outgoing, flight, deadline, upgrading) = match prepare(&shared, &req)? {
+    // Moved, not copied: nothing after `prepare` reads the client's headers.
+    let headers = std::mem::take(&mut req.headers);
+    let (outgoing, flight, deadline, upgrading) = match prepare(&shared, &req, headers)? {
         Prepared::Send(outgoing, flight, deadline, upgrading) => {
             (outgoing, flight, deadline, upgrading)
         }
         Prepared::Refused(answer) => return Ok(answer),
     };
-    let answer = timed(&shared, &req, outgoing, deadline, upgrading).await?;
-    answered(&shared, &runtime, &req, answer, flight, deadline)
+    let answer = timed(&shared, &req, outgoing, deadline, upgrading, Side::Front).await?;
+    answered(
+        &shared,
+        &runtime,
+        &req,
+        answer,
+        flight,
+        deadline,
+        Side::Front,
+    )
+}
+
+/// Which runtime drives a connection: the handler's I/O thread (the executor path, which blocks
+/// on it) or the front end's (the asynchronous path). A connection's driver runs where it was
+/// opened, so each side reuses only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Io,
+    Front,
+}
+
+/// Idle kept-alive connections, by the runtime that drives them, most recent last.
+#[derive(Debug, Default)]
+pub struct Idle {
+    io: Vec<Conn>,
+    front: Vec<Conn>,
+}
+
+impl Idle {
+    /// Idle connections, both sides.
+    pub fn len(&self) -> usize {
+        self.io.len() + self.front.len()
+    }
+
+    /// True if none is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn side(&mut self, side: Side) -> &mut Vec<Conn> {
+        match side {
+            Side::Io => &mut self.io,
+            Side::Front => &mut self.front,
+        }
+    }
 }
 
 /// A request ready to send, or answered without the upstream.
@@ -88,7 +134,12 @@ enum Prepared {
     Refused(JobResponse),
 }
 
-fn prepare(shared: &Arc<Shared>, req: &JobRequest) -> Result<Prepared, HandlerError> {
+/// The outgoing request for `req`, whose `headers` (the client's) are moved in.
+fn prepare(
+    shared: &Arc<Shared>,
+    req: &JobRequest,
+    headers: hyper::HeaderMap,
+) -> Result<Prepared, HandlerError> {
     if has_dot_segment(req.uri.path()) {
         // `/llm/../admin` would leave the prefix once the upstream resolves it.
         return Ok(Prepared::Refused(text_response(
@@ -97,14 +148,15 @@ fn prepare(shared: &Arc<Shared>, req: &JobRequest) -> Result<Prepared, HandlerEr
         )));
     }
     let target = target(shared, &req.uri)?;
-    let mut outgoing = relay::outgoing(req, target, shared.forwarding);
     let upgrading = req.upgrade.is_pending();
+    let protocol = upgrading.then(|| headers.get(UPGRADE).cloned()).flatten();
+    let mut outgoing = relay::outgoing_with(req, headers, target, shared.forwarding);
     if upgrading {
         // A WebSocket handshake: `Connection` and `Upgrade` go up again (they are hop-by-hop, and
         // this hop passes the upgrade on).
-        if let Some(protocol) = req.headers.get(UPGRADE) {
+        if let Some(protocol) = protocol {
             let headers = outgoing.headers_mut();
-            headers.insert(UPGRADE, protocol.clone());
+            headers.insert(UPGRADE, protocol);
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
@@ -121,15 +173,19 @@ async fn timed(
     outgoing: hyper::Request<relay::message::OutBody>,
     deadline: Instant,
     upgrading: bool,
+    side: Side,
 ) -> Result<Answer, HandlerError> {
-    tokio::time::timeout_at(deadline.into(), exchange(shared, req, outgoing, upgrading))
-        .await
-        .unwrap_or_else(|_| {
-            fail(shared, "no answer within timeout_ms".into());
-            Err(HandlerError::Timeout(
-                "upstream did not answer within timeout_ms".into(),
-            ))
-        })
+    tokio::time::timeout_at(
+        deadline.into(),
+        exchange(shared, req, outgoing, upgrading, side),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        fail(shared, "no answer within timeout_ms".into());
+        Err(HandlerError::Timeout(
+            "upstream did not answer within timeout_ms".into(),
+        ))
+    })
 }
 
 /// The handler's response to `answer`: whole, a stream relayed by its producer through
@@ -141,6 +197,7 @@ fn answered(
     answer: Answer,
     flight: InFlight,
     deadline: Instant,
+    side: Side,
 ) -> Result<JobResponse, HandlerError> {
     match answer {
         Answer::Whole(response) => Ok(response),
@@ -150,7 +207,7 @@ fn answered(
             let relay = move |sink: &mut BodySink| {
                 let _flight = flight;
                 sink.set_deadline(deadline);
-                stream(&shared, &runtime, body, conn, sink, deadline)
+                stream(&shared, &runtime, body, (conn, side), sink, deadline)
             };
             Ok(Response::from_parts(head, ResponseBody::stream(relay)))
         }
@@ -238,7 +295,7 @@ fn stream(
     shared: &Shared,
     runtime: &tokio::runtime::Handle,
     mut body: Incoming,
-    conn: Conn,
+    (conn, side): (Conn, Side),
     sink: &mut BodySink,
     deadline: Instant,
 ) -> Result<(), StreamError> {
@@ -249,7 +306,7 @@ fn stream(
         let data = match relay::next_chunk(runtime, &mut body, sink, deadline, idle) {
             Next::Data(data) => data,
             Next::End => {
-                checkin(shared, conn);
+                checkin(shared, conn, side);
                 return Ok(());
             }
             Next::ClientGone => return Err(StreamError::ClientGone),
@@ -288,12 +345,21 @@ fn stream(
     }
 }
 
-/// True if a segment of `path` is `.` or `..`, written plainly or percent-encoded.
+/// True if a segment of `path` is `.` or `..`, written plainly or percent-encoded. No
+/// allocation: it runs on every forwarded request.
 pub fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let plain = lower.replace("%2e", ".");
-        plain == "." || plain == ".."
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            rest = match rest {
+                [b'.', more @ ..] => more,
+                [b'%', b'2', e, more @ ..] if e.eq_ignore_ascii_case(&b'e') => more,
+                _ => return false,
+            };
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 
@@ -331,8 +397,9 @@ async fn exchange(
     req: &JobRequest,
     outgoing: hyper::Request<relay::message::OutBody>,
     upgrading: bool,
+    side: Side,
 ) -> Result<Answer, HandlerError> {
-    let conn = relay::usable(checkout(shared)).await;
+    let conn = relay::usable(checkout(shared, side)).await;
     let (sent, resent) = relay::send(conn, || connect(shared), outgoing, 1).await;
     if resent > 0 {
         shared.stats.count(&shared.stats.retries);
@@ -355,7 +422,7 @@ async fn exchange(
             match relay::read_bounded(response, &req.method, shared.config.max_response_bytes).await
             {
                 Ok(response) => {
-                    checkin(shared, conn);
+                    checkin(shared, conn, side);
                     Ok(Answer::Whole(response))
                 }
                 Err(BodyError::TooLarge) => {
@@ -410,19 +477,25 @@ async fn connect(shared: &Shared) -> io::Result<Conn> {
     }
 }
 
-/// The most recently used idle connection, if any.
-fn checkout(shared: &Shared) -> Option<Conn> {
-    shared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+/// The most recently used idle connection of `side`, if any.
+fn checkout(shared: &Shared, side: Side) -> Option<Conn> {
+    shared
+        .idle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .side(side)
+        .pop()
 }
 
-/// Keep `conn` for the next request if it is open and the idle set has room.
-fn checkin(shared: &Shared, conn: Conn) {
+/// Keep `conn` (driven by `side`'s runtime) for the next request if it is open and the idle set
+/// has room.
+fn checkin(shared: &Shared, conn: Conn, side: Side) {
     if conn.is_closed() {
         return;
     }
     let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     if idle.len() < shared.max_idle {
-        idle.push(conn);
+        idle.side(side).push(conn);
     }
 }
 
@@ -463,10 +536,24 @@ mod tests {
 
     #[test]
     fn dot_segments_are_found_plain_or_encoded() {
-        for path in ["/llm/../admin", "/llm/./x", "/llm/%2E%2e/admin", "/llm/.."] {
+        for path in [
+            "/llm/../admin",
+            "/llm/./x",
+            "/llm/%2E%2e/admin",
+            "/llm/..",
+            "/a/.%2E/b",
+        ] {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/llm/v1/models", "/llm/.well-known/x", "/llm/a..b", "/"] {
+        for path in [
+            "/llm/v1/models",
+            "/llm/.well-known/x",
+            "/llm/a..b",
+            "/",
+            "/...",
+            "/%2",
+            "/%2f",
+        ] {
             assert!(!has_dot_segment(path), "{path}");
         }
     }

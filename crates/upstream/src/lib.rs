@@ -41,7 +41,7 @@ use common::handler::{AsyncCall, Handler, HandlerError, HandlerSample, JobReques
 use config::{UpstreamAddress, UpstreamConfig};
 use health::Health;
 use hyper::header::HeaderValue;
-use relay::{Conn, Forwarding, Target};
+use relay::{Forwarding, Target};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -57,8 +57,8 @@ pub(crate) struct Shared {
     pub forwarding: Forwarding,
     /// The prefix taken off the path before it is forwarded (`strip_prefix`), without its `/`.
     pub strip: Option<String>,
-    /// Kept-alive connections not in use, most recent last; at most `max_idle`.
-    pub idle: Mutex<Vec<Conn>>,
+    /// Kept-alive connections not in use, by the runtime that drives them; at most `max_idle`.
+    pub idle: Mutex<exchange::Idle>,
     pub max_idle: usize,
     pub health: Health,
     pub stats: status::Stats,
@@ -71,7 +71,9 @@ pub(crate) struct Shared {
 ///
 /// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
 /// `call_async` runs the same exchange on the front end's own task (see
-/// [`Handler::call_async`]): the path taken when a running slot is free and nothing is queued.
+/// [`Handler::call_async`]): every request but a WebSocket upgrade, at once or after its turn in
+/// the endpoint's line; `handle` serves the executor path (upgrades, `on_client_gone =
+/// "finish"`, crab mode, adaptive on red).
 #[derive(Debug)]
 pub struct UpstreamHandler {
     shared: Arc<Shared>,
@@ -118,7 +120,7 @@ impl UpstreamHandler {
                 proto: Some(if https { "https" } else { "http" }),
             },
             strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(exchange::Idle::default()),
             max_idle: slots.max(1),
             health: Health::new(config.health_path.is_some()),
             stats: status::Stats::default(),

@@ -1,0 +1,242 @@
+//! An asynchronous run on the client's connection task ([`Handler::call_async`]): at once in a
+//! free running slot, or after its turn in the endpoint's [line](crate::line).
+//!
+//! Both hold one of the runner's running slots for as long as the handler's future (and its
+//! stream) lasts, and count exactly one outcome. A run that waited in the line keeps the queue's
+//! promises: its seat holds a unit of the queue's depth, it is served first come first served, it
+//! is answered `504` at its queue deadline and `503` at shutdown, and a client that goes before
+//! its turn is counted `skipped`.
+//!
+//! [`Handler::call_async`]: crate::handler::Handler::call_async
+
+use crate::counters::EndpointCounters;
+use crate::executor::{JobRunner, OwnedSlot};
+use crate::handler::{HandlerError, HandlerFuture, JobResponse};
+use crate::job::{respond, shutting_down, waited_too_long, JobTiming};
+use crate::line::{Seat, Standing};
+use crate::supervisor::catch_panic;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How often a waiting seat offers the line any free slot itself: a bound on the wait after the
+/// executor's concurrency rose (a light back to green), when no release comes to hand slots out.
+const LINE_LOOK: Duration = Duration::from_millis(200);
+
+/// An asynchronous run started by [`crate::admission::Admission::try_admit`]: await it on the
+/// client's connection task for the one answer (already counted). It runs at once (a free running
+/// slot, nothing queued), or first waits for its turn in the endpoint's line. Dropped before it
+/// ends, it stops the run (counted `client_gone`) or leaves the line (counted `skipped`), and
+/// gives any running slot back.
+pub struct DirectRun(pub(crate) Pin<Box<dyn Future<Output = JobResponse> + Send>>);
+
+impl std::fmt::Debug for DirectRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectRun")
+    }
+}
+
+impl Future for DirectRun {
+    type Output = JobResponse;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// Counts `client_gone` if dropped armed: the run's future was dropped before its answer.
+struct GoneUnlessAnswered(Option<Arc<EndpointCounters>>);
+
+impl Drop for GoneUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(counters) = self.0.take() {
+            EndpointCounters::bump(&counters.client_gone);
+        }
+    }
+}
+
+/// Counts `failed` if dropped armed: a stream's producer task was dropped unrun.
+struct FailedUnlessRun(Option<Arc<EndpointCounters>>);
+
+impl Drop for FailedUnlessRun {
+    fn drop(&mut self) {
+        if let Some(counters) = self.0.take() {
+            EndpointCounters::bump(&counters.failed);
+        }
+    }
+}
+
+/// A handler's future with its panics turned into `Err(message)`.
+struct CatchPanic(HandlerFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Result<JobResponse, HandlerError>, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_panic(|| self.0.as_mut().poll(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(message) => Poll::Ready(Err(message)),
+        }
+    }
+}
+
+/// One asynchronous run in `slot`: the handler's future (a panic answered `500`), its run time
+/// recorded, its outcome counted once. A streamed answer is produced on a blocking thread of the
+/// current runtime, still in the slot, and counted when it ends (as an executor's stream is).
+/// With `timing`, the answer carries its [`JobTiming`], `queue_wait` the time in the line.
+pub(crate) async fn direct(
+    slot: OwnedSlot,
+    counters: Arc<EndpointCounters>,
+    call: HandlerFuture,
+    started: Instant,
+    timing: Option<Duration>,
+) -> JobResponse {
+    let mut gone = GoneUnlessAnswered(Some(counters.clone()));
+    let runner = slot.runner().clone();
+    let result = match CatchPanic(call).await {
+        Ok(result) => result,
+        Err(message) => {
+            EndpointCounters::bump(&counters.panics);
+            tracing::debug!(endpoint = %runner.endpoint(), %message, "handler panicked; answering 500");
+            Err(HandlerError::Internal("handler failed".into()))
+        }
+    };
+    gone.0 = None;
+    if let Err(e) = &result {
+        tracing::debug!(endpoint = %runner.endpoint(), status = e.status().as_u16(), cause = %e, "job failed");
+    }
+    let queue_wait = timing.unwrap_or_default();
+    let timing = timing.is_some();
+    let run_timing = |run| JobTiming { queue_wait, run };
+    let mut response = match result {
+        Ok(response) if response.body().is_stream() => response,
+        other => {
+            let took = started.elapsed();
+            runner.record_job_time(took);
+            drop(slot);
+            return respond(&counters, other, timing.then(|| run_timing(took)));
+        }
+    };
+    let Some((producer, sink)) = response.body_mut().start() else {
+        runner.record_job_time(started.elapsed());
+        drop(slot);
+        return respond(
+            &counters,
+            Ok(response),
+            timing.then(|| run_timing(started.elapsed())),
+        );
+    };
+    if timing {
+        response
+            .extensions_mut()
+            .insert(run_timing(started.elapsed()));
+    }
+    // A stream's producer blocks between chunks: not on the connection's task. The slot moves
+    // with it and is given back when the stream ends.
+    // A runtime shutting down may drop the task unrun: its stream then ends aborted and is
+    // counted failed, so the counters still add up.
+    let unrun = FailedUnlessRun(Some(counters));
+    tokio::task::spawn_blocking(move || {
+        let mut unrun = unrun;
+        unrun.0 = None;
+        let runner = slot.runner();
+        runner.stream(producer, sink);
+        runner.record_job_time(started.elapsed());
+        drop(slot);
+    });
+    response
+}
+
+/// A queued asynchronous run: wait in the line for a running slot (until `deadline`), then
+/// [`direct`] in it. See the [module docs](self).
+pub(crate) async fn lined(
+    runner: Arc<JobRunner>,
+    seat: Arc<Seat>,
+    call: HandlerFuture,
+    admitted_at: Instant,
+    deadline: Instant,
+    timing: bool,
+) -> JobResponse {
+    let counters = runner.counters().clone();
+    let mut place = Place {
+        runner: &runner,
+        seat: &seat,
+        served: false,
+    };
+    // One timer: the next look at the line, or the deadline if it comes first.
+    let next_look = |now: Instant| (now + LINE_LOOK).min(deadline);
+    let timer = tokio::time::sleep_until(next_look(Instant::now()).into());
+    tokio::pin!(timer);
+    loop {
+        let expired = tokio::select! {
+            biased;
+            () = seat.moved() => false,
+            () = &mut timer => {
+                let now = Instant::now();
+                if now < deadline {
+                    runner.grant_waiting();
+                    timer.as_mut().reset(next_look(now).into());
+                }
+                now >= deadline
+            }
+        };
+        match seat.standing() {
+            Standing::Granted => break,
+            Standing::Shed => {
+                place.served = true;
+                return respond(&counters, Err(shutting_down()), None);
+            }
+            Standing::Waiting if expired => {
+                if place.leave() {
+                    place.served = true;
+                    return respond(&counters, Err(waited_too_long()), None);
+                }
+                // Granted or shed meanwhile: the next look sees it.
+            }
+            Standing::Waiting | Standing::Left => {}
+        }
+    }
+    place.served = true;
+    let started = Instant::now();
+    EndpointCounters::bump(&counters.async_runs);
+    let slot = OwnedSlot::granted(runner.clone());
+    let waited = timing.then(|| started.saturating_duration_since(admitted_at));
+    direct(slot, counters, call, started, waited).await
+}
+
+/// A seat's waiter: dropped unserved (its client went away before its turn), it leaves the line,
+/// counts `skipped`, and gives back its queue depth, or the running slot it was just granted.
+struct Place<'a> {
+    runner: &'a Arc<JobRunner>,
+    seat: &'a Arc<Seat>,
+    /// Answered here, or running: nothing left to undo.
+    served: bool,
+}
+
+impl Place<'_> {
+    /// Leave the line unserved; true if the seat was still waiting (its depth is given back).
+    fn leave(&self) -> bool {
+        let left = self.seat.leave();
+        if left {
+            self.runner.line().remove(self.seat);
+            self.runner.release_seat();
+        }
+        left
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        if !self.leave() && self.seat.standing() == Standing::Granted {
+            // Granted as the client went: the slot goes on to the next seat.
+            drop(OwnedSlot::granted(self.runner.clone()));
+        }
+        EndpointCounters::bump(&self.runner.counters().skipped);
+    }
+}
