@@ -19,7 +19,7 @@ use crate::hold::HoldEnd;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -53,7 +53,22 @@ pub(super) struct Activity {
     /// Response bytes hyper has taken: progress while answers wait (HTTP/2 takes them only as
     /// the client's flow-control window opens).
     taken: AtomicU64,
+    /// Requests whose answer is not made yet (a body to read, a queued or running job): no byte
+    /// of their answer has been written (see [`Unanswered`]).
+    awaiting: AtomicUsize,
+    /// The HTTP version of the latest request ([`VERSION_1_1`] until one is seen).
+    version: AtomicU8,
+    /// The client's end of input was read and kept from hyper (see `listener::half_close`):
+    /// the connection is to close once its answers are written.
+    read_closed: AtomicBool,
 }
+
+/// [`Activity::version`]: HTTP/1.1 (or none seen yet).
+const VERSION_1_1: u8 = 0;
+/// [`Activity::version`]: HTTP/1.0 (or 0.9), which must not be sent a `1xx` interim answer.
+const VERSION_1_0: u8 = 1;
+/// [`Activity::version`]: HTTP/2.
+const VERSION_2: u8 = 2;
 
 impl Activity {
     fn progressed(&self) {
@@ -116,6 +131,50 @@ impl Activity {
         self.taken.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A request of `version` was read: the latest one is the one a half-close concerns.
+    pub(super) fn saw(&self, version: hyper::Version) {
+        let code = if version >= hyper::Version::HTTP_2 {
+            VERSION_2
+        } else if version < hyper::Version::HTTP_11 {
+            VERSION_1_0
+        } else {
+            VERSION_1_1
+        };
+        if self.version.load(Ordering::Relaxed) != code {
+            self.version.store(code, Ordering::Relaxed);
+        }
+    }
+
+    /// True once an HTTP/2 request was seen on this connection.
+    pub(super) fn is_http2(&self) -> bool {
+        self.version.load(Ordering::Relaxed) == VERSION_2
+    }
+
+    /// True if the latest request is HTTP/1.0 (no `1xx` interim answer may be sent to it).
+    pub(super) fn is_http10(&self) -> bool {
+        self.version.load(Ordering::Relaxed) == VERSION_1_0
+    }
+
+    /// Requests whose answer is not made yet.
+    pub(super) fn awaiting(&self) -> usize {
+        self.awaiting.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight: awaiting their answer, or with a streamed answer still being sent.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// True while the last socket write returned `Pending` and none has succeeded since.
+    pub(super) fn is_write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
+    }
+
+    /// The client's end of input was kept from hyper: close once the answers are written.
+    pub(super) fn close_read(&self) {
+        self.read_closed.store(true, Ordering::SeqCst);
+    }
+
     /// A request answered as soon as it was read (never in flight across an await).
     pub(super) fn answered_at_once(&self) {
         if !self.served.load(Ordering::Relaxed) {
@@ -140,6 +199,24 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.progressed();
+    }
+}
+
+/// Marks a request whose answer is not made yet, until dropped (the answer is made, or the
+/// request abandoned): a half-closed client's connection may be probed meanwhile, since no byte
+/// of the answer has been written.
+pub(super) struct Unanswered(Arc<Activity>);
+
+impl Unanswered {
+    pub(super) fn new(activity: &Arc<Activity>) -> Unanswered {
+        activity.awaiting.fetch_add(1, Ordering::Relaxed);
+        Unanswered(activity.clone())
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -477,7 +554,9 @@ impl Registration {
     }
 
     /// Drive `conn` until it ends, or until the sweeper finds it idle (`None`); once the drain
-    /// begins, ask it to shut down gracefully (`graceful_shutdown`) and keep driving it.
+    /// begins, or the client's end of input was kept from hyper (a half-close), ask it to shut
+    /// down gracefully (`graceful_shutdown`: HTTP/1 closes after its current answer) and keep
+    /// driving it.
     pub(super) async fn serve<C>(
         &self,
         activity: &Activity,
@@ -496,7 +575,10 @@ impl Registration {
             if activity.close.load(Ordering::SeqCst) {
                 return Poll::Ready(None);
             }
-            if !graceful && connections.draining.load(Ordering::SeqCst) {
+            if !graceful
+                && (connections.draining.load(Ordering::SeqCst)
+                    || activity.read_closed.load(Ordering::SeqCst))
+            {
                 graceful = true;
                 graceful_shutdown(conn.as_mut());
             }

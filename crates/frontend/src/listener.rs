@@ -4,11 +4,14 @@
 //! # Layout
 //! - `accept`: [`accept::AcceptLoop`], one socket's loop: connection limit, accept errors,
 //!   optional TLS handshake, one serve path for every connection.
+//! - `half_close`: [`half_close::HalfClose`], which answers a client that half-closed after its
+//!   request and still sees one that closed fully leave.
 //! - `linger`: the lingering close (read and discard for a bounded time after the last answer,
 //!   so that closing does not reset the connection and destroy unread answers).
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
 
 mod accept;
+mod half_close;
 mod linger;
 mod stream;
 

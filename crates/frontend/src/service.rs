@@ -4,7 +4,7 @@
 
 use super::access::AccessLine;
 use super::app::App;
-use super::connections::{Activity, InFlight};
+use super::connections::{Activity, InFlight, Unanswered};
 use super::router::{route, Role};
 use super::unsent::{Ledger, Sent};
 use super::{Answer, Reply, Sending, Step};
@@ -39,6 +39,7 @@ pub(super) fn for_connection(
        + 'static {
     let max_requests = app.server.max_requests_per_connection.get();
     service_fn(move |req: Request<Incoming>| {
+        activity.saw(req.version());
         let finish = Finish {
             logged: app
                 .server
@@ -70,10 +71,12 @@ pub(super) fn for_connection(
             }
             Step::Later(pending) => {
                 let in_flight = InFlight::new(&activity);
+                let unanswered = Unanswered::new(&activity);
                 let app = app.clone();
                 let activity = activity.clone();
                 Reply::later(Box::pin(async move {
                     let mut answer = pending.await;
+                    drop(unanswered);
                     if let Ok(resp) = answer.as_mut() {
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                             && resp.body().is_stream()

@@ -1,6 +1,7 @@
 //! One listener's accept loop: wait for a connection slot, accept, sort accept errors, and serve
 //! each connection (plain or after a bounded TLS handshake) on one path.
 
+use super::half_close::HalfClose;
 use super::linger::SharedTcp;
 use super::stream::ClientStream;
 use super::{Shared, Tls};
@@ -203,6 +204,7 @@ impl Connections {
         );
         // Socket progress is counted on plain HTTP and TLS alike: a slow reader of a large
         // response makes progress only on the socket, long after its request was answered.
+        let stream = HalfClose::new(stream, tcp.clone(), activity.clone());
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let registration = shared.connections.register(activity.clone(), self.name);
         // In a block of its own, so that hyper's connection and its buffers are gone before the

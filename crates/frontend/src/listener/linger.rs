@@ -77,6 +77,14 @@ impl SharedTcp {
     }
 }
 
+impl SharedTcp {
+    /// Resolves once the socket reports an error: the peer reset the connection. A client that
+    /// closed fully (not just its sending side) answers any data sent to it with RST.
+    pub(super) async fn reset(self) {
+        let _ = self.0.ready(Interest::ERROR).await;
+    }
+}
+
 impl Shared {
     /// `shutdown(SHUT_WR)`: FIN after the bytes already written, once (hyper shuts a connection
     /// it closes, and the linger after it would only get `ENOTCONN`). An error (the peer reset)
