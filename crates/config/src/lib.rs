@@ -44,6 +44,9 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Characters of a parser's message kept in an error (it may quote a long bad value).
 const MAX_MESSAGE_CHARS: usize = 256;
 
+/// Characters of the config's own text quoted where a syntax error points.
+const MAX_QUOTE_CHARS: usize = 40;
+
 /// A configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -347,31 +350,37 @@ impl Config {
     /// Parse and validate TOML text; `file` names the source in errors.
     ///
     /// A parse error names the key path serde was at (`endpoint[1].exec.timeout_ms`, tracked by
-    /// `serde_path_to_error`), and the line where toml located the problem.
+    /// `serde_path_to_error`), and the line where toml located the problem. A syntax error comes
+    /// before any key was read: it names `(document)` and quotes the text toml points at (its
+    /// message alone says "duplicate key" without the key).
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| {
-            let path = e.path().to_string();
-            let e = e.into_inner();
-            let problem = e.message().trim();
+        let error = |key: String, e: toml::de::Error, quote: bool| {
+            // serde's messages may quote the bad value: cut them short.
+            let mut problem = raw::clip(e.message().trim(), MAX_MESSAGE_CHARS);
+            if let Some(span) = e.span() {
+                let at = text.get(span.clone()).unwrap_or_default().trim();
+                if quote && !at.is_empty() && !at.contains('\n') {
+                    problem = format!("{problem}: `{}`", raw::clip(at, MAX_QUOTE_CHARS));
+                }
+                problem = format!("{problem} (line {})", line_of(text, span.start));
+            }
             ConfigError {
                 file: file.to_string(),
-                // An empty path (a syntax error, before any key was read) prints as ".".
-                key: if path == "." {
-                    "(document)".to_string()
-                } else {
-                    path
-                },
-                // serde's messages may quote the bad value: cut them short.
-                problem: match e.span() {
-                    Some(span) => format!(
-                        "{} (line {})",
-                        raw::clip(problem, MAX_MESSAGE_CHARS),
-                        line_of(text, span.start)
-                    ),
-                    None => raw::clip(problem, MAX_MESSAGE_CHARS),
-                },
+                key,
+                problem,
             }
+        };
+        let document = toml::Deserializer::parse(text)
+            .map_err(|e| error("(document)".to_string(), e, true))?;
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            // An empty path (an error before any key was read) prints as ".".
+            let key = if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            };
+            error(key, e.into_inner(), false)
         })?;
         raw.validate(file)
     }
@@ -481,6 +490,16 @@ mod tests {
         let e = Config::from_toml(text, "t.toml").unwrap_err();
         assert_eq!(e.key, "(document)");
         assert!(e.problem.ends_with("(line 3)"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_quoted_with_its_line() {
+        let text = "[[endpoint]]\npath = \"/a\"\npath = \"/b\"\nbuiltin = \"ping\"\n";
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: (document): duplicate key: `path` (line 3)"
+        );
     }
 
     #[test]
