@@ -1,4 +1,5 @@
-//! Pure parsers of the cgroup v2 and pressure (PSI) files the traffic light reads, over `&str`.
+//! Pure parsers of the cgroup v2, pressure (PSI) and host (`/proc/stat`, `/proc/meminfo`) files
+//! the traffic light reads, over `&str`.
 //!
 //! Every parser returns `None` for text it does not understand; the caller then falls back (to the
 //! host's figures, or to no pressure reading) instead of failing.
@@ -108,6 +109,48 @@ pub fn memory_headroom(limit: u64, used: u64) -> f64 {
         return 0.0;
     }
     (limit.saturating_sub(used) as f64 / limit as f64).clamp(0.0, 1.0)
+}
+
+/// The host's CPU time from the `cpu ` line of `/proc/stat` (all CPUs), in clock ticks since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCpuTimes {
+    /// Ticks not idle: user, nice, system, irq, softirq, steal (guest time is inside user).
+    pub busy: u64,
+    /// All ticks: busy plus idle and iowait.
+    pub total: u64,
+}
+
+/// Parse the `cpu ` line of `/proc/stat`: `user nice system idle iowait irq softirq steal ...`.
+pub fn parse_proc_stat_cpu(text: &str) -> Option<HostCpuTimes> {
+    let line = text.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks
+        .get(3)?
+        .saturating_add(ticks.get(4).copied().unwrap_or(0));
+    let total = ticks.iter().fold(0u64, |sum, t| sum.saturating_add(*t));
+    Some(HostCpuTimes {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
+/// Host CPU utilisation between two `/proc/stat` readings, 0.0–1.0: busy ticks over all ticks.
+/// `None` when no tick passed or a counter went backwards.
+pub fn host_cpu_utilisation(before: HostCpuTimes, after: HostCpuTimes) -> Option<f64> {
+    let total = after.total.checked_sub(before.total)?;
+    let busy = after.busy.checked_sub(before.busy)?;
+    (total > 0).then(|| (busy as f64 / total as f64).clamp(0.0, 1.0))
+}
+
+/// `MemTotal` and `MemAvailable` from `/proc/meminfo`, in bytes (the file gives kB).
+pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+    let bytes = |key: &str| parse_keyed(text, key).map(|kb| kb.saturating_mul(1024));
+    Some((bytes("MemTotal:")?, bytes("MemAvailable:")?))
 }
 
 /// One line of a pressure file: the share of wall time (percent, 0–100) in which tasks were
@@ -226,6 +269,38 @@ mod tests {
     use super::*;
 
     const CPU_PRESSURE: &str = include_str!("fixtures/cgroup/app.slice/fc.service/cpu.pressure");
+
+    #[test]
+    fn host_cpu_is_busy_ticks_over_all_ticks_between_two_readings() {
+        let before = "cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 50 0 50 350 50 0 0 0 0 0\nintr 1\n";
+        let after = "cpu  250 0 150 850 150 0 0 0 0 0\ncpu0 1 1 1 1\n";
+        let before = parse_proc_stat_cpu(before).unwrap();
+        let after = parse_proc_stat_cpu(after).unwrap();
+        assert_eq!(
+            before,
+            HostCpuTimes {
+                busy: 200,
+                total: 1000
+            }
+        );
+        // 200 busy ticks out of 400.
+        assert_eq!(host_cpu_utilisation(before, after), Some(0.5));
+        assert_eq!(host_cpu_utilisation(after, after), None);
+        assert_eq!(host_cpu_utilisation(after, before), None);
+        // An old kernel's four fields are enough.
+        let old = parse_proc_stat_cpu("cpu 1 2 3 4\n").unwrap();
+        assert_eq!(old, HostCpuTimes { busy: 6, total: 10 });
+        for bad in ["", "cpu0 1 2 3 4\n", "cpu 1 2 x 4\n", "cpu 1 2\n"] {
+            assert_eq!(parse_proc_stat_cpu(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn meminfo_gives_total_and_available_bytes() {
+        let text = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    4000000 kB\n";
+        assert_eq!(parse_meminfo(text), Some((16_384_000_000, 4_096_000_000)));
+        assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
+    }
 
     #[test]
     fn cpu_max_unlimited_and_quotas() {

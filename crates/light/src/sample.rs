@@ -1,7 +1,11 @@
 //! The light's inputs: a [`Sample`], the [`SampleSource`] trait, and the real [`SystemSource`]
-//! (cgroup v2 when the process is limited by one, else the host through `sysinfo`, plus PSI).
+//! (cgroup v2 when the process is limited by one, else the host's `/proc/stat` and
+//! `/proc/meminfo`, plus PSI).
 
-use super::cgroup::{cpu_utilisation, memory_headroom, parse_pressure, PsiAverages};
+use super::cgroup::{
+    cpu_utilisation, host_cpu_utilisation, memory_headroom, parse_meminfo, parse_pressure,
+    parse_proc_stat_cpu, HostCpuTimes, PsiAverages,
+};
 use super::cgroup_reader::{read, CgroupReader, Resource};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
-    /// The whole machine (`sysinfo`, `/proc/pressure`).
+    /// The whole machine (`/proc/stat`, `/proc/meminfo`, `/proc/pressure`).
     Host,
     /// The process's cgroup v2 (its quota, its memory limit, its pressure files).
     Cgroup,
@@ -77,22 +81,30 @@ struct CpuMark {
     at: Instant,
 }
 
-/// The real source: cgroup v2 limits when the process has them, else the host (`sysinfo`), and
+/// The real source: cgroup v2 limits when the process has them, else the host (`/proc/stat`,
+/// `/proc/meminfo`), and
 /// PSI from the cgroup's own pressure files, else `/proc/pressure`. Any file that is missing or
 /// unreadable falls back to the host or leaves the pressure reading empty.
 ///
 /// CPU utilisation is measured between two calls, so the first call after [`SystemSource::new`]
-/// covers the time since construction; calls less than `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`
-/// (200 ms on Linux) apart give a rough host figure.
+/// covers the time since construction; calls less than a clock tick (10 ms) apart repeat the
+/// previous host figure, and calls a few ticks apart give a rough one.
 #[derive(Debug)]
 pub struct SystemSource {
-    sys: sysinfo::System,
+    host_cpu_mark: Option<HostCpuTimes>,
+    host_cpu_last: f64,
     cgroup: Option<CgroupReader>,
     host_pressure: PathBuf,
     cpu_mark: Option<CpuMark>,
     cpu_stall: StallShare,
     mem_stall: StallShare,
 }
+
+/// The host's CPU time counters.
+const PROC_STAT: &str = "/proc/stat";
+
+/// The host's memory figures.
+const PROC_MEMINFO: &str = "/proc/meminfo";
 
 /// How quickly the pressure figure follows the stall counter: the time constant of its
 /// exponential smoothing.
@@ -159,16 +171,37 @@ impl SystemSource {
     /// `/proc/pressure`, holding `cpu` and `memory`).
     pub fn with_paths(cgroup: Option<CgroupReader>, host_pressure: PathBuf) -> SystemSource {
         let mut source = SystemSource {
-            sys: sysinfo::System::new(),
+            host_cpu_mark: None,
+            host_cpu_last: 0.0,
             cgroup,
             host_pressure,
             cpu_mark: None,
             cpu_stall: StallShare::default(),
             mem_stall: StallShare::default(),
         };
-        source.sys.refresh_cpu_usage();
+        source.host_cpu();
         source.cgroup_cpu();
         source
+    }
+
+    /// Host CPU utilisation since the previous call, from `/proc/stat`; the previous figure when
+    /// no tick passed, 0.0 while the file is unreadable (as on a system without `/proc`).
+    fn host_cpu(&mut self) -> f64 {
+        let Some(now) = read(Path::new(PROC_STAT)).and_then(|text| parse_proc_stat_cpu(&text))
+        else {
+            self.host_cpu_mark = None;
+            return 0.0;
+        };
+        let Some(before) = self.host_cpu_mark else {
+            self.host_cpu_mark = Some(now);
+            return self.host_cpu_last;
+        };
+        if now.total == before.total {
+            return self.host_cpu_last;
+        }
+        self.host_cpu_mark = Some(now);
+        self.host_cpu_last = host_cpu_utilisation(before, now).unwrap_or(self.host_cpu_last);
+        self.host_cpu_last
     }
 
     /// Utilisation of the cgroup's CPU quota since the previous call; `None` without a quota,
@@ -245,22 +278,19 @@ fn host_pressure(path: &Path) -> Option<PsiAverages> {
 
 impl SampleSource for SystemSource {
     fn sample(&mut self) -> Result<Sample, String> {
-        // Refresh the host even when the cgroup answers, so a fallback later has a fresh baseline.
-        self.sys.refresh_cpu_usage();
-        self.sys
-            .refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
+        // Read the host even when the cgroup answers, so a fallback later has a fresh baseline.
+        let host_cpu = self.host_cpu();
         let (cpu, cpu_origin) = match self.cgroup_cpu() {
             Some(c) => (c, Origin::Cgroup),
-            None => (
-                (f64::from(self.sys.global_cpu_usage()) / 100.0).clamp(0.0, 1.0),
-                Origin::Host,
-            ),
+            None => (host_cpu, Origin::Host),
         };
-        let total = self.sys.total_memory();
+        let (total, available) = read(Path::new(PROC_MEMINFO))
+            .and_then(|text| parse_meminfo(&text))
+            .unwrap_or((0, 0));
         let (mem_headroom, mem_origin) = match self.cgroup_memory(total) {
             Some(m) => (m, Origin::Cgroup),
             None if total > 0 => (
-                memory_headroom(total, total.saturating_sub(self.sys.available_memory())),
+                memory_headroom(total, total.saturating_sub(available)),
                 Origin::Host,
             ),
             None => return Err("no memory figures from the host".to_string()),
