@@ -65,6 +65,7 @@
 # nginx-limit-conn haproxy"), FULL_SERVERS (default "full-admitted full-ignore full-ignore-close
 # full-reject full-ignore-tls full-ignore-close-tls full-reject-tls"), HOLD_MS (full-ignore's
 # overflow_hold_ms, default 1000, the shipped default; keep it under wrk's 5 s --timeout),
+# FLOOD_HOLD_MS (fc-ignore's and fc-reject's overflow_hold_ms in part flood, default 1000),
 # SERVER_CPU / LOADGEN_CPU (default 0 / 1), OUT, IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS
 # (as in benches/ping.sh), DOOR (true | false, default true: an admin listener takes the probes,
 # so fiddler_crab's door on the public listener can close; false: no admin listener, no door; the
@@ -84,6 +85,7 @@ ACCESS_LOG=${ACCESS_LOG:-true}
 FLOOD_SERVERS=${FLOOD_SERVERS:-"fc-ignore fc-reject nginx-limit-req nginx-limit-conn haproxy"}
 FULL_SERVERS=${FULL_SERVERS:-"full-admitted full-ignore full-ignore-close full-reject full-ignore-tls full-ignore-close-tls full-reject-tls"}
 HOLD_MS=${HOLD_MS:-1000}
+FLOOD_HOLD_MS=${FLOOD_HOLD_MS:-1000}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 QUEUE=10
@@ -125,6 +127,7 @@ fc_config() {
 listen = "127.0.0.1:$2"
 shutdown_grace_ms = 2000
 access_log = $ACCESS_LOG
+overflow_hold_ms = $FLOOD_HOLD_MS
 $(admin_line)
 
 [[endpoint]]
@@ -148,6 +151,7 @@ listen = "127.0.0.1:$2"
 overflow_hold_ms = $3
 shutdown_grace_ms = 2000
 access_log = $ACCESS_LOG
+overflow_hold_ms = $FLOOD_HOLD_MS
 $(admin_line)
 
 [[endpoint]]
