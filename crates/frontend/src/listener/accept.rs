@@ -226,7 +226,7 @@ impl Connections {
             Some(Err(e)) if is_ignored(e.as_ref()) => {
                 let hold = shared.app.server.overflow_hold;
                 if !hold.is_zero() {
-                    let until = Instant::now() + hold;
+                    let until = coarse(Instant::now() + hold);
                     tokio::spawn(held(
                         shared.app.clone(),
                         (open, tcp, registration, activity),
@@ -254,6 +254,24 @@ impl Connections {
             }
         }
     }
+}
+
+/// The grain of held connections' deadlines: rounded up to it, the holds of a flood end
+/// together, a few wake-ups of the runtime a second instead of one per held connection.
+const HOLD_GRAIN: Duration = Duration::from_millis(50);
+
+/// `deadline` rounded up to the next multiple of [`HOLD_GRAIN`] since a fixed instant (the
+/// first call's).
+fn coarse(deadline: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    let grain = HOLD_GRAIN.as_nanos();
+    let rounded = since.div_ceil(grain).saturating_mul(grain);
+    u64::try_from(rounded)
+        .ok()
+        .and_then(|nanos| epoch.checked_add(Duration::from_nanos(nanos)))
+        .unwrap_or(deadline)
 }
 
 /// Hold an overflowed connection (see [`crate::hold`]) until `until`, its client's close, its
