@@ -233,6 +233,15 @@ nginx_conf() {
     "}"
 }
 
+# nginx_ping_conf DIR LOG PORT: nginx.conf in DIR answering GET /ping with "pong\n" on PORT,
+# access log on (LOG=on) or off, as benches/ping.sh and benches/ping_instructions.sh run it.
+nginx_ping_conf() {
+  nginx_conf "$1" "$2" "    server {
+        listen 127.0.0.1:$3;
+        location = /ping { default_type text/plain; return 200 \"pong\\n\"; }
+    }" >"$1/nginx.conf"
+}
+
 # nginx_cmd DIR: nginx in the foreground (master and one worker) on DIR/nginx.conf, writing only
 # into DIR. Prints the command line as words for an array: cmd=($(nginx_cmd DIR)) would split the
 # -g value, so use: mapfile -t cmd < <(nginx_cmd DIR).

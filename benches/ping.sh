@@ -113,10 +113,7 @@ start_server() {
       rm -rf "$dir"
       mkdir -p "$dir"
       if [ "$name" = nginx-log ]; then log=on; fi
-      nginx_conf "$dir" "$log" "    server {
-        listen 127.0.0.1:$port;
-        location = /ping { default_type text/plain; return 200 \"pong\\n\"; }
-    }" >"$dir/nginx.conf"
+      nginx_ping_conf "$dir" "$log" "$port"
       local cmd
       mapfile -t cmd < <(nginx_cmd "$dir")
       taskset -c "$SERVER_CPU" "${cmd[@]}" >"$work/server.log" 2>&1 & ;;

@@ -50,10 +50,7 @@ one() {
       rm -rf "$dir"
       mkdir -p "$dir"
       if [ "$name" = nginx-log ]; then log=on; fi
-      nginx_conf "$dir" "$log" "    server {
-        listen 127.0.0.1:$port;
-        location = /ping { default_type text/plain; return 200 \"pong\\n\"; }
-    }" >"$dir/nginx.conf"
+      nginx_ping_conf "$dir" "$log" "$port"
       # One process (no master): cachegrind follows the process that serves.
       cmd=("$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
         -g "daemon off; master_process off; worker_processes 1;") ;;

@@ -211,43 +211,102 @@ fn human(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
     timestamp(buf, now);
     buf.extend_from_slice(b"  INFO ");
     buf.extend_from_slice(TARGET.as_bytes());
-    buf.extend_from_slice(b": client=");
-    address(buf, l.client)?;
-    buf.extend_from_slice(b" method=");
-    buf.extend_from_slice(l.method.as_bytes());
-    buf.extend_from_slice(b" path=");
-    quoted(buf, l.path)?;
-    if let Some(q) = l.query {
-        buf.extend_from_slice(b" query=");
-        quoted(buf, q)?;
-    }
-    if let Some(ua) = l.user_agent {
-        buf.extend_from_slice(b" user_agent=");
-        quoted(buf, ua)?;
-    }
-    buf.extend_from_slice(b" status=");
-    number(buf, l.status);
-    buf.extend_from_slice(b" bytes=");
-    number(buf, l.bytes);
-    if let Some(c) = l.completed {
-        buf.extend_from_slice(if c {
-            b" completed=true"
-        } else {
-            b" completed=false"
-        });
-    }
-    buf.extend_from_slice(b" queue_wait_ms=");
-    millis(buf, l.queue_wait);
-    buf.extend_from_slice(b" run_ms=");
-    millis(buf, l.run);
-    buf.extend_from_slice(b" total_ms=");
-    millis(buf, l.total);
-    buf.extend_from_slice(b" mode=");
-    quoted(buf, l.mode)?;
-    buf.extend_from_slice(b" light=");
-    quoted(buf, l.light)?;
+    buf.extend_from_slice(b": ");
+    fields(buf, LineFormat::Human, l)?;
     buf.push(b'\n');
     Ok(())
+}
+
+/// `tracing-subscriber`'s JSON format (strings escaped by `serde_json`).
+fn json(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(buf, now);
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{");
+    fields(buf, LineFormat::Json, l)?;
+    buf.extend_from_slice(b"},\"target\":\"");
+    buf.extend_from_slice(TARGET.as_bytes());
+    buf.extend_from_slice(b"\"}\n");
+    Ok(())
+}
+
+/// The line's fields, in order, as `format` writes keys and values.
+fn fields(buf: &mut Vec<u8>, format: LineFormat, l: &Line<'_>) -> io::Result<()> {
+    format.key(buf, "client", true);
+    // The address and the method are `Display` values: bare in the human layout, JSON strings
+    // otherwise (neither holds anything JSON would escape: an HTTP method is a token).
+    format.display_quote(buf);
+    address(buf, l.client)?;
+    format.display_quote(buf);
+    format.key(buf, "method", false);
+    format.display_quote(buf);
+    buf.extend_from_slice(l.method.as_bytes());
+    format.display_quote(buf);
+    format.key(buf, "path", false);
+    format.string(buf, l.path)?;
+    if let Some(q) = l.query {
+        format.key(buf, "query", false);
+        format.string(buf, q)?;
+    }
+    if let Some(ua) = l.user_agent {
+        format.key(buf, "user_agent", false);
+        format.string(buf, ua)?;
+    }
+    format.key(buf, "status", false);
+    number(buf, l.status);
+    format.key(buf, "bytes", false);
+    number(buf, l.bytes);
+    if let Some(c) = l.completed {
+        format.key(buf, "completed", false);
+        buf.extend_from_slice(if c { b"true" } else { b"false" });
+    }
+    format.key(buf, "queue_wait_ms", false);
+    millis(buf, l.queue_wait);
+    format.key(buf, "run_ms", false);
+    millis(buf, l.run);
+    format.key(buf, "total_ms", false);
+    millis(buf, l.total);
+    format.key(buf, "mode", false);
+    format.string(buf, l.mode)?;
+    format.key(buf, "light", false);
+    format.string(buf, l.light)
+}
+
+impl LineFormat {
+    /// ` key=` (human) or `,"key":` (JSON); without the separator for the first field.
+    fn key(self, buf: &mut Vec<u8>, key: &str, first: bool) {
+        match self {
+            LineFormat::Human => {
+                if !first {
+                    buf.push(b' ');
+                }
+                buf.extend_from_slice(key.as_bytes());
+                buf.push(b'=');
+            }
+            LineFormat::Json => {
+                if !first {
+                    buf.push(b',');
+                }
+                buf.push(b'"');
+                buf.extend_from_slice(key.as_bytes());
+                buf.extend_from_slice(b"\":");
+            }
+        }
+    }
+
+    /// A string value: Rust's debug string (human) or a JSON string.
+    fn string(self, buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
+        match self {
+            LineFormat::Human => quoted(buf, value),
+            LineFormat::Json => serde_json::to_writer(&mut *buf, value).map_err(io::Error::other),
+        }
+    }
+
+    /// Around a `Display` value: nothing (human) or a quote (JSON).
+    fn display_quote(self, buf: &mut Vec<u8>) {
+        if self == LineFormat::Json {
+            buf.push(b'"');
+        }
+    }
 }
 
 /// A string as Rust's `{:?}` writes it (what `tracing-subscriber` does with a string field):
@@ -288,53 +347,6 @@ fn address(buf: &mut Vec<u8>, addr: std::net::SocketAddr) -> io::Result<()> {
         }
         v6 => write!(buf, "{v6}"),
     }
-}
-
-/// `tracing-subscriber`'s JSON format (strings escaped by `serde_json`).
-fn json(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
-    fn string(buf: &mut Vec<u8>, key: &str, value: &str) -> io::Result<()> {
-        buf.extend_from_slice(b",\"");
-        buf.extend_from_slice(key.as_bytes());
-        buf.extend_from_slice(b"\":");
-        serde_json::to_writer(&mut *buf, value).map_err(io::Error::other)
-    }
-    buf.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(buf, now);
-    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"client\":\"");
-    // An address has nothing JSON would escape.
-    address(buf, l.client)?;
-    buf.push(b'"');
-    string(buf, "method", l.method)?;
-    string(buf, "path", l.path)?;
-    if let Some(q) = l.query {
-        string(buf, "query", q)?;
-    }
-    if let Some(ua) = l.user_agent {
-        string(buf, "user_agent", ua)?;
-    }
-    buf.extend_from_slice(b",\"status\":");
-    number(buf, l.status);
-    buf.extend_from_slice(b",\"bytes\":");
-    number(buf, l.bytes);
-    if let Some(c) = l.completed {
-        buf.extend_from_slice(if c {
-            b",\"completed\":true"
-        } else {
-            b",\"completed\":false"
-        });
-    }
-    buf.extend_from_slice(b",\"queue_wait_ms\":");
-    millis(buf, l.queue_wait);
-    buf.extend_from_slice(b",\"run_ms\":");
-    millis(buf, l.run);
-    buf.extend_from_slice(b",\"total_ms\":");
-    millis(buf, l.total);
-    string(buf, "mode", l.mode)?;
-    string(buf, "light", l.light)?;
-    buf.extend_from_slice(b"},\"target\":\"");
-    buf.extend_from_slice(TARGET.as_bytes());
-    buf.extend_from_slice(b"\"}\n");
-    Ok(())
 }
 
 /// `d` in milliseconds with microsecond precision, as the shortest decimal (the text `{:?}` of

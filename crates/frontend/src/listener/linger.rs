@@ -10,6 +10,7 @@
 //! The socket is shared ([`SharedTcp`]) so that it outlives hyper's connection: for the lingering
 //! close, and for the hold of an overflowed connection (which watches it for the client's close).
 
+use bytes::BufMut;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,20 +100,26 @@ impl Shared {
 }
 
 impl SharedTcp {
-    /// Read into the spare capacity of `vec` (at least one byte of it), as [`AsyncRead`] reads
-    /// into a `ReadBuf`; nothing added means end of stream.
-    pub(super) fn poll_read_vec(
+    /// Read into the spare part of `buf` (hyper's `ReadBuf`, or the first read's `Vec`), as
+    /// uninitialised memory: zeroing it first would cost a memset of hyper's whole spare buffer
+    /// (kilobytes) per request. Nothing added means end of stream.
+    ///
+    /// A read that returns less than there was room for has drained the socket: it reports
+    /// "would block" to the outer `try_io`, which clears the readiness it saw before the read
+    /// (as tokio's own `TcpStream::poll_read` does), so the next read waits for the next
+    /// readiness event instead of making a `recvfrom` that can only fail with EAGAIN: one
+    /// system call less per request.
+    pub(super) fn poll_read_into(
         &self,
         cx: &mut Context<'_>,
-        vec: &mut Vec<u8>,
+        buf: &mut impl BufMut,
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            let room = vec.capacity() - vec.len();
+            let room = buf.chunk_mut().len();
             let mut short = false;
-            // As in `poll_read`: a short read clears the readiness seen before it.
             let read = self.0.try_io(Interest::READABLE, || {
-                let n = self.0.try_read_buf(vec)?;
+                let n = self.0.try_read_buf(buf)?;
                 if n > 0 && n < room {
                     short = true;
                     return Err(io::ErrorKind::WouldBlock.into());
@@ -122,6 +129,7 @@ impl SharedTcp {
             match read {
                 Ok(_) => return Poll::Ready(Ok(())),
                 Err(_) if short => return Poll::Ready(Ok(())),
+                // The readiness was cleared: the next poll_read_ready registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -155,33 +163,7 @@ impl AsyncRead for SharedTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            let room = buf.remaining();
-            let mut short = None;
-            // Into the unfilled part as it is, uninitialised: `initialize_unfilled` would zero
-            // hyper's whole spare read buffer on every read (a memset of kilobytes per request).
-            // A read that returns less than there was room for has drained the socket: it
-            // reports "would block" to the outer `try_io`, which clears the readiness it saw
-            // before the read (as tokio's own `TcpStream::poll_read` does), so the next read
-            // waits for the next readiness event instead of making a `recvfrom` that can only
-            // fail with EAGAIN: one system call less per request.
-            let read = self.0.try_io(Interest::READABLE, || {
-                let n = self.0.try_read_buf(buf)?;
-                if n > 0 && n < room {
-                    short = Some(n);
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            match read {
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(_) if short.is_some() => return Poll::Ready(Ok(())),
-                // The readiness was cleared: the next poll_read_ready registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.poll_read_into(cx, buf)
     }
 }
 

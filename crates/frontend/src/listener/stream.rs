@@ -62,7 +62,7 @@ impl FirstRead {
                 }
                 FirstRead::Unread => {
                     let mut held = Vec::with_capacity(FIRST_READ);
-                    std::task::ready!(tcp.poll_read_vec(cx, &mut held))?;
+                    std::task::ready!(tcp.poll_read_into(cx, &mut held))?;
                     if held.is_empty() {
                         // End of stream (or nothing): the reader sees it as it is.
                         *self = FirstRead::Done;
