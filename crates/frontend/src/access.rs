@@ -212,7 +212,7 @@ fn human(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
     buf.extend_from_slice(b"  INFO ");
     buf.extend_from_slice(TARGET.as_bytes());
     buf.extend_from_slice(b": ");
-    fields(buf, LineFormat::Human, l)?;
+    fields::<Human>(buf, l)?;
     buf.push(b'\n');
     Ok(())
 }
@@ -222,90 +222,104 @@ fn json(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
     buf.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(buf, now);
     buf.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{");
-    fields(buf, LineFormat::Json, l)?;
+    fields::<Json>(buf, l)?;
     buf.extend_from_slice(b"},\"target\":\"");
     buf.extend_from_slice(TARGET.as_bytes());
     buf.extend_from_slice(b"\"}\n");
     Ok(())
 }
 
-/// The line's fields, in order, as `format` writes keys and values.
-fn fields(buf: &mut Vec<u8>, format: LineFormat, l: &Line<'_>) -> io::Result<()> {
-    format.key(buf, "client", true);
+/// The line's fields, in order, keys and values written as layout `F` writes them (a type, so
+/// that each layout gets its own straight-line code: no choice per field on the request path).
+fn fields<F: Layout>(buf: &mut Vec<u8>, l: &Line<'_>) -> io::Result<()> {
+    F::key(buf, "client", true);
     // The address and the method are `Display` values: bare in the human layout, JSON strings
     // otherwise (neither holds anything JSON would escape: an HTTP method is a token).
-    format.display_quote(buf);
+    F::display_quote(buf);
     address(buf, l.client)?;
-    format.display_quote(buf);
-    format.key(buf, "method", false);
-    format.display_quote(buf);
+    F::display_quote(buf);
+    F::key(buf, "method", false);
+    F::display_quote(buf);
     buf.extend_from_slice(l.method.as_bytes());
-    format.display_quote(buf);
-    format.key(buf, "path", false);
-    format.string(buf, l.path)?;
+    F::display_quote(buf);
+    F::key(buf, "path", false);
+    F::string(buf, l.path)?;
     if let Some(q) = l.query {
-        format.key(buf, "query", false);
-        format.string(buf, q)?;
+        F::key(buf, "query", false);
+        F::string(buf, q)?;
     }
     if let Some(ua) = l.user_agent {
-        format.key(buf, "user_agent", false);
-        format.string(buf, ua)?;
+        F::key(buf, "user_agent", false);
+        F::string(buf, ua)?;
     }
-    format.key(buf, "status", false);
+    F::key(buf, "status", false);
     number(buf, l.status);
-    format.key(buf, "bytes", false);
+    F::key(buf, "bytes", false);
     number(buf, l.bytes);
     if let Some(c) = l.completed {
-        format.key(buf, "completed", false);
+        F::key(buf, "completed", false);
         buf.extend_from_slice(if c { b"true" } else { b"false" });
     }
-    format.key(buf, "queue_wait_ms", false);
+    F::key(buf, "queue_wait_ms", false);
     millis(buf, l.queue_wait);
-    format.key(buf, "run_ms", false);
+    F::key(buf, "run_ms", false);
     millis(buf, l.run);
-    format.key(buf, "total_ms", false);
+    F::key(buf, "total_ms", false);
     millis(buf, l.total);
-    format.key(buf, "mode", false);
-    format.string(buf, l.mode)?;
-    format.key(buf, "light", false);
-    format.string(buf, l.light)
+    F::key(buf, "mode", false);
+    F::string(buf, l.mode)?;
+    F::key(buf, "light", false);
+    F::string(buf, l.light)
 }
 
-impl LineFormat {
+/// How a layout writes keys and values (see [`fields`]).
+trait Layout {
     /// ` key=` (human) or `,"key":` (JSON); without the separator for the first field.
-    fn key(self, buf: &mut Vec<u8>, key: &str, first: bool) {
-        match self {
-            LineFormat::Human => {
-                if !first {
-                    buf.push(b' ');
-                }
-                buf.extend_from_slice(key.as_bytes());
-                buf.push(b'=');
-            }
-            LineFormat::Json => {
-                if !first {
-                    buf.push(b',');
-                }
-                buf.push(b'"');
-                buf.extend_from_slice(key.as_bytes());
-                buf.extend_from_slice(b"\":");
-            }
-        }
-    }
-
+    fn key(buf: &mut Vec<u8>, key: &str, first: bool);
     /// A string value: Rust's debug string (human) or a JSON string.
-    fn string(self, buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
-        match self {
-            LineFormat::Human => quoted(buf, value),
-            LineFormat::Json => serde_json::to_writer(&mut *buf, value).map_err(io::Error::other),
+    fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()>;
+    /// Around a `Display` value: nothing (human) or a quote (JSON).
+    fn display_quote(buf: &mut Vec<u8>);
+}
+
+/// [`LineFormat::Human`]'s layout.
+struct Human;
+
+/// [`LineFormat::Json`]'s layout.
+struct Json;
+
+impl Layout for Human {
+    fn key(buf: &mut Vec<u8>, key: &str, first: bool) {
+        if !first {
+            buf.push(b' ');
         }
+        buf.extend_from_slice(key.as_bytes());
+        buf.push(b'=');
     }
 
-    /// Around a `Display` value: nothing (human) or a quote (JSON).
-    fn display_quote(self, buf: &mut Vec<u8>) {
-        if self == LineFormat::Json {
-            buf.push(b'"');
+    fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
+        quoted(buf, value)
+    }
+
+    fn display_quote(_: &mut Vec<u8>) {}
+}
+
+impl Layout for Json {
+    fn key(buf: &mut Vec<u8>, key: &str, first: bool) {
+        if !first {
+            buf.push(b',');
         }
+        buf.push(b'"');
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
+    }
+
+    fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
+        serde_json::to_writer(&mut *buf, value).map_err(io::Error::other)
+    }
+
+    fn display_quote(buf: &mut Vec<u8>) {
+        buf.push(b'"');
     }
 }
 
