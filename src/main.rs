@@ -157,7 +157,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<Arc<AccessLog>
             LogFormat::Human => access::LineFormat::Human,
             LogFormat::Json => access::LineFormat::Json,
         };
-        access::install(log.clone(), line_format);
+        // The filter never changes while the process runs: asked once whether access lines pass.
+        let lines = filter.would_enable(access::TARGET, &tracing::Level::INFO);
+        access::install(log.clone(), line_format, lines);
     }
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(LogWriters {

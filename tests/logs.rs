@@ -19,6 +19,11 @@ path = "/ping"
 builtin = "ping"
 
 [[endpoint]]
+path = "/inline"
+mode = "jellyfish"
+builtin = "ping"
+
+[[endpoint]]
 path = "/chatty"
 expected_wait_admission = false
 [endpoint.exec]
@@ -58,6 +63,16 @@ async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logg
     assert_eq!(event["fields"]["query"], "token=REDACTED&page=2", "{line}");
     assert_eq!(event["fields"]["user_agent"], "crab-test/1.0", "{line}");
     assert_eq!(event["fields"]["status"], 200, "{line}");
+    assert_eq!(event["fields"]["mode"], "crab", "{line}");
+    assert!(event["fields"]["run_ms"].as_f64().is_some(), "{line}");
+    // An inline answer's timing reaches its line too (it travels beside the response).
+    assert_eq!(client.get("/inline").await.status, StatusCode::OK);
+    let line = binary.wait_logged("\"path\":\"/inline\",\"status\"").await;
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["fields"]["mode"], "jellyfish", "{line}");
+    assert_eq!(event["fields"]["queue_wait_ms"], 0.0, "{line}");
+    assert!(event["fields"]["run_ms"].as_f64().is_some(), "{line}");
+    assert!(event["fields"]["total_ms"].as_f64().is_some(), "{line}");
     assert!(!binary.log().contains("s3cret") && !binary.log().contains("hush-hush"));
 
     assert_eq!(client.post("/chatty", "").await.text(), "fine\n");
@@ -66,6 +81,40 @@ async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logg
     assert_eq!(event["level"], "INFO", "{line}");
     assert_eq!(event["fields"]["message"], "program finished", "{line}");
     assert!(binary.stop().await.success());
+}
+
+/// The log filter decides whether access lines are written, as for any other target: off here,
+/// while the rest of the log goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_follow_the_log_filter() {
+    let dir = TempDir::new("logs-filter");
+    let config = dir.write("logs.toml", CONFIG);
+    let binary = Binary::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info,fiddler_crab::access=off",
+    ]);
+    let serving = binary.wait_logged("\"serving\"").await;
+    let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let addr: SocketAddr = serving["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = Client { addr };
+    assert_eq!(client.get("/ping").await.status, StatusCode::OK);
+    assert_eq!(client.post("/chatty", "").await.text(), "fine\n");
+    binary.wait_logged("said on stderr").await;
+    // A graceful stop writes every buffered access line: none was buffered.
+    let (status, log) = binary.stop_with_log().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("said on stderr"), "{log}");
+    assert!(!log.contains("fiddler_crab::access"), "{log}");
 }
 
 /// Every JSON log line is an object whose fields are JSON-typed: numbers and booleans as such, and

@@ -8,6 +8,7 @@ use nix::unistd::Pid;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -17,6 +18,8 @@ use tokio::net::TcpStream;
 pub struct Binary {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Set once stderr is closed and every line of it collected.
+    stderr_closed: Arc<AtomicBool>,
 }
 
 impl Binary {
@@ -70,12 +73,19 @@ impl Binary {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let pipe = child.stderr.take().expect("stderr piped");
         let lines = stderr.clone();
+        let stderr_closed = Arc::new(AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
+            closed.store(true, Ordering::Release);
         });
-        Binary { child, stderr }
+        Binary {
+            child,
+            stderr,
+            stderr_closed,
+        }
     }
 
     /// Wait until something accepts TCP connections at `addr`; fails if the binary exits first.
@@ -177,6 +187,26 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Binary {
+    /// [`Binary::stop`], then everything it logged, its last lines included.
+    pub async fn stop_with_log(self) -> (ExitStatus, String) {
+        let stderr = self.stderr.clone();
+        let closed = self.stderr_closed.clone();
+        let status = self.stop().await;
+        // The reader thread collects the last lines until the pipe closes.
+        let deadline = Instant::now() + PATIENCE;
+        while !closed.load(Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "stderr still open after the exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = stderr.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+        (status, log)
     }
 }
 

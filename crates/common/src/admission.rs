@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum Outcome {
     /// Run at once on the caller's thread (a cheap handler with a free running slot and nothing
-    /// queued): here is its answer.
-    Inline(JobResponse),
+    /// queued): here is its answer, and (when asked for) its [`JobTiming`], beside the response
+    /// rather than in its extensions: an inline answer is the cheapest path, and an extension
+    /// costs three allocations.
+    Inline(JobResponse, Option<JobTiming>),
     /// Running on the caller's task (an asynchronous handler), at once or once its turn in the
     /// line comes: await it for the answer.
     Direct(DirectRun),
@@ -152,10 +154,15 @@ impl Admission {
     /// Admit `request`: run it inline if it may (a cheap handler, a concurrent mode, nothing
     /// queued, a running slot free), else start its asynchronous run (an asynchronous handler:
     /// at once, or after its turn in the line), else put it into the queue, else refuse it;
-    /// counted either way. With `timing`, an inline answer carries its [`JobTiming`] for the access log.
+    /// counted either way. With `timing`, the answer comes with its [`JobTiming`] for the access
+    /// log: beside an inline answer, in the response's extensions otherwise.
     pub fn try_admit(&self, request: JobRequest, timing: bool) -> Outcome {
-        if let Some(answer) = self.try_inline(&request, timing) {
-            return Outcome::Inline(answer);
+        if let Some((answer, run)) = self.try_inline(&request) {
+            let timing = timing.then_some(JobTiming {
+                queue_wait: Duration::ZERO,
+                run,
+            });
+            return Outcome::Inline(answer, timing);
         }
         let request = match self.try_direct(request, timing) {
             Direct::Run(run) => return Outcome::Direct(run),
@@ -176,7 +183,7 @@ impl Admission {
     /// The inline run: in one of the same running slots the executor's jobs take, so inline and
     /// pool runs together never exceed the executor's concurrency. No lock, no allocation, no
     /// clock read beyond the handler's timing.
-    fn try_inline(&self, request: &JobRequest, timing: bool) -> Option<JobResponse> {
+    fn try_inline(&self, request: &JobRequest) -> Option<(JobResponse, Duration)> {
         // Nothing queued, so FIFO order is kept.
         if self.queue.depth() != 0
             || !self.runner.handler_is_inline()
@@ -189,11 +196,7 @@ impl Admission {
         EndpointCounters::bump(&self.counters.admitted);
         let (result, run) = self.runner.call(&slot, request);
         drop(slot);
-        let timing = timing.then_some(JobTiming {
-            queue_wait: Duration::ZERO,
-            run,
-        });
-        Some(respond(&self.counters, result, timing))
+        Some((respond(&self.counters, result, None), run))
     }
 
     /// The asynchronous run ([`Handler::call_async`]): in one of the same running slots, held by

@@ -10,27 +10,33 @@ use std::time::{Duration, Instant};
 /// What the access log needs from a request, taken before the request is consumed.
 pub(super) struct AccessLine {
     started: Instant,
-    client: std::net::SocketAddr,
+    client: ClientText,
     method: hyper::Method,
     uri: hyper::Uri,
     user_agent: Option<hyper::header::HeaderValue>,
 }
 
 impl AccessLine {
-    pub(super) fn of<B>(req: &hyper::Request<B>, client: std::net::SocketAddr) -> AccessLine {
+    pub(super) fn of<B>(req: &hyper::Request<B>, client: &ClientText) -> AccessLine {
         AccessLine {
             started: Instant::now(),
-            client,
+            client: *client,
             method: req.method().clone(),
             uri: req.uri().clone(),
             user_agent: req.headers().get(hyper::header::USER_AGENT).cloned(),
         }
     }
 
-    /// One structured line per answered request (ignored overflow never gets here).
-    pub(super) fn write(self, app: &App, resp: &hyper::Response<super::Body>) {
+    /// One structured line per answered request (ignored overflow never gets here), with the
+    /// job's `timing` if the answer came with it beside the response, else from its extensions.
+    pub(super) fn write(
+        self,
+        app: &App,
+        resp: &hyper::Response<super::Body>,
+        timing: Option<common::job::JobTiming>,
+    ) {
         use hyper::body::Body as _;
-        let timing = resp.extensions().get::<common::job::JobTiming>().copied();
+        let timing = timing.or_else(|| resp.extensions().get::<common::job::JobTiming>().copied());
         let bytes = resp.body().size_hint().exact().unwrap_or(0);
         self.emit(app, resp.status(), timing, bytes, None);
     }
@@ -56,9 +62,6 @@ impl AccessLine {
         bytes: u64,
         completed: Option<bool>,
     ) {
-        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-            return;
-        }
         let timing = timing.unwrap_or_default();
         let path = self.uri.path();
         // The query as sent, or with the values `access_log_redact_query` names hidden; no
@@ -69,8 +72,11 @@ impl AccessLine {
             .map(|q| app.server.access_log_redact_query.apply(q));
         let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
         if let Some(direct) = INSTALLED.get() {
+            if !direct.lines {
+                return;
+            }
             let line = Line {
-                client: self.client,
+                client: self.client.as_bytes(),
                 method: self.method.as_str(),
                 path,
                 query: query.as_deref(),
@@ -85,6 +91,9 @@ impl AccessLine {
                 light: app.light_name(),
             };
             direct.write(&line);
+            return;
+        }
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
         }
         tracing::info!(
@@ -107,9 +116,52 @@ impl AccessLine {
     }
 }
 
+/// Longest text of a socket address: `[` 39 hex-and-colons `%` a 10-digit scope `]:` 5 digits.
+const CLIENT_TEXT_MAX: usize = 64;
+
+/// A client's socket address as its `Display` writes it, formatted once per connection (not per
+/// request) for the access lines of its requests.
+#[derive(Clone, Copy)]
+pub(super) struct ClientText {
+    len: u8,
+    text: [u8; CLIENT_TEXT_MAX],
+}
+
+impl ClientText {
+    pub(super) fn of(addr: std::net::SocketAddr) -> ClientText {
+        let mut text = [0u8; CLIENT_TEXT_MAX];
+        let mut cursor = io::Cursor::new(&mut text[..]);
+        // Every address fits; a write past the end would only shorten the text.
+        let _ = address(&mut cursor, addr);
+        let len = usize::try_from(cursor.position()).map_or(0, |n| n.min(CLIENT_TEXT_MAX));
+        ClientText {
+            len: len as u8,
+            text,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Display for ClientText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("-"))
+    }
+}
+
 /// The `tracing` target of access-log lines; the binary routes events of this target to the
 /// [`AccessLog`] instead of writing them to stderr one by one.
-pub const TARGET: &str = "fiddler_crab::access";
+pub const TARGET: &str = target!();
+
+/// The access target's name as a literal, for [`TARGET`] and the layouts' constant text.
+macro_rules! target {
+    () => {
+        "fiddler_crab::access"
+    };
+}
+use target;
 
 /// Bytes of formatted lines the buffer holds at most (about 2,500 lines); a line that would not
 /// fit is dropped and counted. Two buffers of this size exist: one filling, one being written.
@@ -134,16 +186,18 @@ pub enum LineFormat {
 }
 
 /// Make `log` the process's access log, whose dropped lines `/metrics` reports: from then on,
-/// access lines (while the log filter lets the access target through at `info`) are formatted
-/// by this module in `format` and appended to `log` directly. Without it they are `tracing`
-/// events like any other. The first call wins; later ones return `false`.
+/// access lines are formatted by this module in `format` and appended to `log` directly, if
+/// `lines` (the process's log filter lets the access target through at `info`: the filter is
+/// fixed for the process's life, so it is asked once, here, not per line), else dropped
+/// unformatted. Without it they are `tracing` events like any other. The first call wins;
+/// later ones return `false`.
 ///
 /// Why not through `tracing-subscriber`'s formatter: measured with
 /// `benches/ping_instructions.sh`, formatting the line that way (field visitors, `Debug` of
 /// floats, styled field names) cost about 19,000 user-space instructions per `/ping`, twice
 /// the whole request of a bare hyper server; this writer costs a small fraction of it.
-pub fn install(log: Arc<AccessLog>, format: LineFormat) -> bool {
-    INSTALLED.set(Direct { log, format }).is_ok()
+pub fn install(log: Arc<AccessLog>, format: LineFormat, lines: bool) -> bool {
+    INSTALLED.set(Direct { log, format, lines }).is_ok()
 }
 
 /// Access-log lines dropped so far by the installed access log (0 without one).
@@ -156,11 +210,13 @@ pub fn dropped_total() -> u64 {
 struct Direct {
     log: Arc<AccessLog>,
     format: LineFormat,
+    lines: bool,
 }
 
 /// The fields of one access line, in the order they are written.
 struct Line<'a> {
-    client: std::net::SocketAddr,
+    /// The client's address as [`address`] writes it.
+    client: &'a [u8],
     method: &'a str,
     path: &'a str,
     query: Option<&'a str>,
@@ -209,9 +265,7 @@ impl Direct {
 /// the target, then `key=value` fields (strings as Rust debug strings, quoted and escaped).
 fn human(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
     timestamp(buf, now);
-    buf.extend_from_slice(b"  INFO ");
-    buf.extend_from_slice(TARGET.as_bytes());
-    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(concat!("  INFO ", target!(), ": ").as_bytes());
     fields::<Human>(buf, l)?;
     buf.push(b'\n');
     Ok(())
@@ -223,103 +277,122 @@ fn json(buf: &mut Vec<u8>, now: Duration, l: &Line<'_>) -> io::Result<()> {
     timestamp(buf, now);
     buf.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{");
     fields::<Json>(buf, l)?;
-    buf.extend_from_slice(b"},\"target\":\"");
-    buf.extend_from_slice(TARGET.as_bytes());
-    buf.extend_from_slice(b"\"}\n");
+    buf.extend_from_slice(concat!("},\"target\":\"", target!(), "\"}\n").as_bytes());
     Ok(())
 }
 
 /// The line's fields, in order, keys and values written as layout `F` writes them (a type, so
 /// that each layout gets its own straight-line code: no choice per field on the request path).
 fn fields<F: Layout>(buf: &mut Vec<u8>, l: &Line<'_>) -> io::Result<()> {
-    F::key(buf, "client", true);
     // The address and the method are `Display` values: bare in the human layout, JSON strings
     // otherwise (neither holds anything JSON would escape: an HTTP method is a token).
-    F::display_quote(buf);
-    address(buf, l.client)?;
-    F::display_quote(buf);
-    F::key(buf, "method", false);
-    F::display_quote(buf);
+    buf.extend_from_slice(F::CLIENT);
+    buf.extend_from_slice(l.client);
+    buf.extend_from_slice(F::METHOD);
     buf.extend_from_slice(l.method.as_bytes());
-    F::display_quote(buf);
-    F::key(buf, "path", false);
+    buf.extend_from_slice(F::PATH);
     F::string(buf, l.path)?;
     if let Some(q) = l.query {
-        F::key(buf, "query", false);
+        buf.extend_from_slice(F::QUERY);
         F::string(buf, q)?;
     }
     if let Some(ua) = l.user_agent {
-        F::key(buf, "user_agent", false);
+        buf.extend_from_slice(F::USER_AGENT);
         F::string(buf, ua)?;
     }
-    F::key(buf, "status", false);
+    buf.extend_from_slice(F::STATUS);
     number(buf, l.status);
-    F::key(buf, "bytes", false);
+    buf.extend_from_slice(F::BYTES);
     number(buf, l.bytes);
     if let Some(c) = l.completed {
-        F::key(buf, "completed", false);
+        buf.extend_from_slice(F::COMPLETED);
         buf.extend_from_slice(if c { b"true" } else { b"false" });
     }
-    F::key(buf, "queue_wait_ms", false);
+    buf.extend_from_slice(F::QUEUE_WAIT);
     millis(buf, l.queue_wait);
-    F::key(buf, "run_ms", false);
+    buf.extend_from_slice(F::RUN);
     millis(buf, l.run);
-    F::key(buf, "total_ms", false);
+    buf.extend_from_slice(F::TOTAL);
     millis(buf, l.total);
-    F::key(buf, "mode", false);
-    F::string(buf, l.mode)?;
-    F::key(buf, "light", false);
-    F::string(buf, l.light)
+    // The mode and the light are names of this server's (`jellyfish`, `green`): nothing in
+    // them to escape, in either layout.
+    buf.extend_from_slice(F::MODE);
+    buf.extend_from_slice(l.mode.as_bytes());
+    buf.extend_from_slice(F::LIGHT);
+    buf.extend_from_slice(l.light.as_bytes());
+    buf.extend_from_slice(F::END);
+    Ok(())
 }
 
-/// How a layout writes keys and values (see [`fields`]).
+/// How a layout writes keys and values (see [`fields`]): each key with what separates it from
+/// the value before it and what opens its value, as one constant.
 trait Layout {
-    /// ` key=` (human) or `,"key":` (JSON); without the separator for the first field.
-    fn key(buf: &mut Vec<u8>, key: &str, first: bool);
+    const CLIENT: &'static [u8];
+    const METHOD: &'static [u8];
+    const PATH: &'static [u8];
+    const QUERY: &'static [u8];
+    const USER_AGENT: &'static [u8];
+    const STATUS: &'static [u8];
+    const BYTES: &'static [u8];
+    const COMPLETED: &'static [u8];
+    const QUEUE_WAIT: &'static [u8];
+    const RUN: &'static [u8];
+    const TOTAL: &'static [u8];
+    /// Opens the mode's string value.
+    const MODE: &'static [u8];
+    /// Closes the mode's value and opens the light's.
+    const LIGHT: &'static [u8];
+    /// Closes the light's value.
+    const END: &'static [u8];
     /// A string value: Rust's debug string (human) or a JSON string.
     fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()>;
-    /// Around a `Display` value: nothing (human) or a quote (JSON).
-    fn display_quote(buf: &mut Vec<u8>);
 }
 
-/// [`LineFormat::Human`]'s layout.
+/// [`LineFormat::Human`]'s layout: ` key=value`, strings as Rust debug strings.
 struct Human;
 
-/// [`LineFormat::Json`]'s layout.
+/// [`LineFormat::Json`]'s layout: `,"key":value`, `Display` values as JSON strings.
 struct Json;
 
 impl Layout for Human {
-    fn key(buf: &mut Vec<u8>, key: &str, first: bool) {
-        if !first {
-            buf.push(b' ');
-        }
-        buf.extend_from_slice(key.as_bytes());
-        buf.push(b'=');
-    }
+    const CLIENT: &'static [u8] = b"client=";
+    const METHOD: &'static [u8] = b" method=";
+    const PATH: &'static [u8] = b" path=";
+    const QUERY: &'static [u8] = b" query=";
+    const USER_AGENT: &'static [u8] = b" user_agent=";
+    const STATUS: &'static [u8] = b" status=";
+    const BYTES: &'static [u8] = b" bytes=";
+    const COMPLETED: &'static [u8] = b" completed=";
+    const QUEUE_WAIT: &'static [u8] = b" queue_wait_ms=";
+    const RUN: &'static [u8] = b" run_ms=";
+    const TOTAL: &'static [u8] = b" total_ms=";
+    const MODE: &'static [u8] = b" mode=\"";
+    const LIGHT: &'static [u8] = b"\" light=\"";
+    const END: &'static [u8] = b"\"";
 
     fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
         quoted(buf, value)
     }
-
-    fn display_quote(_: &mut Vec<u8>) {}
 }
 
 impl Layout for Json {
-    fn key(buf: &mut Vec<u8>, key: &str, first: bool) {
-        if !first {
-            buf.push(b',');
-        }
-        buf.push(b'"');
-        buf.extend_from_slice(key.as_bytes());
-        buf.extend_from_slice(b"\":");
-    }
+    const CLIENT: &'static [u8] = b"\"client\":\"";
+    const METHOD: &'static [u8] = b"\",\"method\":\"";
+    const PATH: &'static [u8] = b"\",\"path\":";
+    const QUERY: &'static [u8] = b",\"query\":";
+    const USER_AGENT: &'static [u8] = b",\"user_agent\":";
+    const STATUS: &'static [u8] = b",\"status\":";
+    const BYTES: &'static [u8] = b",\"bytes\":";
+    const COMPLETED: &'static [u8] = b",\"completed\":";
+    const QUEUE_WAIT: &'static [u8] = b",\"queue_wait_ms\":";
+    const RUN: &'static [u8] = b",\"run_ms\":";
+    const TOTAL: &'static [u8] = b",\"total_ms\":";
+    const MODE: &'static [u8] = b",\"mode\":\"";
+    const LIGHT: &'static [u8] = b"\",\"light\":\"";
+    const END: &'static [u8] = b"\"";
 
     fn string(buf: &mut Vec<u8>, value: &str) -> io::Result<()> {
         serde_json::to_writer(&mut *buf, value).map_err(io::Error::other)
-    }
-
-    fn display_quote(buf: &mut Vec<u8>) {
-        buf.push(b'"');
     }
 }
 
@@ -344,22 +417,22 @@ fn number(buf: &mut Vec<u8>, n: impl itoa::Integer) {
 }
 
 /// A socket address as its `Display` writes it (IPv4 written here, IPv6 through `Display`).
-fn address(buf: &mut Vec<u8>, addr: std::net::SocketAddr) -> io::Result<()> {
+fn address(out: &mut impl Write, addr: std::net::SocketAddr) -> io::Result<()> {
     match addr {
         std::net::SocketAddr::V4(v4) => {
             let [a, b, c, d] = v4.ip().octets();
-            number(buf, a);
-            buf.push(b'.');
-            number(buf, b);
-            buf.push(b'.');
-            number(buf, c);
-            buf.push(b'.');
-            number(buf, d);
-            buf.push(b':');
-            number(buf, v4.port());
-            Ok(())
+            let mut digits = itoa::Buffer::new();
+            out.write_all(digits.format(a).as_bytes())?;
+            out.write_all(b".")?;
+            out.write_all(digits.format(b).as_bytes())?;
+            out.write_all(b".")?;
+            out.write_all(digits.format(c).as_bytes())?;
+            out.write_all(b".")?;
+            out.write_all(digits.format(d).as_bytes())?;
+            out.write_all(b":")?;
+            out.write_all(digits.format(v4.port()).as_bytes())
         }
-        v6 => write!(buf, "{v6}"),
+        v6 => write!(out, "{v6}"),
     }
 }
 
@@ -371,22 +444,29 @@ fn millis(buf: &mut Vec<u8>, d: Duration) {
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from((d.subsec_nanos() + 500) / 1000));
-    number(buf, micros / 1000);
-    buf.push(b'.');
     let frac = (micros % 1000) as u32;
-    let digits = [
+    // `0.` then up to three digits: one piece, the usual case (under a millisecond).
+    let text = [
+        b'0',
+        b'.',
         b'0' + (frac / 100) as u8,
         b'0' + (frac / 10 % 10) as u8,
         b'0' + (frac % 10) as u8,
     ];
-    // At least one digit; no trailing zeros after it.
+    // At least one digit after the point; no trailing zeros after it.
     let keep = match frac {
-        0 => 1,
-        f if f % 100 == 0 => 1,
-        f if f % 10 == 0 => 2,
-        _ => 3,
+        0 => 3,
+        f if f % 100 == 0 => 3,
+        f if f % 10 == 0 => 4,
+        _ => 5,
     };
-    buf.extend_from_slice(&digits[..keep]);
+    let whole = micros / 1000;
+    if whole == 0 {
+        buf.extend_from_slice(&text[..keep]);
+    } else {
+        number(buf, whole);
+        buf.extend_from_slice(&text[1..keep]);
+    }
 }
 
 /// RFC 3339 UTC with microseconds, `2026-12-01T20:42:22.368686Z`, as `tracing-subscriber`
@@ -644,7 +724,7 @@ mod tests {
 
     fn line() -> Line<'static> {
         Line {
-            client: "127.0.0.1:40100".parse().unwrap(),
+            client: b"127.0.0.1:40100",
             method: "GET",
             path: "/ping",
             query: Some("a=1"),
@@ -753,11 +833,13 @@ mod tests {
             "0.0.0.0:0",
             "255.255.255.255:65535",
             "[::1]:8080",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",
         ] {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             let mut buf = Vec::new();
             address(&mut buf, addr).unwrap();
             assert_eq!(String::from_utf8(buf).unwrap(), addr.to_string());
+            assert_eq!(ClientText::of(addr).to_string(), addr.to_string());
         }
     }
 

@@ -53,6 +53,14 @@ pub(super) fn admit(
         };
         match enqueue(&endpoint, timing, parts, body, remote, local) {
             Step::Now(answer) => answer,
+            // Answered later after all (its body was read first): the timing goes where every
+            // later answer's goes.
+            Step::Inline(mut answer, timing) => {
+                if let (Ok(resp), Some(timing)) = (answer.as_mut(), timing) {
+                    resp.extensions_mut().insert(timing);
+                }
+                answer
+            }
             Step::Later(pending) => pending.await,
         }
     }))
@@ -81,7 +89,7 @@ fn enqueue(
         upgrade,
     };
     match endpoint.admission().try_admit(request, timing) {
-        Outcome::Inline(answer) => Step::Now(Ok(answer)),
+        Outcome::Inline(answer, timing) => Step::Inline(Ok(answer), timing),
         // Awaited on this connection's task: dropped with it if the client goes.
         Outcome::Direct(run) => Step::Later(Box::pin(async move { Ok(run.await) })),
         Outcome::Queued(waiter) => {

@@ -2,7 +2,7 @@
 //! listener's answer, the cap on requests per HTTP/1 connection, and the budgets of unsent
 //! answers.
 
-use super::access::AccessLine;
+use super::access::{AccessLine, ClientText};
 use super::app::App;
 use super::connections::{Activity, InFlight, Unanswered};
 use super::router::{route, Role};
@@ -38,13 +38,12 @@ pub(super) fn for_connection(
        + Send
        + 'static {
     let max_requests = app.server.max_requests_per_connection.get();
+    // The client's address as access lines write it: formatted once per connection.
+    let client = app.server.access_log.then(|| ClientText::of(remote));
     service_fn(move |req: Request<Incoming>| {
         activity.saw(req.version());
         let finish = Finish {
-            logged: app
-                .server
-                .access_log
-                .then(|| Box::new(AccessLine::of(&req, remote))),
+            logged: client.as_ref().map(|client| AccessLine::of(&req, client)),
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
             last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
             hsts: hsts.clone(),
@@ -57,24 +56,15 @@ pub(super) fn for_connection(
                 None => route(&app, role, req, remote, local),
             },
         };
-        match step {
-            Step::Now(answer) => {
-                activity.answered_at_once();
-                let answer = answer.map(|resp| ledger.admit(&activity, resp));
-                // Most answers need no finishing: then the answer is not moved through `apply`.
-                let answer = if finish.is_nothing() {
-                    answer
-                } else {
-                    finish.apply(&app, answer)
-                };
-                Reply::now(sending(answer, &activity, ledger))
-            }
+        let (answer, timing) = match step {
+            Step::Now(answer) => (answer, None),
+            Step::Inline(answer, timing) => (answer, timing),
             Step::Later(pending) => {
                 let in_flight = InFlight::new(&activity);
                 let unanswered = Unanswered::new(&activity);
                 let app = app.clone();
                 let activity = activity.clone();
-                Reply::later(Box::pin(async move {
+                return Reply::later(Box::pin(async move {
                     let mut answer = pending.await;
                     drop(unanswered);
                     if let Ok(resp) = answer.as_mut() {
@@ -82,7 +72,7 @@ pub(super) fn for_connection(
                             && resp.body().is_stream()
                         {
                             let answer = finish
-                                .apply(&app, answer)
+                                .apply(&app, answer, None)
                                 .map(|resp| upgrade_session(&app, &activity, resp, in_flight));
                             return sending(answer, &activity, app.unsent());
                         }
@@ -98,11 +88,20 @@ pub(super) fn for_connection(
                     }
                     let ledger = app.unsent();
                     let answer = answer.map(|resp| ledger.admit(&activity, resp));
-                    let answer = finish.apply(&app, answer);
+                    let answer = finish.apply(&app, answer, None);
                     sending(answer, &activity, ledger)
-                }))
+                }));
             }
-        }
+        };
+        activity.answered_at_once();
+        let answer = answer.map(|resp| ledger.admit(&activity, resp));
+        // Most answers need no finishing: then the answer is not moved through `apply`.
+        let answer = if finish.is_nothing() {
+            answer
+        } else {
+            finish.apply(&app, answer, timing)
+        };
+        Reply::now(sending(answer, &activity, ledger))
     })
 }
 
@@ -154,8 +153,8 @@ fn sending(answer: Answer, activity: &Arc<Activity>, ledger: &Arc<Ledger>) -> Se
 /// What is done to every answer before it is sent: the access log line, HSTS, and
 /// `Connection: close` on the last request a connection may make.
 struct Finish {
-    // Boxed: without an access log this is one word, not the line's 160 bytes moved per request.
-    logged: Option<Box<AccessLine>>,
+    // Not boxed: an allocation per logged request costs more than moving the line's bytes.
+    logged: Option<AccessLine>,
     last: bool,
     hsts: Option<HeaderValue>,
 }
@@ -166,19 +165,20 @@ impl Finish {
         self.logged.is_none() && !self.last && self.hsts.is_none()
     }
 
-    fn apply(self, app: &Arc<App>, mut answer: Answer) -> Answer {
+    /// Finish `answer`; `timing` is an inline answer's (others carry theirs in the extensions).
+    fn apply(self, app: &Arc<App>, mut answer: Answer, timing: Option<JobTiming>) -> Answer {
         if let Ok(resp) = answer.as_mut() {
             if let Some(line) = self.logged {
                 if resp.body().is_stream() {
                     // Logged when the stream ends, with the bytes sent and whether it completed.
                     let app = app.clone();
                     let status = resp.status();
-                    let timing = resp.extensions().get::<JobTiming>().copied();
+                    let timing = timing.or_else(|| resp.extensions().get::<JobTiming>().copied());
                     resp.body_mut().on_stream_end(Box::new(move |summary| {
                         line.write_stream(&app, status, timing, summary);
                     }));
                 } else {
-                    line.write(app, resp);
+                    line.write(app, resp, timing);
                 }
             }
             if let Some(hsts) = self.hsts {
