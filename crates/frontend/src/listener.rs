@@ -8,11 +8,14 @@
 //!   request and still sees one that closed fully leave.
 //! - `linger`: the lingering close (read and discard for a bounded time after the last answer,
 //!   so that closing does not reset the connection and destroy unread answers).
+//! - `sniff`: [`sniff::Served`], HTTP/1 or HTTP/2 told by the first read, which hyper's first
+//!   read then gets whole.
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
 
 mod accept;
 mod half_close;
 mod linger;
+mod sniff;
 mod stream;
 
 use super::app::App;
@@ -104,8 +107,11 @@ impl Tls {
 #[derive(Debug)]
 struct Shared {
     app: Arc<App>,
-    /// hyper's HTTP/1.1 and HTTP/2 settings (deadlines, header size, h2 limits).
+    /// hyper's HTTP/1.1 and HTTP/2 settings (deadlines, header size, h2 limits), for a
+    /// connection that may be HTTP/2.
     builder: Builder<TokioExecutor>,
+    /// The same HTTP/1.1 settings, for a connection whose first bytes say HTTP/1.
+    http1: hyper::server::conn::http1::Builder,
     /// Every open connection: for the idle sweep and the drain.
     connections: Arc<ConnectionTable>,
 }
@@ -136,6 +142,7 @@ pub async fn serve_all(listeners: Listeners, app: Arc<App>, shutdown: impl Futur
     };
     let shared = Arc::new(Shared {
         builder: connection_builder(&app),
+        http1: http1_builder(&app),
         app: app.clone(),
         connections: connections.clone(),
     });
@@ -241,17 +248,31 @@ async fn jobs_stopped(app: &App) {
     app.all_stopped().await;
 }
 
+/// The HTTP/1 settings, on the `auto` builder's HTTP/1 half and on hyper's own HTTP/1 builder
+/// alike (the two types have the same setters, and no common trait). The header-read timer also
+/// runs while a keep-alive connection waits for its next request, so it bounds idle connections
+/// too. A head over max_buf_size is answered 431.
+macro_rules! http1_settings {
+    ($builder:expr, $server:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($server.header_read_timeout)
+            .max_buf_size($server.max_header_bytes)
+            .half_close(false)
+    };
+}
+
+/// hyper's HTTP/1 builder, for the connections whose first bytes say HTTP/1 (see [`sniff`]).
+fn http1_builder(app: &App) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    http1_settings!(builder, app.server);
+    builder
+}
+
 fn connection_builder(app: &App) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     let server = &app.server;
-    // The header-read timer also runs while a keep-alive connection waits for its next request,
-    // so it bounds idle connections too. A head over max_buf_size is answered 431.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes)
-        .half_close(false);
+    http1_settings!(builder.http1(), server);
     builder
         .http2()
         .timer(TokioTimer::new())

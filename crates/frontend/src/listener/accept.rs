@@ -3,6 +3,7 @@
 
 use super::half_close::HalfClose;
 use super::linger::SharedTcp;
+use super::sniff::Served;
 use super::stream::ClientStream;
 use super::{Shared, Tls};
 use crate::app::App;
@@ -180,7 +181,7 @@ impl Connections {
         let _ = tcp.set_nodelay(true);
         let tcp = SharedTcp::new(tcp);
         let (stream, hsts) = match &self.tls {
-            None => (ClientStream::Plain(tcp.clone(), Default::default()), None),
+            None => (ClientStream::Plain(tcp.clone()), None),
             Some(tls) => {
                 match crate::tls::handshake(&tls.acceptor, tcp.clone(), tls.handshake_timeout).await
                 {
@@ -211,10 +212,13 @@ impl Connections {
         // lingering close.
         let outcome = {
             // With upgrades: an upstream endpoint passes WebSocket sessions through.
-            let conn = shared.builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
+            // Boxed: hyper's connection state is large, and in the task's future it would be
+            // copied by every move of the future (spawning it, and finishing the task).
+            let mut conn = Box::pin(Served::new(io, service, &shared.http1, &shared.builder));
             registration
-                .serve(&activity, conn, |conn| conn.graceful_shutdown())
+                .serve(&activity, conn.as_mut(), |conn| {
+                    conn.get_mut().graceful_shutdown()
+                })
                 .await
         };
         match outcome {
