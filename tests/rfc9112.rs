@@ -111,3 +111,32 @@ async fn http2_requests_carry_authority_instead_of_host_and_are_served() {
     assert_eq!(reply.text(), "hi");
     server.shutdown().await;
 }
+
+/// The first read tells HTTP/1 from HTTP/2's preface (`PRI * HTTP/2.0…`). A request whose first
+/// bytes arrive alone and could begin the preface (`P` of `POST`, even `PRI`), or a head cut in
+/// the middle, is still read as the HTTP/1 request it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_first_bytes_come_alone_is_still_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(
+        "[[endpoint]]\npath = \"/echo\"\nbuiltin = \"echo\"\nmethods = [\"POST\", \"PRI\"]\n",
+    )
+    .await;
+    for (first, rest) in [
+        ("P", "OST /echo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"),
+        ("PRI", " /echo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"),
+        ("POST /ec", "ho HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp.write_all(first.as_bytes()).await.unwrap();
+        tcp.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        tcp.write_all(rest.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        support::within("the answer", tcp.read_to_end(&mut response)).await.unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(status_of(&response).contains(" 200 "), "{first:?}: {text}");
+        assert!(text.ends_with("hi"), "{first:?}: {text}");
+    }
+}
