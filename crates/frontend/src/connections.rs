@@ -61,6 +61,10 @@ pub(super) struct Activity {
     /// The client's end of input was read and kept from hyper (see `listener::half_close`):
     /// the connection is to close once its answers are written.
     read_closed: AtomicBool,
+    /// The latest request is the client's last: HTTP/1, no body, and it asks to close the
+    /// connection (see [`Activity::last_request`]). The client sends nothing after it, so the
+    /// close after its answer needs no linger (see `listener::linger`).
+    client_closes: AtomicBool,
 }
 
 /// [`Activity::version`]: HTTP/1.1 (or none seen yet).
@@ -143,6 +147,21 @@ impl Activity {
         if self.version.load(Ordering::Relaxed) != code {
             self.version.store(code, Ordering::Relaxed);
         }
+    }
+
+    /// A request was read; `closes` if it is HTTP/1, has no body, and asks to close the
+    /// connection (`Connection: close`, or HTTP/1.0 without keep-alive): a client that sends
+    /// that sends no further byte (RFC 9112, 9.6).
+    pub(super) fn last_request(&self, closes: bool) {
+        if self.client_closes.load(Ordering::Relaxed) != closes {
+            self.client_closes.store(closes, Ordering::Relaxed);
+        }
+    }
+
+    /// True if the latest request was the client's last, with no body (see
+    /// [`Activity::last_request`]): once it is answered, nothing more is to be read.
+    pub(super) fn client_closes(&self) -> bool {
+        self.client_closes.load(Ordering::Relaxed)
     }
 
     /// True once an HTTP/2 request was seen on this connection.

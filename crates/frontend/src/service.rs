@@ -42,6 +42,7 @@ pub(super) fn for_connection(
     let client = app.server.access_log.then(|| ClientText::of(remote));
     service_fn(move |req: Request<Incoming>| {
         activity.saw(req.version());
+        activity.last_request(is_last_bodiless(&req));
         let finish = Finish {
             logged: client.as_ref().map(|client| AccessLine::of(&req, client)),
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
@@ -103,6 +104,35 @@ pub(super) fn for_connection(
         };
         Reply::now(sending(answer, &activity, ledger))
     })
+}
+
+/// True for an HTTP/1 request with no body that asks to close the connection after its answer:
+/// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive` (RFC 9112, 9.3 and 9.6).
+/// Its client sends nothing after it, so the close needs no linger. An upgrade request never is
+/// one (its connection goes on as the upgraded protocol).
+fn is_last_bodiless(req: &Request<Incoming>) -> bool {
+    let version = req.version();
+    if version >= hyper::Version::HTTP_2 || !hyper::body::Body::is_end_stream(req.body()) {
+        return false;
+    }
+    let has = |token: &str| {
+        req.headers().get_all(CONNECTION).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if has("upgrade") {
+        return false;
+    }
+    if version == hyper::Version::HTTP_11 {
+        has("close")
+    } else {
+        // HTTP/1.0 (or 0.9): close unless the client asks to keep the connection.
+        !has("keep-alive")
+    }
 }
 
 /// How often a passed-through upgrade session looks whether the server is shutting down.

@@ -178,7 +178,7 @@ impl Connections {
         let Some(local) = self.local.or_else(|| tcp.local_addr().ok()) else {
             return;
         };
-        let _ = tcp.set_nodelay(true);
+        // No `TCP_NODELAY` here: the socket sets it before its second write (see `linger.rs`).
         let tcp = SharedTcp::new(tcp);
         let (stream, hsts) = match &self.tls {
             None => (ClientStream::Plain(tcp.clone()), None),
@@ -245,6 +245,9 @@ impl Connections {
             // hyper closed it after its last answer (`Connection: close`, the client's own
             // close, GOAWAY): linger, so that input the client sent after it does not turn the
             // close into a reset that destroys the answers. It still holds its slot meanwhile.
+            // A plain HTTP/1 client whose last request had no body and asked for the close
+            // sends nothing more: closed at once if nothing is left to read (see
+            // `SharedTcp::close`).
             Some(Ok(())) => {
                 drop(registration);
                 match activity.take_session() {
@@ -253,7 +256,10 @@ impl Connections {
                     Some(session) => {
                         let _ = session.await;
                     }
-                    None => tcp.linger().await,
+                    None => {
+                        let quiet = self.tls.is_none() && activity.client_closes();
+                        tcp.close(quiet).await;
+                    }
                 }
             }
         }

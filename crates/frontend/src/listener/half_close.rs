@@ -161,8 +161,17 @@ impl AsyncWrite for HalfClose {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// hyper shuts the connection's writing side after its last answer. After a plain HTTP/1
+    /// client's last request with no body (see [`Activity::client_closes`]) that is left to the
+    /// connection's close, which sends the FIN at once when nothing is left to read (see
+    /// [`SharedTcp::close`]): one `shutdown` less per connection. A TLS connection sends its
+    /// `close_notify` here as always; an upgrade session's shutdown always goes through.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if matches!(this.inner, ClientStream::Plain(..)) && this.activity.client_closes() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

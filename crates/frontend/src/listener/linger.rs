@@ -9,11 +9,16 @@
 //!
 //! The socket is shared ([`SharedTcp`]) so that it outlives hyper's connection: for the lingering
 //! close, and for the hold of an overflowed connection (which watches it for the client's close).
+//!
+//! `TCP_NODELAY` is set lazily, just before the connection's second write (see
+//! [`SharedTcp::before_write`]): Nagle's algorithm can only hold back a small segment while
+//! earlier data is unacknowledged, so a connection's first write is never delayed, and a
+//! connection that writes once (one request, one answer, close) never pays the `setsockopt`.
 
 use bytes::BufMut;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -37,7 +42,16 @@ struct Shared {
     tcp: TcpStream,
     /// Set by the first `shutdown(SHUT_WR)` (hyper's, or the linger's), so there is one only.
     write_shut: AtomicBool,
+    /// How far the connection's writes are: [`NO_WRITE`], [`ONE_WRITE`] or [`NODELAY`].
+    writes: AtomicU8,
 }
+
+/// [`Shared::writes`]: nothing written yet; the next write cannot be delayed by Nagle.
+const NO_WRITE: u8 = 0;
+/// [`Shared::writes`]: one write made; `TCP_NODELAY` is set before the next.
+const ONE_WRITE: u8 = 1;
+/// [`Shared::writes`]: `TCP_NODELAY` is set (or setting it failed: nothing more to try).
+const NODELAY: u8 = 2;
 
 impl std::ops::Deref for Shared {
     type Target = TcpStream;
@@ -52,7 +66,64 @@ impl SharedTcp {
         SharedTcp(Arc::new(Shared {
             tcp,
             write_shut: AtomicBool::new(false),
+            writes: AtomicU8::new(NO_WRITE),
         }))
+    }
+
+    /// Called before every write: sets `TCP_NODELAY` before the connection's second write.
+    ///
+    /// Nagle's algorithm (Linux's Minshall variant) holds back a segment smaller than the MSS
+    /// only while an earlier small segment is unacknowledged. Before the first write nothing
+    /// is in flight, so the first write always leaves at once, and setting `TCP_NODELAY` at
+    /// accept bought nothing for a connection that writes once (a connection per request: one
+    /// `setsockopt` per request saved). Every later write may follow unacknowledged data: a
+    /// keep-alive connection's second answer, a streamed body's chunks after its head, an
+    /// HTTP/2 connection's frames after its `SETTINGS`, a TLS connection's answer after its
+    /// handshake, an answer after a half-close probe or a `100 Continue`; each gets
+    /// `TCP_NODELAY` before it is written (a setsockopt also pushes out anything Nagle held).
+    /// One relaxed load per write once set.
+    fn before_write(&self) {
+        if self.0.writes.load(Ordering::Relaxed) == ONE_WRITE {
+            let _ = self.0.tcp.set_nodelay(true);
+            self.0.writes.store(NODELAY, Ordering::Relaxed);
+        }
+    }
+
+    /// Called after every write: the first byte written moves [`Shared::writes`] on.
+    fn wrote(&self, result: &io::Result<usize>) {
+        if matches!(result, Ok(n) if *n > 0) && self.0.writes.load(Ordering::Relaxed) == NO_WRITE
+        {
+            self.0.writes.store(ONE_WRITE, Ordering::Relaxed);
+        }
+    }
+
+    /// Close the connection after hyper's last answer: at once if `quiet` (the client's last
+    /// request had no body and asked for the close: it sends nothing more) and the socket holds
+    /// no unread input, else with the lingering close ([`SharedTcp::linger`]).
+    ///
+    /// Closing a socket sends FIN after the bytes written (the kernel goes on sending them),
+    /// and RST instead only if unread input is in the receive queue or arrives afterwards: a
+    /// quiet client sends none, and the queue is empty if no read readiness came since the last
+    /// read drained the socket ([`SharedTcp::poll_read_into`] clears the readiness after a
+    /// short read). That is known without a system call: the runtime's readiness, polled once
+    /// (with a no-op waker: nothing waits on the socket any more). Input the runtime has not
+    /// seen yet can only be a client's that broke its word. This is nginx's rule too: it
+    /// lingers only after a body left unread, pipelined input, or a readable socket. Saves a
+    /// `shutdown` and a `recvfrom` (the client's EOF) per connection that closes this way.
+    ///
+    /// Only the last handle's drop closes the socket: the caller's, once hyper's are gone.
+    pub(super) async fn close(self, quiet: bool) {
+        if quiet && !self.may_have_input() {
+            return;
+        }
+        self.linger().await;
+    }
+
+    /// True if the runtime saw the socket readable (input, end of input, or an error) since the
+    /// last read that drained it, or no read drained it yet.
+    fn may_have_input(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.0.poll_read_ready(&mut cx).is_ready()
     }
 
     /// Send FIN once every byte written is on its way, then read and discard until the client
@@ -177,9 +248,13 @@ impl AsyncWrite for SharedTcp {
     ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
+            self.before_write();
             match self.0.try_write(data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
+                result => {
+                    self.wrote(&result);
+                    return Poll::Ready(result);
+                }
             }
         }
     }
@@ -191,9 +266,13 @@ impl AsyncWrite for SharedTcp {
     ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
+            self.before_write();
             match self.0.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
+                result => {
+                    self.wrote(&result);
+                    return Poll::Ready(result);
+                }
             }
         }
     }
