@@ -91,8 +91,7 @@ impl SharedTcp {
 
     /// Called after every write: the first byte written moves [`Shared::writes`] on.
     fn wrote(&self, result: &io::Result<usize>) {
-        if matches!(result, Ok(n) if *n > 0) && self.0.writes.load(Ordering::Relaxed) == NO_WRITE
-        {
+        if matches!(result, Ok(n) if *n > 0) && self.0.writes.load(Ordering::Relaxed) == NO_WRITE {
             self.0.writes.store(ONE_WRITE, Ordering::Relaxed);
         }
     }
@@ -288,5 +287,84 @@ impl AsyncWrite for SharedTcp {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.shutdown_write();
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair on 127.0.0.1: the server's end wrapped, and the client's.
+    async fn pair() -> (SharedTcp, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (SharedTcp::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn tcp_nodelay_is_set_before_the_second_write_and_not_for_the_first() {
+        let (mut server, mut client) = pair().await;
+        assert!(!server.0.nodelay().unwrap(), "not at accept");
+        server.write_all(b"first").await.unwrap();
+        assert!(
+            !server.0.nodelay().unwrap(),
+            "a first write is never delayed"
+        );
+        let vectored = [io::IoSlice::new(b"sec"), io::IoSlice::new(b"ond")];
+        let n = server.write_vectored(&vectored).await.unwrap();
+        assert_eq!(n, 6);
+        assert!(server.0.nodelay().unwrap(), "set before the second write");
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"firstsecond");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_close_with_nothing_unread_closes_at_once_and_input_left_lingers() {
+        // Nothing unread since a short read: closed at once (the client reads EOF, and a byte it
+        // sends after is answered with a reset: the server's socket is gone).
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"request").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"request");
+        server.write_all(b"answer").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server.close(true))
+            .await
+            .expect("closed at once");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        client.write_all(b"more").await.unwrap();
+        let ready = tokio::time::timeout(Duration::from_secs(20), client.ready(Interest::ERROR))
+            .await
+            .expect("the closed socket resets the client's late input");
+        assert!(ready.unwrap().is_error());
+
+        // Input arrived after the last read: the close lingers, reading it, and ends at the
+        // client's close.
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"request").await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"request");
+        client.write_all(b"unexpected").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server.0.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        server.write_all(b"answer").await.unwrap();
+        let closing = tokio::spawn(server.close(true));
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer", "FIN after the answer, no reset");
+        assert!(!closing.is_finished(), "lingering until the client's close");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(20), closing)
+            .await
+            .expect("the linger ends at the client's close")
+            .unwrap();
     }
 }
