@@ -100,7 +100,9 @@ impl Activity {
     }
 
     /// An upgrade answered `101` on this connection: its session ends when `ended` resolves.
+    /// The connection goes on as the upgraded protocol: its request was not the client's last.
     pub(super) fn hold_session(&self, ended: tokio::sync::oneshot::Receiver<()>) {
+        self.client_closes.store(false, Ordering::Relaxed);
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
     }
 

@@ -108,30 +108,33 @@ pub(super) fn for_connection(
 
 /// True for an HTTP/1 request with no body that asks to close the connection after its answer:
 /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive` (RFC 9112, 9.3 and 9.6).
-/// Its client sends nothing after it, so the close needs no linger. An upgrade request never is
-/// one (its connection goes on as the upgraded protocol).
-fn is_last_bodiless(req: &Request<Incoming>) -> bool {
+/// Its client sends nothing after it, so the close needs no linger. A request that also asks for
+/// an upgrade is not one (and a `101` clears the mark: see [`Activity::hold_session`]).
+///
+/// One header lookup per HTTP/1 request; only the first `Connection` field is read (a second one
+/// is rare, and the worst a misread can do is a linger hyper's own reading makes unneeded, or a
+/// quiet close of a connection hyper keeps open, which the next request marks again).
+fn is_last_bodiless<B: hyper::body::Body>(req: &Request<B>) -> bool {
     let version = req.version();
-    if version >= hyper::Version::HTTP_2 || !hyper::body::Body::is_end_stream(req.body()) {
+    if version >= hyper::Version::HTTP_2 || !req.body().is_end_stream() {
         return false;
     }
-    let has = |token: &str| {
-        req.headers().get_all(CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|value| {
-                value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
-    if has("upgrade") {
-        return false;
+    let (mut close, mut keep_alive) = (false, false);
+    if let Some(value) = req.headers().get(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"upgrade") {
+                return false;
+            }
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
     }
     if version == hyper::Version::HTTP_11 {
-        has("close")
+        close
     } else {
-        // HTTP/1.0 (or 0.9): close unless the client asks to keep the connection.
-        !has("keep-alive")
+        // HTTP/1.0 (or 0.9): closed after the answer unless the client asks to keep it.
+        !keep_alive
     }
 }
 
@@ -255,5 +258,45 @@ fn redirect<B>(req: &Request<B>, https_port: u16) -> hyper::Response<super::Body
             resp
         }
         Err(_) => text_response(StatusCode::BAD_REQUEST, "cannot redirect this request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    use hyper::Version;
+
+    fn get(version: Version, connection: Option<&str>) -> Request<Empty<Bytes>> {
+        let mut req = Request::builder().version(version).uri("/ping");
+        if let Some(value) = connection {
+            req = req.header(CONNECTION, value);
+        }
+        req.body(Empty::new()).unwrap()
+    }
+
+    #[test]
+    fn a_bodiless_http1_request_that_asks_for_the_close_is_the_clients_last() {
+        const HTTP_10: Version = Version::HTTP_10;
+        const HTTP_11: Version = Version::HTTP_11;
+        const HTTP_2: Version = Version::HTTP_2;
+        assert!(is_last_bodiless(&get(HTTP_11, Some("close"))));
+        assert!(is_last_bodiless(&get(HTTP_11, Some("keep-alive , Close"))));
+        assert!(
+            !is_last_bodiless(&get(HTTP_11, None)),
+            "HTTP/1.1 keeps alive"
+        );
+        assert!(!is_last_bodiless(&get(HTTP_11, Some("keep-alive"))));
+        assert!(!is_last_bodiless(&get(HTTP_11, Some("closed"))));
+        assert!(!is_last_bodiless(&get(HTTP_11, Some("close, upgrade"))));
+        assert!(is_last_bodiless(&get(HTTP_10, None)), "HTTP/1.0 closes");
+        assert!(!is_last_bodiless(&get(HTTP_10, Some("Keep-Alive"))));
+        assert!(!is_last_bodiless(&get(HTTP_2, None)));
+        let with_body = Request::builder()
+            .header(CONNECTION, "close")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        assert!(!is_last_bodiless(&with_body), "a body may be left unread");
     }
 }
