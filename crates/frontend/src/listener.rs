@@ -6,8 +6,10 @@
 //!   optional TLS handshake, one serve path for every connection.
 //! - `half_close`: [`half_close::HalfClose`], which answers a client that half-closed after its
 //!   request and still sees one that closed fully leave.
-//! - `linger`: the lingering close (read and discard for a bounded time after the last answer,
-//!   so that closing does not reset the connection and destroy unread answers).
+//! - `linger`: the shared socket and the close after the last answer: at once when the client
+//!   sends nothing more and nothing is unread, else the lingering close (read and discard for a
+//!   bounded time, so that closing does not reset the connection and destroy unread answers);
+//!   `TCP_NODELAY` set before a connection's second write.
 //! - `sniff`: [`sniff::Served`], HTTP/1 or HTTP/2 told by the first read, which hyper's first
 //!   read then gets whole.
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.

@@ -1,6 +1,7 @@
-//! The lingering close: once hyper has written a connection's last answer and half-closed it,
-//! read and discard what the client still sends for a bounded time, so that the close does not
-//! reset the connection and destroy answers the client has not read yet.
+//! The close after a connection's last answer: at once when the client sends nothing more and
+//! nothing is unread ([`SharedTcp::close`]), else the lingering close: half-close, then read and
+//! discard what the client still sends for a bounded time, so that the close does not reset the
+//! connection and destroy answers the client has not read yet.
 //!
 //! Closing a socket with unread input makes the kernel send RST instead of FIN, and an RST makes
 //! the client's kernel drop whatever it received but the client has not read yet. A client that
