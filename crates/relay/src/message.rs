@@ -9,6 +9,7 @@ use hyper::header::{
 };
 use hyper::http::response::Parts;
 use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
+use std::net::IpAddr;
 
 /// The body of a forwarded request: the whole request body, already read.
 pub type OutBody = Full<Bytes>;
@@ -50,11 +51,8 @@ pub fn outgoing_with(
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
     let forwarded = HeaderName::from_static("x-forwarded-for");
-    let client = req.remote_addr.ip().to_string();
-    let chain = match headers.get(&forwarded).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
-    };
+    let earlier = headers.get(&forwarded).and_then(|v| v.to_str().ok());
+    let chain = forwarded_for(earlier, req.remote_addr.ip());
     // The string's buffer becomes the value's: no second copy.
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
         headers.insert(forwarded, value);
@@ -126,7 +124,29 @@ pub async fn read_bounded(
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section
 /// 7.6.1): `Connection` and every header it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade`.
+///
+/// One pass over the names first: a message with none of these (most of them) is left as it is,
+/// without a lookup per name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.keys().any(is_hop_by_hop) {
+        strip_all(headers);
+    }
+}
+
+/// True if `name` is hop-by-hop by itself (not because a `Connection` header names it: without a
+/// `Connection` header, none is named).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
+
+/// [`strip_hop_by_hop`]'s work, name by name.
+fn strip_all(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -149,6 +169,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in proxy {
         headers.remove(name);
     }
+}
+
+/// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
+/// An IPv4 address is written digit by digit (`Display` goes through the formatter's machinery
+/// on every request).
+fn forwarded_for(earlier: Option<&str>, ip: IpAddr) -> String {
+    let mut chain = String::with_capacity(earlier.map_or(0, |e| e.len() + 2) + 15);
+    if let Some(earlier) = earlier {
+        chain.push_str(earlier);
+        chain.push_str(", ");
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    chain.push('.');
+                }
+                chain.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(chain, "{v6}");
+        }
+    }
+    chain
 }
 
 #[cfg(test)]
@@ -186,6 +233,79 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-keep", "content-type"]);
+    }
+
+    #[test]
+    fn the_one_pass_check_gives_exactly_what_removing_name_by_name_gives() {
+        let cases: &[&[(&str, &str)]] = &[
+            // No hop-by-hop header: the fast path, nothing removed.
+            &[],
+            &[("host", "a"), ("x-secret", "1"), ("content-length", "3")],
+            &[
+                ("date", "now"),
+                ("content-type", "text/plain"),
+                ("x-proxy", "1"),
+            ],
+            // Each kind alone, then mixed: the slow path.
+            &[
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("x-keep", "2"),
+            ],
+            &[("connection", "close"), ("host", "a")],
+            &[
+                ("Connection", " X-Secret , keep-alive"),
+                ("x-secret", "1"),
+                ("keep-alive", "5"),
+            ],
+            &[("keep-alive", "timeout=5"), ("x-keep", "2")],
+            &[
+                ("proxy-authorization", "Basic x"),
+                ("proxy-foo", "1"),
+                ("x-keep", "2"),
+            ],
+            &[("te", "trailers"), ("trailer", "x-sum"), ("x-keep", "2")],
+            &[("transfer-encoding", "chunked"), ("upgrade", "websocket")],
+            &[
+                ("x-secret", "1"),
+                ("connection", "x-secret, x-other"),
+                ("x-other", "2"),
+            ],
+        ];
+        for case in cases {
+            let mut fast = headers(case);
+            let mut slow = fast.clone();
+            strip_hop_by_hop(&mut fast);
+            strip_all(&mut slow);
+            assert_eq!(fast, slow, "{case:?}");
+            assert!(!fast.keys().any(is_hop_by_hop), "{case:?}");
+            let named = case.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("connection") && v.to_ascii_lowercase().contains("x-secret")
+            });
+            assert!(!(named && fast.contains_key("x-secret")), "{case:?}");
+        }
+        let mut untouched = headers(cases[1]);
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, headers(cases[1]));
+    }
+
+    #[test]
+    fn forwarded_for_writes_ipv4_and_ipv6_as_display_does_after_any_earlier_chain() {
+        for ip in [
+            IpAddr::from([0, 0, 0, 0]),
+            IpAddr::from([192, 0, 2, 7]),
+            IpAddr::from([255, 255, 255, 255]),
+            IpAddr::from([10, 100, 9, 200]),
+            "::1".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+            "::ffff:192.0.2.1".parse().unwrap(),
+        ] {
+            assert_eq!(forwarded_for(None, ip), ip.to_string());
+            assert_eq!(
+                forwarded_for(Some("10.0.0.1, 10.0.0.2"), ip),
+                format!("10.0.0.1, 10.0.0.2, {ip}")
+            );
+        }
     }
 
     #[test]
