@@ -11,6 +11,11 @@ use hyper::http::response::Parts;
 use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
 use std::net::IpAddr;
 
+/// `X-Forwarded-For`, built once at compile time (`from_static` checks its name on every call).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// The body of a forwarded request: the whole request body, already read.
 pub type OutBody = Full<Bytes>;
 
@@ -49,19 +54,19 @@ pub fn outgoing_with(
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         headers.insert(HOST, host);
     }
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
-    let forwarded = HeaderName::from_static("x-forwarded-for");
-    let earlier = headers.get(&forwarded).and_then(|v| v.to_str().ok());
+    let length = match req.body.len() {
+        0 => HeaderValue::from_static("0"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(CONTENT_LENGTH, length);
+    let earlier = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
     let chain = forwarded_for(earlier, req.remote_addr.ip());
     // The string's buffer becomes the value's: no second copy.
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
-        headers.insert(forwarded, value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
     if let Some(proto) = forwarding.proto {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static(proto),
-        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     let mut out = Request::new(Full::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
@@ -342,5 +347,11 @@ mod tests {
         let out = outgoing(&req, Uri::from_static("/v1/x"), proto);
         assert_eq!(out.uri(), "/v1/x");
         assert_eq!(out.headers()["x-forwarded-proto"], "https");
+        let empty = JobRequest {
+            body: Bytes::new(),
+            ..req
+        };
+        let out = outgoing(&empty, path_and_query(&empty), Forwarding::default());
+        assert_eq!(out.headers()[CONTENT_LENGTH], "0");
     }
 }
