@@ -1,8 +1,9 @@
 //! The messages a proxy relays: the request as forwarded, and the answer's head and bounded body.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::handler::{JobRequest, JobResponse};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -113,17 +114,44 @@ pub async fn read_bounded(
     max: usize,
 ) -> Result<JobResponse, BodyError> {
     let (parts, body) = resp.into_parts();
-    let body = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(BodyError::TooLarge)
-        }
-        Err(e) => return Err(BodyError::Broken(format!("reading the answer: {e}"))),
-    };
+    let body = collect_bounded(body, max).await?;
     Ok(Response::from_parts(
         answer_head(parts, method),
         body.into(),
     ))
+}
+
+/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped). A body of one chunk
+/// (most small answers) is that chunk, not copied; only a second chunk starts a buffer.
+async fn collect_bounded<B>(mut body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(format!("reading the answer: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(BodyError::TooLarge);
+        }
+        match more.as_mut() {
+            Some(buf) => buf.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buf = BytesMut::with_capacity(len);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section
@@ -311,6 +339,60 @@ mod tests {
                 format!("10.0.0.1, 10.0.0.2, {ip}")
             );
         }
+    }
+
+    /// A body of the given frames (data, or an error as its text).
+    struct Frames(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = &'static str;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, &'static str>>> {
+            let next = self.0.pop_front();
+            std::task::Poll::Ready(
+                next.map(|f| f.map(|d| hyper::body::Frame::data(Bytes::from_static(d)))),
+            )
+        }
+    }
+
+    fn collect(
+        frames: &[Result<&'static [u8], &'static str>],
+        max: usize,
+    ) -> Result<Bytes, String> {
+        let body = Frames(frames.iter().copied().collect());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(collect_bounded(body, max))
+            .map_err(|e| match e {
+                BodyError::TooLarge => "too large".to_string(),
+                BodyError::Broken(cause) => cause,
+            })
+    }
+
+    #[test]
+    fn a_bounded_body_is_its_chunks_joined_up_to_the_limit() {
+        assert_eq!(collect(&[], 4).unwrap(), "");
+        assert_eq!(collect(&[Ok(b"pong")], 4).unwrap(), "pong");
+        assert_eq!(
+            collect(&[Ok(b""), Ok(b"ab"), Ok(b""), Ok(b"cd")], 4).unwrap(),
+            "abcd"
+        );
+        assert_eq!(collect(&[Ok(b"a"), Ok(b"b"), Ok(b"c")], 4).unwrap(), "abc");
+        assert_eq!(collect(&[Ok(b"pong!")], 4).unwrap_err(), "too large");
+        assert_eq!(
+            collect(&[Ok(b"ab"), Ok(b"cd"), Ok(b"e")], 4).unwrap_err(),
+            "too large"
+        );
+        assert_eq!(
+            collect(&[Ok(b"ab"), Err("reset")], 4).unwrap_err(),
+            "reading the answer: reset"
+        );
     }
 
     #[test]
