@@ -7,7 +7,7 @@
 //! and time), then `Admission::try_admit`: inline answer, direct (an asynchronous run awaited here),
 //! queued (wait for the reply), or refused.
 
-use super::{Answer, Body, Ignored, Step};
+use super::{Answer, Body, Ignored, Pending, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
 use common::handler::{text_response, ClientUpgrade, JobRequest};
@@ -46,7 +46,7 @@ pub(super) fn admit(
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let endpoint = endpoint.clone();
-    Step::Later(Box::pin(async move {
+    Step::Later(Pending::Boxed(Box::pin(async move {
         let body = match read_body(body, limit, body_read_timeout).await {
             Ok(body) => body,
             Err(resp) => return Ok(resp),
@@ -63,7 +63,7 @@ pub(super) fn admit(
             }
             Step::Later(pending) => pending.await,
         }
-    }))
+    })))
 }
 
 /// Hand the request to the endpoint's admission and answer its outcome: an inline answer at
@@ -90,13 +90,14 @@ fn enqueue(
     };
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Inline(answer, timing) => Step::Inline(Ok(answer), timing),
-        // Awaited on this connection's task: dropped with it if the client goes.
-        Outcome::Direct(run) => Step::Later(Box::pin(async move { Ok(run.await) })),
+        // Awaited on this connection's task: dropped with it if the client goes. Already boxed:
+        // awaited as it is, not boxed again.
+        Outcome::Direct(run) => Step::Later(Pending::Direct(run)),
         Outcome::Queued(waiter) => {
             let endpoint = endpoint.clone();
-            Step::Later(Box::pin(async move {
+            Step::Later(Pending::Boxed(Box::pin(async move {
                 Ok(endpoint.admission().wait(waiter).await)
-            }))
+            })))
         }
         Outcome::Refused(refusal) => Step::Now(refused(refusal)),
     }

@@ -78,8 +78,23 @@ impl std::error::Error for Ignored {}
 /// A response or a deliberate silence.
 pub type Answer = Result<Response<Body>, Ignored>;
 
-/// A request's slow path, boxed: reading a body, or waiting for a queued job's reply.
-type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+/// A request's slow path: reading a body or waiting for a queued job's reply (boxed), or an
+/// asynchronous run (already boxed by the admission, awaited as it is).
+enum Pending {
+    Boxed(Pin<Box<dyn Future<Output = Answer> + Send>>),
+    Direct(common::admission::DirectRun),
+}
+
+impl Future for Pending {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.get_mut() {
+            Pending::Boxed(pending) => pending.as_mut().poll(cx),
+            Pending::Direct(run) => Pin::new(run).poll(cx).map(Ok),
+        }
+    }
+}
 
 /// How a request is answered: at once (routing, the server's own paths, errors, overflow and
 /// inline builtins are decided synchronously), or later, by a boxed future. Keeping the fast path
