@@ -16,13 +16,21 @@
 # Environment: SERVERS (default "bare jellyfish crab"; also "default": the embedded default config,
 # access log on, to a file; "nginx" / "nginx-log": nginx as one process, access_log off / to a
 # file), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
-# binary, run as servers "jellyfish-ref" and "default-ref").
+# binary, run as servers "jellyfish-ref" and "default-ref"), CONN (keepalive, the default, or
+# close: every request on a new connection, wrk -H 'Connection: close').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SERVERS=${SERVERS:-"bare jellyfish crab"}
 SHORT=${SHORT:-2}
 LONG=${LONG:-8}
+CONN=${CONN:-keepalive}
+WRK_HEADER=()
+case $CONN in
+  keepalive) ;;
+  close) WRK_HEADER=(-H "Connection: close") ;;
+  *) echo "CONN is keepalive or close, not $CONN" >&2; exit 2 ;;
+esac
 CONNECTIONS=${CONNECTIONS:-8}
 command -v valgrind >/dev/null || { echo "valgrind not found (Debian: apt-get install -y valgrind)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk not found (Debian: apt-get install -y wrk)" >&2; exit 1; }
@@ -66,7 +74,7 @@ one() {
       "http://127.0.0.1:$port/ping" 2>/dev/null; then break; fi
     sleep 0.2
   done
-  requests=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" "http://127.0.0.1:$port/ping" |
+  requests=$(wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" ${WRK_HEADER[@]+"${WRK_HEADER[@]}"} "http://127.0.0.1:$port/ping" |
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
   kill -INT "$pid"
   wait "$pid" || true
@@ -85,7 +93,7 @@ done
 
 echo "# GET /ping, user-space instructions per request (cachegrind) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo
-echo "Built from commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src crates || echo ' with uncommitted changes'); wrk -t1 -c$CONNECTIONS, runs of $SHORT s and $LONG s."
+echo "Built from commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src crates || echo ' with uncommitted changes'); wrk -t1 -c$CONNECTIONS ($CONN), runs of $SHORT s and $LONG s."
 echo
 echo "| server | instructions per request | × bare |"
 echo "|---|---|---|"
