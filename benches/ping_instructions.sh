@@ -13,10 +13,12 @@
 #
 #   bash benches/ping_instructions.sh
 #
-# Environment: SERVERS (default "bare jellyfish crab"; also "default": the embedded default config,
+# Environment: SERVERS (default "bare jellyfish crab"; also "proxy": fiddler_crab's /ping an
+# upstream endpoint (jellyfish, 8 slots, log off) in front of a bare hyper server that runs outside
+# valgrind, so the count is the hop's own; "default": the embedded default config,
 # access log on, to a file; "nginx" / "nginx-log": nginx as one process, access_log off / to a
 # file), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
-# binary, run as servers "jellyfish-ref" and "default-ref"), CONN (keepalive, the default, or
+# binary, run as servers "jellyfish-ref", "default-ref" and "proxy-ref"), CONN (keepalive, the default, or
 # close: every request on a new connection, wrk -H 'Connection: close').
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,9 +45,20 @@ if [ -n "${REF_BIN:-}" ]; then cp "$REF_BIN" "$work/fiddler_crab-ref"; fi
 
 # one NAME SECONDS: prints "requests instructions"
 one() {
-  local name=$1 seconds=$2 port cmd pid requests
+  local name=$1 seconds=$2 port cmd pid requests upstream_pid=""
   port=$(free_port)
   case $name in
+    proxy | proxy-ref)
+      local upstream_port bin=$work/fiddler_crab
+      upstream_port=$(free_port)
+      "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" --max-seconds 300 >/dev/null 2>&1 &
+      upstream_pid=$!
+      printf '%s\n' "[server]" "listen = \"127.0.0.1:$port\"" "access_log = false" "" \
+        "[[endpoint]]" "path = \"/ping\"" "methods = [\"GET\", \"HEAD\"]" "mode = \"jellyfish\"" \
+        "workers = 8" "queue = 1024" "overflow = \"reject\"" "[endpoint.upstream]" \
+        "url = \"http://127.0.0.1:$upstream_port\"" >"$work/proxy.toml"
+      if [ "$name" = proxy-ref ]; then bin=$work/fiddler_crab-ref; fi
+      cmd=("$bin" --config "$work/proxy.toml") ;;
     bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
     jellyfish | crab) fiddler_crab_config "$name" "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;
@@ -78,6 +91,7 @@ one() {
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
   kill -INT "$pid"
   wait "$pid" || true
+  if [ -n "$upstream_pid" ]; then kill "$upstream_pid" 2>/dev/null; wait "$upstream_pid" 2>/dev/null || true; fi
   echo "$requests $(awk '$1 == "summary:" {print $2}' "$work/$name.cg")"
 }
 
