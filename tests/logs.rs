@@ -30,18 +30,19 @@ expected_wait_admission = false
 command = ["sh", "-c", "echo 'said on stderr' >&2; echo fine"]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logged_at_info() {
-    let dir = TempDir::new("logs");
+/// The binary on [`CONFIG`] in `dir`, logging JSON, with `extra` arguments; and a client of it.
+async fn start_json(dir: &TempDir, extra: &[&str]) -> (Binary, Client) {
     let config = dir.write("logs.toml", CONFIG);
-    let binary = Binary::start(&[
+    let mut args = vec![
         "--config",
         config.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
         "--log-format",
         "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let binary = Binary::start(&args);
     let serving = binary.wait_logged("\"serving\"").await;
     let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
     let addr: SocketAddr = serving["fields"]["listen"]
@@ -49,7 +50,13 @@ async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logg
         .unwrap()
         .parse()
         .unwrap();
-    let client = Client { addr };
+    (binary, Client { addr })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logged_at_info() {
+    let dir = TempDir::new("logs");
+    let (binary, client) = start_json(&dir, &[]).await;
 
     let mut req = request("GET", "/ping?token=s3cret&page=2", "");
     req.headers_mut()
@@ -88,25 +95,8 @@ async fn access_lines_carry_the_redacted_query_and_user_agent_and_stderr_is_logg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_lines_follow_the_log_filter() {
     let dir = TempDir::new("logs-filter");
-    let config = dir.write("logs.toml", CONFIG);
-    let binary = Binary::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--log-level",
-        "info,fiddler_crab::access=off",
-    ]);
-    let serving = binary.wait_logged("\"serving\"").await;
-    let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
-    let addr: SocketAddr = serving["fields"]["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let client = Client { addr };
+    let (binary, client) =
+        start_json(&dir, &["--log-level", "info,fiddler_crab::access=off"]).await;
     assert_eq!(client.get("/ping").await.status, StatusCode::OK);
     assert_eq!(client.post("/chatty", "").await.text(), "fine\n");
     binary.wait_logged("said on stderr").await;
