@@ -1,8 +1,8 @@
 //! The messages a proxy relays: the request as forwarded, and the answer's head and bounded body.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::handler::{JobRequest, JobResponse};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
@@ -121,37 +121,18 @@ pub async fn read_bounded(
     ))
 }
 
-/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped). A body of one chunk
-/// (most small answers) is that chunk, not copied; only a second chunk starts a buffer.
-async fn collect_bounded<B>(mut body: B, max: usize) -> Result<Bytes, BodyError>
+/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped): http-body-util's
+/// `Limited` and `collect`.
+async fn collect_bounded<B>(body: B, max: usize) -> Result<Bytes, BodyError>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut first = Bytes::new();
-    let mut more: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Broken(format!("reading the answer: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        len = len.saturating_add(data.len());
-        if len > max {
-            return Err(BodyError::TooLarge);
-        }
-        match more.as_mut() {
-            Some(buf) => buf.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut buf = BytesMut::with_capacity(len);
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&data);
-                more = Some(buf);
-            }
-        }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Broken(format!("reading the answer: {e}"))),
     }
-    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section
