@@ -183,7 +183,15 @@ impl Connections {
         let (stream, hsts) = match &self.tls {
             None => (ClientStream::Plain(tcp.clone()), None),
             Some(tls) => {
-                match crate::tls::handshake(&tls.acceptor, tcp.clone(), tls.handshake_timeout).await
+                // Boxed: the handshake's state (rustls' connection) is large, and in this
+                // future it would size every connection's task, plain ones too: a task's
+                // future is copied when it is spawned and when it finishes.
+                match Box::pin(crate::tls::handshake(
+                    &tls.acceptor,
+                    tcp.clone(),
+                    tls.handshake_timeout,
+                ))
+                .await
                 {
                     Ok(stream) => (ClientStream::Tls(Box::new(stream)), tls.hsts.clone()),
                     Err(e) => {

@@ -116,7 +116,9 @@ impl SharedTcp {
         if quiet && !self.may_have_input() {
             return;
         }
-        self.linger().await;
+        // Boxed: the linger's state (its discard buffer) would otherwise size the task of every
+        // connection, which is copied when the task is spawned and when it finishes.
+        Box::pin(self.linger()).await;
     }
 
     /// True if the runtime saw the socket readable (input, end of input, or an error) since the
