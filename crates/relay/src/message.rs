@@ -44,10 +44,17 @@ pub fn outgoing_with(
     target: Uri,
     forwarding: Forwarding,
 ) -> Request<Full<Bytes>> {
-    strip_hop_by_hop(&mut headers);
-    headers.remove(CONTENT_LENGTH);
-    headers.remove(EXPECT);
-    if !headers.contains_key(HOST) {
+    // One pass over the names says which of the headers rewritten here are there: most requests
+    // carry none of them but `Host`, and an absent one then costs no lookup by name.
+    let seen = Seen::of(&headers);
+    if seen.hop_by_hop {
+        strip_all(&mut headers);
+    }
+    if seen.expect {
+        headers.remove(EXPECT);
+    }
+    // `Connection` may have named `Host` itself.
+    if !seen.host || (seen.hop_by_hop && !headers.contains_key(HOST)) {
         let host = req
             .uri
             .authority()
@@ -59,11 +66,14 @@ pub fn outgoing_with(
         0 => HeaderValue::from_static("0"),
         n => HeaderValue::from(n),
     };
+    // `insert` replaces every value the client sent.
     headers.insert(CONTENT_LENGTH, length);
-    let earlier = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let chain = forwarded_for(earlier, req.remote_addr.ip());
-    // The string's buffer becomes the value's: no second copy.
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
+    let earlier = if seen.forwarded_for {
+        headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+    } else {
+        None
+    };
+    if let Some(value) = forwarded_for_value(earlier, req.remote_addr.ip()) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if let Some(proto) = forwarding.proto {
@@ -75,6 +85,34 @@ pub fn outgoing_with(
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
     out
+}
+
+/// Which of the request headers that [`outgoing_with`] rewrites a request carries.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A hop-by-hop header (see [`strip_hop_by_hop`]).
+    hop_by_hop: bool,
+    expect: bool,
+    host: bool,
+    forwarded_for: bool,
+}
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            if *name == HOST {
+                seen.host = true;
+            } else if *name == EXPECT {
+                seen.expect = true;
+            } else if *name == X_FORWARDED_FOR {
+                seen.forwarded_for = true;
+            } else if is_hop_by_hop(name) {
+                seen.hop_by_hop = true;
+            }
+        }
+        seen
+    }
 }
 
 /// The request's own path and query, as a request target (`/` if it has none).
@@ -183,6 +221,29 @@ fn strip_all(headers: &mut HeaderMap) {
     for name in proxy {
         headers.remove(name);
     }
+}
+
+/// [`forwarded_for`] as a header value. The usual case (no earlier chain, an IPv4 client) is
+/// written on the stack and copied once into the value: one allocation, not a string's and then
+/// the value's.
+fn forwarded_for_value(earlier: Option<&str>, ip: IpAddr) -> Option<HeaderValue> {
+    let (IpAddr::V4(v4), None) = (ip, earlier) else {
+        // The string's buffer becomes the value's.
+        return HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(earlier, ip))).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        let digits = digits.format(octet).as_bytes();
+        let dot = usize::from(i > 0);
+        let end = len + dot + digits.len();
+        let slot = text.get_mut(len..end)?;
+        slot[..dot].fill(b'.');
+        slot[dot..].copy_from_slice(digits);
+        len = end;
+    }
+    HeaderValue::from_bytes(text.get(..len)?).ok()
 }
 
 /// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
@@ -322,6 +383,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_forwarded_for_value_is_the_chain_as_a_string() {
+        for ip in [
+            IpAddr::from([0, 0, 0, 0]),
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([255, 255, 255, 255]),
+            "2001:db8::7".parse().unwrap(),
+        ] {
+            for earlier in [None, Some("10.0.0.1")] {
+                let value = forwarded_for_value(earlier, ip).unwrap();
+                assert_eq!(value, forwarded_for(earlier, ip).as_str());
+            }
+        }
+    }
+
     /// A body of the given frames (data, or an error as its text).
     struct Frames(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
 
@@ -410,6 +486,14 @@ mod tests {
         let out = outgoing(&req, Uri::from_static("/v1/x"), proto);
         assert_eq!(out.uri(), "/v1/x");
         assert_eq!(out.headers()["x-forwarded-proto"], "https");
+        let mut named_host = req.clone();
+        named_host.headers = headers(&[("host", "a.test"), ("connection", "host")]);
+        let out = outgoing(
+            &named_host,
+            path_and_query(&named_host),
+            Forwarding::default(),
+        );
+        assert_eq!(out.headers()[HOST], "example.test");
         let empty = JobRequest {
             body: Bytes::new(),
             ..req
