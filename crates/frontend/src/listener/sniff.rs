@@ -11,6 +11,10 @@
 //! hyper's HTTP/1 connection directly (with upgrades, for WebSocket pass-through); a connection
 //! whose first bytes could be the preface (HTTP/2 with prior knowledge, or over TLS with ALPN
 //! `h2`) goes to the `auto` builder as before, which reads the preface again from [`Prefixed`].
+//!
+//! The first read's buffer ([`FirstBytes`]) is one of a few spares each runtime thread keeps: at
+//! 2 KiB it is past glibc's per-thread cache, so a fresh one per connection cost a slow `malloc`,
+//! its zeroing and a slow `free`.
 
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -19,6 +23,7 @@ use hyper::service::{HttpService, Service};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -26,6 +31,15 @@ use std::task::{ready, Context, Poll};
 
 /// What the first read asks for: a typical request head fits.
 pub(super) const FIRST_READ: usize = 2048;
+
+/// How many first-read buffers each runtime thread keeps for the next connections (at most
+/// 32 KiB a thread).
+const SPARE_BUFFERS: usize = 16;
+
+thread_local! {
+    /// This thread's spare first-read buffers, each [`FIRST_READ`] bytes long.
+    static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -57,7 +71,7 @@ where
     First {
         io: I,
         service: S,
-        buf: Vec<u8>,
+        buf: FirstBytes,
         http1: &'a http1::Builder,
         auto: &'a auto::Builder<TokioExecutor>,
     },
@@ -86,7 +100,7 @@ where
             state: State::First {
                 io,
                 service,
-                buf: Vec::new(),
+                buf: FirstBytes::take(),
                 http1,
                 auto,
             },
@@ -132,10 +146,7 @@ where
         loop {
             match &mut this.state {
                 State::First { io, buf, .. } => {
-                    if buf.is_empty() {
-                        buf.resize(FIRST_READ, 0);
-                    }
-                    let mut read = hyper::rt::ReadBuf::new(buf);
+                    let mut read = hyper::rt::ReadBuf::new(&mut buf.buf);
                     let polled = Pin::new(io).poll_read(cx, read.unfilled());
                     let n = read.filled().len();
                     if let Err(e) = ready!(polled) {
@@ -156,13 +167,10 @@ where
                         // Closed before a byte: nothing to serve.
                         return Poll::Ready(Ok(()));
                     }
-                    buf.truncate(n);
-                    let http2 = H2_PREFACE.starts_with(&buf[..n.min(H2_PREFACE.len())]);
-                    let io = Prefixed {
-                        io,
-                        first: buf,
-                        taken: 0,
-                    };
+                    buf.filled = n;
+                    let first = buf.rest();
+                    let http2 = H2_PREFACE.starts_with(&first[..n.min(H2_PREFACE.len())]);
+                    let io = Prefixed { io, first: buf };
                     this.state = if http2 {
                         State::Auto(Box::pin(auto.serve_connection_with_upgrades(io, service)))
                     } else {
@@ -181,8 +189,62 @@ where
 /// them at once when the reader has room (hyper's first read has 8 KiB).
 pub(super) struct Prefixed<I> {
     io: I,
-    first: Vec<u8>,
+    first: FirstBytes,
+}
+
+/// The bytes of a connection's first read, in a buffer of [`FIRST_READ`] bytes taken from the
+/// thread's spares ([`SPARES`]) and given back to the spares of the thread that drops it.
+/// Only `buf[taken..filled]` is ever read: the rest may hold an earlier connection's bytes.
+struct FirstBytes {
+    buf: Box<[u8]>,
+    /// How many bytes the first read put in `buf`.
+    filled: usize,
+    /// How many of them were given to hyper.
     taken: usize,
+}
+
+impl FirstBytes {
+    /// A spare buffer of this thread's, or a new one.
+    fn take() -> FirstBytes {
+        let spare = SPARES
+            .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+            .ok()
+            .flatten();
+        FirstBytes {
+            buf: spare.unwrap_or_else(|| vec![0; FIRST_READ].into_boxed_slice()),
+            filled: 0,
+            taken: 0,
+        }
+    }
+
+    /// The bytes read and not given to hyper yet.
+    fn rest(&self) -> &[u8] {
+        self.buf.get(self.taken..self.filled).unwrap_or_default()
+    }
+
+    /// Give the buffer back to this thread's spares (dropped if they are full); nothing is left
+    /// to give.
+    fn give_back(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.filled = 0;
+        self.taken = 0;
+        if buf.len() != FIRST_READ {
+            return;
+        }
+        let _ = SPARES.try_with(|spares| {
+            if let Ok(mut spares) = spares.try_borrow_mut() {
+                if spares.len() < SPARE_BUFFERS {
+                    spares.push(buf);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for FirstBytes {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 impl<I: Read + Unpin> Read for Prefixed<I> {
@@ -192,15 +254,14 @@ impl<I: Read + Unpin> Read for Prefixed<I> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.taken < this.first.len() {
-            let rest = &this.first[this.taken..];
+        let rest = this.first.rest();
+        if !rest.is_empty() {
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
-            this.taken += n;
-            if this.taken == this.first.len() {
-                // All given: the buffer goes.
-                this.first = Vec::new();
-                this.taken = 0;
+            this.first.taken += n;
+            if this.first.taken == this.first.filled {
+                // All given: the buffer goes back to the spares.
+                this.first.give_back();
             }
             return Poll::Ready(Ok(()));
         }
@@ -251,5 +312,18 @@ mod tests {
         assert!(!is_h2(b"GET /ping HTTP/1.1\r\n\r\n"));
         assert!(!is_h2(b"POST / HTTP/1.1\r\n"));
         assert!(!is_h2(b"PRIX"));
+    }
+
+    #[test]
+    fn a_spare_first_read_buffer_shows_none_of_the_last_connections_bytes() {
+        let mut first = FirstBytes::take();
+        first.buf[..5].copy_from_slice(b"GET /");
+        first.filled = 5;
+        first.taken = 1;
+        assert_eq!(first.rest(), b"ET /");
+        drop(first);
+        let again = FirstBytes::take();
+        assert_eq!(again.buf.len(), FIRST_READ);
+        assert!(again.rest().is_empty());
     }
 }
