@@ -72,11 +72,20 @@ impl EndpointCounters {
 
     /// Count one answered job by its result: completed, timed out, or failed.
     pub(crate) fn record<T, E: OutcomeKind>(&self, result: &Result<T, E>) {
-        let counter = match result {
-            Ok(_) => &self.completed,
-            Err(e) if e.is_timeout() => &self.timed_out,
-            Err(e) if e.is_client_gone() => &self.client_gone,
-            Err(_) => &self.failed,
+        match result {
+            Ok(_) => Self::bump(&self.completed),
+            Err(e) => self.record_error(e),
+        }
+    }
+
+    /// Count one job that ended in `error`: timed out, client gone, or failed.
+    pub(crate) fn record_error<E: OutcomeKind>(&self, error: &E) {
+        let counter = if error.is_timeout() {
+            &self.timed_out
+        } else if error.is_client_gone() {
+            &self.client_gone
+        } else {
+            &self.failed
         };
         Self::bump(counter);
     }

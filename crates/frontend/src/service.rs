@@ -5,7 +5,7 @@
 use super::access::{AccessLine, ClientText};
 use super::app::App;
 use super::connections::{Activity, InFlight, Unanswered};
-use super::router::{route, Role};
+use super::router::{first_value, route, Role};
 use super::unsent::{Ledger, Sent};
 use super::{Answer, Reply, Sending, Step};
 use common::handler::text_response;
@@ -57,7 +57,7 @@ pub(super) fn for_connection(
                 None => route(&app, role, req, remote, local),
             },
         };
-        let (answer, timing) = match step {
+        let (mut answer, timing) = match step {
             Step::Now(answer) => (answer, None),
             Step::Inline(answer, timing) => (answer, timing),
             Step::Later(pending) => {
@@ -88,14 +88,18 @@ pub(super) fn for_connection(
                         _ => drop(in_flight),
                     }
                     let ledger = app.unsent();
-                    let answer = answer.map(|resp| ledger.admit(&activity, resp));
+                    if let Ok(resp) = answer.as_mut() {
+                        ledger.admit(&activity, resp);
+                    }
                     let answer = finish.apply(&app, answer, None);
                     sending(answer, &activity, ledger)
                 }));
             }
         };
         activity.answered_at_once();
-        let answer = answer.map(|resp| ledger.admit(&activity, resp));
+        if let Ok(resp) = answer.as_mut() {
+            ledger.admit(&activity, resp);
+        }
         // Most answers need no finishing: then the answer is not moved through `apply`.
         let answer = if finish.is_nothing() {
             answer
@@ -111,7 +115,7 @@ pub(super) fn for_connection(
 /// Its client sends nothing after it, so the close needs no linger. A request that also asks for
 /// an upgrade is not one (and a `101` clears the mark: see [`Activity::hold_session`]).
 ///
-/// One header lookup per HTTP/1 request; only the first `Connection` field is read (a second one
+/// One header lookup per HTTP/1 request (a pass over a few fields); only the first `Connection` field is read (a second one
 /// is rare, and the worst a misread can do is a linger hyper's own reading makes unneeded, or a
 /// quiet close of a connection hyper keeps open, which the next request marks again).
 fn is_last_bodiless<B: hyper::body::Body>(req: &Request<B>) -> bool {
@@ -120,7 +124,7 @@ fn is_last_bodiless<B: hyper::body::Body>(req: &Request<B>) -> bool {
         return false;
     }
     let (mut close, mut keep_alive) = (false, false);
-    if let Some(value) = req.headers().get(CONNECTION) {
+    if let Some(value) = first_value(req.headers(), &CONNECTION) {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
             if token.eq_ignore_ascii_case(b"upgrade") {

@@ -98,16 +98,13 @@ impl Ledger {
 
     /// When the answer is made: replace an answer over a slice that would take the connection or
     /// the server past its budget with `503`.
-    pub(super) fn admit(
-        &self,
-        activity: &Activity,
-        resp: hyper::Response<ResponseBody>,
-    ) -> hyper::Response<ResponseBody> {
-        match resp.body().as_full() {
-            Some(bytes) if bytes.len() > SLICE && self.over(activity, bytes.len() as u64) => {
-                self.refusal()
+    ///
+    /// In place: the common answer, which fits, is not moved.
+    pub(super) fn admit(&self, activity: &Activity, resp: &mut hyper::Response<ResponseBody>) {
+        if let Some(bytes) = resp.body().as_full() {
+            if bytes.len() > SLICE && self.over(activity, bytes.len() as u64) {
+                *resp = self.refusal();
             }
-            _ => resp,
         }
     }
 
@@ -281,24 +278,23 @@ mod tests {
         let ledger = Arc::new(Ledger::new(3 * SLICE as u64 + 1, 2 * SLICE as u64));
         let (holder, fresh) = (Arc::new(Activity::default()), Arc::new(Activity::default()));
         let big = || hyper::Response::new(ResponseBody::from(vec![0u8; 2 * SLICE]));
+        let admit = |activity: &Activity| {
+            let mut resp = big();
+            ledger.admit(activity, &mut resp);
+            resp
+        };
         // One answer of any size always fits a connection that holds nothing.
-        let held = Sent::new(ledger.admit(&holder, big()).into_body(), &holder, &ledger);
+        let held = Sent::new(admit(&holder).into_body(), &holder, &ledger);
         assert!(ledger.refuse_request(&holder).is_some(), "at its budget");
         assert!(ledger.refuse_request(&fresh).is_none());
-        assert_eq!(
-            ledger.admit(&holder, big()).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(admit(&holder).status(), StatusCode::SERVICE_UNAVAILABLE);
         // Over the server's budget, a connection that holds nothing is still served.
-        let other = Sent::new(ledger.admit(&fresh, big()).into_body(), &fresh, &ledger);
+        let other = Sent::new(admit(&fresh).into_body(), &fresh, &ledger);
         assert!(ledger.bytes() > ledger.max);
-        assert_eq!(
-            ledger.admit(&fresh, big()).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(admit(&fresh).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ledger.refused(), 3);
         drop((held, other));
         assert!(ledger.refuse_request(&holder).is_none());
-        assert_eq!(ledger.admit(&holder, big()).status(), StatusCode::OK);
+        assert_eq!(admit(&holder).status(), StatusCode::OK);
     }
 }
