@@ -125,8 +125,14 @@ pub(super) fn route(
             app.count_unauthorized();
             return Step::Now(Ok(guard.unauthorized()));
         }
-        match (route, req.take()) {
-            ((route, true), Some(req)) => admission::admit(
+        let (route, allowed) = route;
+        if !allowed {
+            return Step::Now(Ok(method_not_allowed(route.allow.clone())));
+        }
+        // Taken out of the option straight into the call: matching it in a tuple with the route
+        // would copy the request twice.
+        match req.take() {
+            Some(req) => admission::admit(
                 &route.endpoint,
                 app.server.body_read_timeout,
                 app.server.access_log,
@@ -134,7 +140,7 @@ pub(super) fn route(
                 remote,
                 local,
             ),
-            ((route, _), _) => Step::Now(Ok(method_not_allowed(route.allow.clone()))),
+            None => Step::Now(Ok(not_here())),
         }
     })
 }
