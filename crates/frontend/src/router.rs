@@ -59,32 +59,37 @@ impl OwnPath {
 }
 
 /// Answer one request: synchronously, except for the slow paths of admission (see [`Step`]).
+/// The request is taken out of `req` only if it is admitted (an empty `req` is answered `404`):
+/// borrowed from the caller's option rather than moved in, it is copied once less.
 pub(super) fn route(
     app: &Arc<App>,
     role: Role,
-    req: Request<Incoming>,
+    req: &mut Option<Request<Incoming>>,
     remote: SocketAddr,
     local: SocketAddr,
 ) -> Step {
-    if let Some(refused) = framing_error(&req) {
+    let Some(head) = req.as_ref() else {
+        return Step::Now(Ok(not_here()));
+    };
+    if let Some(refused) = framing_error(head) {
         return Step::Now(Ok(refused));
     }
-    let path = req.uri().path();
+    let path = head.uri().path();
     let own = OwnPath::of(path);
     if own.is_some() && !role.serves_own_paths() || own.is_none() && !role.serves_endpoints() {
         return Step::Now(Ok(not_here()));
     }
     if let Some(own) = own {
         if let Some(guard) = app.with_table(|t| t.admin_guard.clone()) {
-            if !guard.allows(req.headers()) {
+            if !guard.allows(head.headers()) {
                 app.count_unauthorized();
                 return Step::Now(Ok(guard.unauthorized()));
             }
         }
-        return Step::Now(Ok(match *req.method() {
+        return Step::Now(Ok(match *head.method() {
             Method::GET | Method::HEAD => match own {
                 OwnPath::Status => status::render(app),
-                OwnPath::Metrics => metrics::render(app, req.headers()),
+                OwnPath::Metrics => metrics::render(app, head.headers()),
                 OwnPath::Healthz => text_response(StatusCode::OK, "ok"),
                 OwnPath::Readyz => {
                     let verdict = app.readiness();
@@ -106,7 +111,6 @@ pub(super) fn route(
     }
     // The closure borrows the request rather than taking it: a request is a few hundred bytes,
     // and moving it into the closure and on would copy it on every request.
-    let mut req = Some(req);
     app.with_table(|table| {
         let Some(route) = req.as_ref().and_then(|r| {
             let route = table.find(r.uri().path())?;
