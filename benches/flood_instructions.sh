@@ -84,15 +84,8 @@ EOF
     "$work/$name.csv") $(awk '$1 == "summary:" {print $2}' "$work/$name.cg")"
 }
 
-results=()
-for name in $SERVERS; do
-  short=$(one "$name" "$SHORT")
-  long=$(one "$name" "$LONG")
-  per=$(awk -v a="$short" -v b="$long" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    printf "%.0f", (y[2] - x[2]) / (y[1] - x[1]) }')
-  echo "$name: $per instructions per overflowed request (runs of $short and $long: overflowed, instructions)" >&2
-  results+=("$name $per")
-done
+# shellcheck disable=SC2086
+mapfile -t results < <(instructions_each "overflowed request" $SERVERS)
 
 echo "# Flood at $RATE req/s, user-space instructions per overflowed request (cachegrind) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo

@@ -368,3 +368,21 @@ new_results() {
 machine_line() {
   echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)."
 }
+
+# instructions_each WHAT NAME...: for each NAME, runs the calling script's `one NAME SECONDS`
+# (which prints "COUNT INSTRUCTIONS": requests served and the server's instruction total) for SHORT,
+# then for LONG seconds, and prints "NAME PER": the difference of the totals over the difference of
+# the counts, start-up and shutdown cancelled out. Each line also goes to stderr, with its runs and
+# WHAT a count counts ("request", "overflowed request").
+instructions_each() {
+  local what=$1 name short long per
+  shift
+  for name in "$@"; do
+    short=$(one "$name" "$SHORT")
+    long=$(one "$name" "$LONG")
+    per=$(awk -v a="$short" -v b="$long" 'BEGIN { split(a, x, " "); split(b, y, " ");
+      printf "%.0f", (y[2] - x[2]) / (y[1] - x[1]) }')
+    echo "$name: $per instructions per $what (runs of $short and $long: ${what}s, instructions)" >&2
+    echo "$name $per"
+  done
+}
