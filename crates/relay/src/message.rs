@@ -10,7 +10,7 @@ use hyper::header::{
 };
 use hyper::http::response::Parts;
 use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// `X-Forwarded-For`, built once at compile time (`from_static` checks its name on every call).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -231,24 +231,31 @@ fn forwarded_for_value(earlier: Option<&str>, ip: IpAddr) -> Option<HeaderValue>
         // The string's buffer becomes the value's.
         return HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(earlier, ip))).ok();
     };
-    let mut text = [0u8; 15];
+    HeaderValue::from_str(ipv4_text(v4, &mut [0; 15])).ok()
+}
+
+/// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
+/// An IPv4 address as text, written digit by digit into `text` (`Display` goes through the
+/// formatter's machinery on every request).
+fn ipv4_text(v4: Ipv4Addr, text: &mut [u8; 15]) -> &str {
     let mut len = 0;
     let mut digits = itoa::Buffer::new();
     for (i, octet) in v4.octets().into_iter().enumerate() {
         let digits = digits.format(octet).as_bytes();
         let dot = usize::from(i > 0);
         let end = len + dot + digits.len();
-        let slot = text.get_mut(len..end)?;
+        let Some(slot) = text.get_mut(len..end) else {
+            break;
+        };
         slot[..dot].fill(b'.');
         slot[dot..].copy_from_slice(digits);
         len = end;
     }
-    HeaderValue::from_bytes(text.get(..len)?).ok()
+    text.get(..len)
+        .and_then(|text| std::str::from_utf8(text).ok())
+        .unwrap_or_default()
 }
 
-/// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
-/// An IPv4 address is written digit by digit (`Display` goes through the formatter's machinery
-/// on every request).
 fn forwarded_for(earlier: Option<&str>, ip: IpAddr) -> String {
     let mut chain = String::with_capacity(earlier.map_or(0, |e| e.len() + 2) + 15);
     if let Some(earlier) = earlier {
@@ -256,15 +263,7 @@ fn forwarded_for(earlier: Option<&str>, ip: IpAddr) -> String {
         chain.push_str(", ");
     }
     match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    chain.push('.');
-                }
-                chain.push_str(digits.format(octet));
-            }
-        }
+        IpAddr::V4(v4) => chain.push_str(ipv4_text(v4, &mut [0; 15])),
         IpAddr::V6(v6) => {
             use std::fmt::Write as _;
             let _ = write!(chain, "{v6}");
