@@ -41,26 +41,22 @@ pub(super) fn for_connection(
     // The client's address as access lines write it: formatted once per connection.
     let client = app.server.access_log.then(|| ClientText::of(remote));
     service_fn(move |req: Request<Incoming>| {
-        // Held in an option from the start, so the router takes it out only when it is admitted
-        // (see `route`): one copy of the request less.
-        let mut slot = Some(req);
-        let Some(req) = slot.as_ref() else {
-            return Reply::now(Err(super::Ignored));
-        };
         activity.saw(req.version());
-        activity.last_request(is_last_bodiless(req));
+        activity.last_request(is_last_bodiless(&req));
         let finish = Finish {
-            logged: client.as_ref().map(|client| AccessLine::of(req, client)),
+            logged: client.as_ref().map(|client| AccessLine::of(&req, client)),
             // HTTP/1 only: an HTTP/2 connection multiplexes and has no `Connection` header.
             last: req.version() < hyper::Version::HTTP_2 && activity.request() >= max_requests,
             hsts: hsts.clone(),
         };
         let ledger = app.unsent();
         let step = match role {
-            Role::Redirect(port) => Step::Now(Ok(redirect(req, port))),
+            Role::Redirect(port) => Step::Now(Ok(redirect(&req, port))),
             _ => match ledger.refuse_request(&activity) {
                 Some(refusal) => Step::Now(Ok(refusal)),
-                None => route(&app, role, &mut slot, remote, local),
+                // In an option the router takes it out of only when it is admitted (see
+                // `route`): one copy of the request less than passing it by value.
+                None => route(&app, role, &mut Some(req), remote, local),
             },
         };
         let (mut answer, timing) = match step {
