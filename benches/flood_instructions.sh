@@ -67,7 +67,9 @@ overflow = "$overflow"
 queue_timeout_ms = 5000
 pace_ms = 0
 EOF
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/$name.cg" \
+  # --fair-sched=yes: valgrind runs one thread at a time, and a thread spin-waiting for another
+  # could otherwise keep the turn; some runs counted billions of extra instructions.
+  valgrind --tool=cachegrind --cache-sim=no --fair-sched=yes --cachegrind-out-file="$work/$name.cg" \
     --log-file="$work/$name.valgrind.log" "$bin" --config "$work/$name.toml" --max-seconds 300 \
     >/dev/null 2>"$work/$name.stderr" &
   pid=$!

@@ -78,7 +78,9 @@ one() {
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
   # The server's own stderr (the default config's access log) goes to a file, as in ping.sh.
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/$name.cg" \
+  # --fair-sched=yes: valgrind runs one thread at a time, and a thread spin-waiting for another
+  # could otherwise keep the turn; some runs counted billions of extra instructions.
+  valgrind --tool=cachegrind --cache-sim=no --fair-sched=yes --cachegrind-out-file="$work/$name.cg" \
     --log-file="$work/$name.valgrind.log" "${cmd[@]}" >/dev/null 2>"$work/$name.stderr" &
   pid=$!
   local i
