@@ -79,8 +79,8 @@ pub struct ServerConfig {
     pub max_connections: NonZeroUsize,
     /// The kernel's queue of connections not yet accepted (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Time a client has to send a complete request head; also how long a new connection may
-    /// stay silent before its first request.
+    /// Time a client has to send a complete request head, from the connection's accept or its
+    /// last answer (so also how long a new or kept-alive HTTP/1 connection may stay silent).
     pub header_read_timeout: Duration,
     /// How long a connection may stay idle (no request in flight) after its first request.
     pub idle_timeout: Duration,

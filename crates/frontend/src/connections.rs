@@ -5,10 +5,11 @@
 //! "Progress" is any byte read from or written to the socket, counted by [`Watched`] (one relaxed
 //! add per I/O call, no clock read), and every answered request. At each sweep the watchdog
 //! compares a connection's count with the one it saw before; unchanged for a whole period, with no
-//! request in flight, means idle. So a silent connection (hyper's header timer only starts once it
-//! has detected the protocol) is closed after `header_read_timeout`; an idle keep-alive or HTTP/2
-//! connection after `idle_timeout`; but a slow reader still draining a large response, or a long
-//! job running, is never idle.
+//! request in flight, means idle. So a silent connection is closed after `header_read_timeout`;
+//! an idle HTTP/2 connection after `idle_timeout`; but a slow reader still draining a large
+//! response, or a long job running, is never idle. The sweep also keeps HTTP/1's head deadline
+//! (hyper's header timer is off): a connection that has waited `header_read_timeout` for a
+//! request head, since its accept or its last answer, is closed however the bytes trickle in.
 //!
 //! Why a table and not a timer and a shutdown watch per connection: a connection's task then
 //! polls nothing but hyper's connection on each wake-up, plus two relaxed loads (its close flag and
@@ -331,6 +332,12 @@ struct Entry {
     /// The taken-bytes count at the last sweep that saw it change or no bytes waiting, and when.
     seen_taken: u64,
     taken_since: Instant,
+    /// The request and write counts at the last sweep that saw either change or the connection
+    /// busy, and when: since then the connection has waited for a request head (see
+    /// [`ConnectionTable::sweep`], the head deadline).
+    head_requests: usize,
+    head_writes: u64,
+    head_since: Instant,
     /// The accept loop that took it: a listener at its limit evicts only its own connections.
     listener: &'static str,
     /// When it was registered (for eviction: the oldest of those without a request goes first).
@@ -391,6 +398,9 @@ impl ConnectionTable {
             writes_since: now,
             seen_taken: 0,
             taken_since: now,
+            head_requests: 0,
+            head_writes: 0,
+            head_since: now,
             listener,
             opened: now,
         };
@@ -487,8 +497,9 @@ impl ConnectionTable {
     }
 
     /// One sweep at `now`: mark and wake every connection idle for a whole period (`silent`
-    /// before its first request, `idle` after), or whose client has accepted no byte of a pending
-    /// answer for `send`. Returns how many it closed.
+    /// before its first request, `idle` after), whose client has accepted no byte of a pending
+    /// answer for `send`, or (HTTP/1) that has waited `silent` for a request head however many
+    /// bytes of it came (the head deadline, below). Returns how many it closed.
     fn sweep(&self, now: Instant, silent: Duration, idle: Duration, send: Duration) -> usize {
         let mut closed = 0;
         for entry in self.lock().entries.iter_mut().flatten() {
@@ -521,8 +532,37 @@ impl ConnectionTable {
                 }
                 continue;
             }
+            // The head deadline (`header_read_timeout`; hyper's own header timer is off, see
+            // `listener.rs`): an HTTP/1 connection waits for a request head from its accept, or
+            // from the sweep that saw its last request read or its last answer's bytes written,
+            // and is closed once that wait reaches `silent`, whatever bytes of a head trickle in
+            // meanwhile (a slowloris). A request in flight, an answer waiting for hyper or for
+            // the client (a blocked write: the send deadline above bounds it), or HTTP/2 (no
+            // heads to wait for: its pings and the idle period bound it) restart the wait. Like
+            // hyper's timer, the wait includes a kept-alive connection's idle time.
+            let requests = activity.requests.load(Ordering::Relaxed);
+            let in_flight = activity.in_flight.load(Ordering::Relaxed);
+            if requests != entry.head_requests
+                || writes != entry.head_writes
+                || in_flight > 0
+                || activity.unsent() > 0
+                || activity.write_blocked.load(Ordering::Relaxed)
+                || activity.is_http2()
+            {
+                entry.head_requests = requests;
+                entry.head_writes = writes;
+                entry.head_since = now;
+            } else if now.saturating_duration_since(entry.head_since) >= silent {
+                if !activity.close.swap(true, Ordering::SeqCst) {
+                    closed += 1;
+                    if let Some(waker) = &entry.waker {
+                        waker.wake_by_ref();
+                    }
+                }
+                continue;
+            }
             let progress = activity.progress.load(Ordering::Relaxed);
-            if progress != entry.seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            if progress != entry.seen || in_flight > 0 {
                 entry.seen = progress;
                 entry.quiet_since = now;
                 continue;
@@ -653,6 +693,8 @@ mod tests {
         let busy = Arc::new(Activity::default());
         let _q = connections.register(quiet.clone(), "test");
         let _b = connections.register(busy.clone(), "test");
+        // HTTP/2: the head deadline (see the next test) is HTTP/1's.
+        busy.saw(hyper::Version::HTTP_2);
         let request = InFlight::new(&busy);
         let start = Instant::now();
         assert_eq!(connections.sweep(start + silent / 2, silent, idle, SEND), 0);
@@ -676,6 +718,44 @@ mod tests {
         );
         assert_eq!(connections.sweep(answered + idle, silent, idle, SEND), 1);
         assert!(busy.close.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_waiting_for_a_head_is_closed_at_the_head_deadline_though_bytes_come(
+    ) {
+        let head = Duration::from_secs(2);
+        let idle = Duration::from_secs(60);
+        let connections = Arc::new(ConnectionTable::default());
+        let slow = Arc::new(Activity::default());
+        let kept = Arc::new(Activity::default());
+        let _s = connections.register(slow.clone(), "test");
+        let _k = connections.register(kept.clone(), "test");
+        let start = Instant::now();
+        // `slow` sends a byte of a head now and then; `kept` reads a request, and answers it.
+        slow.progressed();
+        kept.request();
+        let request = InFlight::new(&kept);
+        assert_eq!(connections.sweep(start + head / 2, head, idle, SEND), 0);
+        slow.progressed();
+        assert_eq!(connections.sweep(start + head, head, idle, SEND), 1);
+        assert!(slow.close.load(Ordering::SeqCst), "bytes are not a head");
+        // A request in flight holds the wait however long it runs.
+        assert_eq!(connections.sweep(start + head * 10, head, idle, SEND), 0);
+        drop(request);
+        kept.wrote(&Poll::Ready(Ok(100)));
+        let answered = start + head * 11;
+        assert_eq!(connections.sweep(answered, head, idle, SEND), 0);
+        // Waiting for the next head, idle or not: the deadline counts from the answer.
+        kept.progressed();
+        assert_eq!(connections.sweep(answered + head / 2, head, idle, SEND), 0);
+        kept.request();
+        assert_eq!(
+            connections.sweep(answered + head, head, idle, SEND),
+            0,
+            "a new request restarts the wait"
+        );
+        assert_eq!(connections.sweep(answered + head * 2, head, idle, SEND), 1);
+        assert!(kept.close.load(Ordering::SeqCst));
     }
 
     #[tokio::test(start_paused = true)]
