@@ -103,9 +103,12 @@ impl SupervisedThread {
         self.restarts.clone()
     }
 
-    /// True once supervision has ended (the component returned normally).
+    /// True once supervision has ended (the component returned normally): the moment
+    /// [`Self::finished`] resolves. Not the OS thread's own end (`JoinHandle::is_finished`),
+    /// which comes a little later: a caller that awaits `finished` and then checks this would
+    /// otherwise find it false and await again, at once, in a busy loop until the thread is gone.
     pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().is_none_or(|h| h.is_finished())
+        self.handle.is_none() || self.done.has_changed().is_err()
     }
 
     /// Resolves once supervision has ended: awaited, not polled.
@@ -229,6 +232,18 @@ mod tests {
             b.next(d3, Duration::from_secs(2)),
             Duration::from_millis(10)
         );
+    }
+
+    /// `App::all_stopped` awaits `finished` and then checks `is_finished`: were the two to
+    /// disagree, it would loop without awaiting anything until the OS thread is gone.
+    #[tokio::test]
+    async fn is_finished_holds_as_soon_as_finished_resolves() {
+        for _ in 0..20 {
+            let sup = SupervisedThread::spawn("test-ends", Backoff::default(), || {}).unwrap();
+            sup.finished().await;
+            assert!(sup.is_finished());
+            sup.join();
+        }
     }
 
     #[tokio::test]
