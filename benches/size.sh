@@ -7,8 +7,42 @@
 #
 #   bash benches/size.sh                 # the stripped size
 #   ATTRIBUTE=1 bash benches/size.sh     # and where the bytes go
+#   BUILD_STD=unwind bash benches/size.sh   # what rebuilding the standard library would give
+#   BUILD_STD=abort bash benches/size.sh    # the same without unwinding (not shippable, see below)
+#
+# BUILD_STD (docs/SIZE.md, "Rebuilding the standard library") builds the same profile with a
+# nightly toolchain's `-Z build-std`, the standard library compiled with the profile, without
+# backtrace symbolisation and with its size-optimised algorithms: `unwind` keeps unwinding (a
+# handler's panic is still answered 500 and the server goes on); `abort` makes every panic abort
+# the process, which the server must never do, and is measured only to show what unwinding costs.
+# Needs `rustup toolchain install nightly` and `rustup component add rust-src --toolchain nightly`
+# (run when missing). Builds into target/build-std-BUILD_STD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ -n "${BUILD_STD:-}" ]]; then
+    rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' ||
+        rustup component add rust-src --toolchain nightly
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    target_dir=target/build-std-$BUILD_STD
+    case $BUILD_STD in
+        unwind)
+            CARGO_TARGET_DIR=$target_dir cargo +nightly build -Z build-std=std,panic_unwind \
+                -Z build-std-features=panic-unwind,optimize_for_size --target "$host" \
+                --profile release-small --bin fiddler_crab ;;
+        abort)
+            CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_SMALL_PANIC=abort \
+                RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort" \
+                cargo +nightly build -Z build-std=std,panic_abort \
+                -Z build-std-features=optimize_for_size --target "$host" \
+                --profile release-small --bin fiddler_crab ;;
+        *) echo "BUILD_STD is unwind or abort, not $BUILD_STD" >&2; exit 2 ;;
+    esac
+    bin=$target_dir/$host/release-small/fiddler_crab
+    printf 'release-small, build-std (%s): %s bytes (%s, %s)\n' "$BUILD_STD" "$(stat -c %s "$bin")" \
+        "$(git rev-parse --short HEAD)" "$(rustc +nightly --version)"
+    exit 0
+fi
 
 bin=target/release-small/fiddler_crab
 cargo build --profile release-small --bin fiddler_crab
