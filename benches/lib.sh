@@ -271,7 +271,11 @@ stop_server() {
 # wrk_connections when the caller's start_server sets it. Server CPU is the utime + stime of all
 # its processes over the run (tree_ticks). Waits for a quiet machine first, and repeats a run
 # during which another benchmark or build ran or other work took more than INTRUDERS_MAX % of
-# either CPU, MAX_ATTEMPTS times at most (default 10). Returns 1 if the server did not start.
+# either CPU, MAX_ATTEMPTS times at most (default 10); with BUSY_MIN set (a % of one core), also a
+# run whose server was busy less than that: a stalled client, not a slow server (a connection per
+# request on loopback runs through the ephemeral ports within seconds, and a SYN that meets the
+# server's TIME_WAIT of the same ports can wait a second for its retry). Returns 1 if the server
+# did not start.
 wrk_measure() {
   local name=$1 round=$2 results=$3 before after t0 t1 core0 core1 lg0 lg1 wrk_cpu wrk_out
   local requests rps p50 p99 non2xx cpu_us cpu_att intruders lg_intruders busy attempt=0
@@ -316,6 +320,10 @@ wrk_measure() {
       [ "$lg_intruders" -gt "${INTRUDERS_MAX:-3}" ]; then
       echo "other work took ${intruders}% of CPU $SERVER_CPU and ${lg_intruders}% of CPU" \
         "$LOADGEN_CPU during $name round $round; repeating it" >&2
+    elif [ -n "${BUSY_MIN:-}" ] && awk -v t=$((after - before)) -v hz="$CLK_TCK" -v t0="$t0" \
+      -v t1="$t1" -v min="$BUSY_MIN" 'BEGIN { exit !(t / hz / (t1 - t0) * 100 < min) }'; then
+      echo "the server was busy less than ${BUSY_MIN}% of a core during $name round $round" \
+        "(the client stalled); repeating it" >&2
     else
       break
     fi

@@ -41,7 +41,10 @@
 # overflow.sh, another ping.sh's servers, wrk, cargo, rustc) runs and the machine is nearly idle,
 # and repeats a run during which one ran or during which other work took more than INTRUDERS_MAX %
 # of either CPU (the server's CPU less the server; wrk's CPU less wrk), at most MAX_ATTEMPTS
-# times. See docs/BENCHMARKS.md.
+# times; and, closed loop (DELAY_MS 0), a run whose server was busy less than BUSY_MIN % of a core
+# (default 40; every server takes 50-100% here): the client stalled, as a connection per request
+# does now and then when a SYN meets a TIME_WAIT of the same ports (a second per retry). See
+# docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +53,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 DELAY_MS=${DELAY_MS:-0}
+if [ "$DELAY_MS" = 0 ]; then BUSY_MIN=${BUSY_MIN:-40}; fi
 THREADS=${THREADS:-1}
 CONN=${CONN:-keepalive}
 SERVER_CPU=${SERVER_CPU:-0}
