@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Context switches per proxied request (docs/BENCHMARKS.md 12.4): GET /ping through fiddler_crab
+# (upstream endpoint, FC_WORKERS slots, access log off) and through nginx (proxy_pass, keepalive),
+# each to a bare hyper upstream, proxy and upstream pinned to CPU SERVER_CPU, wrk -c32 on
+# LOADGEN_CPU for DURATION s after a 1 s warm-up. Prints, per thread of the proxy and of the
+# upstream, voluntary and involuntary context switches per request (from /proc/PID/task/*/status;
+# for system calls per request, `strace -c -f -p PID` by hand). Loopback only; ends by itself.
+# Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
+#
+#   bash benches/proxy_switches.sh
+#   FC_WORKERS=32 bash benches/proxy_switches.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FC_WORKERS=${FC_WORKERS:-8}
+DURATION=${DURATION:-3}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+. "$(dirname "$0")/lib.sh"
+ensure_cmd wrk wrk
+ensure_cmd nginx nginx-light nginx
+cargo build --release --bin fiddler_crab --example bare_hyper
+work=$(mktemp -d /tmp/fc-switches.XXXXXX)
+chmod 755 "$work"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+# switches PID...: "process-thread voluntary involuntary" for every thread of the PIDs.
+switches() {
+  local p t
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*; do
+      printf '%s-%s %s %s\n' "$p" "$(tr ' ' _ <"$t/comm")" \
+        "$(awk '$1 == "voluntary_ctxt_switches:" {print $2}' "$t/status")" \
+        "$(awk '$1 == "nonvoluntary_ctxt_switches:" {print $2}' "$t/status")"
+    done
+  done
+}
+
+for name in fc nginx; do
+  up_port=$(free_port)
+  port=$(free_port)
+  taskset -c "$SERVER_CPU" target/release/examples/bare_hyper --listen "127.0.0.1:$up_port" \
+    --max-seconds 120 >"$work/upstream.log" 2>&1 &
+  up=$!
+  pids+=("$up")
+  if [ "$name" = fc ]; then
+    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n[[endpoint]]\npath = "/ping"\nmethods = ["GET", "HEAD"]\nmode = "jellyfish"\nworkers = %s\nqueue = 1024\noverflow = "reject"\n[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\n' \
+      "$port" "$FC_WORKERS" "$up_port" >"$work/fc.toml"
+    taskset -c "$SERVER_CPU" target/release/fiddler_crab --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
+  else
+    mkdir -p "$work/nginx"
+    nginx_conf "$work/nginx" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }" >"$work/nginx/nginx.conf"
+    # One process: the worker is the proxy.
+    taskset -c "$SERVER_CPU" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
+      -g "daemon off; master_process off; worker_processes 1;" >"$work/nginx.log" 2>&1 &
+  fi
+  proxy=$!
+  pids+=("$proxy")
+  wait_http "http://127.0.0.1:$port/ping" 100 "$proxy"
+  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d1s "http://127.0.0.1:$port/ping" >/dev/null
+  switches "$proxy" "$up" | sort >"$work/before"
+  requests=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/ping" |
+    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
+  switches "$proxy" "$up" | sort >"$work/after"
+  kill "$proxy" "$up"
+  wait "$proxy" "$up" 2>/dev/null || true
+  echo "== $name ($requests requests; FC_WORKERS=$FC_WORKERS): context switches per request"
+  join "$work/before" "$work/after" | awk -v r="$requests" '{v = $4 - $2; n = $5 - $3;
+    if (v + n > 0) printf "%-28s voluntary %.3f  involuntary %.3f\n", $1, v / r, n / r}'
+done
