@@ -344,6 +344,19 @@ struct Entry {
     opened: Instant,
 }
 
+impl Entry {
+    /// Mark the connection to be closed and wake its task; true if it was not marked already.
+    fn close(&self) -> bool {
+        if self.activity.close.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
+        true
+    }
+}
+
 /// What [`ConnectionTable::evict_slowest`] closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Evicted {
@@ -524,12 +537,7 @@ impl ConnectionTable {
             }
             let stalled = entry.writes_since.min(entry.taken_since);
             if now.saturating_duration_since(stalled) >= send {
-                if !activity.close.swap(true, Ordering::SeqCst) {
-                    closed += 1;
-                    if let Some(waker) = &entry.waker {
-                        waker.wake_by_ref();
-                    }
-                }
+                closed += usize::from(entry.close());
                 continue;
             }
             // The head deadline (`header_read_timeout`; hyper's own header timer is off, see
@@ -553,12 +561,7 @@ impl ConnectionTable {
                 entry.head_writes = writes;
                 entry.head_since = now;
             } else if now.saturating_duration_since(entry.head_since) >= silent {
-                if !activity.close.swap(true, Ordering::SeqCst) {
-                    closed += 1;
-                    if let Some(waker) = &entry.waker {
-                        waker.wake_by_ref();
-                    }
-                }
+                closed += usize::from(entry.close());
                 continue;
             }
             let progress = activity.progress.load(Ordering::Relaxed);
@@ -572,13 +575,8 @@ impl ConnectionTable {
             } else {
                 silent
             };
-            if now.saturating_duration_since(entry.quiet_since) >= period
-                && !activity.close.swap(true, Ordering::SeqCst)
-            {
-                closed += 1;
-                if let Some(waker) = &entry.waker {
-                    waker.wake_by_ref();
-                }
+            if now.saturating_duration_since(entry.quiet_since) >= period {
+                closed += usize::from(entry.close());
             }
         }
         closed
