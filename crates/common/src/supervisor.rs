@@ -108,7 +108,7 @@ impl SupervisedThread {
     /// which comes a little later: a caller that awaits `finished` and then checks this would
     /// otherwise find it false and await again, at once, in a busy loop until the thread is gone.
     pub fn is_finished(&self) -> bool {
-        self.handle.is_none() || self.done.has_changed().is_err()
+        self.done.has_changed().is_err()
     }
 
     /// Resolves once supervision has ended: awaited, not polled.
