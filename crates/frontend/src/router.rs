@@ -153,8 +153,8 @@ pub(super) fn route(
 /// HTTP/1.1 request needs exactly one `Host` (HTTP/2 carries `:authority` instead, HTTP/1.0 may
 /// omit it; two are refused in any version), `400` otherwise; `Transfer-Encoding` must be exactly
 /// one `chunked` (hyper decodes a final `chunked` and hands on the request with the other codings
-/// undone): another coding gets `501`, `chunked` twice `400`. The common request costs one
-/// pass over its few headers (see [`SCAN_MAX`]) and no allocation. The answer closes the connection.
+/// undone): another coding gets `501`, `chunked` twice `400`. The common request costs one pass
+/// over its few headers (see [`SCAN_MAX`]) and no allocation. The answer closes the connection.
 fn framing_error<B>(req: &Request<B>) -> Option<hyper::Response<super::Body>> {
     let headers = req.headers();
     let (hosts, coded) = framing_fields(headers);

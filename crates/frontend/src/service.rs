@@ -117,9 +117,10 @@ pub(super) fn for_connection(
 /// Its client sends nothing after it, so the close needs no linger. A request that also asks for
 /// an upgrade is not one (and a `101` clears the mark: see [`Activity::hold_session`]).
 ///
-/// One header lookup per HTTP/1 request (a pass over a few fields); only the first `Connection` field is read (a second one
-/// is rare, and the worst a misread can do is a linger hyper's own reading makes unneeded, or a
-/// quiet close of a connection hyper keeps open, which the next request marks again).
+/// One header lookup per HTTP/1 request (a pass over a few fields); only the first `Connection`
+/// field is read (a second one is rare, and the worst a misread can do is a linger hyper's own
+/// reading makes unneeded, or a quiet close of a connection hyper keeps open, which the next
+/// request marks again).
 fn is_last_bodiless<B: hyper::body::Body>(req: &Request<B>) -> bool {
     let version = req.version();
     if version >= hyper::Version::HTTP_2 || !req.body().is_end_stream() {
