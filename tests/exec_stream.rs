@@ -26,11 +26,13 @@ fn streaming(path: &str, script: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_headers() {
     let dir = TempDir::new("exec-stream-order");
-    let gate = make_fifo(&dir, "gate");
+    // One FIFO per wait: see `release_fifo`.
+    let gates = [make_fifo(&dir, "gate1"), make_fifo(&dir, "gate2")];
     let script = format!(
         "printf 'Content-Type: text/event-stream\\r\\nX-Run: 1\\r\\n\\r\\n'; echo 'data: one'; echo; \
-         read x < {gate}; echo 'data: two'; echo; read x < {gate}; echo 'data: three'; echo",
-        gate = gate.display()
+         read x < {gate1}; echo 'data: two'; echo; read x < {gate2}; echo 'data: three'; echo",
+        gate1 = gates[0].display(),
+        gate2 = gates[1].display()
     );
     let server = TestServer::start(&streaming("/sse", &script, "output = \"cgi\"")).await;
     let resp = server
@@ -55,7 +57,7 @@ async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_hea
         text = rest.to_string();
         assert_eq!(events.len(), released + 1, "{events:?}");
         if released < 2 {
-            release_fifo(&gate).await;
+            release_fifo(&gates[released]).await;
         }
     }
     assert_eq!(events, ["one", "two", "three"]);

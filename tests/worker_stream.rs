@@ -38,10 +38,14 @@ async fn pid(server: &TestServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
     let dir = TempDir::new("worker-sse");
-    let gate = make_fifo(&dir, "gate");
+    // One FIFO per wait (`gate1`, `gate2`): see `release_fifo`.
+    let gates = [make_fifo(&dir, "gate1"), make_fifo(&dir, "gate2")];
     let server = start("").await;
     let worker = pid(&server).await;
-    let path = format!("/s?n=3&format=sse&gate={}", gate.display());
+    let path = format!(
+        "/s?n=3&format=sse&gate={}",
+        dir.path().join("gate").display()
+    );
     let resp = server
         .client()
         .open(request("GET", &path, Bytes::new()))
@@ -65,7 +69,7 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
         text = rest.to_string();
         assert_eq!(events.len(), n + 1, "{events:?}");
         if n < 2 {
-            release_fifo(&gate).await;
+            release_fifo(&gates[n]).await;
         }
     }
     assert_eq!(events, ["0", "1", "2"]);
@@ -81,13 +85,13 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_serves_on() {
     let dir = TempDir::new("worker-stream-gone");
-    let gate = make_fifo(&dir, "gate");
+    let gate = make_fifo(&dir, "gate1");
     let server = start("").await;
     let worker = pid(&server).await;
     // Two chunks: after the client leaves, the generator's one remaining chunk ends it whether or
     // not that write already fails (the first write into a connection the server closed can still
     // succeed locally before the peer's reset arrives; a third chunk would then wait at the FIFO).
-    let path = format!("/s?n=2&gate={}", gate.display());
+    let path = format!("/s?n=2&gate={}", dir.path().join("gate").display());
     let resp = server
         .client()
         .open(request("GET", &path, Bytes::new()))
@@ -110,10 +114,10 @@ async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_pausing_past_the_idle_timeout_cuts_the_stream_short_and_is_replaced() {
     let dir = TempDir::new("worker-stream-idle");
-    let gate = make_fifo(&dir, "gate");
+    let gate = make_fifo(&dir, "gate1");
     let server = start("stream_idle_timeout_ms = 300").await;
     let worker = pid(&server).await;
-    let path = format!("/s?n=3&gate={}", gate.display());
+    let path = format!("/s?n=3&gate={}", dir.path().join("gate").display());
     let resp = server
         .client()
         .open(request("GET", &path, Bytes::new()))

@@ -80,6 +80,12 @@ pub fn make_fifo(dir: &TempDir, name: &str) -> PathBuf {
 /// fails with `ENXIO` while nobody reads; it is tried again), so a reader that never comes fails
 /// the test at the patience bound instead of leaving a blocked thread that the runtime's
 /// shutdown would wait for forever.
+///
+/// Release each FIFO once: a program that waits twice must wait on two FIFOs. If it reopens the
+/// same FIFO after reading the line, that open can come while this writer is still open (the
+/// test's thread preempted between the write and the close, as on a loaded CI machine); the
+/// open then succeeds at once, the close that follows leaves the reader an end of file, and the
+/// program runs past its second wait before the test releases it.
 pub async fn release_fifo(fifo: &Path) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
