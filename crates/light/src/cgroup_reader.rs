@@ -153,9 +153,23 @@ impl CgroupReader {
 }
 
 /// Read a small text file; `None` when it is missing or unreadable.
+///
+/// Into a buffer of [`READ_CAPACITY`] bytes from the start: `/proc` and cgroup files report a
+/// size of 0, so `std::fs::read_to_string` would begin with 32-byte probe reads and grow from
+/// there (eight `read` calls for a 2 KiB `/proc/stat`, at every sample of the light).
 pub(crate) fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+    use std::io::Read;
+    let mut text = String::with_capacity(READ_CAPACITY);
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
+
+/// The first read's room in [`read`]: `/proc/stat` of a machine with a few dozen CPUs, and every
+/// cgroup file the light reads, in one `read` call.
+const READ_CAPACITY: usize = 8 * 1024;
 
 /// The number of CPUs the process may use, its cgroup v2 `cpu.max` quota included:
 /// `ceil(quota / period)` (1.5 CPUs → 2), at least 1, at most the CPUs the process may be
