@@ -3,16 +3,21 @@
 # (upstream endpoint, FC_WORKERS slots, access log off) and through nginx (proxy_pass, keepalive),
 # each to a bare hyper upstream, proxy and upstream pinned to CPU SERVER_CPU, wrk -c32 on
 # LOADGEN_CPU for DURATION s after a 1 s warm-up. Prints, per thread of the proxy and of the
-# upstream, voluntary and involuntary context switches per request (from /proc/PID/task/*/status;
-# for system calls per request, `strace -c -f -p PID` by hand). Loopback only; ends by itself.
-# Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
+# upstream, voluntary and involuntary context switches per request (from /proc/PID/task/*/status),
+# and the user and system CPU µs per request of the proxy and of the upstream (utime and stime of
+# /proc/PID/task/*/stat). With SYSCALLS=1 and `perf` (Debian: linux-perf) also the system calls
+# per request of each (perf's syscall tracepoints; needs root or perf_event_paranoid <= -1).
+# Loopback only; ends by itself. Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
 #
 #   bash benches/proxy_switches.sh
 #   FC_WORKERS=32 bash benches/proxy_switches.sh
+#   SYSCALLS=1 ROUNDS=3 bash benches/proxy_switches.sh   # three rounds, system calls too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FC_WORKERS=${FC_WORKERS:-8}
 DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-1}
+SYSCALLS=${SYSCALLS:-0}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 . "$(dirname "$0")/lib.sh"
@@ -23,6 +28,22 @@ work=$(mktemp -d /tmp/fc-switches.XXXXXX)
 chmod 755 "$work"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+# ticks FIELD PID...: the sum of /proc/PID/task/*/stat field FIELD (14 utime, 15 stime) in clock
+# ticks over every thread of the PIDs.
+ticks() {
+  local field=$1 p t sum=0
+  shift
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*/stat; do
+      sum=$((sum + $(awk -v f="$field" '{print $f}' "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$sum"
+}
+
+SYSCALL_EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,syscalls:sys_enter_write
+CLK_TCK=$(getconf CLK_TCK)
 
 # switches PID...: "process-thread voluntary involuntary" for every thread of the PIDs.
 switches() {
@@ -36,6 +57,7 @@ switches() {
   done
 }
 
+for round in $(seq 1 "$ROUNDS"); do
 for name in fc nginx; do
   up_port=$(free_port)
   port=$(free_port)
@@ -63,12 +85,34 @@ for name in fc nginx; do
   wait_http "http://127.0.0.1:$port/ping" 100 "$proxy"
   taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d1s "http://127.0.0.1:$port/ping" >/dev/null
   switches "$proxy" "$up" | sort >"$work/before"
+  cpu0=($(ticks 14 "$proxy") $(ticks 15 "$proxy") $(ticks 14 "$up") $(ticks 15 "$up"))
+  perfs=()
+  if [ "$SYSCALLS" = 1 ]; then
+    perf stat -e "$SYSCALL_EVENTS" -p "$proxy" -o "$work/perf.proxy" -- sleep "$DURATION" &
+    perfs+=($!)
+    perf stat -e "$SYSCALL_EVENTS" -p "$up" -o "$work/perf.upstream" -- sleep "$DURATION" &
+    perfs+=($!)
+  fi
   requests=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/ping" |
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
   switches "$proxy" "$up" | sort >"$work/after"
+  cpu1=($(ticks 14 "$proxy") $(ticks 15 "$proxy") $(ticks 14 "$up") $(ticks 15 "$up"))
+  for p in "${perfs[@]}"; do wait "$p" || true; done
   kill "$proxy" "$up"
   wait "$proxy" "$up" 2>/dev/null || true
-  echo "== $name ($requests requests; FC_WORKERS=$FC_WORKERS): context switches per request"
+  echo "== $name, round $round ($requests requests; FC_WORKERS=$FC_WORKERS): per request"
   join "$work/before" "$work/after" | awk -v r="$requests" '{v = $4 - $2; n = $5 - $3;
-    if (v + n > 0) printf "%-28s voluntary %.3f  involuntary %.3f\n", $1, v / r, n / r}'
+    if (v + n > 0) printf "%-28s context switches: voluntary %.3f  involuntary %.3f\n", $1, v / r, n / r}'
+  awk -v r="$requests" -v hz="$CLK_TCK" -v pu=$((cpu1[0] - cpu0[0])) -v ps=$((cpu1[1] - cpu0[1])) \
+    -v uu=$((cpu1[2] - cpu0[2])) -v us=$((cpu1[3] - cpu0[3])) 'BEGIN { k = 1e6 / hz / r;
+    printf "CPU µs: proxy user %.1f system %.1f, upstream user %.1f system %.1f, total %.1f\n",
+      pu * k, ps * k, uu * k, us * k, (pu + ps + uu + us) * k }'
+  if [ "$SYSCALLS" = 1 ]; then
+    for side in proxy upstream; do
+      awk -v r="$requests" -v side="$side" '$2 ~ /sys_enter/ { gsub(",", "", $1); name = $2;
+        sub(/^.*sys_enter_?/, "", name); if (name == "") name = "all"; line = line sprintf(" %s %.3f", name, $1 / r) }
+        END { print "system calls, " side ":" line }' "$work/perf.$side"
+    done
+  fi
+done
 done
