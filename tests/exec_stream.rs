@@ -46,7 +46,8 @@ async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_hea
     let mut body = resp.into_body();
     let mut events = Vec::new();
     let mut text = String::new();
-    // Event 1 arrives while the program waits at the FIFO for the test.
+    // Event 1 arrives while the program waits at the first FIFO for the test.
+    let mut gates = gates.iter();
     for released in 0..3 {
         while !text.contains("\n\n") {
             let chunk = next_chunk(&mut body).await.unwrap().unwrap();
@@ -56,8 +57,8 @@ async fn each_line_reaches_the_client_as_the_program_prints_it_after_the_cgi_hea
         events.push(event.strip_prefix("data: ").unwrap().to_string());
         text = rest.to_string();
         assert_eq!(events.len(), released + 1, "{events:?}");
-        if released < 2 {
-            release_fifo(&gates[released]).await;
+        if let Some(gate) = gates.next() {
+            release_fifo(gate).await;
         }
     }
     assert_eq!(events, ["one", "two", "three"]);

@@ -56,6 +56,7 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
     let mut body = resp.into_body();
     let mut text = String::new();
     let mut events = Vec::new();
+    let mut gates = gates.iter();
     for n in 0..3 {
         // Event n arrives while the generator waits at the FIFO for the test.
         while !text.contains("\n\n") {
@@ -68,8 +69,9 @@ async fn server_sent_events_from_a_generator_reach_the_client_one_by_one() {
         }
         text = rest.to_string();
         assert_eq!(events.len(), n + 1, "{events:?}");
-        if n < 2 {
-            release_fifo(&gates[n]).await;
+        // Events 1 and 2 each wait at their own gate.
+        if let Some(gate) = gates.next() {
+            release_fifo(gate).await;
         }
     }
     assert_eq!(events, ["0", "1", "2"]);
@@ -114,7 +116,8 @@ async fn a_client_gone_mid_stream_closes_the_worker_connection_and_the_worker_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_pausing_past_the_idle_timeout_cuts_the_stream_short_and_is_replaced() {
     let dir = TempDir::new("worker-stream-idle");
-    let gate = make_fifo(&dir, "gate1");
+    // The FIFO chunk 1 waits at, never released.
+    make_fifo(&dir, "gate1");
     let server = start("stream_idle_timeout_ms = 300").await;
     let worker = pid(&server).await;
     let path = format!("/s?n=3&gate={}", dir.path().join("gate").display());
