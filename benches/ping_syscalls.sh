@@ -40,18 +40,6 @@ for call in accept4 recvfrom read writev write sendto epoll_wait epoll_ctl close
   EVENTS+=",syscalls:sys_enter_$call"
 done
 
-# ticks FIELD PID...: /proc/PID/task/*/stat field FIELD (14 utime, 15 stime) summed over every
-# thread of the PIDs, in clock ticks.
-ticks() {
-  local field=$1 p t sum=0
-  shift
-  for p in "$@"; do
-    for t in /proc/"$p"/task/*/stat; do
-      sum=$((sum + $(awk -v f="$field" '{print $f}' "$t" 2>/dev/null || echo 0)))
-    done
-  done
-  echo "$sum"
-}
 CLK_TCK=$(getconf CLK_TCK)
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -78,12 +66,12 @@ for round in $(seq 1 "$ROUNDS"); do
       perf stat -e "$EVENTS" -p "$targets" -o "$work/perf" -- sleep "$DURATION" &
       counting=$!
     fi
-    user0=$(ticks 14 "${all[@]}")
-    system0=$(ticks 15 "${all[@]}")
+    user0=$(thread_ticks 14 "${all[@]}")
+    system0=$(thread_ticks 15 "${all[@]}")
     requests=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "${HEADER[@]}" \
       "http://127.0.0.1:$port/ping" | sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
-    user=$(($(ticks 14 "${all[@]}") - user0))
-    system=$(($(ticks 15 "${all[@]}") - system0))
+    user=$(($(thread_ticks 14 "${all[@]}") - user0))
+    system=$(($(thread_ticks 15 "${all[@]}") - system0))
     if [ "$COUNT" = 1 ]; then wait "$counting" || true; fi
     kill "$server"
     wait "$server" 2>/dev/null || true

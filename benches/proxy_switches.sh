@@ -29,18 +29,6 @@ chmod 755 "$work"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-# ticks FIELD PID...: the sum of /proc/PID/task/*/stat field FIELD (14 utime, 15 stime) in clock
-# ticks over every thread of the PIDs.
-ticks() {
-  local field=$1 p t sum=0
-  shift
-  for p in "$@"; do
-    for t in /proc/"$p"/task/*/stat; do
-      sum=$((sum + $(awk -v f="$field" '{print $f}' "$t" 2>/dev/null || echo 0)))
-    done
-  done
-  echo "$sum"
-}
 
 SYSCALL_EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,syscalls:sys_enter_write
 CLK_TCK=$(getconf CLK_TCK)
@@ -85,7 +73,7 @@ for name in fc nginx; do
   wait_http "http://127.0.0.1:$port/ping" 100 "$proxy"
   taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d1s "http://127.0.0.1:$port/ping" >/dev/null
   switches "$proxy" "$up" | sort >"$work/before"
-  cpu0=($(ticks 14 "$proxy") $(ticks 15 "$proxy") $(ticks 14 "$up") $(ticks 15 "$up"))
+  cpu0=($(thread_ticks 14 "$proxy") $(thread_ticks 15 "$proxy") $(thread_ticks 14 "$up") $(thread_ticks 15 "$up"))
   perfs=()
   if [ "$SYSCALLS" = 1 ]; then
     perf stat -e "$SYSCALL_EVENTS" -p "$proxy" -o "$work/perf.proxy" -- sleep "$DURATION" &
@@ -96,7 +84,7 @@ for name in fc nginx; do
   requests=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/ping" |
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
   switches "$proxy" "$up" | sort >"$work/after"
-  cpu1=($(ticks 14 "$proxy") $(ticks 15 "$proxy") $(ticks 14 "$up") $(ticks 15 "$up"))
+  cpu1=($(thread_ticks 14 "$proxy") $(thread_ticks 15 "$proxy") $(thread_ticks 14 "$up") $(thread_ticks 15 "$up"))
   for p in "${perfs[@]}"; do wait "$p" || true; done
   kill "$proxy" "$up"
   wait "$proxy" "$up" 2>/dev/null || true
