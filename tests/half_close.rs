@@ -2,7 +2,8 @@
 //! and some proxies do) is answered: an inline builtin, an exec endpoint with a real child, a
 //! queued job waiting behind a running one, two pipelined requests, and over TLS (close_notify).
 //! A client that closes fully while its job waits is still seen to leave (see also `tests/queue.rs`
-//! and `tests/client_gone.rs`).
+//! and `tests/client_gone.rs`), and one that sends part of its first head and leaves (fully or
+//! half-closed) is closed at once, not at the head deadline.
 //!
 //! An answer may be preceded by `HTTP/1.1 100 Continue`: the probe that tells a half-closed client
 //! from one that closed fully (see `docs/HARDENING.md`, "Closing without losing answers").
@@ -275,5 +276,33 @@ async fn a_tls_client_that_sends_close_notify_after_its_request_is_answered() {
         };
         assert_eq!(answers(&raw), [(200, body.to_vec())], "{path}");
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_part_of_its_first_head_and_leaves_is_closed_at_once() {
+    // A head deadline far past the test's patience: only the end of input can close these.
+    let server = TestServer::start(
+        "[server]\nheader_read_timeout_ms = 120000\n\n\
+         [[endpoint]]\npath = \"/ping\"\nbuiltin = \"ping\"\n",
+    )
+    .await;
+    for close in [Shutdown::Both, Shutdown::Write] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(b"GET /pi").await.unwrap();
+        server.wait_open_connections(1).await;
+        if close == Shutdown::Both {
+            drop(stream);
+        } else {
+            // Half-closed: no request was read, so no answer is due; the server closes, and
+            // the client reads the end of the stream without a byte.
+            stream.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+            assert!(matches!(read, Ok(Ok(0))), "{read:?} {rest:?}");
+        }
+        server.wait_open_connections(0).await;
+    }
+    assert_eq!(server.get("/ping").await.text(), "pong\n");
     server.shutdown().await;
 }

@@ -100,6 +100,11 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// True once a request was read on this connection (see [`Activity::request`]).
+    pub(super) fn had_request(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
+    }
+
     /// An upgrade answered `101` on this connection: its session ends when `ended` resolves.
     /// The connection goes on as the upgraded protocol: its request was not the client's last.
     pub(super) fn hold_session(&self, ended: tokio::sync::oneshot::Receiver<()>) {

@@ -96,6 +96,12 @@ fn end_of_input(activity: &Activity) -> EndOfInput {
     if activity.in_flight() > 0 {
         return EndOfInput::Gone;
     }
+    if !activity.had_request() {
+        // No request yet, so no answer can be due: the client sent part of its first head (or
+        // nothing) and left. hyper ends the connection at once; kept from it, a partial head
+        // would wait for the rest until the head deadline.
+        return EndOfInput::Gone;
+    }
     // Idle (hyper closes it at once), or an answer made at once and not yet written.
     EndOfInput::HalfClosed { probe: false }
 }
@@ -183,6 +189,12 @@ mod tests {
     #[test]
     fn the_end_of_input_is_kept_from_hyper_while_an_answer_is_due_and_passed_on_mid_stream() {
         let activity = Arc::new(Activity::default());
+        assert_eq!(
+            end_of_input(&activity),
+            EndOfInput::Gone,
+            "no request yet: nothing is due"
+        );
+        activity.request();
         assert_eq!(
             end_of_input(&activity),
             EndOfInput::HalfClosed { probe: false },
