@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::binary::Binary;
 use support::{free_port, Client, TempDir, PATIENCE};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The binary's open-files limit: enough to start, few enough to run out of quickly.
@@ -26,7 +27,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_logs_one_error_line_per_period_and_serving_resumes() {
     let dir = TempDir::new("emfile");
-    // Long deadlines: the flood's silent connections stay open until the test closes them.
+    // Long deadlines: the flood's slow connections stay open until the test closes them.
     let config = dir.write(
         "serve.toml",
         "[server]\nheader_read_timeout_ms = 60000\nidle_timeout_ms = 60000\n\n\
@@ -46,11 +47,13 @@ async fn running_out_of_file_descriptors_logs_one_error_line_per_period_and_serv
     let started = Instant::now();
     let mut flood = Vec::with_capacity(FLOOD);
     for _ in 0..FLOOD {
-        flood.push(
-            TcpStream::connect(addr)
-                .await
-                .expect("connect (the backlog is long)"),
-        );
+        let mut slow = TcpStream::connect(addr)
+            .await
+            .expect("connect (the backlog is long)");
+        // A first byte of a head that never ends: the listener defers a connection until its
+        // first bytes come (TCP_DEFER_ACCEPT), so a silent one would never reach the accept.
+        slow.write_all(b"G").await.expect("the first byte");
+        flood.push(slow);
     }
     binary.wait_logged("accept failed; pausing").await;
     let deadline = Instant::now() + PATIENCE;

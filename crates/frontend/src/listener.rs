@@ -15,6 +15,7 @@
 //! - `stream`: [`stream::ClientStream`], plain TCP or TLS as one I/O type.
 
 mod accept;
+mod defer;
 mod half_close;
 mod linger;
 mod sniff;

@@ -66,6 +66,10 @@ impl AcceptLoop {
             .local_addr()
             .ok()
             .filter(|addr| !addr.ip().is_unspecified());
+        // Connections come with their first bytes (see `defer`); a failure costs only that.
+        if let Err(e) = super::defer::defer_accept(&socket, shared.app.server.header_read_timeout) {
+            tracing::debug!(listener = name, cause = %e, "TCP_DEFER_ACCEPT not set");
+        }
         AcceptLoop {
             socket,
             limit: Arc::new(Semaphore::new(max)),
