@@ -191,6 +191,32 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_read_timeout() {
     server.shutdown().await;
 }
 
+/// A connection that has sent nothing is kept by the kernel (`TCP_DEFER_ACCEPT` for the head
+/// deadline): the server never accepts it meanwhile, so it holds no connection slot, and it is
+/// served as soon as its request comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_accepted_only_with_its_first_bytes() {
+    // A head deadline past the test's patience: a silent connection accepted at once would stay
+    // open (and counted) for all of it.
+    let server = TestServer::start(
+        "[server]\nheader_read_timeout_ms = 120000\n\n\
+         [[endpoint]]\npath = \"/ping\"\nbuiltin = \"ping\"\n",
+    )
+    .await;
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    // Served meanwhile: the accept loop runs, and the silent connection is not among those open.
+    assert_eq!(server.get("/ping").await.text(), "pong\n");
+    server.wait_open_connections(0).await;
+    silent
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(silent).await;
+    assert_eq!(first_status(&answer), Some(200), "{answer:?}");
+    server.wait_open_connections(0).await;
+    server.shutdown().await;
+}
+
 const SLOWLORIS: &str = r#"
 [server]
 max_connections = 1024
