@@ -203,8 +203,11 @@ async fn a_connection_is_accepted_only_with_its_first_bytes() {
          [[endpoint]]\npath = \"/ping\"\nbuiltin = \"ping\"\n",
     )
     .await;
+    // An answer first: the accept loop runs, so its listener defers (a connection that completed
+    // its handshake before the option was set would already be in the accept queue).
+    assert_eq!(server.get("/ping").await.text(), "pong\n");
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    // Served meanwhile: the accept loop runs, and the silent connection is not among those open.
+    // Served meanwhile, and the silent connection is not among those open.
     assert_eq!(server.get("/ping").await.text(), "pong\n");
     server.wait_open_connections(0).await;
     silent
