@@ -283,10 +283,16 @@ async fn status_headers_and_body_pass_through_with_hop_by_hop_headers_removed_an
         assert!(!h.contains_key(hop), "{hop} reached the upstream");
     }
 
-    // The connection is kept alive for the next request.
+    // The connection is kept alive for the next request. A `GET` without content goes up
+    // without a `Content-Length` (RFC 9110 section 8.6).
     let reply = server.get("/u").await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!(fake.connections(), 1);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(!seen[1].headers.contains_key("content-length"));
+    assert!(!seen[1].headers.contains_key("transfer-encoding"));
+    assert_eq!(seen[1].body, "");
     assert_eq!(upstream_status(&server, "/u")["idle_connections"], 1);
     server.shutdown().await;
 }

@@ -30,7 +30,8 @@ pub struct Forwarding {
 /// The request to forward: method, `target` (path and query) and body as given, headers as the
 /// client sent them minus hop-by-hop headers and `Expect` (the body is already here), with `Host`
 /// (from the request target if the client sent none, as HTTP/2 clients do), an exact
-/// `Content-Length`, the client's address appended to `X-Forwarded-For`, and
+/// `Content-Length` (none on a request without content whose method anticipates none, unless
+/// the client sent one: RFC 9110 section 8.6), the client's address appended to `X-Forwarded-For`, and
 /// `X-Forwarded-Proto` if `forwarding` says one.
 pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Request<Full<Bytes>> {
     outgoing_with(req, req.headers.clone(), target, forwarding)
@@ -62,12 +63,17 @@ pub fn outgoing_with(
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         headers.insert(HOST, host);
     }
-    let length = match req.body.len() {
-        0 => HeaderValue::from_static("0"),
-        n => HeaderValue::from(n),
-    };
-    // `insert` replaces every value the client sent.
-    headers.insert(CONTENT_LENGTH, length);
+    // RFC 9110 section 8.6: no `Content-Length` on a request without content whose method
+    // anticipates none (a `GET`), unless the client sent one. `POST`, `PUT`, `PATCH` and unknown
+    // methods keep an exact `0`: some servers answer `411 Length Required` without it.
+    if !req.body.is_empty() || seen.content_length || anticipates_content(&req.method) {
+        let length = match req.body.len() {
+            0 => HeaderValue::from_static("0"),
+            n => HeaderValue::from(n),
+        };
+        // `insert` replaces every value the client sent.
+        headers.insert(CONTENT_LENGTH, length);
+    }
     let earlier = if seen.forwarded_for {
         headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
     } else {
@@ -87,6 +93,19 @@ pub fn outgoing_with(
     out
 }
 
+/// True unless `method`'s semantics anticipate no request content (RFC 9110 section 9.3).
+fn anticipates_content(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    )
+}
+
 /// Which of the request headers that [`outgoing_with`] rewrites a request carries.
 #[derive(Debug, Default)]
 struct Seen {
@@ -95,6 +114,7 @@ struct Seen {
     expect: bool,
     host: bool,
     forwarded_for: bool,
+    content_length: bool,
 }
 
 impl Seen {
@@ -107,6 +127,8 @@ impl Seen {
                 seen.expect = true;
             } else if *name == X_FORWARDED_FOR {
                 seen.forwarded_for = true;
+            } else if *name == CONTENT_LENGTH {
+                seen.content_length = true;
             } else if is_hop_by_hop(name) {
                 seen.hop_by_hop = true;
             }
@@ -499,5 +521,35 @@ mod tests {
         };
         let out = outgoing(&empty, path_and_query(&empty), Forwarding::default());
         assert_eq!(out.headers()[CONTENT_LENGTH], "0");
+        // A method that anticipates no content gets no length unless the client sent one.
+        let get = JobRequest {
+            method: Method::GET,
+            headers: headers(&[("host", "a.test")]),
+            ..empty
+        };
+        let out = outgoing(&get, path_and_query(&get), Forwarding::default());
+        assert!(!out.headers().contains_key(CONTENT_LENGTH));
+        let get_with_length = JobRequest {
+            headers: headers(&[("host", "a.test"), ("content-length", "0")]),
+            ..get.clone()
+        };
+        let out = outgoing(
+            &get_with_length,
+            path_and_query(&get_with_length),
+            Forwarding::default(),
+        );
+        assert_eq!(out.headers()[CONTENT_LENGTH], "0");
+        for method in [
+            Method::PUT,
+            Method::PATCH,
+            Method::from_bytes(b"PURGE").unwrap(),
+        ] {
+            let bodiless = JobRequest {
+                method,
+                ..get.clone()
+            };
+            let out = outgoing(&bodiless, path_and_query(&bodiless), Forwarding::default());
+            assert_eq!(out.headers()[CONTENT_LENGTH], "0");
+        }
     }
 }
