@@ -12,9 +12,17 @@
 #   bash benches/proxy_switches.sh
 #   FC_WORKERS=32 bash benches/proxy_switches.sh
 #   SYSCALLS=1 ROUNDS=3 bash benches/proxy_switches.sh   # three rounds, system calls too
+#   FC_BIN=/tmp/fc-other SERVERS="fc fc-ref nginx" bash benches/proxy_switches.sh
+#       # fc-ref runs target/release/fiddler_crab, fc runs FC_BIN: two builds in the same run
+#
+# Environment: FC_WORKERS (slots, default 8), DURATION (s, default 3), ROUNDS (default 1),
+# SYSCALLS (0/1), FC_BIN (the fiddler_crab binary "fc" runs, default target/release/fiddler_crab),
+# SERVERS (default "fc nginx"; "fc-ref" is target/release/fiddler_crab), SERVER_CPU, LOADGEN_CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FC_WORKERS=${FC_WORKERS:-8}
+FC_BIN=${FC_BIN:-target/release/fiddler_crab}
+SERVERS=${SERVERS:-fc nginx}
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-1}
 SYSCALLS=${SYSCALLS:-0}
@@ -46,17 +54,19 @@ switches() {
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-for name in fc nginx; do
+for name in $SERVERS; do
   up_port=$(free_port)
   port=$(free_port)
   taskset -c "$SERVER_CPU" target/release/examples/bare_hyper --listen "127.0.0.1:$up_port" \
     --max-seconds 120 >"$work/upstream.log" 2>&1 &
   up=$!
   pids+=("$up")
-  if [ "$name" = fc ]; then
+  if [ "$name" = fc ] || [ "$name" = fc-ref ]; then
+    bin=$FC_BIN
+    if [ "$name" = fc-ref ]; then bin=target/release/fiddler_crab; fi
     printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n[[endpoint]]\npath = "/ping"\nmethods = ["GET", "HEAD"]\nmode = "jellyfish"\nworkers = %s\nqueue = 1024\noverflow = "reject"\n[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\n' \
       "$port" "$FC_WORKERS" "$up_port" >"$work/fc.toml"
-    taskset -c "$SERVER_CPU" target/release/fiddler_crab --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
+    taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
   else
     mkdir -p "$work/nginx"
     nginx_conf "$work/nginx" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
