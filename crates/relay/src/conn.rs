@@ -113,17 +113,19 @@ pub enum Sent {
 /// at most `resends` times, and only while it was never written: the connection could not be made
 /// or closed before writing it (a connection `open` gave up on with `TimedOut` is not retried).
 /// Returns how it ended and how many resends it took.
+///
+/// The request comes boxed: it is 256 bytes, and an `async fn` keeps each argument twice in its
+/// future (rust-lang/rust#62958), which is moved at every await above it.
 pub async fn send<F, Fut>(
-    conn: Option<Conn>,
+    mut conn: Option<Conn>,
     mut open: F,
-    mut req: Request<Full<Bytes>>,
+    mut req: Box<Request<Full<Bytes>>>,
     mut resends: usize,
 ) -> (Sent, usize)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = io::Result<Conn>>,
 {
-    let mut conn = conn;
     let mut used = 0;
     loop {
         let mut sender = match conn.take() {
@@ -148,7 +150,7 @@ where
                 }
             },
         };
-        match sender.try_send_request(req).await {
+        match sender.try_send_request(*req).await {
             Ok(response) => {
                 return (
                     Sent::Answered {
@@ -162,7 +164,7 @@ where
                 Some(back) if resends > 0 => {
                     resends -= 1;
                     used += 1;
-                    req = back;
+                    *req = back;
                 }
                 Some(_) => {
                     let cause = io::Error::other(e.into_error());

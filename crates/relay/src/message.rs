@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use common::handler::{JobRequest, JobResponse};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Collected, Full, LengthLimitError, Limited};
+#[cfg(test)]
 use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
@@ -10,6 +11,7 @@ use hyper::header::{
 };
 use hyper::http::response::Parts;
 use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// `X-Forwarded-For`, built once at compile time (`from_static` checks its name on every call).
@@ -168,31 +170,44 @@ pub fn answer_head(mut parts: Parts, method: &Method) -> Parts {
 
 /// The whole answer to a `method` request, its body bounded by `max` bytes, its head as
 /// [`answer_head`] makes it.
-pub async fn read_bounded(
+pub fn read_bounded(
     resp: Response<hyper::body::Incoming>,
     method: &Method,
     max: usize,
-) -> Result<JobResponse, BodyError> {
+) -> impl Future<Output = Result<JobResponse, BodyError>> + Send + '_ {
+    // Split and wrapped before the `async` block, which then holds each part once (an `async fn`
+    // would hold the answer twice: rust-lang/rust#62958).
     let (parts, body) = resp.into_parts();
-    let body = collect_bounded(body, max).await?;
-    Ok(Response::from_parts(
-        answer_head(parts, method),
-        body.into(),
-    ))
+    let collect = Limited::new(body, max).collect();
+    async move {
+        let body = bounded(collect.await)?;
+        Ok(Response::from_parts(
+            answer_head(parts, method),
+            body.into(),
+        ))
+    }
 }
 
-/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped): http-body-util's
-/// `Limited` and `collect`.
+/// A body collected within its limit, as bytes, or why not (http-body-util's `Limited` and
+/// `collect`; trailers are dropped).
+fn bounded(
+    collected: Result<Collected<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<Bytes, BodyError> {
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Broken(format!("reading the answer: {e}"))),
+    }
+}
+
+/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped).
+#[cfg(test)]
 async fn collect_bounded<B>(body: B, max: usize) -> Result<Bytes, BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Broken(format!("reading the answer: {e}"))),
-    }
+    bounded(Limited::new(body, max).collect().await)
 }
 
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section

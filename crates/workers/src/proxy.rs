@@ -68,7 +68,7 @@ pub(crate) async fn exchange(
 ) -> Exchange {
     let conn = relay::usable(conn).await;
     let resends = usize::from(conn.is_some());
-    let (sent, _) = relay::send(conn, || connect(socket), to_worker(req), resends).await;
+    let (sent, _) = relay::send(conn, || connect(socket), Box::new(to_worker(req)), resends).await;
     match sent {
         // No length (a generator's chunks, server-sent events): streamed as it comes. A HEAD
         // answer has no body to stream.
