@@ -407,3 +407,27 @@ instructions_each() {
     echo "$name $per"
   done
 }
+
+# start_nginx_proxy DIR PORT UPSTREAM_PORT CPU: nginx as one process (the worker is the proxy)
+# on CPU, proxying /ping on PORT to 127.0.0.1:UPSTREAM_PORT over kept-alive connections
+# (proxy_switches.sh, proxy_profile.sh); its pid is $!.
+start_nginx_proxy() {
+  local dir=$1 port=$2 up_port=$3 cpu=$4
+  mkdir -p "$dir"
+  nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }" >"$dir/nginx.conf"
+  taskset -c "$cpu" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    -g "daemon off; master_process off; worker_processes 1;" >"$dir/stdout.log" 2>&1 &
+}
+
+# start_bare_upstream LOG CPU: the bare hyper upstream (target/release/examples/bare_hyper, built
+# by the caller) on a free port, on CPU, for at most 120 s; sets up_port and up (its pid).
+start_bare_upstream() {
+  up_port=$(free_port)
+  taskset -c "$2" target/release/examples/bare_hyper --listen "127.0.0.1:$up_port" \
+    --max-seconds 120 >"$1" 2>&1 &
+  up=$!
+}

@@ -48,15 +48,7 @@ proxy() {
       taskset -c "$SERVER_CPU" "$FC_BIN" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
       ;;
     nginx)
-      mkdir -p "$work/nginx"
-      nginx_conf "$work/nginx" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
-    server {
-        listen 127.0.0.1:$port;
-        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }" >"$work/nginx/nginx.conf"
-      # One process: the worker is the proxy.
-      taskset -c "$SERVER_CPU" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
-        -g "daemon off; master_process off; worker_processes 1;" >"$work/nginx.log" 2>&1 &
+      start_nginx_proxy "$work/nginx" "$port" "$up_port" "$SERVER_CPU"
       ;;
     haproxy)
       printf 'global\n    maxconn 4096\n    nbthread 1\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    timeout http-request 10s\n    http-reuse always\nfrontend hop\n    bind 127.0.0.1:%s\n    default_backend bare\nbackend bare\n    server upstream 127.0.0.1:%s\n' \
@@ -70,11 +62,8 @@ proxy() {
 
 for round in $(seq 1 "$ROUNDS"); do
   for name in $SERVERS; do
-    up_port=$(free_port)
     port=$(free_port)
-    taskset -c "$SERVER_CPU" target/release/examples/bare_hyper --listen "127.0.0.1:$up_port" \
-      --max-seconds 120 >"$work/upstream.log" 2>&1 &
-    up=$!
+    start_bare_upstream "$work/upstream.log" "$SERVER_CPU"
     pids+=("$up")
     pp=$(proxy "$name" "$port" "$up_port")
     pids+=("$pp")

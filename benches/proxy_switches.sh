@@ -55,11 +55,8 @@ switches() {
 
 for round in $(seq 1 "$ROUNDS"); do
 for name in $SERVERS; do
-  up_port=$(free_port)
   port=$(free_port)
-  taskset -c "$SERVER_CPU" target/release/examples/bare_hyper --listen "127.0.0.1:$up_port" \
-    --max-seconds 120 >"$work/upstream.log" 2>&1 &
-  up=$!
+  start_bare_upstream "$work/upstream.log" "$SERVER_CPU"
   pids+=("$up")
   if [ "$name" = fc ] || [ "$name" = fc-ref ]; then
     bin=$FC_BIN
@@ -68,15 +65,7 @@ for name in $SERVERS; do
       "$port" "$FC_WORKERS" "$up_port" >"$work/fc.toml"
     taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
   else
-    mkdir -p "$work/nginx"
-    nginx_conf "$work/nginx" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
-    server {
-        listen 127.0.0.1:$port;
-        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }" >"$work/nginx/nginx.conf"
-    # One process: the worker is the proxy.
-    taskset -c "$SERVER_CPU" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" \
-      -g "daemon off; master_process off; worker_processes 1;" >"$work/nginx.log" 2>&1 &
+    start_nginx_proxy "$work/nginx" "$port" "$up_port" "$SERVER_CPU"
   fi
   proxy=$!
   pids+=("$proxy")
