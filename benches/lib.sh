@@ -431,3 +431,13 @@ start_bare_upstream() {
     --max-seconds 120 >"$1" 2>&1 &
   up=$!
 }
+
+# syscall_counts FILE REQUESTS [SKIP_ZERO]: from `perf stat -e raw_syscalls:sys_enter,
+# syscalls:sys_enter_NAME,...` output in FILE, " all N name N ..." per request on one line (with
+# SKIP_ZERO=1, calls never made are left out). ping_syscalls.sh, proxy_switches.sh.
+syscall_counts() {
+  awk -v r="$2" -v skip="${3:-0}" '
+    $2 ~ /sys_enter/ { gsub(",", "", $1); call = $2; sub(/^.*sys_enter_?/, "", call);
+      if (call == "") call = "all"; if (!skip || $1 > 0) line = line sprintf(" %s %.3f", call, $1 / r) }
+    END { print line }' "$1"
+}

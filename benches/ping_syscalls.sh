@@ -81,9 +81,6 @@ for round in $(seq 1 "$ROUNDS"); do
         printf "%s: CPU µs per request: user %.1f system %.1f total %.1f\n", label, u * k, s * k, (u + s) * k }'
       continue
     fi
-    awk -v r="$requests" -v label="$name, round $round, CONN=$CONN ($requests requests)" '
-      $2 ~ /sys_enter/ { gsub(",", "", $1); call = $2; sub(/^.*sys_enter_?/, "", call);
-        if (call == "") call = "all"; if ($1 > 0) line = line sprintf(" %s %.3f", call, $1 / r) }
-      END { print label ": system calls per request:" line }' "$work/perf"
+    echo "$name, round $round, CONN=$CONN ($requests requests): system calls per request:$(syscall_counts "$work/perf" "$requests" 1)"
   done
 done

@@ -96,9 +96,7 @@ for name in $SERVERS; do
       pu * k, ps * k, uu * k, us * k, (pu + ps + uu + us) * k }'
   if [ "$SYSCALLS" = 1 ]; then
     for side in proxy upstream; do
-      awk -v r="$requests" -v side="$side" '$2 ~ /sys_enter/ { gsub(",", "", $1); name = $2;
-        sub(/^.*sys_enter_?/, "", name); if (name == "") name = "all"; line = line sprintf(" %s %.3f", name, $1 / r) }
-        END { print "system calls, " side ":" line }' "$work/perf.$side"
+      echo "system calls, $side:$(syscall_counts "$work/perf.$side" "$requests")"
     done
   fi
 done

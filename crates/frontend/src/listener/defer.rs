@@ -84,11 +84,12 @@ fn deferred_seconds(listener: &TcpListener) -> io::Result<i32> {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_listener_defers_for_the_wait_in_whole_seconds() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
