@@ -166,7 +166,7 @@ done
   echo "Every server-side process (proxy and upstream) on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh proxy and upstream per run; $ROUNDS rounds, servers in turn, medians."
   echo "Server CPU per request: utime + stime of the proxy's processes and the bare hyper upstream over the run ÷ requests wrk completed; the hop's cost is that less bare's."
   echo
-  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab with $FC_WORKERS slots."
+  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab with $FC_WORKERS slots, access log $([ "$ACCESS_LOG" = true ] && echo "on (the shipped default)" || echo off); nginx and HAProxy log nothing."
   echo
   python3 benches/report.py wrk "$work/results.tsv" --servers "$SERVERS" \
     --compare 'bare:*=bare' \
