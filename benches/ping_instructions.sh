@@ -17,7 +17,9 @@
 # upstream endpoint (jellyfish, 8 slots, log off) in front of a bare hyper server that runs outside
 # valgrind, so the count is the hop's own; "default": the embedded default config,
 # access log on, to a file; "nginx" / "nginx-log": nginx as one process, access_log off / to a
-# file), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
+# file; "hyperproxy": examples/bare_hyper_proxy.rs, hyper's server and client and nothing else,
+# and "nginx-proxy": nginx as one process with proxy_pass and keepalive, each in front of a
+# bare hyper upstream outside valgrind as for "proxy"), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
 # binary, run as servers "jellyfish-ref", "default-ref" and "proxy-ref"), CONN (keepalive, the default, or
 # close: every request on a new connection, wrk -H 'Connection: close').
 set -euo pipefail
@@ -36,10 +38,10 @@ esac
 CONNECTIONS=${CONNECTIONS:-8}
 command -v valgrind >/dev/null || { echo "valgrind not found (Debian: apt-get install -y valgrind)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk not found (Debian: apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release --bin fiddler_crab --example bare_hyper
+cargo build --release --bin fiddler_crab --example bare_hyper --example bare_hyper_proxy
 work=$(mktemp -d /tmp/fc-instr.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+cp target/release/fiddler_crab target/release/examples/bare_hyper target/release/examples/bare_hyper_proxy "$work/"
 if [ -n "${REF_BIN:-}" ]; then cp "$REF_BIN" "$work/fiddler_crab-ref"; fi
 . "$(dirname "$0")/lib.sh"
 
@@ -59,6 +61,25 @@ one() {
         "url = \"http://127.0.0.1:$upstream_port\"" >"$work/proxy.toml"
       if [ "$name" = proxy-ref ]; then bin=$work/fiddler_crab-ref; fi
       cmd=("$bin" --config "$work/proxy.toml") ;;
+    hyperproxy | nginx-proxy)
+      local upstream_port
+      upstream_port=$(free_port)
+      "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" --max-seconds 300 >/dev/null 2>&1 &
+      upstream_pid=$!
+      if [ "$name" = hyperproxy ]; then
+        cmd=("$work/bare_hyper_proxy" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream_port" --max-seconds 300)
+      else
+        local dir=$work/$name
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }" >"$dir/nginx.conf"
+        cmd=("$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+          -g "daemon off; master_process off; worker_processes 1;")
+      fi ;;
     bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
     jellyfish | crab) fiddler_crab_config "$name" "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;

@@ -4,9 +4,13 @@
 #   bare        the bare hyper upstream alone (no hop): the floor
 #   fc          fiddler_crab, /ping an upstream endpoint (jellyfish, FC_WORKERS slots) → bare hyper,
 #               kept-alive pool, access log off
+#   fcN         the same with N slots (fc32: as many as wrk's default connections), beside fc
 #   nginx       nginx (one worker) → bare hyper: proxy_pass to an upstream block with `keepalive`,
 #               HTTP/1.1, access_log off
 #   haproxy     HAProxy (1 thread) → bare hyper, `http-reuse always`, no log
+#   hyperproxy  examples/bare_hyper_proxy.rs → bare hyper: hyper's server and client and nothing
+#               else (one upstream connection per client connection): the floor of a hyper proxy
+#   hyperpool   the same through hyper-util's pooled legacy client (--legacy)
 # Every server-side process (the proxy's processes and the upstream) pinned to CPU SERVER_CPU, wrk
 # to CPU LOADGEN_CPU. Per run: requests/s, p50/p99 latency and server-side CPU microseconds per
 # request (utime + stime of the proxy and the upstream over the run ÷ requests wrk completed; the
@@ -48,12 +52,12 @@ OTHER_NAMES='wrk|cargo|rustc'
 ensure_cmd wrk wrk
 if [[ " $SERVERS " == *" nginx "* ]]; then ensure_cmd nginx nginx-light nginx; fi
 if [[ " $SERVERS " == *" haproxy "* ]]; then ensure_cmd haproxy haproxy; fi
-cargo build --release --bin fiddler_crab --example bare_hyper
+cargo build --release --bin fiddler_crab --example bare_hyper --example bare_hyper_proxy
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates 2>/dev/null || echo ' with uncommitted changes in src/ or crates/')"
 # Private copies: a rebuild by someone else during the run cannot swap the binaries.
 work=$(mktemp -d /tmp/fc-proxy.XXXXXX)
 chmod 755 "$work"
-cp target/release/fiddler_crab target/release/examples/bare_hyper "$work/"
+cp target/release/fiddler_crab target/release/examples/bare_hyper target/release/examples/bare_hyper_proxy "$work/"
 CLK_TCK=$(getconf CLK_TCK)
 WRK_ARGS=()
 trap 'stop_server; rm -rf "$work"' EXIT
@@ -73,7 +77,7 @@ start_upstream() {
 # start_server NAME: the upstream, then the proxy in front of it (none for bare), both on CPU
 # $SERVER_CPU; sets server_pids (both) and url.
 start_server() {
-  local name=$1 port dir cmd
+  local name=$1 port dir cmd slots
   start_upstream || return 1
   server_pids=("$upstream_pid")
   if [ "$name" = bare ]; then
@@ -83,7 +87,9 @@ start_server() {
   port=$(free_port)
   rm -f "$work/server.log"
   case $name in
-    fc)
+    fc | fc[0-9]*)
+      slots=${name#fc}
+      slots=${slots:-$FC_WORKERS}
       cat >"$work/fc.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -93,7 +99,7 @@ access_log = $ACCESS_LOG
 path = "/ping"
 methods = ["GET", "HEAD"]
 mode = "jellyfish"
-workers = $FC_WORKERS
+workers = $slots
 queue = 1024
 overflow = "reject"
 [endpoint.upstream]
@@ -141,6 +147,11 @@ backend bare
 EOF
       taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
       ;;
+    hyperproxy | hyperpool)
+      taskset -c "$SERVER_CPU" "$work/bare_hyper_proxy" --listen "127.0.0.1:$port" \
+        --upstream "127.0.0.1:$upstream_port" --max-seconds 600 \
+        $([ "$name" = hyperpool ] && echo --legacy) >"$work/server.log" 2>&1 &
+      ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
   server_pids+=($!)
@@ -150,6 +161,13 @@ EOF
   cat "$work/server.log" "$work/nginx/error.log" 2>/dev/null >&2 || true
   return 1
 }
+
+FC_LABELS=()
+for name in $SERVERS; do
+  case $name in
+    fc[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fc} slots) → bare hyper") ;;
+  esac
+done
 
 new_results "$work/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
@@ -166,14 +184,17 @@ done
   echo "Every server-side process (proxy and upstream) on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh proxy and upstream per run; $ROUNDS rounds, servers in turn, medians."
   echo "Server CPU per request: utime + stime of the proxy's processes and the bare hyper upstream over the run ÷ requests wrk completed; the hop's cost is that less bare's."
   echo
-  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab with $FC_WORKERS slots, access log $([ "$ACCESS_LOG" = true ] && echo "on (the shipped default)" || echo off); nginx and HAProxy log nothing."
+  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab (fc) with $FC_WORKERS slots, access log $([ "$ACCESS_LOG" = true ] && echo "on (the shipped default)" || echo off); nginx and HAProxy log nothing."
   echo
   python3 benches/report.py wrk "$work/results.tsv" --servers "$SERVERS" \
     --compare 'bare:*=bare' \
     --compare 'nginx:*=nginx' \
     --label 'bare=bare hyper alone (no hop)' \
-    --label "fc=fiddler_crab upstream endpoint → bare hyper" \
+    --label "fc=fiddler_crab upstream endpoint ($FC_WORKERS slots) → bare hyper" \
+    "${FC_LABELS[@]}" \
     --label 'nginx=nginx proxy_pass, keepalive → bare hyper' \
-    --label 'haproxy=HAProxy, http-reuse always → bare hyper'
+    --label 'haproxy=HAProxy, http-reuse always → bare hyper' \
+    --label 'hyperproxy=bare hyper proxy (hyper server + client, nothing else) → bare hyper' \
+    --label 'hyperpool=bare hyper proxy, hyper-util pooled client → bare hyper'
 } | tee "$OUT"
 echo "saved to $OUT" >&2
