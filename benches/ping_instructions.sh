@@ -14,14 +14,16 @@
 #   bash benches/ping_instructions.sh
 #
 # Environment: SERVERS (default "bare jellyfish crab"; also "proxy": fiddler_crab's /ping an
-# upstream endpoint (jellyfish, 8 slots, log off) in front of a bare hyper server that runs outside
-# valgrind, so the count is the hop's own; "default": the embedded default config,
-# access log on, to a file; "nginx" / "nginx-log": nginx as one process, access_log off / to a
-# file; "hyperproxy": examples/bare_hyper_proxy.rs, hyper's server and client and nothing else,
-# and "nginx-proxy": nginx as one process with proxy_pass and keepalive, each in front of a
-# bare hyper upstream outside valgrind as for "proxy"), SHORT / LONG (s, default 2 / 8), CONNECTIONS (default 8), REF_BIN (another fiddler_crab
-# binary, run as servers "jellyfish-ref", "default-ref" and "proxy-ref"), CONN (keepalive, the default, or
-# close: every request on a new connection, wrk -H 'Connection: close').
+# upstream endpoint (jellyfish, 8 slots, log off) in front of a bare hyper server that runs
+# outside valgrind, so the count is the hop's own; "hyperproxy": examples/bare_hyper_proxy.rs,
+# hyper's server and client and nothing else; "hyperplain": the same with hyper's server
+# defaults (no header-read timer); "nginx-proxy": nginx as one process with proxy_pass and
+# keepalive; the last three in front of a bare hyper upstream outside valgrind as for "proxy";
+# "default": the embedded default config, access log on, to a file; "nginx" / "nginx-log": nginx
+# as one process, access_log off / to a file), SHORT / LONG (s, default 2 / 8), CONNECTIONS
+# (default 8), REF_BIN (another fiddler_crab binary, run as servers "jellyfish-ref",
+# "default-ref" and "proxy-ref"), CONN (keepalive, the default, or close: every request on a new
+# connection, wrk -H 'Connection: close').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,13 +63,14 @@ one() {
         "url = \"http://127.0.0.1:$upstream_port\"" >"$work/proxy.toml"
       if [ "$name" = proxy-ref ]; then bin=$work/fiddler_crab-ref; fi
       cmd=("$bin" --config "$work/proxy.toml") ;;
-    hyperproxy | nginx-proxy)
+    hyperproxy | hyperplain | nginx-proxy)
       local upstream_port
       upstream_port=$(free_port)
       "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" --max-seconds 300 >/dev/null 2>&1 &
       upstream_pid=$!
-      if [ "$name" = hyperproxy ]; then
+      if [ "$name" != nginx-proxy ]; then
         cmd=("$work/bare_hyper_proxy" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream_port" --max-seconds 300)
+        if [ "$name" = hyperplain ]; then cmd+=(--plain); fi
       else
         local dir=$work/$name
         rm -rf "$dir"

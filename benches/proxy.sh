@@ -11,6 +11,7 @@
 #   hyperproxy  examples/bare_hyper_proxy.rs → bare hyper: hyper's server and client and nothing
 #               else (one upstream connection per client connection): the floor of a hyper proxy
 #   hyperpool   the same through hyper-util's pooled legacy client (--legacy)
+#   hyperplain  hyperproxy with hyper's server defaults (--plain: no header-read timer)
 # Every server-side process (the proxy's processes and the upstream) pinned to CPU SERVER_CPU, wrk
 # to CPU LOADGEN_CPU. Per run: requests/s, p50/p99 latency and server-side CPU microseconds per
 # request (utime + stime of the proxy and the upstream over the run ÷ requests wrk completed; the
@@ -147,10 +148,11 @@ backend bare
 EOF
       taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
       ;;
-    hyperproxy | hyperpool)
+    hyperproxy | hyperpool | hyperplain)
       taskset -c "$SERVER_CPU" "$work/bare_hyper_proxy" --listen "127.0.0.1:$port" \
         --upstream "127.0.0.1:$upstream_port" --max-seconds 600 \
-        $([ "$name" = hyperpool ] && echo --legacy) >"$work/server.log" 2>&1 &
+        $(case $name in hyperpool) echo --legacy ;; hyperplain) echo --plain ;; esac) \
+        >"$work/server.log" 2>&1 &
       ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
@@ -195,6 +197,7 @@ done
     --label 'nginx=nginx proxy_pass, keepalive → bare hyper' \
     --label 'haproxy=HAProxy, http-reuse always → bare hyper' \
     --label 'hyperproxy=bare hyper proxy (hyper server + client, nothing else) → bare hyper' \
-    --label 'hyperpool=bare hyper proxy, hyper-util pooled client → bare hyper'
+    --label 'hyperpool=bare hyper proxy, hyper-util pooled client → bare hyper' \
+    --label 'hyperplain=bare hyper proxy, server defaults (no header timer) → bare hyper'
 } | tee "$OUT"
 echo "saved to $OUT" >&2

@@ -14,10 +14,14 @@
 #   SYSCALLS=1 ROUNDS=3 bash benches/proxy_switches.sh   # three rounds, system calls too
 #   FC_BIN=/tmp/fc-other SERVERS="fc fc-ref nginx" bash benches/proxy_switches.sh
 #       # fc-ref runs target/release/fiddler_crab, fc runs FC_BIN: two builds in the same run
+#   SERVERS="fc fc32 hyperproxy nginx" bash benches/proxy_switches.sh
+#       # fcN: FC_BIN with N slots; hyperproxy: examples/bare_hyper_proxy.rs, the hyper floor
 #
 # Environment: FC_WORKERS (slots, default 8), DURATION (s, default 3), ROUNDS (default 1),
 # SYSCALLS (0/1), FC_BIN (the fiddler_crab binary "fc" runs, default target/release/fiddler_crab),
-# SERVERS (default "fc nginx"; "fc-ref" is target/release/fiddler_crab), SERVER_CPU, LOADGEN_CPU.
+# SERVERS (default "fc nginx"; "fc-ref" is target/release/fiddler_crab; "fcN" FC_BIN with N slots;
+# "hyperproxy" the bare hyper proxy), SPIN_NS (the bare hyper proxy spins this many ns of user
+# CPU per request, default 0: a stand-in for more work per request), SERVER_CPU, LOADGEN_CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FC_WORKERS=${FC_WORKERS:-8}
@@ -31,7 +35,7 @@ LOADGEN_CPU=${LOADGEN_CPU:-1}
 . "$(dirname "$0")/lib.sh"
 ensure_cmd wrk wrk
 ensure_cmd nginx nginx-light nginx
-cargo build --release --bin fiddler_crab --example bare_hyper
+cargo build --release --bin fiddler_crab --example bare_hyper --example bare_hyper_proxy
 work=$(mktemp -d /tmp/fc-switches.XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -58,11 +62,17 @@ for name in $SERVERS; do
   port=$(free_port)
   start_bare_upstream "$work/upstream.log" "$SERVER_CPU"
   pids+=("$up")
-  if [ "$name" = fc ] || [ "$name" = fc-ref ]; then
+  if [ "$name" = hyperproxy ]; then
+    taskset -c "$SERVER_CPU" target/release/examples/bare_hyper_proxy --listen "127.0.0.1:$port" \
+      --upstream "127.0.0.1:$up_port" --max-seconds 120 --spin-ns "${SPIN_NS:-0}" \
+      >"$work/hyperproxy.log" 2>&1 &
+  elif [ "$name" = fc ] || [ "$name" = fc-ref ] || [[ $name == fc[0-9]* ]]; then
     bin=$FC_BIN
     if [ "$name" = fc-ref ]; then bin=target/release/fiddler_crab; fi
+    slots=$FC_WORKERS
+    if [[ $name == fc[0-9]* ]]; then slots=${name#fc}; fi
     printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n[[endpoint]]\npath = "/ping"\nmethods = ["GET", "HEAD"]\nmode = "jellyfish"\nworkers = %s\nqueue = 1024\noverflow = "reject"\n[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\n' \
-      "$port" "$FC_WORKERS" "$up_port" >"$work/fc.toml"
+      "$port" "$slots" "$up_port" >"$work/fc.toml"
     taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
   else
     start_nginx_proxy "$work/nginx" "$port" "$up_port" "$SERVER_CPU"

@@ -40,6 +40,13 @@ struct Args {
     /// Send through hyper-util's pooled legacy client instead of one connection per client.
     #[arg(long)]
     legacy: bool,
+    /// Use the server builder's defaults instead of fiddler_crab's settings.
+    #[arg(long)]
+    plain: bool,
+    /// Spin this many nanoseconds of user-space CPU per request before sending it on: a stand-in
+    /// for a proxy's own work, to see what more work per request does to the hop as a whole.
+    #[arg(long, default_value_t = 0)]
+    spin_ns: u64,
     /// Stop by itself after this many seconds.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -115,19 +122,40 @@ async fn pooled(
     }
 }
 
-fn builder() -> Builder<TokioExecutor> {
+fn builder(plain: bool) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .half_close(false);
+    if !plain {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .half_close(false);
+    }
     builder
 }
 
-async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, legacy: bool) {
-    let builder = Arc::new(builder());
+/// Busy for `ns` nanoseconds of this thread's time (`--spin-ns`).
+fn spin(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let ns = Duration::from_nanos(ns);
+    while start.elapsed() < ns {
+        std::hint::spin_loop();
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, args: Args) {
+    let Args {
+        upstream,
+        legacy,
+        plain,
+        spin_ns,
+        ..
+    } = args;
+    let builder = Arc::new(builder(plain));
     let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
     loop {
         let Ok((stream, _remote)) = listener.accept().await else {
@@ -143,6 +171,7 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, legacy: 
             if legacy {
                 let service = service_fn(move |req| {
                     let client = client.clone();
+                    spin(spin_ns);
                     async move { Ok::<_, std::convert::Infallible>(pooled(client, upstream, req).await) }
                 });
                 let _ = builder.serve_connection(io, service).await;
@@ -150,6 +179,7 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, legacy: 
                 let link = Arc::new(Mutex::new(None));
                 let service = service_fn(move |req| {
                     let link = link.clone();
+                    spin(spin_ns);
                     async move {
                         Ok::<_, std::convert::Infallible>(dedicated(link, upstream, req).await)
                     }
@@ -162,6 +192,7 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, legacy: 
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (listen, max_seconds) = (args.listen, args.max_seconds);
     if !args.listen.ip().is_loopback() || !args.upstream.ip().is_loopback() {
         bail!(
             "bare_hyper_proxy works on loopback addresses only, not {} and {}",
@@ -174,9 +205,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot bind {}", args.listen))?;
+            .with_context(|| format!("cannot bind {listen}"))?;
         let addr = listener.local_addr()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "bare_hyper_proxy listening on {addr}")?;
@@ -184,10 +215,10 @@ fn main() -> anyhow::Result<()> {
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            () = serve(listener, args.upstream, args.legacy) => {}
+            () = serve(listener, args) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            () = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}
+            () = tokio::time::sleep(Duration::from_secs(max_seconds)) => {}
         }
         Ok(())
     })

@@ -1,9 +1,8 @@
 //! The messages a proxy relays: the request as forwarded, and the answer's head and bounded body.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::handler::{JobRequest, JobResponse};
-use http_body_util::{BodyExt, Collected, Full, LengthLimitError, Limited};
-#[cfg(test)]
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
@@ -178,9 +177,9 @@ pub fn read_bounded(
     // Split and wrapped before the `async` block, which then holds each part once (an `async fn`
     // would hold the answer twice: rust-lang/rust#62958).
     let (parts, body) = resp.into_parts();
-    let collect = Limited::new(body, max).collect();
+    let collect = collect_bounded(body, max);
     async move {
-        let body = bounded(collect.await)?;
+        let body = collect.await?;
         Ok(Response::from_parts(
             answer_head(parts, method),
             body.into(),
@@ -188,26 +187,47 @@ pub fn read_bounded(
     }
 }
 
-/// A body collected within its limit, as bytes, or why not (http-body-util's `Limited` and
-/// `collect`; trailers are dropped).
-fn bounded(
-    collected: Result<Collected<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-) -> Result<Bytes, BodyError> {
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Broken(format!("reading the answer: {e}"))),
-    }
-}
-
-/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped).
-#[cfg(test)]
-async fn collect_bounded<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+/// `body`'s data, whole, if it is at most `max` bytes (trailers are dropped). A body of one data
+/// frame, as most small answers are, is that frame's bytes as they are; only a body of several
+/// is copied into one buffer. (http-body-util's `collect` keeps every frame in a `VecDeque`,
+/// an allocation per answer, before joining them.)
+fn collect_bounded<B>(body: B, max: usize) -> impl Future<Output = Result<Bytes, BodyError>> + Send
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    bounded(Limited::new(body, max).collect().await)
+    let body = Limited::new(body, max);
+    async move {
+        let mut body = std::pin::pin!(body);
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    BodyError::TooLarge
+                } else {
+                    BodyError::Broken(format!("reading the answer: {e}"))
+                }
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            match (&mut joined, first.take()) {
+                (Some(joined), _) => joined.extend_from_slice(&data),
+                (None, None) => first = Some(data),
+                (None, Some(earlier)) => {
+                    let mut buf = BytesMut::with_capacity(earlier.len() + data.len());
+                    buf.extend_from_slice(&earlier);
+                    buf.extend_from_slice(&data);
+                    joined = Some(buf);
+                }
+            }
+        }
+        Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+    }
 }
 
 /// Remove the headers that belong to one connection, not to the message (RFC 9110 section
