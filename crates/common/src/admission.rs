@@ -12,7 +12,7 @@
 //! outcome; a refused request is counted `overflowed` once, by [`Admission`] alone.
 
 pub use crate::async_run::DirectRun;
-use crate::async_run::{direct, lined};
+use crate::async_run::{lined, Run};
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{Executor, JobRunner};
 use crate::handler::{text_response, AsyncCall, Handler, HandlerFuture, JobRequest, JobResponse};
@@ -230,7 +230,7 @@ impl Admission {
         };
         EndpointCounters::bump(&self.counters.admitted);
         EndpointCounters::bump(&self.counters.async_runs);
-        Direct::Run(DirectRun(Box::pin(direct(
+        Direct::Run(DirectRun(Run::Now(crate::async_run::Direct::new(
             slot,
             self.counters.clone(),
             call,
@@ -256,14 +256,14 @@ impl Admission {
         // A slot freed since the look above is not missed.
         self.runner.grant_waiting();
         let admitted_at = Instant::now();
-        Direct::Run(DirectRun(Box::pin(lined(
+        Direct::Run(DirectRun(Run::Lined(Box::pin(lined(
             self.runner.clone(),
             seat,
             call,
             admitted_at,
             admitted_at + self.queue_timeout,
             timing,
-        ))))
+        )))))
     }
 
     /// Count an overflow and say how to answer it.

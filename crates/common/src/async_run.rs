@@ -30,7 +30,17 @@ const LINE_LOOK: Duration = Duration::from_millis(200);
 /// slot, nothing queued), or first waits for its turn in the endpoint's line. Dropped before it
 /// ends, it stops the run (counted `client_gone`) or leaves the line (counted `skipped`), and
 /// gives any running slot back.
-pub struct DirectRun(pub(crate) Pin<Box<dyn Future<Output = JobResponse> + Send>>);
+pub struct DirectRun(pub(crate) Run);
+
+/// The two ways a [`DirectRun`] starts. The one that runs at once is not boxed: it is the
+/// handler's (boxed) future and a few fields, one allocation per request fewer than an `async fn`
+/// boxed around it.
+pub(crate) enum Run {
+    /// In a running slot already.
+    Now(Direct),
+    /// Waiting for its turn in the line first.
+    Lined(Pin<Box<dyn Future<Output = JobResponse> + Send>>),
+}
 
 impl std::fmt::Debug for DirectRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +52,10 @@ impl Future for DirectRun {
     type Output = JobResponse;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
-        self.0.as_mut().poll(cx)
+        match &mut self.0 {
+            Run::Now(run) => Pin::new(run).poll(cx),
+            Run::Lined(run) => run.as_mut().poll(cx),
+        }
     }
 }
 
@@ -83,20 +96,77 @@ impl Future for CatchPanic {
     }
 }
 
-/// One asynchronous run in `slot`: the handler's future (a panic answered `500`), its run time
+/// One asynchronous run in a slot: the handler's future (a panic answered `500`), its run time
 /// recorded, its outcome counted once. A streamed answer is produced on a blocking thread of the
 /// current runtime, still in the slot, and counted when it ends (as an executor's stream is).
 /// With `timing`, the answer carries its [`JobTiming`], `queue_wait` the time in the line.
-pub(crate) async fn direct(
+/// Dropped before its answer, it drops the handler's future first, then counts `client_gone`,
+/// then gives the slot back.
+pub(crate) struct Direct {
+    call: CatchPanic,
+    /// Taken when the call ends.
+    rest: Option<Rest>,
+}
+
+/// What a [`Direct`] run needs once its call has ended.
+struct Rest {
+    gone: GoneUnlessAnswered,
     slot: OwnedSlot,
     counters: Arc<EndpointCounters>,
-    call: HandlerFuture,
     started: Instant,
     timing: Option<Duration>,
-) -> JobResponse {
-    let mut gone = GoneUnlessAnswered(Some(counters.clone()));
+}
+
+impl Direct {
+    /// Run `call` in `slot`, started at `started`; `timing` is the time waited in the line when
+    /// the answer is to carry its timing.
+    pub(crate) fn new(
+        slot: OwnedSlot,
+        counters: Arc<EndpointCounters>,
+        call: HandlerFuture,
+        started: Instant,
+        timing: Option<Duration>,
+    ) -> Direct {
+        Direct {
+            call: CatchPanic(call),
+            rest: Some(Rest {
+                gone: GoneUnlessAnswered(Some(counters.clone())),
+                slot,
+                counters,
+                started,
+                timing,
+            }),
+        }
+    }
+}
+
+impl Future for Direct {
+    type Output = JobResponse;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
+        let result = match Pin::new(&mut self.call).poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        match self.rest.take() {
+            Some(rest) => Poll::Ready(finish(rest, result)),
+            // Polled again after its answer: there is no second one.
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The end of a [`Direct`] run whose call returned `result`.
+fn finish(rest: Rest, result: Result<Result<JobResponse, HandlerError>, String>) -> JobResponse {
+    let Rest {
+        mut gone,
+        slot,
+        counters,
+        started,
+        timing,
+    } = rest;
     let runner = slot.runner().clone();
-    let result = match CatchPanic(call).await {
+    let result = match result {
         Ok(result) => result,
         Err(message) => {
             EndpointCounters::bump(&counters.panics);
@@ -204,7 +274,7 @@ pub(crate) async fn lined(
     EndpointCounters::bump(&counters.async_runs);
     let slot = OwnedSlot::granted(runner.clone());
     let waited = timing.then(|| started.saturating_duration_since(admitted_at));
-    direct(slot, counters, call, started, waited).await
+    Direct::new(slot, counters, call, started, waited).await
 }
 
 /// A seat's waiter: dropped unserved (its client went away before its turn), it leaves the line,

@@ -280,15 +280,35 @@ fn strip_all(headers: &mut HeaderMap) {
     }
 }
 
-/// [`forwarded_for`] as a header value. The usual case (no earlier chain, an IPv4 client) is
-/// written on the stack and copied once into the value: one allocation, not a string's and then
-/// the value's.
+/// [`forwarded_for`] as a header value. The usual case (no earlier chain) is the client's address
+/// alone, and consecutive requests on a thread mostly come from the same few clients: the last
+/// address's value is kept per thread and shared (a reference count, not a new allocation and
+/// text each time). An IPv4 address is written on the stack and copied once into the value.
 fn forwarded_for_value(earlier: Option<&str>, ip: IpAddr) -> Option<HeaderValue> {
-    let (IpAddr::V4(v4), None) = (ip, earlier) else {
+    if earlier.is_some() {
         // The string's buffer becomes the value's.
         return HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(earlier, ip))).ok();
-    };
-    HeaderValue::from_str(ipv4_text(v4, &mut [0; 15])).ok()
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some((seen, value)) = last.as_ref() {
+            if *seen == ip {
+                return Some(value.clone());
+            }
+        }
+        let value = match ip {
+            IpAddr::V4(v4) => HeaderValue::from_str(ipv4_text(v4, &mut [0; 15])).ok()?,
+            IpAddr::V6(_) => {
+                HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(None, ip))).ok()?
+            }
+        };
+        *last = Some((ip, value.clone()));
+        Some(value)
+    })
 }
 
 /// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
@@ -451,6 +471,23 @@ mod tests {
                 let value = forwarded_for_value(earlier, ip).unwrap();
                 assert_eq!(value, forwarded_for(earlier, ip).as_str());
             }
+        }
+    }
+
+    /// The value kept for the last address is that address's, whatever came before it.
+    #[test]
+    fn the_kept_forwarded_for_value_follows_the_address() {
+        let ips: [IpAddr; 4] = [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([127, 0, 0, 1]),
+            "2001:db8::7".parse().unwrap(),
+            IpAddr::from([192, 0, 2, 7]),
+        ];
+        for ip in ips.iter().chain(ips.iter().rev()) {
+            assert_eq!(
+                forwarded_for_value(None, *ip).unwrap(),
+                ip.to_string().as_str()
+            );
         }
     }
 
