@@ -408,19 +408,27 @@ instructions_each() {
   done
 }
 
-# start_nginx_proxy DIR PORT UPSTREAM_PORT CPU: nginx as one process (the worker is the proxy)
-# on CPU, proxying /ping on PORT to 127.0.0.1:UPSTREAM_PORT over kept-alive connections
-# (proxy_switches.sh, proxy_profile.sh); its pid is $!.
-start_nginx_proxy() {
-  local dir=$1 port=$2 up_port=$3 cpu=$4
+# nginx_proxy_cmd DIR PORT UPSTREAM_PORT: writes DIR/nginx.conf for nginx as one process (the
+# worker is the proxy) proxying /ping on PORT to 127.0.0.1:UPSTREAM_PORT over kept-alive
+# connections, and prints the command that runs it, one word per line (mapfile -t).
+nginx_proxy_cmd() {
+  local dir=$1 port=$2 up_port=$3
   mkdir -p "$dir"
   nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
     server {
         listen 127.0.0.1:$port;
         location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
     }" >"$dir/nginx.conf"
-  taskset -c "$cpu" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
-    -g "daemon off; master_process off; worker_processes 1;" >"$dir/stdout.log" 2>&1 &
+  printf '%s\n' "$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    -g "daemon off; master_process off; worker_processes 1;"
+}
+
+# start_nginx_proxy DIR PORT UPSTREAM_PORT CPU: nginx_proxy_cmd's nginx on CPU
+# (proxy_switches.sh, proxy_profile.sh); its pid is $!.
+start_nginx_proxy() {
+  local cmd
+  mapfile -t cmd < <(nginx_proxy_cmd "$1" "$2" "$3")
+  taskset -c "$4" "${cmd[@]}" >"$1/stdout.log" 2>&1 &
 }
 
 # start_bare_upstream LOG CPU: the bare hyper upstream (target/release/examples/bare_hyper, built

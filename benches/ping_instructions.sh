@@ -72,16 +72,8 @@ one() {
         cmd=("$work/bare_hyper_proxy" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream_port" --max-seconds 300)
         if [ "$name" = hyperplain ]; then cmd+=(--plain); fi
       else
-        local dir=$work/$name
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
-    server {
-        listen 127.0.0.1:$port;
-        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }" >"$dir/nginx.conf"
-        cmd=("$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-          -g "daemon off; master_process off; worker_processes 1;")
+        rm -rf "${work:?}/$name"
+        mapfile -t cmd < <(nginx_proxy_cmd "$work/$name" "$port" "$upstream_port")
       fi ;;
     bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
     jellyfish | crab) fiddler_crab_config "$name" "$port" >"$work/$name.toml"

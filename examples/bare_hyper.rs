@@ -10,6 +10,9 @@
 //! defaults instead. It prints `bare_hyper listening on ADDR` on stdout and stops by itself on
 //! SIGINT/SIGTERM or after `--max-seconds`. Loopback addresses only. See `docs/BENCHMARKS.md`.
 
+#[path = "shared/hyper_server.rs"]
+mod hyper_server;
+
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
@@ -18,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use std::convert::Infallible;
 use std::io::Write;
@@ -39,10 +42,6 @@ struct Args {
     plain: bool,
 }
 
-/// fiddler_crab's defaults for `server.header_read_timeout_ms` and `server.max_header_bytes`.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-
 async fn pong(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut resp = Response::new(Full::new(Bytes::from_static(b"pong\n")));
     resp.headers_mut().insert(
@@ -52,28 +51,10 @@ async fn pong(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     Ok(resp)
 }
 
-fn builder(plain: bool) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    if !plain {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES)
-            .half_close(false);
-    }
-    builder
-}
-
 async fn serve(listener: tokio::net::TcpListener, builder: Builder<TokioExecutor>) {
     let builder = std::sync::Arc::new(builder);
     loop {
-        let Ok((stream, _remote)) = listener.accept().await else {
-            // Out of descriptors or similar: the benchmark never gets here; do not spin.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = hyper_server::accept(&listener).await;
         let builder = builder.clone();
         tokio::spawn(async move {
             let _ = builder
@@ -106,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            () = serve(listener, builder(args.plain)) => {}
+            () = serve(listener, hyper_server::builder(args.plain)) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             () = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}

@@ -11,6 +11,9 @@
 //! `bare_hyper_proxy listening on ADDR` on stdout and stops by itself on SIGINT/SIGTERM or after
 //! `--max-seconds`. Loopback addresses only. See `docs/BENCHMARKS.md` section 15.
 
+#[path = "shared/hyper_server.rs"]
+mod hyper_server;
+
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
@@ -20,8 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,10 +53,6 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
 }
-
-/// fiddler_crab's defaults for `server.header_read_timeout_ms` and `server.max_header_bytes`.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 type Answer = Response<Either<Incoming, Full<Bytes>>>;
 
@@ -122,19 +120,6 @@ async fn pooled(
     }
 }
 
-fn builder(plain: bool) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    if !plain {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES)
-            .half_close(false);
-    }
-    builder
-}
-
 /// Busy for `ns` nanoseconds of this thread's time (`--spin-ns`).
 fn spin(ns: u64) {
     if ns == 0 {
@@ -155,15 +140,10 @@ async fn serve(listener: tokio::net::TcpListener, args: Args) {
         spin_ns,
         ..
     } = args;
-    let builder = Arc::new(builder(plain));
+    let builder = Arc::new(hyper_server::builder(plain));
     let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
     loop {
-        let Ok((stream, _remote)) = listener.accept().await else {
-            // Out of descriptors or similar: the benchmark never gets here; do not spin.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = hyper_server::accept(&listener).await;
         let builder = builder.clone();
         let client = client.clone();
         tokio::spawn(async move {
