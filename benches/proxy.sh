@@ -8,6 +8,8 @@
 #   nginx       nginx (one worker) → bare hyper: proxy_pass to an upstream block with `keepalive`,
 #               HTTP/1.1, access_log off
 #   haproxy     HAProxy (1 thread) → bare hyper, `http-reuse always`, no log
+#   haproxyN    the same with `maxconn N` on the server: at most N requests in flight to the
+#               upstream, the rest waiting in HAProxy's queue, as fiddler_crab's N slots do
 #   hyperproxy  examples/bare_hyper_proxy.rs → bare hyper: hyper's server and client and nothing
 #               else (one upstream connection per client connection): the floor of a hyper proxy
 #   hyperpool   the same through hyper-util's pooled legacy client (--legacy)
@@ -125,7 +127,9 @@ EOF
       mapfile -t cmd < <(nginx_cmd "$dir")
       taskset -c "$SERVER_CPU" "${cmd[@]}" >"$work/server.log" 2>&1 &
       ;;
-    haproxy)
+    haproxy | haproxy[0-9]*)
+      local maxconn=""
+      if [ "$name" != haproxy ]; then maxconn=" maxconn ${name#haproxy}"; fi
       cat >"$work/haproxy.cfg" <<EOF
 global
     maxconn 4096
@@ -144,7 +148,7 @@ frontend hop
     default_backend bare
 
 backend bare
-    server upstream 127.0.0.1:$upstream_port
+    server upstream 127.0.0.1:$upstream_port$maxconn
 EOF
       taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
       ;;
@@ -168,6 +172,7 @@ FC_LABELS=()
 for name in $SERVERS; do
   case $name in
     fc[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fc} slots) → bare hyper") ;;
+    haproxy[0-9]*) FC_LABELS+=(--label "$name=HAProxy, http-reuse always, maxconn ${name#haproxy} → bare hyper") ;;
   esac
 done
 
