@@ -63,39 +63,19 @@ pub(super) fn for_connection(
             Step::Now(answer) => (answer, None),
             Step::Inline(answer, timing) => (answer, timing),
             Step::Later(pending) => {
-                let in_flight = InFlight::new(&activity);
-                let unanswered = Unanswered::new(&activity);
-                let app = app.clone();
-                let activity = activity.clone();
-                return Reply::later(Box::pin(async move {
-                    let mut answer = pending.await;
-                    drop(unanswered);
-                    if let Ok(resp) = answer.as_mut() {
-                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                            && resp.body().is_stream()
-                        {
-                            let answer = finish
-                                .apply(&app, answer, None)
-                                .map(|resp| upgrade_session(&app, &activity, resp, in_flight));
-                            return sending(answer, &activity, app.unsent());
-                        }
-                    }
-                    match answer.as_mut() {
-                        // A streamed answer is in flight until its stream ends: the idle sweep
-                        // leaves its connection alone while the producer pauses between chunks
-                        // (the producer's own idle timeout bounds that).
-                        Ok(resp) if resp.body().is_stream() => resp
-                            .body_mut()
-                            .on_stream_end(Box::new(move |_| drop(in_flight))),
-                        _ => drop(in_flight),
-                    }
-                    let ledger = app.unsent();
-                    if let Ok(resp) = answer.as_mut() {
-                        ledger.admit(&activity, resp);
-                    }
-                    let answer = finish.apply(&app, answer, None);
-                    sending(answer, &activity, ledger)
-                }));
+                let Finish { logged, last, hsts } = finish;
+                return Reply::waiting(Waiting {
+                    pending,
+                    after: Some(After {
+                        logged: logged.map(Box::new),
+                        last,
+                        hsts,
+                        in_flight: InFlight::new(&activity),
+                        unanswered: Unanswered::new(&activity),
+                        app: app.clone(),
+                        activity: activity.clone(),
+                    }),
+                });
             }
         };
         activity.answered_at_once();
@@ -110,6 +90,92 @@ pub(super) fn for_connection(
         };
         Reply::now(sending(answer, &activity, ledger))
     })
+}
+
+/// An answer that comes later (a body to read, a queued job, an asynchronous run) and what is
+/// done with it then. Not an `async` block: that would be boxed once more per request, around a
+/// pending answer that is a box or a few words already.
+pub(super) struct Waiting {
+    pending: super::Pending,
+    /// Taken when the answer comes.
+    after: Option<After>,
+}
+
+/// What a [`Waiting`] answer needs once it has come: the [`Finish`], its access line boxed (the
+/// line is most of its size, and every answer, the ones at once too, is moved as a [`Reply`] of
+/// the largest kind's size). Dropped unanswered (the client went), the request stops being in
+/// flight and awaited.
+struct After {
+    logged: Option<Box<AccessLine>>,
+    last: bool,
+    hsts: Option<HeaderValue>,
+    in_flight: InFlight,
+    unanswered: Unanswered,
+    app: Arc<App>,
+    activity: Arc<Activity>,
+}
+
+impl std::future::Future for Waiting {
+    type Output = Sending;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Sending> {
+        let answer = match std::pin::Pin::new(&mut self.pending).poll(cx) {
+            std::task::Poll::Ready(answer) => answer,
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        match self.after.take() {
+            Some(after) => std::task::Poll::Ready(after.answered(answer)),
+            // Polled again after its answer (hyper never does): nothing more to say.
+            None => std::task::Poll::Ready(Err(super::Ignored)),
+        }
+    }
+}
+
+impl After {
+    /// The later `answer` finished and counted, as sent.
+    fn answered(self, mut answer: Answer) -> Sending {
+        let After {
+            logged,
+            last,
+            hsts,
+            in_flight,
+            unanswered,
+            app,
+            activity,
+        } = self;
+        drop(unanswered);
+        let finish = Finish {
+            logged: logged.map(|line| *line),
+            last,
+            hsts,
+        };
+        if let Ok(resp) = answer.as_mut() {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && resp.body().is_stream() {
+                let answer = finish
+                    .apply(&app, answer, None)
+                    .map(|resp| upgrade_session(&app, &activity, resp, in_flight));
+                return sending(answer, &activity, app.unsent());
+            }
+        }
+        match answer.as_mut() {
+            // A streamed answer is in flight until its stream ends: the idle sweep leaves its
+            // connection alone while the producer pauses between chunks (the producer's own idle
+            // timeout bounds that).
+            Ok(resp) if resp.body().is_stream() => resp
+                .body_mut()
+                .on_stream_end(Box::new(move |_| drop(in_flight))),
+            _ => drop(in_flight),
+        }
+        let ledger = app.unsent();
+        if let Ok(resp) = answer.as_mut() {
+            ledger.admit(&activity, resp);
+        }
+        let answer = finish.apply(&app, answer, None);
+        sending(answer, &activity, ledger)
+    }
 }
 
 /// True for an HTTP/1 request with no body that asks to close the connection after its answer:
