@@ -293,22 +293,29 @@ fn forwarded_for_value(earlier: Option<&str>, ip: IpAddr) -> Option<HeaderValue>
         static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
             const { std::cell::RefCell::new(None) };
     }
-    LAST.with(|last| {
-        let mut last = last.try_borrow_mut().ok()?;
+    // Without the kept value (a thread being torn down), the value is made afresh.
+    LAST.try_with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return address_value(ip);
+        };
         if let Some((seen, value)) = last.as_ref() {
             if *seen == ip {
                 return Some(value.clone());
             }
         }
-        let value = match ip {
-            IpAddr::V4(v4) => HeaderValue::from_str(ipv4_text(v4, &mut [0; 15])).ok()?,
-            IpAddr::V6(_) => {
-                HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(None, ip))).ok()?
-            }
-        };
+        let value = address_value(ip)?;
         *last = Some((ip, value.clone()));
         Some(value)
     })
+    .unwrap_or_else(|_| address_value(ip))
+}
+
+/// `ip` alone as an `X-Forwarded-For` value; an IPv4 address written on the stack and copied once.
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    match ip {
+        IpAddr::V4(v4) => HeaderValue::from_str(ipv4_text(v4, &mut [0; 15])).ok(),
+        IpAddr::V6(_) => HeaderValue::from_maybe_shared(Bytes::from(forwarded_for(None, ip))).ok(),
+    }
 }
 
 /// `X-Forwarded-For` after this hop: `earlier` (the value the client sent, if any), then `ip`.
