@@ -60,6 +60,28 @@ overflow = "reject"
 EOF
 }
 
+# fc_proxy_config PORT UPSTREAM_PORT SLOTS [ACCESS_LOG]: fiddler_crab's config for the proxy hop
+# benchmarks: /ping on 127.0.0.1:PORT an upstream endpoint (jellyfish, SLOTS slots) to bare hyper
+# on UPSTREAM_PORT, access log off unless ACCESS_LOG is true (proxy.sh, ping_instructions.sh,
+# proxy_switches.sh, proxy_profile.sh).
+fc_proxy_config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+access_log = ${4:-false}
+
+[[endpoint]]
+path = "/ping"
+methods = ["GET", "HEAD"]
+mode = "jellyfish"
+workers = $3
+queue = 1024
+overflow = "reject"
+[endpoint.upstream]
+url = "http://127.0.0.1:$2"
+EOF
+}
+
 # ensure_cmd COMMAND PACKAGE...: when COMMAND is missing, installs the first Debian PACKAGE that
 # apt-get can install (running `apt-get update` once if an install fails), without starting any
 # service the package ships (a policy-rc.d that says no, for the install only). Returns non-zero,

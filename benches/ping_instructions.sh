@@ -57,10 +57,7 @@ one() {
       upstream_port=$(free_port)
       "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" --max-seconds 300 >/dev/null 2>&1 &
       upstream_pid=$!
-      printf '%s\n' "[server]" "listen = \"127.0.0.1:$port\"" "access_log = false" "" \
-        "[[endpoint]]" "path = \"/ping\"" "methods = [\"GET\", \"HEAD\"]" "mode = \"jellyfish\"" \
-        "workers = 8" "queue = 1024" "overflow = \"reject\"" "[endpoint.upstream]" \
-        "url = \"http://127.0.0.1:$upstream_port\"" >"$work/proxy.toml"
+      fc_proxy_config "$port" "$upstream_port" 8 >"$work/proxy.toml"
       if [ "$name" = proxy-ref ]; then bin=$work/fiddler_crab-ref; fi
       cmd=("$bin" --config "$work/proxy.toml") ;;
     hyperproxy | hyperplain | nginx-proxy)

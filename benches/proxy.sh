@@ -54,7 +54,7 @@ OTHER_NAMES='wrk|cargo|rustc'
 
 ensure_cmd wrk wrk
 if [[ " $SERVERS " == *" nginx "* ]]; then ensure_cmd nginx nginx-light nginx; fi
-if [[ " $SERVERS " == *" haproxy "* ]]; then ensure_cmd haproxy haproxy; fi
+if [[ " $SERVERS " == *" haproxy"* ]]; then ensure_cmd haproxy haproxy; fi
 cargo build --release --bin fiddler_crab --example bare_hyper --example bare_hyper_proxy
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates 2>/dev/null || echo ' with uncommitted changes in src/ or crates/')"
 # Private copies: a rebuild by someone else during the run cannot swap the binaries.
@@ -93,21 +93,7 @@ start_server() {
     fc | fc[0-9]*)
       slots=${name#fc}
       slots=${slots:-$FC_WORKERS}
-      cat >"$work/fc.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-access_log = $ACCESS_LOG
-
-[[endpoint]]
-path = "/ping"
-methods = ["GET", "HEAD"]
-mode = "jellyfish"
-workers = $slots
-queue = 1024
-overflow = "reject"
-[endpoint.upstream]
-url = "http://127.0.0.1:$upstream_port"
-EOF
+      fc_proxy_config "$port" "$upstream_port" "$slots" "$ACCESS_LOG" >"$work/fc.toml"
       taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/fc.toml" \
         >"$work/server.log" 2>&1 &
       ;;

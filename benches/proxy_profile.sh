@@ -43,8 +43,7 @@ proxy() {
   local name=$1 port=$2 up_port=$3
   case $name in
     fc)
-      printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n[[endpoint]]\npath = "/ping"\nmethods = ["GET", "HEAD"]\nmode = "jellyfish"\nworkers = %s\nqueue = 1024\noverflow = "reject"\n[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\n' \
-        "$port" "$FC_WORKERS" "$up_port" >"$work/fc.toml"
+      fc_proxy_config "$port" "$up_port" "$FC_WORKERS" >"$work/fc.toml"
       taskset -c "$SERVER_CPU" "$FC_BIN" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
       ;;
     nginx)

@@ -71,8 +71,7 @@ for name in $SERVERS; do
     if [ "$name" = fc-ref ]; then bin=target/release/fiddler_crab; fi
     slots=$FC_WORKERS
     if [[ $name == fc[0-9]* ]]; then slots=${name#fc}; fi
-    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n[[endpoint]]\npath = "/ping"\nmethods = ["GET", "HEAD"]\nmode = "jellyfish"\nworkers = %s\nqueue = 1024\noverflow = "reject"\n[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\n' \
-      "$port" "$slots" "$up_port" >"$work/fc.toml"
+    fc_proxy_config "$port" "$up_port" "$slots" >"$work/fc.toml"
     taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" >"$work/fc.log" 2>&1 &
   else
     start_nginx_proxy "$work/nginx" "$port" "$up_port" "$SERVER_CPU"

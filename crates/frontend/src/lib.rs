@@ -135,21 +135,19 @@ impl Future for Reply {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sending> {
         let this = self.get_mut();
-        match &mut this.0 {
-            Some(Ready::Later(waiting)) => {
-                let answer = std::task::ready!(Pin::new(waiting).poll(cx));
-                this.0 = None;
-                Poll::Ready(answer)
-            }
-            Some(Ready::Now(_)) => match this.0.take() {
-                Some(Ready::Now(answer)) => Poll::Ready(answer),
-                _ => Poll::Ready(Err(Ignored)),
-            },
+        if let Some(Ready::Later(waiting)) = &mut this.0 {
+            let answer = std::task::ready!(Pin::new(waiting).poll(cx));
+            this.0 = None;
+            return Poll::Ready(answer);
+        }
+        match this.0.take() {
+            Some(Ready::Now(answer)) => Poll::Ready(answer),
             // Polled again after it completed (hyper never does): nothing more to say.
-            None => Poll::Ready(Err(Ignored)),
+            _ => Poll::Ready(Err(Ignored)),
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// Every answer, the ones made at once too, is moved as a [`super::Reply`], whose size is its

@@ -199,8 +199,9 @@ where
     let body = Limited::new(body, max);
     async move {
         let mut body = std::pin::pin!(body);
-        let mut first: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
+        // The first frame as it came, then (from a second one on) all of them joined.
+        let mut first = Bytes::new();
+        let mut joined = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 if e.downcast_ref::<LengthLimitError>().is_some() {
@@ -215,18 +216,20 @@ where
             if data.is_empty() {
                 continue;
             }
-            match (&mut joined, first.take()) {
-                (Some(joined), _) => joined.extend_from_slice(&data),
-                (None, None) => first = Some(data),
-                (None, Some(earlier)) => {
-                    let mut buf = BytesMut::with_capacity(earlier.len() + data.len());
-                    buf.extend_from_slice(&earlier);
-                    buf.extend_from_slice(&data);
-                    joined = Some(buf);
-                }
+            if first.is_empty() {
+                first = data;
+                continue;
             }
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&data);
         }
-        Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+        Ok(if joined.is_empty() {
+            first
+        } else {
+            joined.freeze()
+        })
     }
 }
 
