@@ -12,7 +12,7 @@
 //! outcome; a refused request is counted `overflowed` once, by [`Admission`] alone.
 
 pub use crate::async_run::DirectRun;
-use crate::async_run::{lined, Run};
+use crate::async_run::{Lined, Run};
 use crate::counters::{CountersSnapshot, EndpointCounters};
 use crate::executor::{Executor, JobRunner};
 use crate::handler::{text_response, AsyncCall, Handler, HandlerFuture, JobRequest, JobResponse};
@@ -248,22 +248,34 @@ impl Admission {
                 SeatRefused::Closed => Refusal::ShuttingDown,
             });
         }
-        let Some(seat) = self.runner.line().join() else {
+        let line = self.runner.line();
+        if !line.has_keeper() {
+            // The line's deadlines are kept by one task (see `crate::line`), started with its
+            // first seat, on the runtime this asynchronous run is awaited on.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::error!(endpoint = %self.runner.endpoint(), "an asynchronous run was queued outside a runtime; refused");
+                self.queue.release_seat();
+                return Direct::Refused(Refusal::ShuttingDown);
+            };
+            if line.start_keeper() {
+                runtime.spawn(crate::line::keep(Arc::downgrade(&self.runner)));
+            }
+        }
+        let admitted_at = Instant::now();
+        let Some(seat) = line.join(admitted_at + self.queue_timeout) else {
             self.queue.release_seat();
             return Direct::Refused(Refusal::ShuttingDown);
         };
         EndpointCounters::bump(&self.counters.admitted);
         // A slot freed since the look above is not missed.
         self.runner.grant_waiting();
-        let admitted_at = Instant::now();
-        Direct::Run(DirectRun(Run::Lined(Box::pin(lined(
+        Direct::Run(DirectRun(Run::Lined(Lined::new(
             self.runner.clone(),
             seat,
             call,
             admitted_at,
-            admitted_at + self.queue_timeout,
             timing,
-        )))))
+        ))))
     }
 
     /// Count an overflow and say how to answer it.

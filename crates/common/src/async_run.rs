@@ -5,7 +5,8 @@
 //! stream) lasts, and count exactly one outcome. A run that waited in the line keeps the queue's
 //! promises: its seat holds a unit of the queue's depth, it is served first come first served, it
 //! is answered `504` at its queue deadline and `503` at shutdown, and a client that goes before
-//! its turn is counted `skipped`.
+//! its turn is counted `skipped`. Its queue deadline is kept by the line's keeper (see
+//! [`crate::line`]), not by a timer of its own.
 //!
 //! [`Handler::call_async`]: crate::handler::Handler::call_async
 
@@ -21,10 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// How often a waiting seat offers the line any free slot itself: a bound on the wait after the
-/// executor's concurrency rose (a light back to green), when no release comes to hand slots out.
-const LINE_LOOK: Duration = Duration::from_millis(200);
-
 /// An asynchronous run started by [`crate::admission::Admission::try_admit`]: await it on the
 /// client's connection task for the one answer (already counted). It runs at once (a free running
 /// slot, nothing queued), or first waits for its turn in the endpoint's line. Dropped before it
@@ -32,14 +29,14 @@ const LINE_LOOK: Duration = Duration::from_millis(200);
 /// gives any running slot back.
 pub struct DirectRun(pub(crate) Run);
 
-/// The two ways a [`DirectRun`] starts. The one that runs at once is not boxed: it is the
-/// handler's (boxed) future and a few fields, one allocation per request fewer than an `async fn`
-/// boxed around it.
+/// The two ways a [`DirectRun`] starts, neither boxed: the handler's (boxed) future and a few
+/// fields, one allocation per request fewer than an `async fn` boxed around it. A run that waited
+/// becomes `Now` in place when its turn comes.
 pub(crate) enum Run {
     /// In a running slot already.
     Now(Direct),
     /// Waiting for its turn in the line first.
-    Lined(Pin<Box<dyn Future<Output = JobResponse> + Send>>),
+    Lined(Lined),
 }
 
 impl std::fmt::Debug for DirectRun {
@@ -52,10 +49,16 @@ impl Future for DirectRun {
     type Output = JobResponse;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResponse> {
-        match &mut self.0 {
-            Run::Now(run) => Pin::new(run).poll(cx),
-            Run::Lined(run) => run.as_mut().poll(cx),
-        }
+        let run = match &mut self.0 {
+            Run::Now(run) => return Pin::new(run).poll(cx),
+            Run::Lined(lined) => match lined.turn(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Turn::Answered(response)) => return Poll::Ready(response),
+                Poll::Ready(Turn::Run(run)) => run,
+            },
+        };
+        self.0 = Run::Now(run);
+        self.poll(cx)
     }
 }
 
@@ -220,90 +223,90 @@ fn finish(rest: Rest, result: Result<Result<JobResponse, HandlerError>, String>)
     response
 }
 
-/// A queued asynchronous run: wait in the line for a running slot (until `deadline`), then
-/// [`direct`] in it. See the [module docs](self).
-pub(crate) async fn lined(
+/// A queued asynchronous run: its seat in the line, until its turn (then a [`Direct`] run in
+/// the slot it was granted), its queue deadline (`504`), or shutdown (`503`). See the [module
+/// docs](self). Dropped unserved (its client went away before its turn), it leaves the line,
+/// counts `skipped`, and gives back its queue depth, or the running slot it was just granted.
+pub(crate) struct Lined {
     runner: Arc<JobRunner>,
     seat: Arc<Seat>,
-    call: HandlerFuture,
+    /// Taken when served: run, or answered here.
+    call: Option<HandlerFuture>,
     admitted_at: Instant,
-    deadline: Instant,
     timing: bool,
-) -> JobResponse {
-    let counters = runner.counters().clone();
-    let mut place = Place {
-        runner: &runner,
-        seat: &seat,
-        served: false,
-    };
-    // One timer: the next look at the line, or the deadline if it comes first.
-    let next_look = |now: Instant| (now + LINE_LOOK).min(deadline);
-    let timer = tokio::time::sleep_until(next_look(Instant::now()).into());
-    tokio::pin!(timer);
-    loop {
-        let expired = tokio::select! {
-            biased;
-            () = seat.moved() => false,
-            () = &mut timer => {
-                let now = Instant::now();
-                if now < deadline {
-                    runner.grant_waiting();
-                    timer.as_mut().reset(next_look(now).into());
-                }
-                now >= deadline
+}
+
+/// How a [`Lined`] run's wait ended.
+pub(crate) enum Turn {
+    /// Answered without running (`504` or `503`, counted).
+    Answered(JobResponse),
+    /// Its turn: the run in its granted slot.
+    Run(Direct),
+}
+
+impl Lined {
+    /// A run waiting in `seat` of `runner`'s line since `admitted_at`; with `timing`, its answer
+    /// carries its [`JobTiming`].
+    pub(crate) fn new(
+        runner: Arc<JobRunner>,
+        seat: Arc<Seat>,
+        call: HandlerFuture,
+        admitted_at: Instant,
+        timing: bool,
+    ) -> Lined {
+        Lined {
+            runner,
+            seat,
+            call: Some(call),
+            admitted_at,
+            timing,
+        }
+    }
+
+    /// The end of the wait, once the seat moved.
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<Turn> {
+        let counters = self.runner.counters();
+        let answer = match self.seat.standing_or_wake(cx.waker()) {
+            Standing::Waiting | Standing::Left => return Poll::Pending,
+            Standing::Granted => {
+                let Some(call) = self.call.take() else {
+                    return Poll::Pending;
+                };
+                let started = Instant::now();
+                EndpointCounters::bump(&counters.async_runs);
+                let slot = OwnedSlot::granted(self.runner.clone());
+                let waited = self
+                    .timing
+                    .then(|| started.saturating_duration_since(self.admitted_at));
+                return Poll::Ready(Turn::Run(Direct::new(
+                    slot,
+                    counters.clone(),
+                    call,
+                    started,
+                    waited,
+                )));
             }
+            Standing::Shed => shutting_down(),
+            Standing::Expired => waited_too_long(),
         };
-        match seat.standing() {
-            Standing::Granted => break,
-            Standing::Shed => {
-                place.served = true;
-                return respond(&counters, Err(shutting_down()), None);
-            }
-            Standing::Waiting if expired => {
-                if place.leave() {
-                    place.served = true;
-                    return respond(&counters, Err(waited_too_long()), None);
-                }
-                // Granted or shed meanwhile: the next look sees it.
-            }
-            Standing::Waiting | Standing::Left => {}
+        if self.call.take().is_none() {
+            return Poll::Pending;
         }
-    }
-    place.served = true;
-    let started = Instant::now();
-    EndpointCounters::bump(&counters.async_runs);
-    let slot = OwnedSlot::granted(runner.clone());
-    let waited = timing.then(|| started.saturating_duration_since(admitted_at));
-    Direct::new(slot, counters, call, started, waited).await
-}
-
-/// A seat's waiter: dropped unserved (its client went away before its turn), it leaves the line,
-/// counts `skipped`, and gives back its queue depth, or the running slot it was just granted.
-struct Place<'a> {
-    runner: &'a Arc<JobRunner>,
-    seat: &'a Arc<Seat>,
-    /// Answered here, or running: nothing left to undo.
-    served: bool,
-}
-
-impl Place<'_> {
-    /// Leave the line unserved; true if the seat was still waiting (its depth is given back).
-    fn leave(&self) -> bool {
-        let left = self.seat.leave();
-        if left {
-            self.runner.line().remove(self.seat);
-            self.runner.release_seat();
-        }
-        left
+        Poll::Ready(Turn::Answered(respond(counters, Err(answer), None)))
     }
 }
 
-impl Drop for Place<'_> {
+impl Drop for Lined {
     fn drop(&mut self) {
-        if self.served {
+        if self.call.is_none() {
+            // Run or answered: nothing left to undo.
             return;
         }
-        if !self.leave() && self.seat.standing() == Standing::Granted {
+        let left = self.seat.leave();
+        if left {
+            self.runner.line().remove(&self.seat);
+            self.runner.release_seat();
+        } else if self.seat.standing() == Standing::Granted {
             // Granted as the client went: the slot goes on to the next seat.
             drop(OwnedSlot::granted(self.runner.clone()));
         }

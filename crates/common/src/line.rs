@@ -11,28 +11,45 @@
 //! which runs its handler's future in that slot: no thread hand-off.
 //!
 //! A seat moves out of `Waiting` exactly once, by a compare-and-swap: granted a slot, left (its
-//! queue deadline passed or its client went away) or shed (shutdown). Whoever wins that move gives
-//! the seat's queue depth back.
+//! client went away), expired (its queue deadline passed) or shed (shutdown). Whoever wins that
+//! move gives the seat's queue depth back.
+//!
+//! The queue deadlines are kept by one task per line, its keeper ([`keep`]), not by a timer per
+//! seat: the seats join in the order they were admitted, all with the endpoint's one
+//! `queue_timeout_ms`, so their deadlines come in line order and the keeper only ever sleeps
+//! until the front seat's. It also offers the line any free slot every [`LOOK`] while seats
+//! wait (a bound on the wait after the executor's concurrency rose, a light back to green, when
+//! no release comes to hand slots out), and sleeps without a timer while the line is empty.
 
+use crate::executor::JobRunner;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// How often the keeper offers a waiting line any free slot itself.
+pub(crate) const LOOK: Duration = Duration::from_millis(200);
 
 /// [`Seat`] state: in the line.
 const WAITING: u8 = 0;
 /// Given a running slot (now the seat's to use or give back).
 const GRANTED: u8 = 1;
-/// Left the line unserved: its queue deadline passed, or its client went away.
+/// Left the line unserved: its client went away.
 const LEFT: u8 = 2;
 /// Shed at shutdown: to be answered `503`.
 const SHED: u8 = 3;
+/// Its queue deadline passed in the line: to be answered `504`.
+const EXPIRED: u8 = 4;
 
 /// One waiting request's place in the [`Line`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Seat {
     state: AtomicU8,
-    /// Wakes the waiting task once the state moved (a permit is kept if it is not waiting yet).
-    wake: tokio::sync::Notify,
+    /// Its queue deadline.
+    deadline: Instant,
+    /// The waiting task, woken once the state moved.
+    waker: Mutex<Option<Waker>>,
 }
 
 /// Where a [`Seat`] stands.
@@ -46,22 +63,45 @@ pub(crate) enum Standing {
     Left,
     /// Shed at shutdown.
     Shed,
+    /// Its queue deadline passed (by the keeper).
+    Expired,
 }
 
 impl Seat {
+    fn new(deadline: Instant) -> Seat {
+        Seat {
+            state: AtomicU8::new(WAITING),
+            deadline,
+            waker: Mutex::new(None),
+        }
+    }
+
     /// Where the seat stands now.
     pub(crate) fn standing(&self) -> Standing {
         match self.state.load(Ordering::Acquire) {
             WAITING => Standing::Waiting,
             GRANTED => Standing::Granted,
             LEFT => Standing::Left,
-            _ => Standing::Shed,
+            SHED => Standing::Shed,
+            _ => Standing::Expired,
         }
     }
 
-    /// Resolves when the seat's state may have moved (or spuriously: look again).
-    pub(crate) async fn moved(&self) {
-        self.wake.notified().await;
+    /// Where the seat stands, with `waker` kept to be woken when it moves if it still waits
+    /// (looked at again after keeping it: a move in between is not missed).
+    pub(crate) fn standing_or_wake(&self, waker: &Waker) -> Standing {
+        let standing = self.standing();
+        if standing != Standing::Waiting {
+            return standing;
+        }
+        {
+            let mut kept = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+            match kept.as_mut() {
+                Some(kept) if kept.will_wake(waker) => {}
+                _ => *kept = Some(waker.clone()),
+            }
+        }
+        self.standing()
     }
 
     /// The waiter leaves the line unserved. True if it did (it was still waiting): the caller
@@ -76,7 +116,10 @@ impl Seat {
             .compare_exchange(WAITING, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if moved && to != LEFT {
-            self.wake.notify_one();
+            let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
         moved
     }
@@ -96,6 +139,10 @@ pub(crate) struct Line {
     seats: Mutex<Seats>,
     /// Seats in `seats`: read without the lock by every slot release.
     len: AtomicUsize,
+    /// The keeper was started (on the first seat).
+    kept: AtomicBool,
+    /// Wakes the keeper: a seat joined an empty line, or the line was shed.
+    keeper: Arc<tokio::sync::Notify>,
 }
 
 impl Line {
@@ -105,18 +152,36 @@ impl Line {
         self.len.load(Ordering::SeqCst) == 0
     }
 
-    /// A new seat at the back, or `None` once the line was shed (shutdown). The caller holds a
-    /// unit of queue depth for it already, and afterwards offers the line any free slot: a slot
-    /// released between its own look and the join is then not missed.
-    pub(crate) fn join(&self) -> Option<Arc<Seat>> {
+    /// A new seat at the back with queue deadline `deadline` (no earlier than any seat's ahead of
+    /// it), or `None` once the line was shed (shutdown). The caller holds a unit of queue depth
+    /// for it already, and afterwards offers the line any free slot: a slot released between its
+    /// own look and the join is then not missed. The line's keeper must run (see
+    /// [`Line::start_keeper`]).
+    pub(crate) fn join(&self, deadline: Instant) -> Option<Arc<Seat>> {
         let mut seats = self.lock();
         if seats.shed {
             return None;
         }
-        let seat = Arc::new(Seat::default());
+        let seat = Arc::new(Seat::new(deadline));
+        let first = seats.waiting.is_empty();
         seats.waiting.push_back(seat.clone());
         self.len.fetch_add(1, Ordering::SeqCst);
+        drop(seats);
+        if first {
+            // The keeper sleeps without a deadline while the line is empty.
+            self.keeper.notify_one();
+        }
         Some(seat)
+    }
+
+    /// True once the line's keeper ([`keep`]) was started.
+    pub(crate) fn has_keeper(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// True the first time it is asked: the caller starts the line's keeper.
+    pub(crate) fn start_keeper(&self) -> bool {
+        !self.kept.swap(true, Ordering::AcqRel)
     }
 
     /// Take `seat` out of the line (it left: [`Seat::leave`]). O(seats), under the lock; only a
@@ -159,8 +224,26 @@ impl Line {
         served
     }
 
+    /// Expire the seats at the front whose deadline is `now` or earlier (each woken to answer
+    /// `504`, its queue depth given back through `released`). Returns the deadline of the seat
+    /// then at the front, if any, and whether the line was shed.
+    fn expire(&self, now: Instant, mut released: impl FnMut()) -> (Option<Instant>, bool) {
+        let mut seats = self.lock();
+        while let Some(front) = seats.waiting.front() {
+            if front.deadline > now {
+                break;
+            }
+            if front.moves_to(EXPIRED) {
+                released();
+            }
+            seats.waiting.pop_front();
+            self.len.fetch_sub(1, Ordering::SeqCst);
+        }
+        (seats.waiting.front().map(|s| s.deadline), seats.shed)
+    }
+
     /// Shutdown: no new seat; every waiting one is shed (woken to answer `503`), each one's queue
-    /// depth given back through `released`.
+    /// depth given back through `released`; the keeper ends.
     pub(crate) fn shed(&self, mut released: impl FnMut()) {
         let mut seats = self.lock();
         seats.shed = true;
@@ -170,10 +253,44 @@ impl Line {
                 released();
             }
         }
+        drop(seats);
+        self.keeper.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, Seats> {
         self.seats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The keeper of `runner`'s line: expires the seats whose queue deadline passed and offers the
+/// line free slots every [`LOOK`] while seats wait; sleeps until a seat joins while none does.
+/// Ends once the line is shed or the runner is gone.
+pub(crate) async fn keep(runner: Weak<JobRunner>) {
+    let Some(wake) = runner.upgrade().map(|r| r.line().keeper.clone()) else {
+        return;
+    };
+    loop {
+        let next = {
+            let Some(runner) = runner.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let (front, shed) = runner.line().expire(now, || runner.release_seat());
+            if shed {
+                return;
+            }
+            runner.grant_waiting();
+            front.map(|deadline| deadline.min(now + LOOK))
+        };
+        match next {
+            Some(next) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
     }
 }
 
@@ -182,10 +299,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
     #[test]
     fn slots_go_to_the_seats_in_the_order_they_came_and_skip_those_that_left() {
         let line = Line::default();
-        let seats: Vec<_> = (0..4).map(|_| line.join().unwrap()).collect();
+        let seats: Vec<_> = (0..4).map(|_| line.join(far()).unwrap()).collect();
         assert!(seats[1].leave());
         line.remove(&seats[1]);
         let mut free = 2;
@@ -210,7 +331,7 @@ mod tests {
     #[test]
     fn a_seat_that_left_without_being_removed_gives_its_slot_back() {
         let line = Line::default();
-        let seat = line.join().unwrap();
+        let seat = line.join(far()).unwrap();
         assert!(seat.leave());
         let mut untaken = 0;
         let served = line.grant(|| true, || untaken += 1, || {});
@@ -221,8 +342,8 @@ mod tests {
     #[test]
     fn shedding_wakes_every_seat_and_closes_the_line() {
         let line = Line::default();
-        let a = line.join().unwrap();
-        let b = line.join().unwrap();
+        let a = line.join(far()).unwrap();
+        let b = line.join(far()).unwrap();
         let mut released = 0;
         line.shed(|| released += 1);
         assert_eq!(released, 2);
@@ -230,7 +351,51 @@ mod tests {
             (a.standing(), b.standing()),
             (Standing::Shed, Standing::Shed)
         );
-        assert!(line.join().is_none());
+        assert!(line.join(far()).is_none());
         assert!(line.is_empty());
+    }
+
+    #[test]
+    fn expiry_takes_the_front_seats_past_their_deadline_in_order() {
+        let line = Line::default();
+        let now = Instant::now();
+        let a = line.join(now - Duration::from_millis(2)).unwrap();
+        let b = line.join(now - Duration::from_millis(1)).unwrap();
+        let c = line.join(now).unwrap();
+        let d = line.join(now + Duration::from_secs(1)).unwrap();
+        assert!(b.leave(), "b's client went before its deadline");
+        let mut released = 0;
+        let (front, shed) = line.expire(now, || released += 1);
+        assert_eq!((front, shed, released), (Some(d.deadline), false, 2));
+        use Standing::*;
+        let standing: Vec<_> = [&a, &b, &c, &d].iter().map(|s| s.standing()).collect();
+        assert_eq!(standing, [Expired, Left, Expired, Waiting]);
+        assert!(!a.leave(), "an expired seat cannot leave again");
+        // b's own removal finds it gone already, and the count stays right.
+        line.remove(&b);
+        assert!(!line.is_empty());
+        let served = line.grant(|| true, || {}, || {});
+        assert_eq!((served, d.standing()), (1, Granted));
+        assert!(line.is_empty());
+        assert_eq!(line.expire(now, || released += 1), (None, false));
+    }
+
+    #[test]
+    fn a_move_wakes_the_waker_kept_while_waiting() {
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let line = Line::default();
+        let seat = line.join(far()).unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        assert_eq!(seat.standing_or_wake(&waker), Standing::Waiting);
+        assert!(!flag.0.load(Ordering::SeqCst));
+        line.grant(|| true, || {}, || {});
+        assert!(flag.0.load(Ordering::SeqCst), "granting woke the waiter");
+        assert_eq!(seat.standing_or_wake(&waker), Standing::Granted);
     }
 }
