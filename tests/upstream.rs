@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use support::{request, wait_until, within, TempDir, TestServer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -405,6 +405,106 @@ async fn rude_upstream(read_first: bool) -> (SocketAddr, Arc<AtomicUsize>, JoinH
         }
     });
     (addr, connections, task)
+}
+
+/// A raw upstream that answers every request on a connection with `answer`, as written.
+async fn scripted_upstream(answer: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The lines of a raw answer's head, lowercased.
+fn head_lines(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw).to_lowercase();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    head.split("\r\n").map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_whole_answer_keeps_a_length_it_matches_and_is_reframed_when_it_does_not() {
+    // Framed by its length: the length reaches the client once, as declared.
+    let (addr, task) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello").await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    let raw = server
+        .client()
+        .raw(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let lines = head_lines(&raw);
+    assert_eq!(lines[0], "http/1.1 200 ok", "{lines:?}");
+    let lengths: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["content-length: 5"], "{lines:?}");
+    assert!(
+        raw.ends_with(b"\r\n\r\nhello"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // And through a client that checks the framing, twice on one kept-alive upstream connection.
+    for _ in 0..2 {
+        let reply = server.get("/u").await;
+        assert_eq!(
+            (reply.status, reply.text()),
+            (StatusCode::OK, "hello".to_owned())
+        );
+        assert_eq!(reply.header("content-length").as_deref(), Some("5"));
+    }
+    server.shutdown().await;
+    task.abort();
+
+    // Chunked, with a length that lies: the chunked framing wins at the upstream, and the client
+    // gets the length of the body read, never the one declared.
+    let (addr, task) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
+    let raw = server
+        .client()
+        .raw(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let lines = head_lines(&raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    if lines[0] == "http/1.1 200 ok" {
+        let lengths: Vec<_> = lines
+            .iter()
+            .filter(|l| l.starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 5"], "{text}");
+        assert!(
+            !lines.iter().any(|l| l.starts_with("transfer-encoding")),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    } else {
+        // An upstream answer this contradictory may be refused outright: then a clean 502.
+        assert_eq!(lines[0], "http/1.1 502 bad gateway", "{text}");
+    }
+    server.shutdown().await;
+    task.abort();
 }
 
 #[tokio::test]

@@ -158,9 +158,14 @@ pub enum BodyError {
 /// The answer's head as relayed: hop-by-hop headers removed, HTTP/1.1, and no `Content-Length`
 /// (the front end frames the body it sends) except on an answer to `HEAD`, which keeps the
 /// length the server declared.
-pub fn answer_head(mut parts: Parts, method: &Method) -> Parts {
+pub fn answer_head(parts: Parts, method: &Method) -> Parts {
+    head_of(parts, method, false)
+}
+
+/// [`answer_head`], keeping the `Content-Length` also where `exact`.
+fn head_of(mut parts: Parts, method: &Method, exact: bool) -> Parts {
     strip_hop_by_hop(&mut parts.headers);
-    if method != Method::HEAD {
+    if method != Method::HEAD && !exact {
         parts.headers.remove(CONTENT_LENGTH);
     }
     parts.version = Version::HTTP_11;
@@ -168,11 +173,35 @@ pub fn answer_head(mut parts: Parts, method: &Method) -> Parts {
 }
 
 /// The whole answer to a `method` request, its body bounded by `max` bytes, its head as
-/// [`answer_head`] makes it.
+/// [`answer_head`] makes it, except that a `Content-Length` equal to the body read is kept.
 pub fn read_bounded(
     resp: Response<hyper::body::Incoming>,
     method: &Method,
     max: usize,
+) -> impl Future<Output = Result<JobResponse, BodyError>> + Send + '_ {
+    let declared = declared_length(&resp);
+    read_bounded_declared(resp, method, max, declared)
+}
+
+/// The answer's `Content-Length` (its first value), if it has a valid one.
+pub fn declared_length<B>(resp: &Response<B>) -> Option<u64> {
+    resp.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// [`read_bounded`] for a caller that looked up the answer's [`declared_length`] already.
+///
+/// The body read whole is exactly as long as a declared length whenever the upstream framed it
+/// by that length (hyper's client reads no more and fails on less), so that header is kept then
+/// and the front end writes it as it is: removing it cost a lookup, a removal and a shift in the
+/// header map per answer. Any other length (a chunked body that also declared one, a `304`'s
+/// length of the resource) is removed, and the front end frames the body it sends.
+pub fn read_bounded_declared(
+    resp: Response<hyper::body::Incoming>,
+    method: &Method,
+    max: usize,
+    declared: Option<u64>,
 ) -> impl Future<Output = Result<JobResponse, BodyError>> + Send + '_ {
     // Split and wrapped before the `async` block, which then holds each part once (an `async fn`
     // would hold the answer twice: rust-lang/rust#62958).
@@ -180,8 +209,9 @@ pub fn read_bounded(
     let collect = collect_bounded(body, max);
     async move {
         let body = collect.await?;
+        let exact = declared == Some(body.len() as u64);
         Ok(Response::from_parts(
-            answer_head(parts, method),
+            head_of(parts, method, exact),
             body.into(),
         ))
     }

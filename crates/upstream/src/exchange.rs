@@ -12,7 +12,7 @@ use crate::Shared;
 use common::body::{BodySink, StreamError};
 use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, UPGRADE};
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Method, Response, StatusCode, Uri};
 use relay::{BodyError, Conn, Next, Sent};
 use std::future::Future;
@@ -291,19 +291,16 @@ enum Answer {
     },
 }
 
-/// True if the answer to a `method` request with this head is read whole: no body (`HEAD`,
-/// 1xx, 204, 304) or a declared length up to [`WHOLE_MAX`].
-fn read_whole(method: &Method, response: &Response<Incoming>) -> bool {
+/// `Some` if the answer to a `method` request with this head is read whole: no body (`HEAD`,
+/// 1xx, 204, 304) or a declared length up to [`WHOLE_MAX`]; in it, the declared length, if any.
+fn read_whole(method: &Method, response: &Response<Incoming>) -> Option<Option<u64>> {
     let status = response.status();
     let bodiless = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    bodiless || declared.is_some_and(|len| len <= WHOLE_MAX)
+    let declared = relay::declared_length(response);
+    (bodiless || declared.is_some_and(|len| len <= WHOLE_MAX)).then_some(declared)
 }
 
 /// Relay `body` into `sink` chunk by chunk until it ends (then `conn` is kept for the next
@@ -434,21 +431,22 @@ fn exchange<'a>(
             {
                 Ok(Answer::Upgrade { response, conn })
             }
-            Sent::Answered { response, conn } if !read_whole(&req.method, &response) => {
-                let (head, body) = response.into_parts();
-                Ok(Answer::Stream {
-                    head: relay::answer_head(head, &req.method),
-                    body,
-                    conn,
-                })
-            }
             Sent::Answered { response, conn } => {
+                let Some(declared) = read_whole(&req.method, &response) else {
+                    let (head, body) = response.into_parts();
+                    return Ok(Answer::Stream {
+                        head: relay::answer_head(head, &req.method),
+                        body,
+                        conn,
+                    });
+                };
                 // Boxed (480 bytes, from glibc's per-thread cache): inline, it would take the
                 // exchange's whole future past that cache.
-                let whole = Box::pin(relay::read_bounded(
+                let whole = Box::pin(relay::read_bounded_declared(
                     response,
                     &req.method,
                     shared.config.max_response_bytes,
+                    declared,
                 ));
                 match whole.await {
                     Ok(response) => {
