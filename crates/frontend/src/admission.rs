@@ -108,8 +108,11 @@ fn enqueue(
 /// endpoint answers an upgrade request as a plain request. HTTP/2's extended CONNECT is not served.
 fn client_upgrade(endpoint: &Endpoint, parts: &mut hyper::http::request::Parts) -> ClientUpgrade {
     let upstream = matches!(endpoint.config.handler, HandlerConfig::Upstream(_));
+    // hyper leaves an `OnUpgrade` only on a request that asks for an upgrade (or a `CONNECT`):
+    // looking for it first spares every other request a header lookup.
     if !upstream
         || parts.version != hyper::Version::HTTP_11
+        || parts.extensions.get::<hyper::upgrade::OnUpgrade>().is_none()
         || !parts.headers.contains_key(hyper::header::UPGRADE)
     {
         return ClientUpgrade::default();
