@@ -544,17 +544,29 @@ async fn a_connection_closed_before_the_request_is_read_is_tried_at_most_once_mo
 
 #[tokio::test]
 async fn the_whole_exchange_is_bounded_by_timeout_ms() {
-    let (fake, addr) = Fake::tcp().await;
-    let server =
-        TestServer::start(&config("/u", &format!("http://{addr}"), "timeout_ms = 200")).await;
-    let mut req = request("GET", "/u", "");
-    req.headers_mut().insert("x-hold", "1".parse().unwrap());
-    let reply = server.client().send(req).await;
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(reply.text(), "upstream did not answer within timeout_ms\n");
-    assert_eq!(server.counters("/u").timed_out, 1);
-    fake.open_gate();
-    server.shutdown().await;
+    // Jellyfish runs the exchange on the client's connection task, crab on an executor thread
+    // that blocks on the handler's I/O runtime: one deadline keeper serves both, for every
+    // exchange in turn.
+    for mode in ["jellyfish", "crab"] {
+        let (fake, addr) = Fake::tcp().await;
+        let toml = config("/u", &format!("http://{addr}"), "timeout_ms = 200").replace(
+            "mode = \"jellyfish\"\nworkers = 4",
+            &format!("mode = \"{mode}\""),
+        );
+        let server = TestServer::start(&toml).await;
+        for n in 1..=2 {
+            let mut req = request("GET", "/u", "");
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            let reply = server.client().send(req).await;
+            assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{mode}");
+            assert_eq!(reply.text(), "upstream did not answer within timeout_ms\n");
+            assert_eq!(server.counters("/u").timed_out, n, "{mode}");
+        }
+        // An exchange that answers in time is not cut short by the ones that expired.
+        assert_eq!(server.get("/u").await.status, StatusCode::CREATED, "{mode}");
+        fake.open_gate();
+        server.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -112,7 +112,10 @@ fn client_upgrade(endpoint: &Endpoint, parts: &mut hyper::http::request::Parts) 
     // looking for it first spares every other request a header lookup.
     if !upstream
         || parts.version != hyper::Version::HTTP_11
-        || parts.extensions.get::<hyper::upgrade::OnUpgrade>().is_none()
+        || parts
+            .extensions
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_none()
         || !parts.headers.contains_key(hyper::header::UPGRADE)
     {
         return ClientUpgrade::default();

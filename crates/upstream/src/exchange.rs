@@ -19,6 +19,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Largest declared body read whole before it is sent on; anything larger, or of unknown length,
@@ -181,8 +182,9 @@ fn prepare(
     ))
 }
 
-/// The exchange, bounded by `deadline`. An `async` block, as [`run_async`] and `exchange` are:
-/// the arguments are kept once.
+/// The exchange, bounded by `deadline` (kept by the handler's deadline keeper, see
+/// [`crate::deadline`], not by a timer of its own). An `async` block, as [`run_async`] and
+/// `exchange` are: the arguments are kept once.
 #[allow(clippy::manual_async_fn)]
 fn timed<'a>(
     shared: &'a Shared,
@@ -193,12 +195,16 @@ fn timed<'a>(
     side: Side,
 ) -> impl Future<Output = Result<Answer, HandlerError>> + Send + 'a {
     async move {
-        tokio::time::timeout_at(
-            deadline.into(),
-            exchange(shared, req, outgoing, upgrading, side),
-        )
-        .await
-        .unwrap_or_else(|_| {
+        let entry = shared.deadlines.enter(deadline);
+        let mut exchange = std::pin::pin!(exchange(shared, req, outgoing, upgrading, side));
+        let answer = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            entry.poll_expired(cx).map(|()| None)
+        })
+        .await;
+        answer.unwrap_or_else(|| {
             fail(shared, "no answer within timeout_ms".into());
             Err(HandlerError::Timeout(
                 "upstream did not answer within timeout_ms".into(),

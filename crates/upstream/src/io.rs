@@ -1,6 +1,6 @@
 //! The handler's I/O thread: it owns the runtime that the exchanges (entered from executor
-//! threads with `block_on`) and the health poll run on, and drops it when the handler is closed,
-//! on its own thread, never inside another runtime.
+//! threads with `block_on`), the deadline keeper and the health poll run on, and drops it when
+//! the handler is closed, on its own thread, never inside another runtime.
 
 use crate::Shared;
 use std::sync::{mpsc, Arc, Mutex};
@@ -32,6 +32,10 @@ impl Io {
                 }
             };
             let _ = tx.send(Ok(runtime.handle().clone()));
+            runtime.spawn(crate::deadline::keep(
+                shared.deadlines.clone(),
+                shared.config.timeout,
+            ));
             if shared.config.health_path.is_some() {
                 runtime.spawn(crate::health::poll(shared.clone()));
             }

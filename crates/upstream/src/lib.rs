@@ -26,11 +26,13 @@
 //! - `io`: the I/O thread and its runtime, which the exchanges and the health poll run on.
 //! - [`exchange`]: one request's exchange, the target path, the streamed body, and its failures
 //!   as answers.
+//! - `deadline`: the exchanges' deadlines, kept by one task instead of a timer per exchange.
 //! - [`health`]: the health state and its poll.
 //! - `status`: `/status` and `/metrics`.
 //! - `upgrade`: a WebSocket session passed through (`101`), spliced in the job's running slot.
 #![deny(missing_docs)]
 
+mod deadline;
 pub mod exchange;
 pub mod health;
 mod io;
@@ -65,6 +67,8 @@ pub(crate) struct Shared {
     /// The last failure, for `/status`: what, and when.
     pub last_error: Mutex<Option<(String, std::time::Instant)>>,
     pub in_flight: AtomicU64,
+    /// The deadlines of the exchanges in flight, kept by one task on the I/O runtime.
+    pub deadlines: Arc<deadline::Deadlines>,
 }
 
 /// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
@@ -126,6 +130,7 @@ impl UpstreamHandler {
             stats: status::Stats::default(),
             last_error: Mutex::new(None),
             in_flight: AtomicU64::new(0),
+            deadlines: Arc::default(),
         });
         let io = io::Io::start(shared.clone())?;
         Ok(UpstreamHandler { shared, io })
