@@ -8,7 +8,7 @@
 //! runtime, sleeps until the earliest deadline in the table, marks what is due as expired and
 //! wakes it. A tokio timer per exchange cost about 450 user-space instructions of a proxied
 //! `/ping` (its registration in the runtime's timer wheel and its removal, under the wheel's
-//! lock), and 112 bytes of the exchange's future (docs/BENCHMARKS.md 16.4).
+//! lock), and 112 bytes of the exchange's future (docs/BENCHMARKS.md 16.3).
 //!
 //! With nothing in flight, the keeper sleeps one `timeout_ms`: an exchange that starts meanwhile
 //! has its deadline after that wake-up, so no start ever needs to wake the keeper (which would
