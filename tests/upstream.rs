@@ -441,28 +441,37 @@ fn head_lines(raw: &[u8]) -> Vec<String> {
     head.split("\r\n").map(str::to_owned).collect()
 }
 
-#[tokio::test]
-async fn a_whole_answer_keeps_a_length_it_matches_and_is_reframed_when_it_does_not() {
-    // Framed by its length: the length reaches the client once, as declared.
-    let (addr, task) =
-        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello").await;
+/// The `Content-Length` lines of a head.
+fn content_lengths(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("content-length:"))
+        .map(String::as_str)
+        .collect()
+}
+
+/// A server in front of a raw upstream that answers `answer`, and the raw answer to a `GET`
+/// through it on a fresh connection.
+async fn raw_through(answer: &'static [u8]) -> (TestServer, JoinHandle<()>, Vec<u8>) {
+    let (addr, task) = scripted_upstream(answer).await;
     let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
     let raw = server
         .client()
         .raw(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await;
+    (server, task, raw)
+}
+
+#[tokio::test]
+async fn a_whole_answer_keeps_a_length_it_matches_and_is_reframed_when_it_does_not() {
+    // Framed by its length: the length reaches the client once, as declared.
+    let (server, task, raw) =
+        raw_through(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello").await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let lines = head_lines(&raw);
-    assert_eq!(lines[0], "http/1.1 200 ok", "{lines:?}");
-    let lengths: Vec<_> = lines
-        .iter()
-        .filter(|l| l.starts_with("content-length:"))
-        .collect();
-    assert_eq!(lengths, ["content-length: 5"], "{lines:?}");
-    assert!(
-        raw.ends_with(b"\r\n\r\nhello"),
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert_eq!(lines[0], "http/1.1 200 ok", "{text}");
+    assert_eq!(content_lengths(&lines), ["content-length: 5"], "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
     // And through a client that checks the framing, twice on one kept-alive upstream connection.
     for _ in 0..2 {
         let reply = server.get("/u").await;
@@ -477,23 +486,14 @@ async fn a_whole_answer_keeps_a_length_it_matches_and_is_reframed_when_it_does_n
 
     // Chunked, with a length that lies: the chunked framing wins at the upstream, and the client
     // gets the length of the body read, never the one declared.
-    let (addr, task) = scripted_upstream(
+    let (server, task, raw) = raw_through(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
-    let raw = server
-        .client()
-        .raw(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await;
-    let lines = head_lines(&raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
+    let lines = head_lines(&raw);
     if lines[0] == "http/1.1 200 ok" {
-        let lengths: Vec<_> = lines
-            .iter()
-            .filter(|l| l.starts_with("content-length:"))
-            .collect();
-        assert_eq!(lengths, ["content-length: 5"], "{text}");
+        assert_eq!(content_lengths(&lines), ["content-length: 5"], "{text}");
         assert!(
             !lines.iter().any(|l| l.starts_with("transfer-encoding")),
             "{text}"
