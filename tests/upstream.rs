@@ -570,6 +570,29 @@ async fn the_whole_exchange_is_bounded_by_timeout_ms() {
 }
 
 #[tokio::test]
+async fn an_exchange_in_flight_when_its_endpoint_closes_still_ends_at_timeout_ms() {
+    let (fake, addr) = Fake::tcp().await;
+    let mut server =
+        TestServer::start(&config("/u", &format!("http://{addr}"), "timeout_ms = 300")).await;
+    let mut req = request("GET", "/u", "");
+    req.headers_mut().insert("x-hold", "1".parse().unwrap());
+    let reply = server.client().spawn(req);
+    wait_until("the upstream holds the request", || {
+        fake.state.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Shutdown closes the endpoint at once (nothing is queued) and with it the handler's I/O
+    // thread, while the exchange waits on the connection's own task: its deadline still holds,
+    // well before the shutdown's grace would cut the connection.
+    server.begin_shutdown();
+    let reply = reply.await.unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.text(), "upstream did not answer within timeout_ms\n");
+    fake.open_gate();
+    server.join().await;
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_closes_its_upstream_connection() {
     let (fake, addr) = Fake::tcp().await;
     let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;

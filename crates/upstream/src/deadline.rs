@@ -12,11 +12,16 @@
 //!
 //! With nothing in flight, the keeper sleeps one `timeout_ms`: an exchange that starts meanwhile
 //! has its deadline after that wake-up, so no start ever needs to wake the keeper (which would
-//! be a wake of another thread per request at low load).
+//! be a wake of another thread per request at low load). When the handler is closed, its I/O
+//! thread keeps the keeper running until the last exchange in flight (on the front end's
+//! runtime, which outlives the close) has ended.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+/// How often a closed handler's I/O thread looks whether its last exchange has ended.
+const DRAIN_LOOK: Duration = Duration::from_millis(50);
 
 /// The deadlines of the exchanges in flight.
 #[derive(Debug, Default)]
@@ -90,11 +95,18 @@ impl Deadlines {
         next
     }
 
-    /// Places in use (for tests).
-    #[cfg(test)]
+    /// Places in use: exchanges in flight.
     fn in_use(&self) -> usize {
         let table = self.lock();
         table.places.len() - table.free.len()
+    }
+
+    /// Resolves once no exchange is in flight (looked at every [`DRAIN_LOOK`]); each leaves by
+    /// its deadline at the latest, while the keeper runs.
+    pub(crate) async fn drained(&self) {
+        while self.in_use() > 0 {
+            tokio::time::sleep(DRAIN_LOOK).await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {

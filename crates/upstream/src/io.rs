@@ -36,10 +36,19 @@ impl Io {
                 shared.deadlines.clone(),
                 shared.config.timeout,
             ));
-            if shared.config.health_path.is_some() {
-                runtime.spawn(crate::health::poll(shared.clone()));
-            }
+            let health = shared
+                .config
+                .health_path
+                .is_some()
+                .then(|| runtime.spawn(crate::health::poll(shared.clone())));
             let _ = runtime.block_on(stopped);
+            if let Some(health) = health {
+                health.abort();
+            }
+            // Exchanges still in flight on the front end's runtime (its own tasks outlive the
+            // endpoint's close) keep their deadlines: the keeper runs on until the last has
+            // ended, each by its `timeout_ms` at the latest.
+            runtime.block_on(shared.deadlines.drained());
             runtime.shutdown_timeout(SHUTDOWN_BOUND);
             tracing::debug!(endpoint = %shared.endpoint, "upstream I/O stopped");
         })?;
