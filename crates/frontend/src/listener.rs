@@ -255,6 +255,14 @@ async fn jobs_stopped(app: &App) {
 /// alike (the two types have the same setters, and no common trait). A head over max_buf_size is
 /// answered 431.
 ///
+/// Each answer is written as one buffer (head and body copied together, one `write`), not
+/// queued for a vectored write: for small answers the queue's bookkeeping cost more than the copy
+/// (about 430 user-space instructions of a `/ping`), and a 256 KiB echo cost no more CPU
+/// (docs/BENCHMARKS.md 16.4). hyper suggests the same for TLS, which copies anyway. The buffer
+/// keeps its largest size for the connection's life, and stays bounded: hyper buffers body
+/// data only while it holds less than `max_buf_size` (`max_header_bytes`), and every body comes
+/// to it in frames of at most [`super::unsent::SLICE`] (16 KiB).
+///
 /// No timer, and no header-read timeout of hyper's: `header_read_timeout` is the connection
 /// table's head deadline (see `connections.rs`, `ConnectionTable::sweep`), which like hyper's
 /// timer also runs while a keep-alive connection waits for its next request. hyper's timer cost
@@ -265,6 +273,7 @@ macro_rules! http1_settings {
     ($builder:expr, $server:expr) => {
         $builder
             .header_read_timeout(None)
+            .writev(false)
             .max_buf_size($server.max_header_bytes)
             .half_close(false)
     };
