@@ -6,8 +6,8 @@
 //! (`try_send_request`) and may be sent again on a fresh connection. A request that may have
 //! reached the server is never sent twice.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use crate::message::OutBody;
+use http_body_util::{BodyExt, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 /// The sending half of a connection; its driver runs as a task on the caller's runtime.
-pub type Conn = SendRequest<Full<Bytes>>;
+pub type Conn = SendRequest<OutBody>;
 
 /// Largest body read from a probe's answer (it is only drained).
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
@@ -65,7 +65,14 @@ async fn handshake<S>(stream: S) -> io::Result<Conn>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // Each message written as one buffer (head and body copied together, one `write`) rather
+    // than queued for a vectored write: the queue's bookkeeping cost more than the copy for the
+    // small requests this client mostly sends (docs/BENCHMARKS.md 16.4). The buffer keeps its
+    // largest size for the connection's life, bounded: hyper buffers body data only while it
+    // holds less than its `max_buf_size`, and an [`OutBody`] comes in slices of 16 KiB.
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
@@ -119,7 +126,7 @@ pub enum Sent {
 pub async fn send<F, Fut>(
     mut conn: Option<Conn>,
     mut open: F,
-    mut req: Box<Request<Full<Bytes>>>,
+    mut req: Box<Request<OutBody>>,
     mut resends: usize,
 ) -> (Sent, usize)
 where
@@ -186,7 +193,7 @@ where
 /// (bounded), or why there is none.
 pub async fn probe(conn: &mut Conn, path: &str, host: &HeaderValue) -> Result<StatusCode, String> {
     conn.ready().await.map_err(|e| e.to_string())?;
-    let mut req = Request::new(Full::new(Bytes::new()));
+    let mut req = Request::new(OutBody::default());
     *req.uri_mut() = path.parse::<Uri>().map_err(|e| e.to_string())?;
     req.headers_mut().insert(HOST, host.clone());
     let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;

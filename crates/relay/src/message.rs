@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use common::handler::{JobRequest, JobResponse};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRAILER,
@@ -18,8 +18,47 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The body of a forwarded request: the whole request body, already read.
-pub type OutBody = Full<Bytes>;
+/// Largest slice of a forwarded request's body handed to hyper at once.
+pub const SLICE: usize = 16 * 1024;
+
+/// The body of a forwarded request: the whole request body, already read, handed to hyper in
+/// slices of at most [`SLICE`] bytes. Slices, because the client connections write each message
+/// as one buffer ([`crate::conn`]), which keeps the largest size it ever held for the life of the
+/// pooled connection: with slices, hyper's `max_buf_size` bounds it, whatever the body's size.
+#[derive(Debug, Clone, Default)]
+pub struct OutBody(Bytes);
+
+impl OutBody {
+    /// The body `bytes`.
+    pub fn new(bytes: Bytes) -> OutBody {
+        OutBody(bytes)
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let rest = &mut self.0;
+        if rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let slice = rest.split_to(rest.len().min(SLICE));
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.len() as u64)
+    }
+}
 
 /// What a forwarded request says about where it came from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,7 +73,7 @@ pub struct Forwarding {
 /// `Content-Length` (none on a request without content whose method anticipates none, unless
 /// the client sent one: RFC 9110 section 8.6), the client's address appended to `X-Forwarded-For`, and
 /// `X-Forwarded-Proto` if `forwarding` says one.
-pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Request<Full<Bytes>> {
+pub fn outgoing(req: &JobRequest, target: Uri, forwarding: Forwarding) -> Request<OutBody> {
     outgoing_with(req, req.headers.clone(), target, forwarding)
 }
 
@@ -45,7 +84,7 @@ pub fn outgoing_with(
     mut headers: HeaderMap,
     target: Uri,
     forwarding: Forwarding,
-) -> Request<Full<Bytes>> {
+) -> Request<OutBody> {
     // One pass over the names says which of the headers rewritten here are there: most requests
     // carry none of them but `Host`, and an absent one then costs no lookup by name.
     let seen = Seen::of(&headers);
@@ -86,7 +125,7 @@ pub fn outgoing_with(
     if let Some(proto) = forwarding.proto {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    let mut out = Request::new(Full::new(req.body.clone()));
+    let mut out = Request::new(OutBody::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = target;
     *out.version_mut() = Version::HTTP_11;
@@ -663,5 +702,26 @@ mod tests {
             let out = outgoing(&bodiless, path_and_query(&bodiless), Forwarding::default());
             assert_eq!(out.headers()[CONTENT_LENGTH], "0");
         }
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_body_goes_to_hyper_in_slices_and_whole() {
+        let data: Bytes = (0..40 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let mut body = OutBody::new(data.clone());
+        assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let chunk = frame.unwrap().into_data().unwrap();
+            sizes.push(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(sizes, [SLICE, SLICE, 8 * 1024]);
+        assert_eq!(got, data);
+        assert!(body.is_end_stream());
+        assert!(OutBody::default().is_end_stream());
     }
 }
