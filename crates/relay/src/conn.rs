@@ -69,7 +69,8 @@ where
     // than queued for a vectored write: the queue's bookkeeping cost more than the copy for the
     // small requests this client mostly sends (docs/BENCHMARKS.md 16.4). The buffer keeps its
     // largest size for the connection's life, bounded: hyper buffers body data only while it
-    // holds less than its `max_buf_size`, and an [`OutBody`] comes in slices of 16 KiB.
+    // holds less than its `max_buf_size` (its default, about 408 KiB), and an [`OutBody`] comes in
+    // slices of 16 KiB; at most the endpoint's slots of connections are kept.
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
