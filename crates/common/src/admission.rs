@@ -249,17 +249,10 @@ impl Admission {
             });
         }
         let line = self.runner.line();
-        if !line.has_keeper() {
-            // The line's deadlines are kept by one task (see `crate::line`), started with its
-            // first seat, on the runtime this asynchronous run is awaited on.
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                tracing::error!(endpoint = %self.runner.endpoint(), "an asynchronous run was queued outside a runtime; refused");
-                self.queue.release_seat();
-                return Direct::Refused(Refusal::ShuttingDown);
-            };
-            if line.start_keeper() {
-                runtime.spawn(crate::line::keep(Arc::downgrade(&self.runner)));
-            }
+        if !line.kept(&self.runner) {
+            tracing::error!(endpoint = %self.runner.endpoint(), "an asynchronous run was queued outside a runtime; refused");
+            self.queue.release_seat();
+            return Direct::Refused(Refusal::ShuttingDown);
         }
         let admitted_at = Instant::now();
         let Some(seat) = line.join(admitted_at + self.queue_timeout) else {

@@ -247,6 +247,17 @@ pub struct HandlerSample {
     pub value: i64,
 }
 
+/// The `Content-Length` a message's `headers` declare (their first value), if it is valid. The
+/// front end reads it before a request's body; the relay, of an upstream's or a worker's answer.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// A plain-text response with `status` and a short reason line: the shape of every error we send.
 pub fn text_response(status: StatusCode, reason: &str) -> JobResponse {
     let mut body = String::with_capacity(reason.len() + 1);

@@ -156,7 +156,7 @@ impl Line {
     /// it), or `None` once the line was shed (shutdown). The caller holds a unit of queue depth
     /// for it already, and afterwards offers the line any free slot: a slot released between its
     /// own look and the join is then not missed. The line's keeper must run (see
-    /// [`Line::start_keeper`]).
+    /// [`Line::kept`]).
     pub(crate) fn join(&self, deadline: Instant) -> Option<Arc<Seat>> {
         let mut seats = self.lock();
         if seats.shed {
@@ -174,14 +174,20 @@ impl Line {
         Some(seat)
     }
 
-    /// True once the line's keeper ([`keep`]) was started.
-    pub(crate) fn has_keeper(&self) -> bool {
-        self.kept.load(Ordering::Acquire)
-    }
-
-    /// True the first time it is asked: the caller starts the line's keeper.
-    pub(crate) fn start_keeper(&self) -> bool {
-        !self.kept.swap(true, Ordering::AcqRel)
+    /// True if the line of `runner` has its keeper ([`keep`]): started here with the first seat,
+    /// on the runtime the asynchronous runs are awaited on. False outside a runtime (no seat may
+    /// join then: nothing would keep its deadline). One atomic load once started.
+    pub(crate) fn kept(&self, runner: &Arc<JobRunner>) -> bool {
+        if self.kept.load(Ordering::Acquire) {
+            return true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if !self.kept.swap(true, Ordering::AcqRel) {
+            runtime.spawn(keep(Arc::downgrade(runner)));
+        }
+        true
     }
 
     /// Take `seat` out of the line (it left: [`Seat::leave`]). O(seats), under the lock; only a

@@ -10,11 +10,11 @@
 use super::{Answer, Body, Ignored, Pending, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
-use common::handler::{text_response, ClientUpgrade, JobRequest};
+use common::handler::{declared_length, text_response, ClientUpgrade, JobRequest};
 use config::HandlerConfig;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub(super) fn admit(
     let max_body = endpoint.config.max_body_bytes;
     // No body (most GETs: no Content-Length, or 0) needs no Content-Length lookup.
     let bodiless = hyper::body::Body::is_end_stream(req.body());
-    if !bodiless && declared_length(&req).is_some_and(|len| len > max_body) {
+    if !bodiless && declared_length(req.headers()).is_some_and(|len| len > max_body) {
         return Step::Now(Ok(too_large()));
     }
     if let Err(refusal) = endpoint.admission().check() {
@@ -176,15 +176,6 @@ fn refused(refusal: Refusal) -> Answer {
             "server shutting down",
         )),
     }
-}
-
-fn declared_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn too_large() -> Response<Body> {

@@ -218,18 +218,12 @@ pub fn read_bounded(
     method: &Method,
     max: usize,
 ) -> impl Future<Output = Result<JobResponse, BodyError>> + Send + '_ {
-    let declared = declared_length(&resp);
+    let declared = common::handler::declared_length(resp.headers());
     read_bounded_declared(resp, method, max, declared)
 }
 
-/// The answer's `Content-Length` (its first value), if it has a valid one.
-pub fn declared_length<B>(resp: &Response<B>) -> Option<u64> {
-    resp.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-}
-
-/// [`read_bounded`] for a caller that looked up the answer's [`declared_length`] already.
+/// [`read_bounded`] for a caller that looked up the answer's declared length already
+/// ([`common::handler::declared_length`]).
 ///
 /// The body read whole is exactly as long as a declared length whenever the upstream framed it
 /// by that length (hyper's client reads no more and fails on less), so that header is kept then

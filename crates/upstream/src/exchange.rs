@@ -305,7 +305,7 @@ fn read_whole(method: &Method, response: &Response<Incoming>) -> Option<Option<u
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = relay::declared_length(response);
+    let declared = common::handler::declared_length(response.headers());
     (bodiless || declared.is_some_and(|len| len <= WHOLE_MAX)).then_some(declared)
 }
 
