@@ -105,6 +105,11 @@ impl Fake {
     fn open_gate(&self) {
         self.gate.send_replace(true);
     }
+
+    /// Hold every request from now on again.
+    fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
 }
 
 impl Drop for Fake {
@@ -315,4 +320,108 @@ async fn at_shutdown_a_queued_request_is_answered_503_at_once_and_the_running_on
         (2, 1, 1)
     );
     assert_eq!(counters.answered(), counters.admitted);
+}
+
+#[tokio::test]
+async fn expected_wait_admission_admits_while_a_slot_is_free_and_sheds_once_the_line_is_too_long() {
+    // Two slots, jobs that outlast `queue_timeout_ms`. A request that finds a slot free starts
+    // at once, so it is admitted however long the running job may take; the first request that
+    // would have to wait for a running job to end is shed, with its Retry-After.
+    let (fake, addr) = Fake::start().await;
+    let config = config(addr, 2, 8, "queue_timeout_ms = 300").replace(
+        "expected_wait_admission = false",
+        "expected_wait_admission = true",
+    );
+    let server = TestServer::start(&config).await;
+    // One job that takes more than twice the queue timeout sets the job time.
+    let first = spawn_get(&server, 0);
+    wait_until("the first request at the upstream", || {
+        fake.in_flight() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    fake.open_gate();
+    assert_eq!(
+        within("the first reply", first).await.unwrap().status,
+        StatusCode::CREATED
+    );
+    fake.close_gate();
+    let second = spawn_get(&server, 1);
+    wait_until("the second request at the upstream", || {
+        fake.in_flight() == 1
+    })
+    .await;
+    assert_eq!(
+        server.status_of("/u").expected_wait_ms,
+        0.0,
+        "a slot is free: no wait expected"
+    );
+    let third = spawn_get(&server, 2);
+    wait_until("the third request at the upstream", || {
+        fake.in_flight() == 2
+    })
+    .await;
+    assert!(server.status_of("/u").expected_wait_ms > 300.0);
+    let fourth = within("the fourth reply", spawn_get(&server, 3))
+        .await
+        .unwrap();
+    assert_eq!(fourth.status, StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = fourth.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "Retry-After {retry_after}");
+    fake.open_gate();
+    for (i, reply) in [(1, second), (2, third)] {
+        let reply = within("a reply", reply).await.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.text(), format!("answer {i}"));
+    }
+    assert_eq!(fake.seen(), ["0", "1", "2"]);
+    let counters = server.counters("/u");
+    assert_eq!(
+        (
+            counters.admitted,
+            counters.completed,
+            counters.overflowed,
+            counters.shed_by_wait
+        ),
+        (3, 3, 1, 1)
+    );
+    assert_eq!(counters.answered(), counters.admitted);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cold_upstream_endpoints_first_long_run_stands_in_for_the_job_time() {
+    // No job has ended yet: the one running, past the queue timeout already, is the estimate,
+    // so a request that could only wait behind it is shed instead of timing out in the line.
+    let (fake, addr) = Fake::start().await;
+    let config = config(addr, 1, 8, "queue_timeout_ms = 300").replace(
+        "expected_wait_admission = false",
+        "expected_wait_admission = true",
+    );
+    let server = TestServer::start(&config).await;
+    let first = spawn_get(&server, 0);
+    wait_until("the first request at the upstream", || {
+        fake.in_flight() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let second = within("the second reply", spawn_get(&server, 1))
+        .await
+        .unwrap();
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    fake.open_gate();
+    assert_eq!(
+        within("the first reply", first).await.unwrap().status,
+        StatusCode::CREATED
+    );
+    let counters = server.counters("/u");
+    assert_eq!(
+        (counters.admitted, counters.completed, counters.shed_by_wait),
+        (1, 1, 1)
+    );
+    server.shutdown().await;
 }

@@ -206,11 +206,7 @@ impl Admission {
     /// endpoint: a client that goes drops the future, which stops the run or leaves the line.
     fn try_direct(&self, request: JobRequest, timing: bool) -> Direct {
         // A closed endpoint's handler is not called here.
-        if !self.runner.handler().runs_async()
-            || self.queue.is_closed()
-            || !self.stop_when_client_gone
-            || !self.executor.allows_inline()
-        {
+        if !self.starts_when_a_slot_frees() || self.queue.is_closed() {
             return Direct::Declined(request);
         }
         // Nothing queued, so FIFO order is kept.
@@ -323,23 +319,47 @@ impl Admission {
     /// divided by the recent mean batch size too: (queued + running) ÷ (concurrency × mean
     /// batch size) × call time. Under overload batches fill to `max_batch`, which is when the
     /// estimate matters.
+    ///
+    /// Where a request starts the moment a slot frees (an asynchronous run: at once with a slot
+    /// free and nothing queued, else at its turn in the line), a slot free means no wait, and
+    /// only the jobs that must end before its turn count: (queued + running + 1 − concurrency) ÷
+    /// concurrency × job time. An executor's queued job waits for its batch instead (a jellyfish
+    /// batch runs to its end before the next is taken), so there the running ones count whole.
     pub fn expected_wait(&self) -> Duration {
         // Everything ahead of a new job: the queued ones and the ones running now.
         let ahead = self.queue.depth() + self.runner.running();
         if ahead == 0 {
             return Duration::ZERO;
         }
+        let concurrency = self.concurrency().max(1);
+        let ahead = if self.starts_when_a_slot_frees() {
+            if ahead < concurrency {
+                return Duration::ZERO;
+            }
+            ahead + 1 - concurrency
+        } else {
+            ahead
+        };
         let Some(job_time) = self.runner.job_time() else {
             return Duration::ZERO;
         };
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
-        let concurrency = u32::try_from(self.concurrency().max(1)).unwrap_or(u32::MAX);
+        let concurrency = u32::try_from(concurrency).unwrap_or(u32::MAX);
         let per_slot = job_time.saturating_mul(ahead) / concurrency;
         if self.runner.max_batch() > 1 {
             per_slot.div_f64(self.runner.batch_stats().mean_size())
         } else {
             per_slot
         }
+    }
+
+    /// Whether this endpoint's requests take the asynchronous run of [`Admission::try_direct`],
+    /// which starts as soon as a slot is free (a WebSocket upgrade, declined there, is the
+    /// exception and is not worth a look at the request).
+    fn starts_when_a_slot_frees(&self) -> bool {
+        self.stop_when_client_gone
+            && self.runner.handler().runs_async()
+            && self.executor.allows_inline()
     }
 
     /// Seconds a rejected client should wait before retrying: the expected wait for the work

@@ -130,6 +130,9 @@ impl Direct {
         started: Instant,
         timing: Option<Duration>,
     ) -> Direct {
+        // A cold endpoint's first run stands in for the job time while it runs (see
+        // `JobRunner::job_time`), as an executor's does.
+        slot.runner().note_start(started);
         Direct {
             call: CatchPanic(call),
             rest: Some(Rest {

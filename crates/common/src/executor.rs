@@ -275,7 +275,7 @@ impl JobRunner {
     }
 
     /// Before any job has finished, remember when the latest started (see [`JobRunner::job_time`]).
-    fn note_start(&self, started: Instant) {
+    pub(crate) fn note_start(&self, started: Instant) {
         if self.job_time_us.load(Ordering::Relaxed) == 0 {
             let since_epoch = started.saturating_duration_since(self.epoch).as_micros();
             self.last_start_us.store(
