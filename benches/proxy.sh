@@ -10,6 +10,12 @@
 #   haproxy     HAProxy (1 thread) → bare hyper, `http-reuse always`, no log
 #   haproxyN    the same with `maxconn N` on the server: at most N requests in flight to the
 #               upstream, the rest waiting in HAProxy's queue, as fiddler_crab's N slots do
+#   nginxfwd, haproxyfwd, haproxyNfwd
+#               the same doing the rewrite fiddler_crab does: the client's `Host` passed on, and
+#               `X-Forwarded-For` (the client's address appended) and `X-Forwarded-Proto` added
+#               (nginx: proxy_set_header; HAProxy: option forwardfor, http-request set-header), so
+#               the upstream parses the same request from each; with nginxfwd in SERVERS, every
+#               server is held against it too
 #   hyperproxy  examples/bare_hyper_proxy.rs → bare hyper: hyper's server and client and nothing
 #               else (one upstream connection per client connection): the floor of a hyper proxy
 #   hyperpool   the same through hyper-util's pooled legacy client (--legacy)
@@ -53,7 +59,7 @@ OTHER_NAMES='wrk|cargo|rustc'
 . "$(dirname "$0")/lib.sh"
 
 ensure_cmd wrk wrk
-if [[ " $SERVERS " == *" nginx "* ]]; then ensure_cmd nginx nginx-light nginx; fi
+if [[ " $SERVERS " == *" nginx"* ]]; then ensure_cmd nginx nginx-light nginx; fi
 if [[ " $SERVERS " == *" haproxy"* ]]; then ensure_cmd haproxy haproxy; fi
 cargo build --release --bin fiddler_crab --example bare_hyper --example bare_hyper_proxy
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates 2>/dev/null || echo ' with uncommitted changes in src/ or crates/')"
@@ -97,25 +103,38 @@ start_server() {
       taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/fc.toml" \
         >"$work/server.log" 2>&1 &
       ;;
-    nginx)
+    nginx | nginxfwd)
       dir=$work/nginx
       rm -rf "$dir"
       mkdir -p "$dir"
+      local forward=""
+      if [ "$name" = nginxfwd ]; then
+        forward="
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;"
+      fi
       nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
     server {
         listen 127.0.0.1:$port;
         location = /ping {
             proxy_pass http://bare;
             proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            proxy_set_header Connection \"\";$forward
         }
     }" >"$dir/nginx.conf"
       mapfile -t cmd < <(nginx_cmd "$dir")
       taskset -c "$SERVER_CPU" "${cmd[@]}" >"$work/server.log" 2>&1 &
       ;;
-    haproxy | haproxy[0-9]*)
-      local maxconn=""
-      if [ "$name" != haproxy ]; then maxconn=" maxconn ${name#haproxy}"; fi
+    haproxy | haproxy[0-9]* | haproxyfwd)
+      local maxconn="" forward="" conns=${name#haproxy}
+      if [[ $conns == *fwd ]]; then
+        conns=${conns%fwd}
+        forward="
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http"
+      fi
+      if [ -n "$conns" ]; then maxconn=" maxconn $conns"; fi
       cat >"$work/haproxy.cfg" <<EOF
 global
     maxconn 4096
@@ -130,7 +149,7 @@ defaults
     http-reuse always
 
 frontend hop
-    bind 127.0.0.1:$port
+    bind 127.0.0.1:$port$forward
     default_backend bare
 
 backend bare
@@ -158,9 +177,14 @@ FC_LABELS=()
 for name in $SERVERS; do
   case $name in
     fc[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fc} slots) → bare hyper") ;;
+    haproxy[0-9]*fwd) FC_LABELS+=(--label "$name=HAProxy, http-reuse always, maxconn $(n=${name#haproxy}; echo "${n%fwd}"), forwarding headers → bare hyper") ;;
     haproxy[0-9]*) FC_LABELS+=(--label "$name=HAProxy, http-reuse always, maxconn ${name#haproxy} → bare hyper") ;;
   esac
 done
+# Held against nginx doing the same rewrite too, when it ran.
+if [[ " $SERVERS " == *" nginxfwd "* ]]; then
+  FC_LABELS+=(--compare 'nginx doing the same rewrite:*=nginxfwd')
+fi
 
 new_results "$work/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
@@ -187,6 +211,8 @@ done
     "${FC_LABELS[@]}" \
     --label 'nginx=nginx proxy_pass, keepalive → bare hyper' \
     --label 'haproxy=HAProxy, http-reuse always → bare hyper' \
+    --label 'nginxfwd=nginx as nginx, forwarding headers (Host, X-Forwarded-For, X-Forwarded-Proto) → bare hyper' \
+    --label 'haproxyfwd=HAProxy as haproxy, forwarding headers (option forwardfor, X-Forwarded-Proto) → bare hyper' \
     --label 'hyperproxy=bare hyper proxy (hyper server + client, nothing else) → bare hyper' \
     --label 'hyperpool=bare hyper proxy, hyper-util pooled client → bare hyper' \
     --label 'hyperplain=bare hyper proxy, server defaults (no header timer) → bare hyper'
