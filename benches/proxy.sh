@@ -34,7 +34,9 @@
 # CONNECTIONS (default 32), THREADS (wrk threads, default 1), FC_WORKERS (fiddler_crab's slots,
 # that is connections to the upstream, default 8), SERVER_CPU / LOADGEN_CPU (default 0 / 1),
 # ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
-# server's log file), SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
+# server's log file), NGINX_LOG (nginx's access log, its default combined format to a file: on or
+# off, default on when ACCESS_LOG is true, so both run as shipped; HAProxy logs nothing either way),
+# SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 FC_WORKERS=${FC_WORKERS:-8}
 ACCESS_LOG=${ACCESS_LOG:-false}   # true: fiddler_crab as shipped (access log on, to the server log)
+NGINX_LOG=${NGINX_LOG:-$([ "$ACCESS_LOG" = true ] && echo on || echo off)}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVERS=${SERVERS:-"bare fc nginx haproxy"}
@@ -114,7 +117,7 @@ start_server() {
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;"
       fi
-      nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
+      nginx_conf "$dir" "$NGINX_LOG" "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
     server {
         listen 127.0.0.1:$port;
         location = /ping {
@@ -201,7 +204,7 @@ done
   echo "Every server-side process (proxy and upstream) on CPU $SERVER_CPU, wrk on CPU $LOADGEN_CPU; a fresh proxy and upstream per run; $ROUNDS rounds, servers in turn, medians."
   echo "Server CPU per request: utime + stime of the proxy's processes and the bare hyper upstream over the run ÷ requests wrk completed; the hop's cost is that less bare's."
   echo
-  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab (fc) with $FC_WORKERS slots, access log $([ "$ACCESS_LOG" = true ] && echo "on (the shipped default)" || echo off); nginx and HAProxy log nothing."
+  echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP} s warm-up; fiddler_crab (fc) with $FC_WORKERS slots, access log $([ "$ACCESS_LOG" = true ] && echo "on (the shipped default)" || echo off); nginx's access log $NGINX_LOG; HAProxy logs nothing."
   echo
   python3 benches/report.py wrk "$work/results.tsv" --servers "$SERVERS" \
     --compare 'bare:*=bare' \
