@@ -430,16 +430,20 @@ instructions_each() {
   done
 }
 
-# nginx_proxy_cmd DIR PORT UPSTREAM_PORT: writes DIR/nginx.conf for nginx as one process (the
-# worker is the proxy) proxying /ping on PORT to 127.0.0.1:UPSTREAM_PORT over kept-alive
-# connections, and prints the command that runs it, one word per line (mapfile -t).
+# nginx_proxy_cmd DIR PORT UPSTREAM_PORT [fwd]: writes DIR/nginx.conf for nginx as one process
+# (the worker is the proxy) proxying /ping on PORT to 127.0.0.1:UPSTREAM_PORT over kept-alive
+# connections, and prints the command that runs it, one word per line (mapfile -t). With fwd, it
+# does the rewrite fiddler_crab does: the client's Host, X-Forwarded-For and X-Forwarded-Proto.
 nginx_proxy_cmd() {
-  local dir=$1 port=$2 up_port=$3
+  local dir=$1 port=$2 up_port=$3 forward=""
+  if [ "${4:-}" = fwd ]; then
+    forward=" proxy_set_header Host \$http_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;"
+  fi
   mkdir -p "$dir"
   nginx_conf "$dir" off "    upstream bare { server 127.0.0.1:$up_port; keepalive 64; }
     server {
         listen 127.0.0.1:$port;
-        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+        location = /ping { proxy_pass http://bare; proxy_http_version 1.1; proxy_set_header Connection \"\";$forward }
     }" >"$dir/nginx.conf"
   printf '%s\n' "$(command -v nginx)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
     -g "daemon off; master_process off; worker_processes 1;"

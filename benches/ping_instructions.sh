@@ -18,7 +18,8 @@
 # outside valgrind, so the count is the hop's own; "hyperproxy": examples/bare_hyper_proxy.rs,
 # hyper's server and client and nothing else; "hyperplain": the same with hyper's server
 # defaults (no header-read timer); "nginx-proxy": nginx as one process with proxy_pass and
-# keepalive; the last three in front of a bare hyper upstream outside valgrind as for "proxy";
+# keepalive; "nginxfwd-proxy": the same doing fiddler_crab's rewrite (the client's Host,
+# X-Forwarded-For, X-Forwarded-Proto); the last four in front of a bare hyper upstream outside valgrind as for "proxy";
 # "default": the embedded default config, access log on, to a file; "nginx" / "nginx-log": nginx
 # as one process, access_log off / to a file), SHORT / LONG (s, default 2 / 8), CONNECTIONS
 # (default 8), REF_BIN (another fiddler_crab binary, run as servers "jellyfish-ref",
@@ -60,18 +61,20 @@ one() {
       fc_proxy_config "$port" "$upstream_port" 8 >"$work/proxy.toml"
       if [ "$name" = proxy-ref ]; then bin=$work/fiddler_crab-ref; fi
       cmd=("$bin" --config "$work/proxy.toml") ;;
-    hyperproxy | hyperplain | nginx-proxy)
+    hyperproxy | hyperplain | nginx-proxy | nginxfwd-proxy)
       local upstream_port
       upstream_port=$(free_port)
       "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" --max-seconds 300 >/dev/null 2>&1 &
       upstream_pid=$!
-      if [ "$name" != nginx-proxy ]; then
-        cmd=("$work/bare_hyper_proxy" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream_port" --max-seconds 300)
-        if [ "$name" = hyperplain ]; then cmd+=(--plain); fi
-      else
-        rm -rf "${work:?}/$name"
-        mapfile -t cmd < <(nginx_proxy_cmd "$work/$name" "$port" "$upstream_port")
-      fi ;;
+      case $name in
+        nginx-proxy | nginxfwd-proxy)
+          rm -rf "${work:?}/$name"
+          mapfile -t cmd < <(nginx_proxy_cmd "$work/$name" "$port" "$upstream_port" \
+            "$([ "$name" = nginxfwd-proxy ] && echo fwd)") ;;
+        *)
+          cmd=("$work/bare_hyper_proxy" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream_port" --max-seconds 300)
+          if [ "$name" = hyperplain ]; then cmd+=(--plain); fi ;;
+      esac ;;
     bare) cmd=("$work/bare_hyper" --listen "127.0.0.1:$port" --max-seconds 300) ;;
     jellyfish | crab) fiddler_crab_config "$name" "$port" >"$work/$name.toml"
       cmd=("$work/fiddler_crab" --config "$work/$name.toml") ;;
