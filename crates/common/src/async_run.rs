@@ -196,6 +196,40 @@ fn finish(rest: Rest, result: Result<Result<JobResponse, HandlerError>, String>)
             return respond(&counters, other, timing.then(|| run_timing(took)));
         }
     };
+    // A polled stream is produced by the front end's polls on this task: settled (its outcome
+    // counted, its run time recorded, the slot given back) when it ends, however it ends.
+    if response.body().is_polled() {
+        let settled_counters = counters.clone();
+        let settle: crate::body::Settle = Box::new(move |outcome| {
+            let runner = slot.runner();
+            match outcome {
+                Ok(()) => tracing::debug!(endpoint = %runner.endpoint(), "stream completed"),
+                Err(e) => {
+                    tracing::debug!(endpoint = %runner.endpoint(), cause = %e, "stream ended early")
+                }
+            }
+            settled_counters.record(outcome);
+            runner.record_job_time(started.elapsed());
+            drop(slot);
+        });
+        if !response.body_mut().settle_with(settle) {
+            // Settled by someone else already: nobody answers for it here (the slot went back
+            // with the closure).
+            return respond(
+                &counters,
+                Err(HandlerError::Internal(
+                    "the stream was already taken".into(),
+                )),
+                None,
+            );
+        }
+        if timing {
+            response
+                .extensions_mut()
+                .insert(run_timing(started.elapsed()));
+        }
+        return response;
+    }
     let Some((producer, sink)) = response.body_mut().start() else {
         runner.record_job_time(started.elapsed());
         drop(slot);

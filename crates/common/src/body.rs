@@ -17,6 +17,12 @@
 //! closed before the final chunk; HTTP/2: the stream is reset), so the client sees a truncated body,
 //! never a clean end.
 //!
+//! An asynchronous run's stream ([`ResponseBody::polled`], an upstream's answer relayed on the
+//! client connection's own task) needs no thread and no channel: the front end polls its
+//! [`Source`] directly as hyper asks for the next frame, so a slow reader is a source not polled,
+//! and a client gone is the source dropped. Its run's accounting (the outcome counted once, the
+//! run time, the running slot given back) is settled when it ends, however it ends.
+//!
 //! Hand-written rather than a crate's channel: the sending side is a plain thread that must wait
 //! with a deadline (tokio's `blocking_send` has none) and the receiving side is polled by hyper
 //! (crossbeam's receiver cannot wake a task). It is one mutex, one condition variable and a waker.
@@ -44,6 +50,19 @@ pub type Producer = Box<dyn FnOnce(&mut BodySink) -> Result<(), StreamError> + S
 /// [`ResponseBody::on_stream_end`]).
 pub type EndHook = Box<dyn FnOnce(StreamSummary) + Send>;
 
+/// What a polled stream ([`ResponseBody::polled`]) reads from: polled on the front end's task
+/// each time hyper can take the next frame, never between, so it needs no buffer of its own.
+pub trait Source: Send + 'static {
+    /// The next chunk, `None` at the clean end, an error (the response is aborted, and that is the
+    /// stream's outcome), or pending with `cx`'s waker kept for when one of those is ready. Not
+    /// polled again after `None` or an error.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StreamError>>>;
+}
+
+/// The asynchronous runner's accounting of a polled stream, called once with its outcome when it
+/// ends: clean, an error, or dropped before its end (the client went away: `ClientGone`).
+pub(crate) type Settle = Box<dyn FnOnce(&Result<(), StreamError>) + Send>;
+
 /// The body of a [`crate::handler::JobResponse`].
 pub enum ResponseBody {
     /// The whole body, known when the handler returns.
@@ -62,6 +81,74 @@ enum Streamed {
     Pending(Producer),
     /// Being produced: the receiving half of its channel.
     Receiving(BodyReceiver),
+    /// Polled from its source on the front end's task.
+    Polled(Polled),
+}
+
+/// A polled stream's state.
+struct Polled {
+    source: Box<dyn Source>,
+    /// Body bytes handed to the connection.
+    sent: u64,
+    /// Set by the asynchronous runner; taken at the end.
+    settle: Option<Settle>,
+    /// The front end's hooks; taken at the end.
+    hook: Option<EndHook>,
+    ended: bool,
+}
+
+impl Polled {
+    /// The next frame: the source's chunk, or its end (settled and reported here, once).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let next = match crate::supervisor::catch_panic(|| self.source.poll_chunk(cx)) {
+            Ok(next) => next,
+            Err(message) => {
+                tracing::debug!(%message, "stream source panicked; aborting the response");
+                Poll::Ready(Some(Err(StreamError::Failed("handler failed".into()))))
+            }
+        };
+        match next {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.sent += chunk.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(None) => {
+                self.end(Ok(()));
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.end(Err(e.clone()));
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    /// Settle the run and report the end, once.
+    fn end(&mut self, outcome: Result<(), StreamError>) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        if let Some(settle) = self.settle.take() {
+            settle(&outcome);
+        }
+        if let Some(hook) = self.hook.take() {
+            hook(StreamSummary {
+                bytes: self.sent,
+                completed: outcome.is_ok(),
+            });
+        }
+    }
+}
+
+impl Drop for Polled {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or its connection was closed).
+        self.end(Err(StreamError::ClientGone));
+    }
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -105,27 +192,68 @@ impl ResponseBody {
         !matches!(self, ResponseBody::Full(_))
     }
 
-    /// True for a streamed body whose producer nobody has started.
+    /// A streamed body polled from `source` on the front end's task: for an asynchronous run's
+    /// answer ([`crate::handler::Handler::call_async`]) only, whose runner settles it when it ends
+    /// (any other runner refuses it as it refuses an unstarted producer).
+    pub fn polled(source: impl Source) -> ResponseBody {
+        ResponseBody::Stream(Box::new(BodyStream(Streamed::Polled(Polled {
+            source: Box::new(source),
+            sent: 0,
+            settle: None,
+            hook: None,
+            ended: false,
+        }))))
+    }
+
+    /// True for a streamed body nobody will produce or settle: a producer nobody has started,
+    /// or a polled stream no asynchronous runner took.
     pub(crate) fn is_unstarted(&self) -> bool {
-        matches!(self, ResponseBody::Stream(s) if matches!(s.0, Streamed::Pending(_)))
+        matches!(self, ResponseBody::Stream(s) if match &s.0 {
+            Streamed::Pending(_) => true,
+            Streamed::Polled(polled) => polled.settle.is_none(),
+            Streamed::Receiving(_) => false,
+        })
+    }
+
+    /// The asynchronous runner: settle a polled stream with `settle` when it ends. False (and
+    /// `settle` dropped uncalled) for any other body, or a polled stream already settled.
+    pub(crate) fn settle_with(&mut self, settle: Settle) -> bool {
+        match self {
+            ResponseBody::Stream(stream) => match &mut stream.0 {
+                Streamed::Polled(polled) if polled.settle.is_none() && !polled.ended => {
+                    polled.settle = Some(settle);
+                    true
+                }
+                _ => false,
+            },
+            ResponseBody::Full(_) => false,
+        }
+    }
+
+    /// True for a polled stream.
+    pub(crate) fn is_polled(&self) -> bool {
+        matches!(self, ResponseBody::Stream(s) if matches!(s.0, Streamed::Polled(_)))
     }
 
     /// Front end: call `hook` once when a streamed body ends, completed or not (the client went
     /// away, the producer failed), after the hooks set before it. Nothing for a whole body, which
     /// the caller logs at once.
     pub fn on_stream_end(&mut self, hook: EndHook) {
-        if let ResponseBody::Stream(stream) = self {
-            let Streamed::Receiving(rx) = &stream.0 else {
-                return;
-            };
-            let mut state = rx.shared.lock();
-            state.hook = Some(match state.hook.take() {
+        fn chain(kept: &mut Option<EndHook>, hook: EndHook) {
+            *kept = Some(match kept.take() {
                 None => hook,
                 Some(first) => Box::new(move |summary| {
                     first(summary);
                     hook(summary);
                 }),
             });
+        }
+        if let ResponseBody::Stream(stream) = self {
+            match &mut stream.0 {
+                Streamed::Receiving(rx) => chain(&mut rx.shared.lock().hook, hook),
+                Streamed::Polled(polled) if !polled.ended => chain(&mut polled.hook, hook),
+                _ => {}
+            }
         }
     }
 
@@ -462,6 +590,7 @@ impl hyper::body::Body for ResponseBody {
                 // A producer nobody started (only a handler's own caller holds one): no body.
                 Streamed::Pending(_) => Poll::Ready(None),
                 Streamed::Receiving(rx) => rx.poll(cx),
+                Streamed::Polled(polled) => polled.poll(cx),
             },
         }
     }
@@ -469,7 +598,11 @@ impl hyper::body::Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_empty(),
-            ResponseBody::Stream(stream) => matches!(stream.0, Streamed::Pending(_)),
+            ResponseBody::Stream(stream) => match &stream.0 {
+                Streamed::Pending(_) => true,
+                Streamed::Polled(polled) => polled.ended,
+                Streamed::Receiving(_) => false,
+            },
         }
     }
 
@@ -478,7 +611,7 @@ impl hyper::body::Body for ResponseBody {
             ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
             ResponseBody::Stream(stream) => match stream.0 {
                 Streamed::Pending(_) => SizeHint::with_exact(0),
-                Streamed::Receiving(_) => SizeHint::default(),
+                Streamed::Receiving(_) | Streamed::Polled(_) => SizeHint::default(),
             },
         }
     }
@@ -548,6 +681,84 @@ mod tests {
         let (mut body, sink) = started();
         drop(sink);
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+    }
+
+    /// A source that gives its chunks, then its end.
+    struct Chunks(VecDeque<Poll<Option<Result<Bytes, StreamError>>>>);
+
+    impl Source for Chunks {
+        fn poll_chunk(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Bytes, StreamError>>> {
+            self.0.pop_front().unwrap_or(Poll::Pending)
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// A polled body over `chunks`, settled and hooked into `seen`.
+    fn polled(chunks: Vec<Poll<Option<Result<Bytes, StreamError>>>>) -> (ResponseBody, Seen) {
+        let seen: Seen = Arc::default();
+        let mut body = ResponseBody::polled(Chunks(chunks.into()));
+        assert!(body.is_unstarted(), "nobody settles it yet");
+        let log = seen.clone();
+        assert!(body.settle_with(Box::new(move |outcome| {
+            log.lock().unwrap().push(format!("settled {outcome:?}"))
+        })));
+        assert!(!body.is_unstarted());
+        let log = seen.clone();
+        body.on_stream_end(Box::new(move |s| {
+            log.lock()
+                .unwrap()
+                .push(format!("ended {} {}", s.bytes, s.completed))
+        }));
+        (body, seen)
+    }
+
+    #[test]
+    fn a_polled_stream_is_settled_and_reported_once_however_it_ends() {
+        let data = |b: &'static [u8]| Poll::Ready(Some(Ok(Bytes::from_static(b))));
+        // To its clean end, with a wait between the chunks.
+        let (mut body, seen) = polled(vec![
+            data(b"ab"),
+            Poll::Pending,
+            data(b"c"),
+            Poll::Ready(None),
+        ]);
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert!(poll(&mut body).is_pending());
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), ["settled Ok(())", "ended 3 true"]);
+        // Cut by its source.
+        let cut = Poll::Ready(Some(Err(StreamError::Timeout("idle".into()))));
+        let (mut body, seen) = polled(vec![data(b"ab"), cut]);
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+        drop(body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["settled Err(Timeout(\"idle\"))", "ended 2 false"]
+        );
+        // Dropped before its end: the client went away.
+        let (mut body, seen) = polled(vec![data(b"ab")]);
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
+        drop(body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["settled Err(ClientGone)", "ended 2 false"]
+        );
+    }
+
+    #[test]
+    fn a_polled_stream_is_settled_by_one_runner_only() {
+        let mut body = ResponseBody::polled(Chunks(VecDeque::new()));
+        assert!(body.settle_with(Box::new(|_| {})));
+        assert!(!body.settle_with(Box::new(|_| {})));
+        assert!(!ResponseBody::from("x").settle_with(Box::new(|_| {})));
     }
 
     #[test]
