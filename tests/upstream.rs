@@ -851,3 +851,103 @@ fn check_names_an_upstream_whose_socket_directory_is_missing() {
         fiddler_crab::check_files(&Config::from_toml(&down, "t.toml").unwrap(), "t.toml");
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+/// Read `body` to its end, which must be an abort (the connection closed before the final
+/// chunk), never a clean end.
+async fn cut_short(body: &mut Incoming) {
+    loop {
+        match within("the end of the stream", body.frame()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => return,
+            None => panic!("the stream ended cleanly; it should have been cut short"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_cut_at_max_response_bytes_at_the_idle_timeout_and_at_timeout_ms() {
+    // Jellyfish relays the stream on the client connection's task, crab on an executor thread:
+    // both keep the same three bounds, each counted once and the upstream connection closed.
+    for mode in ["jellyfish", "crab"] {
+        let endpoint = |extra: &str| {
+            config("/sse", "http://ADDR", extra).replace(
+                "mode = \"jellyfish\"\nworkers = 4",
+                &format!("mode = \"{mode}\""),
+            )
+        };
+        let cases = [
+            (
+                "max_response_bytes = 20\nstream_idle_timeout_ms = 60000",
+                "failed",
+            ),
+            ("stream_idle_timeout_ms = 200", "idle"),
+            (
+                "timeout_ms = 400\nstream_idle_timeout_ms = 60000",
+                "deadline",
+            ),
+        ];
+        for (extra, case) in cases {
+            let (fake, addr) = Fake::tcp().await;
+            let toml = endpoint(extra).replace("ADDR", &addr.to_string());
+            let server = TestServer::start(&toml).await;
+            let mut body = open_stream(server.addr, "/sse").await.into_body();
+            let mut events = fake.events().await;
+            // 15 bytes: within every bound.
+            token(&mut events, &mut body, "token1").await;
+            let (mut ticker, mut kept) = (None, None);
+            match case {
+                // 30 bytes in all: past max_response_bytes.
+                "failed" => {
+                    let _ = events.send_data(Bytes::from("data: token2\n\n")).await;
+                }
+                // Chunks that keep coming, each well within the idle timeout, until the deadline.
+                "deadline" => {
+                    ticker = Some(tokio::spawn(async move {
+                        for _ in 0..200 {
+                            if events.send_data(Bytes::from(": tick\n\n")).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    }));
+                }
+                // Nothing more, the stream kept open: the idle timeout.
+                _ => kept = Some(events),
+            }
+            cut_short(&mut body).await;
+            if let Some(ticker) = ticker {
+                ticker.abort();
+            }
+            drop(kept);
+            let counted = |c: common::counters::CountersSnapshot| match case {
+                "failed" => c.failed,
+                _ => c.timed_out,
+            };
+            wait_until("the stream counted", || {
+                counted(server.counters("/sse")) == 1
+            })
+            .await;
+            assert_eq!(server.counters("/sse").answered(), 1, "{mode} {case}");
+            // Jellyfish: on the connection's task (the polled stream); crab: on its thread.
+            assert_eq!(
+                server.counters("/sse").async_runs,
+                u64::from(mode == "jellyfish"),
+                "{mode} {case}"
+            );
+            wait_until("the upstream connection closed", || {
+                fake.state.closed.load(Ordering::SeqCst) == 1
+            })
+            .await;
+            wait_until("its slot given back", || {
+                server.endpoint("/sse").admission().running() == 0
+            })
+            .await;
+            assert_eq!(
+                upstream_status(&server, "/sse")["in_flight"],
+                0,
+                "{mode} {case}"
+            );
+            server.shutdown().await;
+        }
+    }
+}

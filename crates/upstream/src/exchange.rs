@@ -11,15 +11,18 @@
 use crate::Shared;
 use common::body::{BodySink, StreamError};
 use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
+use hyper::body::Body as _;
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Method, Response, StatusCode, Uri};
 use relay::{BodyError, Conn, Next, Sent};
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Largest declared body read whole before it is sent on; anything larger, or of unknown length,
@@ -226,6 +229,23 @@ fn answered(
 ) -> Result<JobResponse, HandlerError> {
     match answer {
         Answer::Whole(response) => Ok(response),
+        Answer::Stream { head, body, conn } if side == Side::Front => {
+            // On the connection's task: polled by the front end as the client takes it, with
+            // no thread and no channel between.
+            let relayed = Relayed {
+                shared: shared.clone(),
+                body,
+                conn: Some(conn),
+                _flight: flight,
+                deadline,
+                idle: shared.config.stream_idle_timeout,
+                deadline_timer: None,
+                idle_timer: None,
+                last_chunk: None,
+                produced: 0,
+            };
+            Ok(Response::from_parts(head, ResponseBody::polled(relayed)))
+        }
         Answer::Stream { head, body, conn } => {
             let shared = shared.clone();
             let runtime = runtime.clone();
@@ -364,6 +384,137 @@ fn stream(
             ));
         }
         sink.send(data)?;
+    }
+}
+
+/// A streamed answer relayed on the client connection's own task ([`Side::Front`]): the same
+/// bounds as [`stream`]'s (`timeout_ms` for the whole answer, `stream_idle_timeout_ms` between two
+/// chunks once the first came, `max_response_bytes`), polled by the front end chunk by chunk as
+/// the client takes them. Dropped before its end (the client went away), it drops the upstream
+/// connection, which closes it; at its clean end the connection goes back to the pool.
+struct Relayed {
+    shared: Arc<Shared>,
+    body: Incoming,
+    /// Taken back into the pool at the clean end.
+    conn: Option<Conn>,
+    _flight: InFlight,
+    /// The end of `timeout_ms`.
+    deadline: Instant,
+    idle: Duration,
+    /// The whole answer's deadline, made the first time the answer has to be waited for (one
+    /// that never has to be waited for needs no timer).
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The idle timer, made the first time a chunk has to be waited for; pushed back lazily, when
+    /// it fires before `last_chunk` + `idle`, not at every chunk.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last chunk came: the idle timeout runs from the first.
+    last_chunk: Option<Instant>,
+    produced: u64,
+}
+
+impl Relayed {
+    /// Count the failure, and end the stream with `error` (the connection is closed).
+    fn failed(
+        &mut self,
+        cause: &str,
+        error: StreamError,
+    ) -> Poll<Option<Result<Bytes, StreamError>>> {
+        fail(&self.shared, cause.into());
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// End the stream at `timeout_ms`.
+    fn timed_out(&mut self) -> Poll<Option<Result<Bytes, StreamError>>> {
+        self.failed(
+            "streamed answer not finished within timeout_ms",
+            StreamError::Timeout("upstream did not finish its answer within timeout_ms".into()),
+        )
+    }
+
+    /// True once `idle` has passed since the last chunk (`cx` woken when it will have).
+    fn idle_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(last) = self.last_chunk else {
+            return false;
+        };
+        let due = last + self.idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= due {
+                return true;
+            }
+            // Fired for an earlier chunk: wait for this one's.
+            timer.as_mut().reset(due.into());
+        }
+    }
+}
+
+impl common::body::Source for Relayed {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StreamError>>> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers and empty chunks: nothing to forward.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let max = self.shared.config.max_response_bytes as u64;
+                    if self.produced + data.len() as u64 > max {
+                        return self.failed(
+                            "answer larger than max_response_bytes",
+                            StreamError::Failed(
+                                "upstream answer larger than max_response_bytes".into(),
+                            ),
+                        );
+                    }
+                    let now = Instant::now();
+                    if now >= self.deadline {
+                        // A client that reads slowly while the upstream is ready never leaves
+                        // the answer waiting: the deadline is looked at with every chunk too.
+                        return self.timed_out();
+                    }
+                    self.produced += data.len() as u64;
+                    self.last_chunk = Some(now);
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Poll::Ready(None) => {
+                    if let Some(conn) = self.conn.take() {
+                        checkin(&self.shared, conn, Side::Front);
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let cause = format!("reading the streamed answer: {e}");
+                    return self.failed(
+                        &cause,
+                        StreamError::Failed("upstream failed while sending its answer".into()),
+                    );
+                }
+                Poll::Pending => break,
+            }
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .deadline_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        if timer.as_mut().poll(cx).is_ready() {
+            return self.timed_out();
+        }
+        if self.idle_passed(cx) {
+            return self.failed(
+                "streamed answer paused past stream_idle_timeout_ms",
+                StreamError::Timeout("upstream paused past stream_idle_timeout_ms".into()),
+            );
+        }
+        Poll::Pending
     }
 }
 
