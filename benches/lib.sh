@@ -60,10 +60,11 @@ overflow = "reject"
 EOF
 }
 
-# fc_proxy_config PORT UPSTREAM_PORT SLOTS [ACCESS_LOG]: fiddler_crab's config for the proxy hop
-# benchmarks: /ping on 127.0.0.1:PORT an upstream endpoint (jellyfish, SLOTS slots) to bare hyper
-# on UPSTREAM_PORT, access log off unless ACCESS_LOG is true (proxy.sh, ping_instructions.sh,
-# proxy_switches.sh, proxy_profile.sh).
+# fc_proxy_config PORT UPSTREAM_PORT SLOTS [ACCESS_LOG [METHODS_AND_MORE]]: fiddler_crab's config
+# for the proxy hop benchmarks: /ping on 127.0.0.1:PORT an upstream endpoint (jellyfish, SLOTS
+# slots) to bare hyper on UPSTREAM_PORT, access log off unless ACCESS_LOG is true (proxy.sh,
+# ping_instructions.sh, proxy_switches.sh, proxy_profile.sh); METHODS_AND_MORE replaces the
+# endpoint's `methods` line (proxy.sh's large bodies: POST and a `max_body_bytes`).
 fc_proxy_config() {
   cat <<EOF
 [server]
@@ -72,7 +73,7 @@ access_log = ${4:-false}
 
 [[endpoint]]
 path = "/ping"
-methods = ["GET", "HEAD"]
+${5:-methods = [\"GET\", \"HEAD\"]}
 mode = "jellyfish"
 workers = $3
 queue = 1024

@@ -5,6 +5,9 @@
 #   fc          fiddler_crab, /ping an upstream endpoint (jellyfish, FC_WORKERS slots) → bare hyper,
 #               kept-alive pool, access log off
 #   fcN         the same with N slots (fc32: as many as wrk's default connections), beside fc
+#   fcref, fcrefN
+#               the same with REF_BIN, another fiddler_crab binary (a build of another commit):
+#               an A/B comparison in the same run
 #   nginx       nginx (one worker) → bare hyper: proxy_pass to an upstream block with `keepalive`,
 #               HTTP/1.1, access_log off
 #   haproxy     HAProxy (1 thread) → bare hyper, `http-reuse always`, no log
@@ -29,6 +32,15 @@
 #
 #   bash benches/proxy.sh                           # 3 rounds of 10 s per server (about 3 minutes)
 #   ROUNDS=1 DURATION=3 WARMUP=1 bash benches/proxy.sh   # a quick look
+#   BODY=up:262144 CONNECTIONS=8 SERVERS="fc nginx haproxy hyperproxy" bash benches/proxy.sh
+#
+# Large bodies (BODY): up:N, every request a POST of N bytes, read whole by the upstream
+# (bare_hyper --read-body) before its pong; down:N, every answer N bytes (bare_hyper
+# --answer-bytes N). fiddler_crab's endpoint then takes POST too, with max_body_bytes N (it reads a
+# request body whole before forwarding it, and streams an answer larger than 64 KiB); nginx keeps
+# a request body in memory (client_body_buffer_size N, as fiddler_crab does) and an answer in
+# memory too (eight 64 KiB proxy_buffers, no temporary file); HAProxy and the hyper proxy stream
+# both ways as they do by default.
 #
 # Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
 # CONNECTIONS (default 32), THREADS (wrk threads, default 1), FC_WORKERS (fiddler_crab's slots,
@@ -36,7 +48,7 @@
 # ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
 # server's log file), NGINX_LOG (nginx's access log, its default combined format to a file: on or
 # off, default on when ACCESS_LOG is true, so both run as shipped; HAProxy logs nothing either way),
-# SERVERS (default "bare fc nginx haproxy"), OUT (result file), and the quiet-machine settings of
+# SERVERS (default "bare fc nginx haproxy"), REF_BIN (for fcref), BODY (above), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +64,16 @@ NGINX_LOG=${NGINX_LOG:-$([ "$ACCESS_LOG" = true ] && echo on || echo off)}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVERS=${SERVERS:-"bare fc nginx haproxy"}
+BODY=${BODY:-}
+BODY_WAY="" BODY_BYTES=0
+if [ -n "$BODY" ]; then
+  BODY_WAY=${BODY%%:*}
+  BODY_BYTES=${BODY#*:}
+  if [[ ! $BODY_WAY =~ ^(up|down)$ || ! $BODY_BYTES =~ ^[1-9][0-9]*$ ]]; then
+    echo "BODY is up:BYTES or down:BYTES, not $BODY" >&2
+    exit 2
+  fi
+fi
 mkdir -p bench-results
 OUT=${OUT:-bench-results/proxy-$(date +%Y%m%d-%H%M%S).md}
 # Other benchmarks' processes (their servers run from /tmp/fc-NAME.* directories).
@@ -70,15 +92,44 @@ COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --qu
 work=$(mktemp -d /tmp/fc-proxy.XXXXXX)
 chmod 755 "$work"
 cp target/release/fiddler_crab target/release/examples/bare_hyper target/release/examples/bare_hyper_proxy "$work/"
+if [[ " $SERVERS " == *" fcref"* ]]; then
+  cp "${REF_BIN:?fcref needs REF_BIN, another fiddler_crab binary}" "$work/fiddler_crab-ref"
+fi
 CLK_TCK=$(getconf CLK_TCK)
 WRK_ARGS=()
+UPSTREAM_ARGS=()
+FC_METHODS=""
+NGINX_BODY=""
+case $BODY_WAY in
+  up)
+    # Made once; wrk sends the same body with every request.
+    printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
+      "$BODY_BYTES" >"$work/post.lua"
+    WRK_ARGS=(-s "$work/post.lua")
+    UPSTREAM_ARGS=(--read-body)
+    FC_METHODS="methods = [\"GET\", \"HEAD\", \"POST\"]
+max_body_bytes = $BODY_BYTES"
+    NGINX_BODY="
+            client_max_body_size $BODY_BYTES;
+            client_body_buffer_size $BODY_BYTES;"
+    ;;
+  down)
+    UPSTREAM_ARGS=(--answer-bytes "$BODY_BYTES")
+    # Buffered in memory (512 KiB of buffers per request, no temporary file): nginx's best; with
+    # proxy_buffering off it relays through one 4–8 KiB buffer and costs several times more.
+    NGINX_BODY="
+            proxy_buffers 8 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_max_temp_file_size 0;"
+    ;;
+esac
 trap 'stop_server; rm -rf "$work"' EXIT
 
 # start_upstream: the bare hyper upstream on CPU $SERVER_CPU; sets upstream_pid and upstream_port.
 start_upstream() {
   upstream_port=$(free_port)
   taskset -c "$SERVER_CPU" "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" \
-    --max-seconds 600 >"$work/upstream.log" 2>&1 &
+    --max-seconds 600 ${UPSTREAM_ARGS[@]+"${UPSTREAM_ARGS[@]}"} >"$work/upstream.log" 2>&1 &
   upstream_pid=$!
   if wait_http "http://127.0.0.1:$upstream_port/ping" 100 "$upstream_pid"; then return 0; fi
   echo "the bare hyper upstream did not start:" >&2
@@ -99,11 +150,16 @@ start_server() {
   port=$(free_port)
   rm -f "$work/server.log"
   case $name in
-    fc | fc[0-9]*)
+    fc | fc[0-9]* | fcref | fcref[0-9]*)
+      local bin=$work/fiddler_crab
       slots=${name#fc}
+      if [[ $slots == ref* ]]; then
+        bin=$work/fiddler_crab-ref
+        slots=${slots#ref}
+      fi
       slots=${slots:-$FC_WORKERS}
-      fc_proxy_config "$port" "$upstream_port" "$slots" "$ACCESS_LOG" >"$work/fc.toml"
-      taskset -c "$SERVER_CPU" "$work/fiddler_crab" --config "$work/fc.toml" \
+      fc_proxy_config "$port" "$upstream_port" "$slots" "$ACCESS_LOG" "$FC_METHODS" >"$work/fc.toml"
+      taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" \
         >"$work/server.log" 2>&1 &
       ;;
     nginx | nginxfwd)
@@ -123,7 +179,7 @@ start_server() {
         location = /ping {
             proxy_pass http://bare;
             proxy_http_version 1.1;
-            proxy_set_header Connection \"\";$forward
+            proxy_set_header Connection \"\";$forward$NGINX_BODY
         }
     }" >"$dir/nginx.conf"
       mapfile -t cmd < <(nginx_cmd "$dir")
@@ -179,6 +235,8 @@ EOF
 FC_LABELS=()
 for name in $SERVERS; do
   case $name in
+    fcref) FC_LABELS+=(--label "$name=REF_BIN's fiddler_crab upstream endpoint ($FC_WORKERS slots) → bare hyper") ;;
+    fcref[0-9]*) FC_LABELS+=(--label "$name=REF_BIN's fiddler_crab upstream endpoint (${name#fcref} slots) → bare hyper") ;;
     fc[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fc} slots) → bare hyper") ;;
     haproxy[0-9]*fwd) FC_LABELS+=(--label "$name=HAProxy, http-reuse always, maxconn $(n=${name#haproxy}; echo "${n%fwd}"), forwarding headers → bare hyper") ;;
     haproxy[0-9]*) FC_LABELS+=(--label "$name=HAProxy, http-reuse always, maxconn ${name#haproxy} → bare hyper") ;;
@@ -197,7 +255,12 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 {
-  echo "# Proxy hop benchmark (GET /ping → bare hyper) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  case $BODY_WAY in
+    up) what="POST /ping with $BODY_BYTES bytes → bare hyper, which reads them all" ;;
+    down) what="GET /ping → bare hyper, answered with $BODY_BYTES bytes" ;;
+    *) what="GET /ping → bare hyper" ;;
+  esac
+  echo "# Proxy hop benchmark ($what) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   machine_line
   echo "Built from commit $COMMIT.$(command -v nginx >/dev/null && echo " $(nginx -v 2>&1 | sed 's/.*: //').")$(command -v haproxy >/dev/null && echo " $(haproxy -v | head -1 | cut -d' ' -f1-3).")"

@@ -9,6 +9,11 @@
 //! what fiddler_crab does per request, not how hyper is set up. `--plain` uses the builder's
 //! defaults instead. It prints `bare_hyper listening on ADDR` on stdout and stops by itself on
 //! SIGINT/SIGTERM or after `--max-seconds`. Loopback addresses only. See `docs/BENCHMARKS.md`.
+//!
+//! As the upstream of the proxy benchmark's large bodies (`BODY=up:N` / `BODY=down:N` in
+//! `benches/proxy.sh`): `--read-body` reads each request's whole body before its `pong`, and
+//! `--answer-bytes N` answers every request with N bytes instead. The handler is chosen once, at
+//! start, so the `pong` path is the same code with neither.
 
 #[path = "shared/hyper_server.rs"]
 mod hyper_server;
@@ -40,27 +45,71 @@ struct Args {
     /// Use the auto builder's defaults instead of fiddler_crab's settings.
     #[arg(long)]
     plain: bool,
+    /// Read each request's whole body before answering.
+    #[arg(long)]
+    read_body: bool,
+    /// Answer every request with this many bytes (`x`) instead of `pong`.
+    #[arg(long)]
+    answer_bytes: Option<usize>,
+}
+
+/// The answer to every request.
+#[derive(Clone)]
+enum Answer {
+    Pong,
+    ReadBodyThenPong,
+    Bytes(Bytes),
 }
 
 async fn pong(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(pong_response())
+}
+
+fn pong_response() -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(b"pong\n")));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    Ok(resp)
+    resp
 }
 
-async fn serve(listener: tokio::net::TcpListener, builder: Builder<TokioExecutor>) {
+/// `pong`, after the whole body has been read.
+async fn read_then_pong(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // A body that fails is the client's problem; the answer is the same.
+    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+    Ok(pong_response())
+}
+
+async fn serve(listener: tokio::net::TcpListener, builder: Builder<TokioExecutor>, answer: Answer) {
     let builder = std::sync::Arc::new(builder);
     loop {
         let stream = hyper_server::accept(&listener).await;
         let builder = builder.clone();
-        tokio::spawn(async move {
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(pong))
-                .await;
-        });
+        let io = TokioIo::new(stream);
+        match answer.clone() {
+            Answer::Pong => {
+                tokio::spawn(async move {
+                    let _ = builder.serve_connection(io, service_fn(pong)).await;
+                });
+            }
+            Answer::ReadBodyThenPong => {
+                tokio::spawn(async move {
+                    let _ = builder
+                        .serve_connection(io, service_fn(read_then_pong))
+                        .await;
+                });
+            }
+            Answer::Bytes(bytes) => {
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        let bytes = bytes.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(bytes))) }
+                    });
+                    let _ = builder.serve_connection(io, service).await;
+                });
+            }
+        }
     }
 }
 
@@ -72,6 +121,11 @@ fn main() -> anyhow::Result<()> {
             args.listen
         );
     }
+    let answer = match (args.answer_bytes, args.read_body) {
+        (Some(n), _) => Answer::Bytes(Bytes::from(vec![b'x'; n])),
+        (None, true) => Answer::ReadBodyThenPong,
+        (None, false) => Answer::Pong,
+    };
     // The same runtime as `src/main.rs`: multi-thread, one worker per CPU the process may use.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            () = serve(listener, hyper_server::builder(args.plain)) => {}
+            () = serve(listener, hyper_server::builder(args.plain), answer) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             () = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}
