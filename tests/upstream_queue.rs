@@ -322,24 +322,31 @@ async fn at_shutdown_a_queued_request_is_answered_503_at_once_and_the_running_on
     assert_eq!(counters.answered(), counters.admitted);
 }
 
-#[tokio::test]
-async fn expected_wait_admission_admits_while_a_slot_is_free_and_sheds_once_the_line_is_too_long() {
-    // Two slots, jobs that outlast `queue_timeout_ms`. A request that finds a slot free starts
-    // at once, so it is admitted however long the running job may take; the first request that
-    // would have to wait for a running job to end is shed, with its Retry-After.
+/// An endpoint of `workers` slots with expected-wait admission and a 300 ms queue timeout, whose
+/// first request has been at the upstream (held at the gate) for `ms` milliseconds.
+async fn one_long_job(workers: usize, ms: u64) -> (Fake, TestServer, JoinHandle<Reply>) {
     let (fake, addr) = Fake::start().await;
-    let config = config(addr, 2, 8, "queue_timeout_ms = 300").replace(
+    let config = config(addr, workers, 8, "queue_timeout_ms = 300").replace(
         "expected_wait_admission = false",
         "expected_wait_admission = true",
     );
     let server = TestServer::start(&config).await;
-    // One job that takes more than twice the queue timeout sets the job time.
     let first = spawn_get(&server, 0);
     wait_until("the first request at the upstream", || {
         fake.in_flight() == 1
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    (fake, server, first)
+}
+
+#[tokio::test]
+async fn expected_wait_admission_admits_while_a_slot_is_free_and_sheds_once_the_line_is_too_long() {
+    // Two slots, jobs that outlast `queue_timeout_ms`. A request that finds a slot free starts
+    // at once, so it is admitted however long the running job may take; the first request that
+    // would have to wait for a running job to end is shed, with its Retry-After.
+    // One job that takes more than twice the queue timeout sets the job time.
+    let (fake, server, first) = one_long_job(2, 700).await;
     fake.open_gate();
     assert_eq!(
         within("the first reply", first).await.unwrap().status,
@@ -397,18 +404,7 @@ async fn expected_wait_admission_admits_while_a_slot_is_free_and_sheds_once_the_
 async fn a_cold_upstream_endpoints_first_long_run_stands_in_for_the_job_time() {
     // No job has ended yet: the one running, past the queue timeout already, is the estimate,
     // so a request that could only wait behind it is shed instead of timing out in the line.
-    let (fake, addr) = Fake::start().await;
-    let config = config(addr, 1, 8, "queue_timeout_ms = 300").replace(
-        "expected_wait_admission = false",
-        "expected_wait_admission = true",
-    );
-    let server = TestServer::start(&config).await;
-    let first = spawn_get(&server, 0);
-    wait_until("the first request at the upstream", || {
-        fake.in_flight() == 1
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (fake, server, first) = one_long_job(1, 400).await;
     let second = within("the second reply", spawn_get(&server, 1))
         .await
         .unwrap();
