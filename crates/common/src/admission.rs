@@ -393,6 +393,13 @@ impl Admission {
         self.queue.is_closed()
     }
 
+    /// True once a config reload has retired this endpoint (it admits nothing new and runs what
+    /// it had admitted), as opposed to shutdown: a request that reaches it was routed by the
+    /// table the reload replaced, and belongs to the endpoint now serving its path.
+    pub fn is_retired(&self) -> bool {
+        self.queue.is_closed() && !self.queue.is_shedding()
+    }
+
     /// The counters now.
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()

@@ -7,6 +7,7 @@
 //! and time), then `Admission::try_admit`: inline answer, direct (an asynchronous run awaited here),
 //! queued (wait for the reply), or refused.
 
+use super::app::App;
 use super::{Answer, Body, Ignored, Pending, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
@@ -20,16 +21,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How many times a request is routed again after a reload retired its endpoint under it (see
+/// [`admit`]); past that (reloads without pause) the retired endpoint's `503` is the answer.
+const REROUTES: u8 = 3;
+
 /// Admit `req` into `endpoint`'s queue and wait for its reply. Decided synchronously up to the
 /// first thing that has to wait: a body to read or a queued job's reply (then a boxed future).
+///
+/// A reload swaps the routing table, then retires the endpoints it dropped (they admit nothing
+/// new). A request routed by the table it replaced, just before, reaches a retired endpoint: it is
+/// routed again by the current table (`reroutes` counts the times) rather than refused `503` as if
+/// the server were shutting down; one whose body was being read meanwhile goes to the endpoint now
+/// serving its path, if that endpoint would take it.
 pub(super) fn admit(
+    app: &Arc<App>,
     endpoint: &Arc<Endpoint>,
-    body_read_timeout: Duration,
-    timing: bool,
     req: Request<Incoming>,
-    remote: SocketAddr,
-    local: SocketAddr,
+    (remote, local): (SocketAddr, SocketAddr),
+    reroutes: u8,
 ) -> Step {
+    let (body_read_timeout, timing) = (app.server.body_read_timeout, app.server.access_log);
     let max_body = endpoint.config.max_body_bytes;
     // No body (most GETs: no Content-Length, or 0) needs no Content-Length lookup.
     let bodiless = hyper::body::Body::is_end_stream(req.body());
@@ -37,6 +48,12 @@ pub(super) fn admit(
         return Step::Now(Ok(too_large()));
     }
     if let Err(refusal) = endpoint.admission().check() {
+        if matches!(refusal, Refusal::ShuttingDown)
+            && reroutes < REROUTES
+            && endpoint.admission().is_retired()
+        {
+            return super::router::reroute(app, req, remote, local, reroutes + 1);
+        }
         return Step::Now(refused(refusal));
     }
     let (parts, body) = req.into_parts();
@@ -46,10 +63,16 @@ pub(super) fn admit(
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let endpoint = endpoint.clone();
+    let app = app.clone();
     Step::Later(Pending::Boxed(Box::pin(async move {
         let body = match read_body(body, limit, body_read_timeout).await {
             Ok(body) => body,
             Err(resp) => return Ok(resp),
+        };
+        let endpoint = if endpoint.admission().is_retired() {
+            app.successor(&parts, body.len()).unwrap_or(endpoint)
+        } else {
+            endpoint
         };
         match enqueue(&endpoint, timing, parts, body, remote, local) {
             Step::Now(answer) => answer,

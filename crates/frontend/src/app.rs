@@ -257,6 +257,25 @@ impl App {
         self.table().find(path).map(|r| r.endpoint.clone())
     }
 
+    /// The endpoint now serving a request with this head and a body of `body_len` bytes, if it
+    /// would take it (its methods, its credentials, its body limit): where a request whose
+    /// endpoint a reload retired while its body was read goes instead.
+    pub(super) fn successor(
+        &self,
+        head: &hyper::http::request::Parts,
+        body_len: usize,
+    ) -> Option<Arc<Endpoint>> {
+        self.with_table(|table| {
+            let route = table.find(head.uri.path())?;
+            let ep = &route.endpoint;
+            let takes = ep.config.methods.contains(&head.method)
+                && route.guard.as_ref().is_none_or(|g| g.allows(&head.headers))
+                && body_len as u64 <= ep.config.max_body_bytes
+                && !ep.admission().is_closed();
+            takes.then(|| ep.clone())
+        })
+    }
+
     /// Serve `endpoints`, asking for the credentials of `guards`, from now on. Endpoints of the
     /// old table that are not in the new one (by identity) are retired: they admit nothing new,
     /// run every job they had admitted, then stop. Returns how many were retired.

@@ -109,6 +109,29 @@ pub(super) fn route(
             _ => method_not_allowed(HeaderValue::from_static("GET, HEAD")),
         }));
     }
+    route_endpoint(app, req, remote, local, 0)
+}
+
+/// Route a request again whose endpoint refused it because a reload retired it since the
+/// request was routed (see [`admission::admit`]); `reroutes` counts the times.
+pub(super) fn reroute(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    reroutes: u8,
+) -> Step {
+    route_endpoint(app, &mut Some(req), remote, local, reroutes)
+}
+
+/// Route `req` to its endpoint in the current table and admit it there.
+fn route_endpoint(
+    app: &Arc<App>,
+    req: &mut Option<Request<Incoming>>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    reroutes: u8,
+) -> Step {
     // The closure borrows the request rather than taking it: a request is a few hundred bytes,
     // and moving it into the closure and on would copy it on every request.
     app.with_table(|table| {
@@ -136,14 +159,7 @@ pub(super) fn route(
         // Taken out of the option straight into the call: matching it in a tuple with the route
         // would copy the request twice.
         match req.take() {
-            Some(req) => admission::admit(
-                &route.endpoint,
-                app.server.body_read_timeout,
-                app.server.access_log,
-                req,
-                remote,
-                local,
-            ),
+            Some(req) => admission::admit(app, &route.endpoint, req, (remote, local), reroutes),
             None => Step::Now(Ok(not_here())),
         }
     })
