@@ -299,3 +299,32 @@ async fn shutdown_closes_an_open_session() {
     server.join().await;
     upstream.abort();
 }
+
+#[tokio::test]
+async fn a_reload_that_retires_another_endpoint_leaves_open_sessions_and_new_ones_alone() {
+    let (addr, sessions, upstream) = echo_upstream().await;
+    let other = |queue: usize| {
+        format!("[[endpoint]]\npath = \"/other\"\nbuiltin = \"ping\"\nqueue = {queue}\n")
+    };
+    let server = TestServer::start(&(config(addr, 1, "") + &other(8))).await;
+    let mut before = start_handshake(&server).await;
+    switched(&mut before).await;
+    echo(&mut before, "before").await;
+    // `/other` changes: the reload retires its endpoint (it keeps `/ws`'s).
+    let summary = server.reload(&(config(addr, 1, "") + &other(4)));
+    assert_eq!((summary.kept, summary.retired), (1, 1), "{summary:?}");
+    // A session looks whether the server is shutting down every 100 ms: a few looks later, it
+    // is open still, and so is one opened after the reload.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    echo(&mut before, "still").await;
+    assert_eq!(sessions.closed.load(Ordering::SeqCst), 0);
+    drop(before);
+    let mut after = start_handshake(&server).await;
+    switched(&mut after).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    echo(&mut after, "open").await;
+    assert_eq!(sessions.closed.load(Ordering::SeqCst), 1);
+    drop(after);
+    server.shutdown().await;
+    upstream.abort();
+}

@@ -408,11 +408,13 @@ impl App {
         }
     }
 
-    /// True once shutdown has begun ([`App::close`]).
+    /// True once shutdown has begun ([`App::close`]). An endpoint a reload retired is closed too,
+    /// but is not shutdown: it is not counted.
     pub(super) fn closing(&self) -> bool {
-        self.all_endpoints()
-            .iter()
-            .any(|e| e.admission().is_closed())
+        self.all_endpoints().iter().any(|e| {
+            let admission = e.admission();
+            admission.is_closed() && !admission.is_retired()
+        })
     }
 
     /// True once every endpoint's dispatcher, retired ones included, has drained and stopped.
