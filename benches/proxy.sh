@@ -48,7 +48,7 @@
 # ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
 # server's log file), NGINX_LOG (nginx's access log, its default combined format to a file: on or
 # off, default on when ACCESS_LOG is true, so both run as shipped; HAProxy logs nothing either way),
-# SERVERS (default "bare fc nginx haproxy"), REF_BIN (for fcref), BODY (above), OUT (result file), and the quiet-machine settings of
+# SERVERS (default "bare fc nginx nginxfwd haproxy"), REF_BIN (for fcref), BODY (above), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +63,7 @@ ACCESS_LOG=${ACCESS_LOG:-false}   # true: fiddler_crab as shipped (access log on
 NGINX_LOG=${NGINX_LOG:-$([ "$ACCESS_LOG" = true ] && echo on || echo off)}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
-SERVERS=${SERVERS:-"bare fc nginx haproxy"}
+SERVERS=${SERVERS:-"bare fc nginx nginxfwd haproxy"}
 BODY=${BODY:-}
 BODY_WAY="" BODY_BYTES=0
 if [ -n "$BODY" ]; then
