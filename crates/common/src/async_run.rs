@@ -200,8 +200,11 @@ fn finish(rest: Rest, result: Result<Result<JobResponse, HandlerError>, String>)
     // counted, its run time recorded, the slot given back) when it ends, however it ends.
     if response.body().is_polled() {
         let settled_counters = counters.clone();
-        let settle: crate::body::Settle = Box::new(move |outcome| {
+        let settle: crate::body::Settle = Box::new(move |outcome, panicked| {
             let runner = slot.runner();
+            if panicked {
+                EndpointCounters::bump(&settled_counters.panics);
+            }
             match outcome {
                 Ok(()) => tracing::debug!(endpoint = %runner.endpoint(), "stream completed"),
                 Err(e) => {

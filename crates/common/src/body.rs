@@ -60,8 +60,9 @@ pub trait Source: Send + 'static {
 }
 
 /// The asynchronous runner's accounting of a polled stream, called once with its outcome when it
-/// ends: clean, an error, or dropped before its end (the client went away: `ClientGone`).
-pub(crate) type Settle = Box<dyn FnOnce(&Result<(), StreamError>) + Send>;
+/// ends: clean, an error, or dropped before its end (the client went away: `ClientGone`); and
+/// whether the source panicked (its outcome is then `Failed`).
+pub(crate) type Settle = Box<dyn FnOnce(&Result<(), StreamError>, bool) + Send>;
 
 /// The body of a [`crate::handler::JobResponse`].
 pub enum ResponseBody {
@@ -95,6 +96,8 @@ struct Polled {
     /// The front end's hooks; taken at the end.
     hook: Option<EndHook>,
     ended: bool,
+    /// The source panicked (the stream ended `Failed` there).
+    panicked: bool,
 }
 
 impl Polled {
@@ -107,6 +110,7 @@ impl Polled {
             Ok(next) => next,
             Err(message) => {
                 tracing::debug!(%message, "stream source panicked; aborting the response");
+                self.panicked = true;
                 Poll::Ready(Some(Err(StreamError::Failed("handler failed".into()))))
             }
         };
@@ -133,7 +137,7 @@ impl Polled {
             return;
         }
         if let Some(settle) = self.settle.take() {
-            settle(&outcome);
+            settle(&outcome, self.panicked);
         }
         if let Some(hook) = self.hook.take() {
             hook(StreamSummary {
@@ -202,6 +206,7 @@ impl ResponseBody {
             settle: None,
             hook: None,
             ended: false,
+            panicked: false,
         }))))
     }
 
@@ -703,7 +708,7 @@ mod tests {
         let mut body = ResponseBody::polled(Chunks(chunks.into()));
         assert!(body.is_unstarted(), "nobody settles it yet");
         let log = seen.clone();
-        assert!(body.settle_with(Box::new(move |outcome| {
+        assert!(body.settle_with(Box::new(move |outcome, _| {
             log.lock().unwrap().push(format!("settled {outcome:?}"))
         })));
         assert!(!body.is_unstarted());
@@ -753,12 +758,44 @@ mod tests {
         );
     }
 
+    /// A source that panics when polled.
+    struct Boom;
+
+    impl Source for Boom {
+        #[allow(clippy::panic)]
+        fn poll_chunk(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Bytes, StreamError>>> {
+            panic!("boom")
+        }
+    }
+
+    #[test]
+    fn a_source_that_panics_aborts_the_stream_and_is_settled_as_a_panic() {
+        let mut body = ResponseBody::polled(Boom);
+        let seen: Arc<Mutex<Vec<(Result<(), StreamError>, bool)>>> = Arc::default();
+        let log = seen.clone();
+        assert!(body.settle_with(Box::new(move |outcome, panicked| {
+            log.lock().unwrap().push((outcome.clone(), panicked))
+        })));
+        assert!(matches!(
+            poll(&mut body),
+            Poll::Ready(Some(Err(StreamError::Failed(_))))
+        ));
+        drop(body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Err(StreamError::Failed("handler failed".into())), true)]
+        );
+    }
+
     #[test]
     fn a_polled_stream_is_settled_by_one_runner_only() {
         let mut body = ResponseBody::polled(Chunks(VecDeque::new()));
-        assert!(body.settle_with(Box::new(|_| {})));
-        assert!(!body.settle_with(Box::new(|_| {})));
-        assert!(!ResponseBody::from("x").settle_with(Box::new(|_| {})));
+        assert!(body.settle_with(Box::new(|_, _| {})));
+        assert!(!body.settle_with(Box::new(|_, _| {})));
+        assert!(!ResponseBody::from("x").settle_with(Box::new(|_, _| {})));
     }
 
     #[test]
