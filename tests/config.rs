@@ -284,6 +284,7 @@ const NUMERIC_KEYS: &[(&str, u64, u64, &str)] = &[
     ("server.shutdown_grace_ms", 0, 3_600_000, "[server]\nshutdown_grace_ms = {}\n"),
     ("server.overflow_hold_ms", 0, 60_000, "[server]\noverflow_hold_ms = {}\n"),
     ("server.max_header_bytes", 8192, 1_048_576, "[server]\nmax_header_bytes = {}\n"),
+    ("server.io_buffer_bytes", 8192, 16_777_216, "[server]\nmax_header_bytes = 8192\nio_buffer_bytes = {}\n"),
     ("server.max_requests_per_connection", 1, 1_000_000, "[server]\nmax_requests_per_connection = {}\n"),
     ("server.max_h2_streams", 1, 4096, "[server]\nmax_h2_streams = {}\n"),
     ("server.max_unsent_bytes", 65_536, 64 << 30, "[server]\nmax_unsent_bytes = {}\n"),
@@ -538,4 +539,13 @@ fn check_finds_worker_socket_directories_that_cannot_be_written_or_created() {
         "no probe left behind"
     );
     std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn io_buffers_smaller_than_the_largest_head_are_refused() {
+    assert_error(
+        "[server]\nmax_header_bytes = 32768\nio_buffer_bytes = 16384\n",
+        "server.io_buffer_bytes",
+        &["16384", "less than max_header_bytes (32768)"],
+    );
 }

@@ -71,6 +71,42 @@ async fn a_head_over_max_header_bytes_gets_431() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_larger_io_buffers_a_head_over_max_header_bytes_still_gets_431() {
+    // hyper's buffers (64 KiB) would take the head; the router keeps the limit.
+    let server = TestServer::launch(&STRICT.replace(
+        "max_header_bytes = 8192",
+        "max_header_bytes = 8192\nio_buffer_bytes = 65536",
+    ))
+    .light(&TrafficLight::fixed(Light::Green))
+    .start()
+    .await;
+    let head = |filler: usize| {
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: fiddler.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
+    for (filler, status) in [(9000, 431), (4000, 200), (8200, 431), (70_000, 431)] {
+        let answer = server.raw(head(filler).as_bytes()).await;
+        assert_eq!(
+            first_status(&answer),
+            Some(status),
+            "{filler}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A large body still goes through whole.
+    let body = vec![b'x'; 200_000];
+    let mut req = request("POST", "/echo", body.clone());
+    req.headers_mut()
+        .insert("content-type", "application/octet-stream".parse().unwrap());
+    let reply = server.client().send(req).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), body.len());
+    server.shutdown().await;
+}
+
 /// A message carrying both framings (a smuggling attempt through some proxy): hyper drops the
 /// Content-Length, reads the body as chunked (RFC 9112 6.3) and closes the connection after the
 /// response, so nothing can be smuggled behind it: exactly one response, then the connection closes.

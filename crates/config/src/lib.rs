@@ -98,6 +98,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request head (request line and headers); larger gets `431`. At least 8192.
     pub max_header_bytes: usize,
+    /// The bound of each HTTP/1 connection's read and write buffers (hyper's `max_buf_size`):
+    /// `max_header_bytes` unless set larger. Large bodies move this many bytes per system call
+    /// at most; above `max_header_bytes`, the head limit is checked on the parsed head.
+    pub io_buffer_bytes: usize,
     /// Requests served on one HTTP/1 connection before it is closed (`Connection: close`).
     pub max_requests_per_connection: NonZeroUsize,
     /// Concurrent streams on one HTTP/2 connection.

@@ -47,6 +47,7 @@ mod range {
     pub const GRACE_MS: (u64, u64) = (0, HOUR_MS);
     pub const OVERFLOW_HOLD_MS: (u64, u64) = (0, 60_000);
     pub const HEADER_BYTES: (u64, u64) = (MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
+    pub const IO_BUFFER_BYTES: (u64, u64) = (MIN_HEADER_BYTES as u64, 16 * MAX_HEADER_BYTES as u64);
     pub const REQUESTS_PER_CONNECTION: (u64, u64) = (1, 1_000_000);
     pub const H2_STREAMS: (u64, u64) = (1, 4096);
     pub const UNSENT_BYTES: (u64, u64) = (64 * 1024, 64 * GIB);
@@ -196,6 +197,7 @@ struct RawServer {
     shutdown_grace_ms: u64,
     default_mode: Mode,
     max_header_bytes: usize,
+    io_buffer_bytes: Option<usize>,
     max_requests_per_connection: usize,
     max_h2_streams: u32,
     max_unsent_bytes: u64,
@@ -279,6 +281,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 10_000,
             default_mode: Mode::Crab,
             max_header_bytes: 16 * 1024,
+            io_buffer_bytes: None,
             max_requests_per_connection: 1000,
             max_h2_streams: 64,
             max_unsent_bytes: 16 << 20,
@@ -536,6 +539,26 @@ impl RawServer {
                 "needs a [server.auth] table (the credentials the server's own paths ask for)",
             ));
         }
+        let max_header_bytes = p.in_range(
+            "server.max_header_bytes",
+            self.max_header_bytes,
+            range::HEADER_BYTES,
+        )?;
+        let io_buffer_bytes = match self.io_buffer_bytes {
+            None => max_header_bytes,
+            Some(bytes) => {
+                let bytes = p.in_range("server.io_buffer_bytes", bytes, range::IO_BUFFER_BYTES)?;
+                if bytes < max_header_bytes {
+                    return Err(p.at(
+                        "server.io_buffer_bytes",
+                        format!(
+                            "{bytes} is less than max_header_bytes ({max_header_bytes}): the buffers must hold the largest head"
+                        ),
+                    ));
+                }
+                bytes
+            }
+        };
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             p.at(
                 "server.listen",
@@ -587,11 +610,8 @@ impl RawServer {
                 self.shutdown_grace_ms,
                 range::GRACE_MS,
             )?,
-            max_header_bytes: p.in_range(
-                "server.max_header_bytes",
-                self.max_header_bytes,
-                range::HEADER_BYTES,
-            )?,
+            max_header_bytes,
+            io_buffer_bytes,
             max_requests_per_connection: p.count(
                 "server.max_requests_per_connection",
                 self.max_requests_per_connection,

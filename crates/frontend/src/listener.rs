@@ -253,14 +253,15 @@ async fn jobs_stopped(app: &App) {
 
 /// The HTTP/1 settings, on the `auto` builder's HTTP/1 half and on hyper's own HTTP/1 builder
 /// alike (the two types have the same setters, and no common trait). A head over max_buf_size is
-/// answered 431.
+/// answered 431 by hyper; `max_buf_size` is `io_buffer_bytes`, `max_header_bytes` unless set
+/// larger, and then the router answers a parsed head over `max_header_bytes` 431 itself.
 ///
 /// Each answer is written as one buffer (head and body copied together, one `write`), not
 /// queued for a vectored write: for small answers the queue's bookkeeping cost more than the copy
 /// (about 430 user-space instructions of a `/ping`), and a 256 KiB echo cost no more CPU
 /// (docs/BENCHMARKS.md 16.4). hyper suggests the same for TLS, which copies anyway. The buffer
 /// keeps its largest size for the connection's life, and stays bounded: hyper buffers body
-/// data only while it holds less than `max_buf_size` (`max_header_bytes`), and every body comes
+/// data only while it holds less than `max_buf_size` (`io_buffer_bytes`), and every body comes
 /// to it in frames of at most [`super::unsent::SLICE`] (16 KiB).
 ///
 /// No timer, and no header-read timeout of hyper's: `header_read_timeout` is the connection
@@ -274,7 +275,7 @@ macro_rules! http1_settings {
         $builder
             .header_read_timeout(None)
             .writev(false)
-            .max_buf_size($server.max_header_bytes)
+            .max_buf_size($server.io_buffer_bytes)
             .half_close(false)
     };
 }

@@ -74,6 +74,19 @@ pub(super) fn route(
     if let Some(refused) = framing_error(head) {
         return Step::Now(Ok(refused));
     }
+    // hyper keeps the head limit only while its buffers are no larger than the limit.
+    if app.server.io_buffer_bytes > app.server.max_header_bytes
+        && head.version() < Version::HTTP_2
+        && head_size(head) > app.server.max_header_bytes
+    {
+        let mut resp = text_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head larger than max_header_bytes",
+        );
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Step::Now(Ok(resp));
+    }
     let path = head.uri().path();
     let own = OwnPath::of(path);
     if own.is_some() && !role.serves_own_paths() || own.is_none() && !role.serves_endpoints() {
@@ -189,6 +202,19 @@ fn framing_error<B>(req: &Request<B>) -> Option<hyper::Response<super::Body>> {
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     Some(resp)
+}
+
+/// The size of `req`'s HTTP/1 head as sent, without optional whitespace: the request line, each
+/// field as `name: value` with its line end, and the blank line.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + fields + 2
 }
 
 /// Header maps of at most this many fields are searched by one pass over their fields rather than
