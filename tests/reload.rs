@@ -335,3 +335,37 @@ async fn a_request_whose_body_was_being_read_when_its_endpoint_was_retired_goes_
     assert_eq!(recorder.ids(), ["slow"]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_endpoint_gives_a_request_it_cannot_queue_back_whole() {
+    use common::admission::Outcome;
+    use common::handler::JobRequest;
+    let recorder = Recorder::new(Duration::ZERO);
+    let server = start(&recorder, &endpoint("/change", 8)).await;
+    let old = server.endpoint("/change");
+    server.reload(&endpoint("/change", 4));
+    assert!(old.admission().is_retired());
+    // As if routed to it just before the reload, and pushed just after.
+    let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert("x-id", "late".parse().unwrap());
+    let request = JobRequest {
+        method: hyper::Method::POST,
+        uri: "/change?q=1".parse().unwrap(),
+        version: hyper::Version::HTTP_11,
+        headers,
+        body: bytes::Bytes::from_static(b"body"),
+        remote_addr: addr,
+        local_addr: addr,
+        client: Default::default(),
+        upgrade: Default::default(),
+    };
+    let Outcome::Retired(back) = old.admission().try_admit(request, false) else {
+        panic!("a retired endpoint did not give the request back");
+    };
+    assert_eq!(back.uri, "/change?q=1");
+    assert_eq!(back.headers["x-id"], "late");
+    assert_eq!(&back.body[..], b"body");
+    assert_eq!(old.counters().admitted, 0, "never admitted there");
+    server.shutdown().await;
+}

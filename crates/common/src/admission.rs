@@ -39,6 +39,9 @@ pub enum Outcome {
     Queued(Waiter),
     /// Not admitted.
     Refused(Refusal),
+    /// Not admitted: a reload retired the endpoint after the request was routed to it. Here is
+    /// the request back, for the endpoint now serving its path.
+    Retired(Box<JobRequest>),
 }
 
 /// Why a request was not admitted, and so how it is answered. Zero allocation to build.
@@ -176,6 +179,9 @@ impl Admission {
         match self.queue.try_push(job) {
             Ok(()) => Outcome::Queued(waiter),
             Err(Refused::Full(_)) => Outcome::Refused(self.overflowed(NoRoom::Full)),
+            Err(Refused::Closed(job)) if self.is_retired() => {
+                Outcome::Retired(Box::new(job.into_request()))
+            }
             Err(Refused::Closed(_)) => Outcome::Refused(Refusal::ShuttingDown),
         }
     }

@@ -158,6 +158,26 @@ impl Job {
         (job, Waiter { ticket, reply: rx })
     }
 
+    /// The request back from a job the queue refused (never admitted), for another endpoint: as
+    /// the front end made it, without this job's client watch.
+    pub(crate) fn into_request(mut self) -> JobRequest {
+        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let blank = JobRequest {
+            method: hyper::Method::GET,
+            uri: hyper::Uri::default(),
+            version: hyper::Version::HTTP_11,
+            headers: hyper::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            remote_addr: unspecified,
+            local_addr: unspecified,
+            client: ClientWatch::default(),
+            upgrade: Default::default(),
+        };
+        let mut request = *std::mem::replace(&mut self.request, Box::new(blank));
+        request.client = ClientWatch::default();
+        request
+    }
+
     /// Let the handler see when the client goes away while the job runs
     /// ([`JobRequest::client`](crate::handler::JobRequest::client)): `on_client_gone = "stop"`.
     pub fn watch_client(&mut self) {

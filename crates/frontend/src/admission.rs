@@ -59,7 +59,15 @@ pub(super) fn admit(
     let (parts, body) = req.into_parts();
     if bodiless {
         // No body (most GETs): no timer, no collector, no allocation.
-        return enqueue(endpoint, timing, parts, bytes::Bytes::new(), remote, local);
+        return enqueue(
+            app,
+            endpoint,
+            timing,
+            parts,
+            bytes::Bytes::new(),
+            remote,
+            local,
+        );
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let endpoint = endpoint.clone();
@@ -70,11 +78,12 @@ pub(super) fn admit(
             Err(resp) => return Ok(resp),
         };
         let endpoint = if endpoint.admission().is_retired() {
-            app.successor(&parts, body.len()).unwrap_or(endpoint)
+            app.successor(&parts.method, &parts.uri, &parts.headers, body.len())
+                .unwrap_or(endpoint)
         } else {
             endpoint
         };
-        match enqueue(&endpoint, timing, parts, body, remote, local) {
+        match enqueue(&app, &endpoint, timing, parts, body, remote, local) {
             Step::Now(answer) => answer,
             // Answered later after all (its body was read first): the timing goes where every
             // later answer's goes.
@@ -92,6 +101,7 @@ pub(super) fn admit(
 /// Hand the request to the endpoint's admission and answer its outcome: an inline answer at
 /// once, an asynchronous run's or a queued job's answer later, or the refusal.
 fn enqueue(
+    app: &Arc<App>,
     endpoint: &Arc<Endpoint>,
     timing: bool,
     mut parts: hyper::http::request::Parts,
@@ -111,7 +121,35 @@ fn enqueue(
         client: Default::default(),
         upgrade,
     };
+    admit_request(app, endpoint, timing, request, false)
+}
+
+/// [`enqueue`]'s request, built: admitted, or (retired by a reload since it was routed, once)
+/// handed to the endpoint now serving its path.
+fn admit_request(
+    app: &Arc<App>,
+    endpoint: &Arc<Endpoint>,
+    timing: bool,
+    request: JobRequest,
+    retried: bool,
+) -> Step {
     match endpoint.admission().try_admit(request, timing) {
+        Outcome::Retired(request) => {
+            let next = (!retried)
+                .then(|| {
+                    app.successor(
+                        &request.method,
+                        &request.uri,
+                        &request.headers,
+                        request.body.len(),
+                    )
+                })
+                .flatten();
+            match next {
+                Some(next) => admit_request(app, &next, timing, *request, true),
+                None => Step::Now(refused(Refusal::ShuttingDown)),
+            }
+        }
         Outcome::Inline(answer, timing) => Step::Inline(Ok(answer), timing),
         // Awaited on this connection's task: dropped with it if the client goes. Already boxed:
         // awaited as it is, not boxed again.

@@ -257,19 +257,21 @@ impl App {
         self.table().find(path).map(|r| r.endpoint.clone())
     }
 
-    /// The endpoint now serving a request with this head and a body of `body_len` bytes, if it
-    /// would take it (its methods, its credentials, its body limit): where a request whose
-    /// endpoint a reload retired while its body was read goes instead.
+    /// The endpoint now serving a request with this method, target and headers and a body of
+    /// `body_len` bytes, if it would take it (its methods, its credentials, its body limit): where
+    /// a request whose endpoint a reload retired after routing it goes instead.
     pub(super) fn successor(
         &self,
-        head: &hyper::http::request::Parts,
+        method: &hyper::Method,
+        uri: &hyper::Uri,
+        headers: &hyper::HeaderMap,
         body_len: usize,
     ) -> Option<Arc<Endpoint>> {
         self.with_table(|table| {
-            let route = table.find(head.uri.path())?;
+            let route = table.find(uri.path())?;
             let ep = &route.endpoint;
-            let takes = ep.config.methods.contains(&head.method)
-                && route.guard.as_ref().is_none_or(|g| g.allows(&head.headers))
+            let takes = ep.config.methods.contains(method)
+                && route.guard.as_ref().is_none_or(|g| g.allows(headers))
                 && body_len as u64 <= ep.config.max_body_bytes
                 && !ep.admission().is_closed();
             takes.then(|| ep.clone())
