@@ -221,11 +221,29 @@ impl Admission {
         } else {
             None
         };
+        // Without a slot, its seat in the line first, while the request is still in hand: a full
+        // queue makes no future, and a queue a reload retired since the look above gives the
+        // request back through the queue's refusal (`Outcome::Retired`).
+        let seated = slot.is_none();
+        if seated {
+            match self.queue.reserve_seat() {
+                Ok(()) => {}
+                Err(SeatRefused::Full) => {
+                    return Direct::Refused(self.overflowed(NoRoom::Full));
+                }
+                Err(SeatRefused::Closed) => return Direct::Declined(request),
+            }
+        }
         // The future does nothing until first polled: made now, it runs once it holds a slot.
         let call = match self.runner.handler().call_async(request) {
             AsyncCall::Started(call) => call,
-            // A slot taken goes back as it drops.
-            AsyncCall::Declined(request) => return Direct::Declined(request),
+            // A slot taken goes back as it drops; a seat, here.
+            AsyncCall::Declined(request) => {
+                if seated {
+                    self.queue.release_seat();
+                }
+                return Direct::Declined(request);
+            }
         };
         let Some(slot) = slot else {
             return self.line_up(call, timing);
@@ -241,15 +259,9 @@ impl Admission {
         ))))
     }
 
-    /// A seat at the back of the line for `call`, holding a unit of the queue's depth (admitted
-    /// and counted now), or the refusal of a full or closed queue.
+    /// A seat at the back of the line for `call`, holding the unit of the queue's depth already
+    /// reserved for it (admitted and counted now), or the refusal of a closed line.
     fn line_up(&self, call: HandlerFuture, timing: bool) -> Direct {
-        if let Err(refused) = self.queue.reserve_seat() {
-            return Direct::Refused(match refused {
-                SeatRefused::Full => self.overflowed(NoRoom::Full),
-                SeatRefused::Closed => Refusal::ShuttingDown,
-            });
-        }
         let line = self.runner.line();
         if !line.kept(&self.runner) {
             tracing::error!(endpoint = %self.runner.endpoint(), "an asynchronous run was queued outside a runtime; refused");
