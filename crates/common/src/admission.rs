@@ -179,9 +179,7 @@ impl Admission {
         match self.queue.try_push(job) {
             Ok(()) => Outcome::Queued(waiter),
             Err(Refused::Full(_)) => Outcome::Refused(self.overflowed(NoRoom::Full)),
-            Err(Refused::Closed(job)) if self.is_retired() => {
-                Outcome::Retired(Box::new(job.into_request()))
-            }
+            Err(Refused::Closed(job)) if self.is_retired() => Outcome::Retired(job.into_request()),
             Err(Refused::Closed(_)) => Outcome::Refused(Refusal::ShuttingDown),
         }
     }

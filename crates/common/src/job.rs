@@ -160,7 +160,7 @@ impl Job {
 
     /// The request back from a job the queue refused (never admitted), for another endpoint: as
     /// the front end made it, without this job's client watch.
-    pub(crate) fn into_request(mut self) -> JobRequest {
+    pub(crate) fn into_request(mut self) -> Box<JobRequest> {
         let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
         let blank = JobRequest {
             method: hyper::Method::GET,
@@ -173,7 +173,7 @@ impl Job {
             client: ClientWatch::default(),
             upgrade: Default::default(),
         };
-        let mut request = *std::mem::replace(&mut self.request, Box::new(blank));
+        let mut request = std::mem::replace(&mut self.request, Box::new(blank));
         request.client = ClientWatch::default();
         request
     }

@@ -352,39 +352,52 @@ fn stream(
                 return Ok(());
             }
             Next::ClientGone => return Err(StreamError::ClientGone),
-            Next::Broken(cause) => {
-                fail(shared, format!("reading the streamed answer: {cause}"));
-                return Err(StreamError::Failed(
-                    "upstream failed while sending its answer".into(),
-                ));
-            }
-            Next::Idle => {
-                fail(
-                    shared,
-                    "streamed answer paused past stream_idle_timeout_ms".into(),
-                );
-                return Err(StreamError::Timeout(
-                    "upstream paused past stream_idle_timeout_ms".into(),
-                ));
-            }
-            Next::Timeout => {
-                fail(
-                    shared,
-                    "streamed answer not finished within timeout_ms".into(),
-                );
-                return Err(StreamError::Timeout(
-                    "upstream did not finish its answer within timeout_ms".into(),
-                ));
-            }
+            Next::Broken(cause) => return Err(cut(shared, Cut::Broken(cause))),
+            Next::Idle => return Err(cut(shared, Cut::Idle)),
+            Next::Timeout => return Err(cut(shared, Cut::Deadline)),
         };
         if sink.produced() + data.len() as u64 > max {
-            fail(shared, "answer larger than max_response_bytes".into());
-            return Err(StreamError::Failed(
-                "upstream answer larger than max_response_bytes".into(),
-            ));
+            return Err(cut(shared, Cut::TooLarge));
         }
         sink.send(data)?;
     }
+}
+
+/// Why a streamed answer was cut short.
+enum Cut {
+    /// Past `max_response_bytes`.
+    TooLarge,
+    /// The upstream failed mid-body (the cause, for the log).
+    Broken(String),
+    /// A pause past `stream_idle_timeout_ms`.
+    Idle,
+    /// Not finished within `timeout_ms`.
+    Deadline,
+}
+
+/// Count the cut as a failed exchange (logged with its cause) and say what ends the stream: one
+/// wording for both ways a stream is relayed.
+fn cut(shared: &Shared, why: Cut) -> StreamError {
+    let (cause, error) = match why {
+        Cut::TooLarge => (
+            "answer larger than max_response_bytes".to_string(),
+            StreamError::Failed("upstream answer larger than max_response_bytes".into()),
+        ),
+        Cut::Broken(cause) => (
+            format!("reading the streamed answer: {cause}"),
+            StreamError::Failed("upstream failed while sending its answer".into()),
+        ),
+        Cut::Idle => (
+            "streamed answer paused past stream_idle_timeout_ms".to_string(),
+            StreamError::Timeout("upstream paused past stream_idle_timeout_ms".into()),
+        ),
+        Cut::Deadline => (
+            "streamed answer not finished within timeout_ms".to_string(),
+            StreamError::Timeout("upstream did not finish its answer within timeout_ms".into()),
+        ),
+    };
+    fail(shared, cause);
+    error
 }
 
 /// A streamed answer relayed on the client connection's own task ([`Side::Front`]): the same
@@ -413,23 +426,10 @@ struct Relayed {
 }
 
 impl Relayed {
-    /// Count the failure, and end the stream with `error` (the connection is closed).
-    fn failed(
-        &mut self,
-        cause: &str,
-        error: StreamError,
-    ) -> Poll<Option<Result<Bytes, StreamError>>> {
-        fail(&self.shared, cause.into());
+    /// End the stream for `why`, counted (the connection is closed).
+    fn failed(&mut self, why: Cut) -> Poll<Option<Result<Bytes, StreamError>>> {
         self.conn = None;
-        Poll::Ready(Some(Err(error)))
-    }
-
-    /// End the stream at `timeout_ms`.
-    fn timed_out(&mut self) -> Poll<Option<Result<Bytes, StreamError>>> {
-        self.failed(
-            "streamed answer not finished within timeout_ms",
-            StreamError::Timeout("upstream did not finish its answer within timeout_ms".into()),
-        )
+        Poll::Ready(Some(Err(cut(&self.shared, why))))
     }
 
     /// True once `idle` has passed since the last chunk (`cx` woken when it will have).
@@ -468,18 +468,13 @@ impl common::body::Source for Relayed {
                     }
                     let max = self.shared.config.max_response_bytes as u64;
                     if self.produced + data.len() as u64 > max {
-                        return self.failed(
-                            "answer larger than max_response_bytes",
-                            StreamError::Failed(
-                                "upstream answer larger than max_response_bytes".into(),
-                            ),
-                        );
+                        return self.failed(Cut::TooLarge);
                     }
                     let now = Instant::now();
                     if now >= self.deadline {
                         // A client that reads slowly while the upstream is ready never leaves
                         // the answer waiting: the deadline is looked at with every chunk too.
-                        return self.timed_out();
+                        return self.failed(Cut::Deadline);
                     }
                     self.produced += data.len() as u64;
                     self.last_chunk = Some(now);
@@ -491,13 +486,7 @@ impl common::body::Source for Relayed {
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    let cause = format!("reading the streamed answer: {e}");
-                    return self.failed(
-                        &cause,
-                        StreamError::Failed("upstream failed while sending its answer".into()),
-                    );
-                }
+                Poll::Ready(Some(Err(e))) => return self.failed(Cut::Broken(e.to_string())),
                 Poll::Pending => break,
             }
         }
@@ -506,13 +495,10 @@ impl common::body::Source for Relayed {
             .deadline_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
         if timer.as_mut().poll(cx).is_ready() {
-            return self.timed_out();
+            return self.failed(Cut::Deadline);
         }
         if self.idle_passed(cx) {
-            return self.failed(
-                "streamed answer paused past stream_idle_timeout_ms",
-                StreamError::Timeout("upstream paused past stream_idle_timeout_ms".into()),
-            );
+            return self.failed(Cut::Idle);
         }
         Poll::Pending
     }
