@@ -129,6 +129,7 @@ fn request() -> JobRequest {
         local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         client: Default::default(),
         upgrade: Default::default(),
+        body_stream: Default::default(),
     }
 }
 

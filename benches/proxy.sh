@@ -8,6 +8,9 @@
 #   fcbuf, fcbufN
 #               the same with [server] io_buffer_bytes = FC_IO_BUFFER (default 65536): larger
 #               buffers per connection, so large bodies move in fewer system calls
+#   fcstream, fcstreamN
+#               fcbuf with [endpoint.upstream] stream_request_body = true: a request body goes up
+#               as it arrives instead of being read whole first (with BODY=up:N)
 #   fcref, fcrefN
 #               the same with REF_BIN, another fiddler_crab binary (a build of another commit):
 #               an A/B comparison in the same run
@@ -51,7 +54,7 @@
 # ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
 # server's log file), NGINX_LOG (nginx's access log, its default combined format to a file: on or
 # off, default on when ACCESS_LOG is true, so both run as shipped; HAProxy logs nothing either way),
-# SERVERS (default "bare fc nginx nginxfwd haproxy"), REF_BIN (for fcref), FC_IO_BUFFER (for fcbuf), BODY (above), OUT (result file), and the quiet-machine settings of
+# SERVERS (default "bare fc nginx nginxfwd haproxy"), REF_BIN (for fcref), FC_IO_BUFFER (for fcbuf and fcstream), BODY (above), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -153,7 +156,7 @@ start_server() {
   port=$(free_port)
   rm -f "$work/server.log"
   case $name in
-    fc | fc[0-9]* | fcref | fcref[0-9]* | fcbuf | fcbuf[0-9]*)
+    fc | fc[0-9]* | fcref | fcref[0-9]* | fcbuf | fcbuf[0-9]* | fcstream | fcstream[0-9]*)
       local bin=$work/fiddler_crab
       slots=${name#fc}
       if [[ $slots == ref* ]]; then
@@ -161,10 +164,14 @@ start_server() {
         slots=${slots#ref}
       fi
       slots=${slots#buf}
+      slots=${slots#stream}
       slots=${slots:-$FC_WORKERS}
       fc_proxy_config "$port" "$upstream_port" "$slots" "$ACCESS_LOG" "$FC_METHODS" >"$work/fc.toml"
-      if [[ $name == fcbuf* ]]; then
+      if [[ $name == fcbuf* || $name == fcstream* ]]; then
         sed -i "s/^access_log = .*/&\nio_buffer_bytes = ${FC_IO_BUFFER:-65536}/" "$work/fc.toml"
+      fi
+      if [[ $name == fcstream* ]]; then
+        echo "stream_request_body = true" >>"$work/fc.toml"
       fi
       taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" \
         >"$work/server.log" 2>&1 &
@@ -244,6 +251,8 @@ for name in $SERVERS; do
   case $name in
     fcbuf) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint ($FC_WORKERS slots), io_buffer_bytes ${FC_IO_BUFFER:-65536} → bare hyper") ;;
     fcbuf[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fcbuf} slots), io_buffer_bytes ${FC_IO_BUFFER:-65536} → bare hyper") ;;
+    fcstream) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint ($FC_WORKERS slots), io_buffer_bytes ${FC_IO_BUFFER:-65536}, stream_request_body → bare hyper") ;;
+    fcstream[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fcstream} slots), io_buffer_bytes ${FC_IO_BUFFER:-65536}, stream_request_body → bare hyper") ;;
     fcref) FC_LABELS+=(--label "$name=REF_BIN's fiddler_crab upstream endpoint ($FC_WORKERS slots) → bare hyper") ;;
     fcref[0-9]*) FC_LABELS+=(--label "$name=REF_BIN's fiddler_crab upstream endpoint (${name#fcref} slots) → bare hyper") ;;
     fc[0-9]*) FC_LABELS+=(--label "$name=fiddler_crab upstream endpoint (${name#fc} slots) → bare hyper") ;;

@@ -359,6 +359,7 @@ async fn a_retired_endpoint_gives_a_request_it_cannot_queue_back_whole() {
         local_addr: addr,
         client: Default::default(),
         upgrade: Default::default(),
+        body_stream: Default::default(),
     };
     let Outcome::Retired(back) = old.admission().try_admit(request, false) else {
         panic!("a retired endpoint did not give the request back");

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::{request, wait_until, within, TempDir, TestServer};
+use support::{read_to_close, request, wait_until, within, TempDir, TestServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -52,6 +52,8 @@ struct State {
     gate: watch::Sender<u32>,
     /// The body of the last `GET /sse`: the test sends its events.
     events: Mutex<Option<channel::Sender<Bytes, Infallible>>>,
+    /// The bytes of `POST /upload` bodies received so far, as they come.
+    uploaded: Mutex<Vec<u8>>,
 }
 
 /// A fake upstream: `GET /health` answers 200 or 503 as the test says; anything else answers
@@ -73,6 +75,7 @@ impl Fake {
             healthy: AtomicBool::new(true),
             gate: watch::channel(0).0,
             events: Mutex::new(None),
+            uploaded: Mutex::new(Vec::new()),
         })
     }
 
@@ -182,6 +185,39 @@ async fn answer(req: Request<Incoming>, state: &State) -> Response<FakeBody> {
             .header("cache-control", "no-cache")
             .body(body.boxed())
             .unwrap();
+    }
+    if req.uri().path() == "/upload" {
+        // Read frame by frame, each recorded as it comes; the answer says how the body was
+        // framed and whether it ended cleanly.
+        let framing = |name: &str| {
+            req.headers()
+                .get(name)
+                .map_or("-".to_string(), |v| v.to_str().unwrap().to_string())
+        };
+        let framing = format!(
+            "content-length {}, transfer-encoding {}",
+            framing("content-length"),
+            framing("transfer-encoding")
+        );
+        let mut body = req.into_body();
+        let mut ended = "whole";
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        state.uploaded.lock().unwrap().extend_from_slice(&data);
+                    }
+                }
+                Err(_) => {
+                    ended = "cut";
+                    break;
+                }
+            }
+        }
+        let got = state.uploaded.lock().unwrap().len();
+        return Response::new(
+            Full::new(Bytes::from(format!("{got} bytes {ended}, {framing}"))).boxed(),
+        );
     }
     if req.uri().path() == "/health" {
         let status = if state.healthy.load(Ordering::SeqCst) {
@@ -950,4 +986,166 @@ async fn a_streamed_answer_is_cut_at_max_response_bytes_at_the_idle_timeout_and_
             server.shutdown().await;
         }
     }
+}
+
+/// Open a connection to `server` and write a `POST /u/upload` with the header line `framing`
+/// and the start of its body, `first`; the upstream must then have received `upstream_has`
+/// while the client still holds the rest.
+async fn start_upload(
+    server: &TestServer,
+    fake: &Fake,
+    framing: &str,
+    first: &str,
+    upstream_has: &[u8],
+) -> tokio::net::TcpStream {
+    fake.state.uploaded.lock().unwrap().clear();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /u/upload HTTP/1.1\r\nHost: fiddler.test\r\nConnection: close\r\n{framing}\r\n\r\n{first}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    wait_until("the body's first bytes at the upstream", || {
+        fake.state.uploaded.lock().unwrap().as_slice() == upstream_has
+    })
+    .await;
+    stream
+}
+
+/// An upstream endpoint at `/u/` (prefix stripped, jellyfish or crab `mode`) forwarding request
+/// bodies as they arrive, with `endpoint` lines in the endpoint's table and `server` lines in
+/// `[server]`.
+async fn streaming_server(
+    addr: SocketAddr,
+    mode: &str,
+    endpoint: &str,
+    server: &str,
+) -> TestServer {
+    let toml = config(
+        "/u/",
+        &format!("http://{addr}"),
+        "stream_request_body = true\nstrip_prefix = true",
+    )
+    .replace("queue = 64\n", &format!("queue = 64\n{endpoint}\n"))
+    .replace(
+        "mode = \"jellyfish\"\nworkers = 4",
+        &format!("mode = \"{mode}\""),
+    );
+    TestServer::start(&format!("[server]\n{server}\n{toml}")).await
+}
+
+#[tokio::test]
+async fn with_stream_request_body_the_upstream_reads_a_body_as_the_client_sends_it() {
+    // Jellyfish forwards on the client connection's task, crab from its executor thread.
+    for mode in ["jellyfish", "crab"] {
+        let (fake, addr) = Fake::tcp().await;
+        let server = streaming_server(addr, mode, "", "").await;
+        let cases = [
+            (
+                "Transfer-Encoding: chunked",
+                "5\r\nhello\r\n",
+                "6\r\n world\r\n0\r\n\r\n",
+                "11 bytes whole, content-length -, transfer-encoding chunked",
+            ),
+            (
+                "Content-Length: 11",
+                "hello",
+                " world",
+                "11 bytes whole, content-length 11, transfer-encoding -",
+            ),
+        ];
+        for (framing, first, rest, told) in cases {
+            // The upstream has the first part while the client still holds the rest.
+            let mut stream = start_upload(&server, &fake, framing, first, b"hello").await;
+            stream.write_all(rest.as_bytes()).await.unwrap();
+            let answer =
+                String::from_utf8(within("the answer", read_to_close(stream)).await).unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "{mode} {framing}: {answer}"
+            );
+            assert!(answer.ends_with(told), "{mode} {framing}: {answer}");
+        }
+        // A body larger than hyper's read buffer, in one write: every byte, in order.
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fake.state.uploaded.lock().unwrap().clear();
+        let reply = server
+            .client()
+            .send(request("POST", "/u/upload", big.clone()))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(*fake.state.uploaded.lock().unwrap(), big);
+        let counters = server.counters("/u/");
+        assert_eq!((counters.answered(), counters.failed), (3, 0), "{mode}");
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_request_body_is_bounded_by_max_body_bytes_and_body_read_timeout_ms_as_a_read_one_is(
+) {
+    let (fake, addr) = Fake::tcp().await;
+    let server = streaming_server(
+        addr,
+        "jellyfish",
+        "max_body_bytes = 8",
+        "body_read_timeout_ms = 300",
+    )
+    .await;
+    // Past max_body_bytes after the upstream had the first five bytes: 413, the upstream's read
+    // cut short.
+    let mut stream = start_upload(
+        &server,
+        &fake,
+        "Transfer-Encoding: chunked",
+        "5\r\nhello\r\n",
+        b"hello",
+    )
+    .await;
+    stream.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let answer = String::from_utf8(within("the 413", read_to_close(stream)).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.ends_with("request body larger than max_body_bytes\n"),
+        "{answer}"
+    );
+    // Declared too large: 413 before anything is sent up.
+    let reply = server
+        .client()
+        .send(request("POST", "/u/upload", "0123456789"))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Not all there within body_read_timeout_ms: 408.
+    let stream = start_upload(&server, &fake, "Content-Length: 8", "hel", b"hel").await;
+    let answer = String::from_utf8(within("the 408", read_to_close(stream)).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.ends_with("request body not received in time\n"),
+        "{answer}"
+    );
+    // A client that leaves mid-body: the upstream connection is closed.
+    let closed = fake.state.closed.load(Ordering::SeqCst);
+    let stream = start_upload(&server, &fake, "Content-Length: 8", "he", b"he").await;
+    drop(stream);
+    wait_until("the upstream connection closed", || {
+        fake.state.closed.load(Ordering::SeqCst) > closed
+    })
+    .await;
+    // None of it is the upstream's failure, and the endpoint goes on.
+    wait_until("every slot given back", || {
+        server.endpoint("/u/").admission().running() == 0
+    })
+    .await;
+    assert_eq!(upstream_status(&server, "/u/")["failures"], 0);
+    fake.state.uploaded.lock().unwrap().clear();
+    let reply = server
+        .client()
+        .send(request("POST", "/u/upload", "fine"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        reply.text().starts_with("4 bytes whole"),
+        "{}",
+        reply.text()
+    );
+    server.shutdown().await;
 }

@@ -32,7 +32,8 @@ pub struct JobRequest {
     pub version: Version,
     /// Request headers as received.
     pub headers: HeaderMap,
-    /// The whole body, already bounded by the endpoint's `max_body_bytes`.
+    /// The whole body, already bounded by the endpoint's `max_body_bytes`; empty when the body is
+    /// left in the client's connection to be forwarded as it arrives ([`JobRequest::body_stream`]).
     pub body: Bytes,
     /// The client's address.
     pub remote_addr: SocketAddr,
@@ -48,6 +49,10 @@ pub struct JobRequest {
     /// The client's side of an HTTP/1.1 upgrade (a WebSocket handshake), for a handler that
     /// passes upgrades through (upstream endpoints); empty everywhere else.
     pub upgrade: ClientUpgrade,
+    /// The body still in the client's connection, for a handler that forwards it as it arrives
+    /// (an upstream endpoint with `stream_request_body`); empty everywhere else, where
+    /// [`JobRequest::body`] holds it whole.
+    pub body_stream: BodyStream,
 }
 
 /// The client connection's pending upgrade, taken by the front end from a request that asks for
@@ -85,6 +90,132 @@ impl std::fmt::Debug for ClientUpgrade {
             .finish()
     }
 }
+
+/// A request body left in the client's connection: taken once by the handler that forwards it,
+/// which reads it chunk by chunk as the upstream takes it, bounded by `max_body_bytes` and
+/// `body_read_timeout_ms` as a body read whole is, and records here why it stopped short
+/// ([`BodyStream::fail`]) so the handler answers that rather than the broken exchange. Cloning
+/// shares the one body: the first `take` gets it.
+#[derive(Clone, Default)]
+pub struct BodyStream(Option<Arc<StreamSlot>>);
+
+struct StreamSlot {
+    body: std::sync::Mutex<Option<hyper::body::Incoming>>,
+    limit: u64,
+    read_timeout: std::time::Duration,
+    failed: std::sync::Mutex<Option<BodyFailure>>,
+}
+
+impl BodyStream {
+    /// The client's `body`, to be forwarded as it arrives: at most `limit` bytes, all of them
+    /// within `read_timeout` of the first read.
+    pub fn new(
+        body: hyper::body::Incoming,
+        limit: u64,
+        read_timeout: std::time::Duration,
+    ) -> BodyStream {
+        BodyStream(Some(Arc::new(StreamSlot {
+            body: std::sync::Mutex::new(Some(body)),
+            limit,
+            read_timeout,
+            failed: std::sync::Mutex::new(None),
+        })))
+    }
+
+    /// True if the request's body is left in the connection (taken or not).
+    pub fn is_streamed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The body, once.
+    pub fn take(&self) -> Option<hyper::body::Incoming> {
+        self.0
+            .as_ref()
+            .and_then(|slot| slot.body.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+
+    /// The most bytes the body may have (the endpoint's `max_body_bytes`).
+    pub fn limit(&self) -> u64 {
+        self.0.as_ref().map_or(0, |slot| slot.limit)
+    }
+
+    /// The time the whole body may take from its first read (`body_read_timeout_ms`).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.0
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |slot| slot.read_timeout)
+    }
+
+    /// Record why the body stopped short (the first reason stands).
+    pub fn fail(&self, why: BodyFailure) {
+        if let Some(slot) = &self.0 {
+            slot.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(why);
+        }
+    }
+
+    /// Why the body stopped short, if it did.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        self.0
+            .as_ref()
+            .and_then(|slot| *slot.failed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BodyStream")
+            .field(&self.is_streamed())
+            .finish()
+    }
+}
+
+/// Why a client's request body could not be read: its answer, the same whether the body was
+/// read whole before admission or forwarded as it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// More than `max_body_bytes`: `413`.
+    TooLarge,
+    /// Not all there within `body_read_timeout_ms`: `408`.
+    TooSlow,
+    /// The connection failed or the framing was broken: `400`.
+    Unreadable,
+}
+
+impl BodyFailure {
+    /// The answer to a request whose body failed so.
+    pub fn response(self) -> JobResponse {
+        text_response(self.status(), self.reason())
+    }
+
+    /// The status of that answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            BodyFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyFailure::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            BodyFailure::Unreadable => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Its reason, as the answer gives it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyFailure::TooLarge => "request body larger than max_body_bytes",
+            BodyFailure::TooSlow => "request body not received in time",
+            BodyFailure::Unreadable => "could not read the request body",
+        }
+    }
+}
+
+impl std::fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for BodyFailure {}
 
 /// Tells a running handler whether the client that asked for its job has gone (HTTP/1 connection
 /// closed, HTTP/2 stream reset): cheap to poll (one atomic load), cloneable into helper threads.

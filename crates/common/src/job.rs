@@ -172,6 +172,7 @@ impl Job {
             local_addr: unspecified,
             client: ClientWatch::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         };
         let mut request = std::mem::replace(&mut self.request, Box::new(blank));
         request.client = ClientWatch::default();

@@ -296,6 +296,7 @@ mod tests {
             local_addr: ([127, 0, 0, 1], 2).into(),
             client: Default::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         };
         Job::new(request, counters.clone())
     }

@@ -43,6 +43,11 @@ pub struct UpstreamConfig {
     /// On a prefix endpoint (`path` ending in `/`): forward the path without the endpoint's
     /// prefix (`/llm/v1/models` goes up as `/v1/models`). Default false: the path as requested.
     pub strip_prefix: bool,
+    /// Forward a request's body to the upstream as it arrives, once the request has its running
+    /// slot, instead of reading it whole first (`max_body_bytes` and `body_read_timeout_ms` still
+    /// bound it; a slow sender then holds the slot for up to `body_read_timeout_ms`). Default
+    /// false: read whole before the request is admitted, as nginx's `proxy_request_buffering`.
+    pub stream_request_body: bool,
 }
 
 /// Where an upstream listens.
@@ -79,6 +84,8 @@ pub(crate) struct RawUpstream {
     pub(crate) max_response_bytes: usize,
     #[serde(default)]
     pub(crate) strip_prefix: bool,
+    #[serde(default)]
+    pub(crate) stream_request_body: bool,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -204,6 +211,7 @@ impl RawUpstream {
                 max_bytes,
             )? as usize,
             strip_prefix: self.strip_prefix,
+            stream_request_body: self.stream_request_body,
         })
     }
 }

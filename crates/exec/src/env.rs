@@ -187,6 +187,7 @@ mod tests {
             local_addr: "127.0.0.1:8080".parse().unwrap(),
             client: Default::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         }
     }
 

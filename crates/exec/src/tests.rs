@@ -50,6 +50,7 @@ fn request(uri: &str, body: impl Into<Bytes>) -> JobRequest {
         local_addr: "127.0.0.1:8080".parse().unwrap(),
         client: Default::default(),
         upgrade: Default::default(),
+        body_stream: Default::default(),
     }
 }
 

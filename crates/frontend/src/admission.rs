@@ -11,7 +11,9 @@ use super::app::App;
 use super::{Answer, Body, Ignored, Pending, Step};
 use common::admission::{Outcome, Refusal};
 use common::endpoint::Endpoint;
-use common::handler::{declared_length, text_response, ClientUpgrade, JobRequest};
+use common::handler::{
+    declared_length, text_response, BodyFailure, BodyStream, ClientUpgrade, JobRequest,
+};
 use config::HandlerConfig;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -64,7 +66,21 @@ pub(super) fn admit(
             endpoint,
             timing,
             parts,
-            bytes::Bytes::new(),
+            (bytes::Bytes::new(), BodyStream::default()),
+            remote,
+            local,
+        );
+    }
+    if streams_request_body(endpoint) {
+        // Left in the connection: the upstream exchange reads it as it forwards it, bounded as
+        // a body read here would be.
+        let stream = BodyStream::new(body, max_body, body_read_timeout);
+        return enqueue(
+            app,
+            endpoint,
+            timing,
+            parts,
+            (bytes::Bytes::new(), stream),
             remote,
             local,
         );
@@ -83,6 +99,7 @@ pub(super) fn admit(
         } else {
             endpoint
         };
+        let body = (body, BodyStream::default());
         match enqueue(&app, &endpoint, timing, parts, body, remote, local) {
             Step::Now(answer) => answer,
             // Answered later after all (its body was read first): the timing goes where every
@@ -105,7 +122,7 @@ fn enqueue(
     endpoint: &Arc<Endpoint>,
     timing: bool,
     mut parts: hyper::http::request::Parts,
-    body: bytes::Bytes,
+    (body, body_stream): (bytes::Bytes, BodyStream),
     remote: SocketAddr,
     local: SocketAddr,
 ) -> Step {
@@ -120,6 +137,7 @@ fn enqueue(
         local_addr: local,
         client: Default::default(),
         upgrade,
+        body_stream,
     };
     admit_request(app, endpoint, timing, request, false)
 }
@@ -135,6 +153,7 @@ fn admit_request(
 ) -> Step {
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Retired(request) => {
+            // A body left in the connection goes only where it would be left too.
             let next = (!retried)
                 .then(|| {
                     app.successor(
@@ -144,7 +163,8 @@ fn admit_request(
                         request.body.len(),
                     )
                 })
-                .flatten();
+                .flatten()
+                .filter(|next| !request.body_stream.is_streamed() || streams_request_body(next));
             match next {
                 Some(next) => admit_request(app, &next, timing, *request, true),
                 None => Step::Now(refused(Refusal::ShuttingDown)),
@@ -162,6 +182,12 @@ fn admit_request(
         }
         Outcome::Refused(refusal) => Step::Now(refused(refusal)),
     }
+}
+
+/// True if `endpoint` forwards a request's body as it arrives (an upstream endpoint with
+/// `stream_request_body`) rather than taking it whole.
+fn streams_request_body(endpoint: &Endpoint) -> bool {
+    matches!(&endpoint.config.handler, HandlerConfig::Upstream(u) if u.stream_request_body)
 }
 
 /// The client connection's pending upgrade, for an upstream endpoint (which passes WebSocket
@@ -201,14 +227,8 @@ async fn read_body(
         {
             Err(too_large())
         }
-        Ok(Err(_)) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "could not read the request body",
-        )),
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time",
-        )),
+        Ok(Err(_)) => Err(BodyFailure::Unreadable.response()),
+        Err(_) => Err(BodyFailure::TooSlow.response()),
     }
 }
 
@@ -240,10 +260,7 @@ fn refused(refusal: Refusal) -> Answer {
 }
 
 fn too_large() -> Response<Body> {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "request body larger than max_body_bytes",
-    )
+    BodyFailure::TooLarge.response()
 }
 
 fn error(status: StatusCode, reason: &str) -> Response<Body> {

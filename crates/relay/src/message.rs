@@ -1,7 +1,7 @@
 //! The messages a proxy relays: the request as forwarded, and the answer's head and bounded body.
 
 use bytes::{Bytes, BytesMut};
-use common::handler::{JobRequest, JobResponse};
+use common::handler::{BodyFailure, BodyStream, JobRequest, JobResponse};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
@@ -21,42 +21,142 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Largest slice of a forwarded request's body handed to hyper at once.
 pub const SLICE: usize = 16 * 1024;
 
-/// The body of a forwarded request: the whole request body, already read, handed to hyper in
-/// slices of at most [`SLICE`] bytes. Slices, because the client connections write each message
-/// as one buffer ([`crate::conn`]), which keeps the largest size it ever held for the life of the
-/// pooled connection: with slices, hyper's `max_buf_size` bounds it, whatever the body's size.
-#[derive(Debug, Clone, Default)]
-pub struct OutBody(Bytes);
+/// The body of a forwarded request, handed to hyper in slices of at most [`SLICE`] bytes: the
+/// whole request body, already read, or the client's body read as the upstream takes it
+/// ([`OutBody::streamed`]). Slices, because the client connections write each message as one
+/// buffer ([`crate::conn`]), which keeps the largest size it ever held for the life of the pooled
+/// connection: with slices, hyper's `max_buf_size` bounds it, whatever the body's size.
+#[derive(Debug, Default)]
+pub struct OutBody(Out);
+
+#[derive(Debug, Default)]
+enum Out {
+    #[default]
+    Empty,
+    Whole(Bytes),
+    Streamed(Box<Streamed>),
+}
+
+/// A client's body on its way: the part of the last chunk not yet handed on, the bytes read so
+/// far against the limit, and the deadline of the whole read (a timer made at the first poll,
+/// looked at whenever the client's next bytes are not there yet).
+#[derive(Debug)]
+struct Streamed {
+    body: hyper::body::Incoming,
+    stream: BodyStream,
+    rest: Bytes,
+    read: u64,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
 
 impl OutBody {
     /// The body `bytes`.
     pub fn new(bytes: Bytes) -> OutBody {
-        OutBody(bytes)
+        OutBody(Out::Whole(bytes))
+    }
+
+    /// The client's body `body`, bounded by `stream`'s limit and read timeout; a body that stops
+    /// short ends the request with an error and is recorded in `stream` (see
+    /// [`BodyStream::fail`]).
+    pub fn streamed(body: hyper::body::Incoming, stream: BodyStream) -> OutBody {
+        OutBody(Out::Streamed(Box::new(Streamed {
+            body,
+            stream,
+            rest: Bytes::new(),
+            read: 0,
+            deadline: None,
+        })))
     }
 }
 
 impl Body for OutBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = BodyFailure;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let rest = &mut self.0;
-        if rest.is_empty() {
-            return std::task::Poll::Ready(None);
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyFailure>>> {
+        use std::task::Poll;
+        let streamed = match &mut self.0 {
+            Out::Empty => return Poll::Ready(None),
+            Out::Whole(rest) if rest.is_empty() => return Poll::Ready(None),
+            Out::Whole(rest) => {
+                let slice = rest.split_to(rest.len().min(SLICE));
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
+            }
+            Out::Streamed(streamed) => streamed,
+        };
+        if !streamed.rest.is_empty() {
+            let rest = &mut streamed.rest;
+            let slice = rest.split_to(rest.len().min(SLICE));
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
         }
-        let slice = rest.split_to(rest.len().min(SLICE));
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))))
+        // The whole read is timed from its start.
+        let timeout = streamed.stream.read_timeout();
+        let deadline = streamed
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        loop {
+            let failed = match std::pin::Pin::new(&mut streamed.body).poll_frame(cx) {
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not forwarded (as with a body read whole).
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
+                    streamed.read += data.len() as u64;
+                    if streamed.read > streamed.stream.limit() {
+                        BodyFailure::TooLarge
+                    } else if data.is_empty() {
+                        continue;
+                    } else {
+                        if data.len() > SLICE {
+                            streamed.rest = data.split_off(SLICE);
+                        }
+                        return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => BodyFailure::Unreadable,
+                Poll::Pending => {
+                    if deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    BodyFailure::TooSlow
+                }
+            };
+            streamed.stream.fail(failed);
+            self.0 = Out::Empty;
+            return Poll::Ready(Some(Err(failed)));
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
+        match &self.0 {
+            Out::Empty => true,
+            Out::Whole(rest) => rest.is_empty(),
+            Out::Streamed(streamed) => streamed.rest.is_empty() && streamed.body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.0.len() as u64)
+        match &self.0 {
+            Out::Empty => hyper::body::SizeHint::with_exact(0),
+            Out::Whole(rest) => hyper::body::SizeHint::with_exact(rest.len() as u64),
+            Out::Streamed(streamed) => {
+                let body = streamed.body.size_hint();
+                let rest = streamed.rest.len() as u64;
+                if rest == 0 {
+                    return body;
+                }
+                let mut hint = hyper::body::SizeHint::new();
+                hint.set_lower(body.lower().saturating_add(rest));
+                if let Some(upper) = body.upper() {
+                    hint.set_upper(upper.saturating_add(rest));
+                }
+                hint
+            }
+        }
     }
 }
 
@@ -103,10 +203,15 @@ pub fn outgoing_with(
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         headers.insert(HOST, host);
     }
+    let streamed = req.body_stream.take();
     // RFC 9110 section 8.6: no `Content-Length` on a request without content whose method
     // anticipates none (a `GET`), unless the client sent one. `POST`, `PUT`, `PATCH` and unknown
-    // methods keep an exact `0`: some servers answer `411 Length Required` without it.
-    if !req.body.is_empty() || seen.content_length || anticipates_content(&req.method) {
+    // methods keep an exact `0`: some servers answer `411 Length Required` without it. A body
+    // forwarded as it arrives keeps the client's `Content-Length` (hyper checked it), or goes
+    // chunked without one.
+    if streamed.is_none()
+        && (!req.body.is_empty() || seen.content_length || anticipates_content(&req.method))
+    {
         let length = match req.body.len() {
             0 => HeaderValue::from_static("0"),
             n => HeaderValue::from(n),
@@ -125,7 +230,11 @@ pub fn outgoing_with(
     if let Some(proto) = forwarding.proto {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    let mut out = Request::new(OutBody::new(req.body.clone()));
+    let body = match streamed {
+        Some(body) => OutBody::streamed(body, req.body_stream.clone()),
+        None => OutBody::new(req.body.clone()),
+    };
+    let mut out = Request::new(body);
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = target;
     *out.version_mut() = Version::HTTP_11;
@@ -635,6 +744,7 @@ mod tests {
             local_addr: ([127, 0, 0, 1], 8080).into(),
             client: Default::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         };
         let out = outgoing(&req, path_and_query(&req), Forwarding::default());
         assert_eq!(out.method(), Method::POST);

@@ -628,6 +628,11 @@ fn exchange<'a>(
                 Err(HandlerError::BadGateway(UNAVAILABLE.into()))
             }
             Sent::Broken(cause) => {
+                // The client's body, forwarded as it came, stopped short (too large, too slow,
+                // unreadable): hyper gave the request up, and the answer is the client's fault.
+                if let Some(failure) = req.body_stream.failure() {
+                    return Ok(Answer::Whole(failure.response()));
+                }
                 fail(shared, cause);
                 Err(HandlerError::BadGateway(
                     "upstream closed the connection without answering".into(),
@@ -722,6 +727,7 @@ url = "http://127.0.0.1:9"
             local_addr: ([127, 0, 0, 1], 2).into(),
             client: Default::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         };
         let exchange = run_async(handler.shared.clone(), req);
         let size = std::mem::size_of_val(&exchange);

@@ -96,6 +96,7 @@ pub(crate) fn encode(reqs: &[&JobRequest]) -> JobRequest {
         local_addr,
         client: ClientWatch::default(),
         upgrade: Default::default(),
+        body_stream: Default::default(),
     }
 }
 
@@ -196,6 +197,7 @@ mod tests {
             local_addr: ([127, 0, 0, 1], 2).into(),
             client: Default::default(),
             upgrade: Default::default(),
+            body_stream: Default::default(),
         }
     }
 
