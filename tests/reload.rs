@@ -302,38 +302,60 @@ async fn the_binary_refuses_an_invalid_config_on_sighup_and_applies_a_valid_one(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_body_was_being_read_when_its_endpoint_was_retired_goes_to_its_successor() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let recorder = Recorder::new(Duration::ZERO);
-    let server = start(&recorder, &endpoint("/change", 8)).await;
-    let old = server.endpoint("/change");
-    // The head and half the body: routed to the endpoint, its body being read.
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /change HTTP/1.1\r\nhost: t\r\nx-id: slow\r\ncontent-length: 8\r\n\
-              connection: close\r\n\r\nhalf",
-        )
-        .await
-        .unwrap();
-    // Time for the server to read the head and start on the body (no counter shows that; on a
-    // machine too slow for it the request is routed after the reload, and still must succeed).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // A reload retires the endpoint (its queue changes) while the body is on its way.
-    let summary = server.reload(&endpoint("/change", 4));
-    assert_eq!((summary.started, summary.retired), (1, 1));
-    assert!(old.admission().is_closed());
-    stream.write_all(b"more").await.unwrap();
-    let mut answer = Vec::new();
-    within("the answer", stream.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("slow"), "{answer}");
-    // Run by the endpoint now serving the path; the retired one admitted nothing.
-    assert_eq!(server.endpoint("/change").counters().admitted, 1);
-    assert_eq!(old.counters().admitted, 0);
-    assert_eq!(recorder.ids(), ["slow"]);
-    server.shutdown().await;
+    // What the reload puts at the path, and the answer the request gets: run by the new
+    // endpoint, or refused as it would be had it come after the reload (never `503`).
+    let cases = [
+        (endpoint("/change", 4), "200", "slow"),
+        (
+            endpoint("/change", 4) + "methods = [\"GET\"]\n",
+            "405",
+            "method not allowed here\n",
+        ),
+        (
+            endpoint("/change", 4) + "max_body_bytes = 4\n",
+            "413",
+            "request body larger than max_body_bytes\n",
+        ),
+        (endpoint("/other", 4), "404", "no endpoint at this path\n"),
+    ];
+    for (reloaded, status, ends) in cases {
+        let recorder = Recorder::new(Duration::ZERO);
+        let server = start(&recorder, &endpoint("/change", 8)).await;
+        let old = server.endpoint("/change");
+        // The head and half the body: routed to the endpoint, its body being read.
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /change HTTP/1.1\r\nhost: t\r\nx-id: slow\r\ncontent-length: 8\r\n\
+                  connection: close\r\n\r\nhalf",
+            )
+            .await
+            .unwrap();
+        // Time for the server to read the head and start on the body (no counter shows that; on
+        // a machine too slow for it the request is routed after the reload, and gets the same
+        // answer).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A reload retires the endpoint (its queue changes) while the body is on its way.
+        let summary = server.reload(&reloaded);
+        assert_eq!((summary.started, summary.retired), (1, 1));
+        assert!(old.admission().is_closed());
+        stream.write_all(b"more").await.unwrap();
+        let mut answer = Vec::new();
+        within("the answer", stream.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.ends_with(ends), "{answer}");
+        // The retired endpoint admitted nothing; the new one ran it, or nothing did.
+        assert_eq!(old.counters().admitted, 0);
+        let ran: &[&str] = if status == "200" { &["slow"] } else { &[] };
+        assert_eq!(recorder.ids(), ran, "{status}");
+        server.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,8 +94,10 @@ pub(super) fn admit(
             Err(resp) => return Ok(resp),
         };
         let endpoint = if endpoint.admission().is_retired() {
-            app.successor(&parts.method, &parts.uri, &parts.headers, body.len())
-                .unwrap_or(endpoint)
+            match app.successor(&parts.method, &parts.uri, &parts.headers, Some(body.len())) {
+                Ok(next) => next,
+                Err(answer) => return Ok(*answer),
+            }
         } else {
             endpoint
         };
@@ -153,21 +155,14 @@ fn admit_request(
 ) -> Step {
     match endpoint.admission().try_admit(request, timing) {
         Outcome::Retired(request) => {
+            if retried {
+                return Step::Now(refused(Refusal::ShuttingDown));
+            }
             // A body left in the connection goes only where it would be left too.
-            let next = (!retried)
-                .then(|| {
-                    app.successor(
-                        &request.method,
-                        &request.uri,
-                        &request.headers,
-                        request.body.len(),
-                    )
-                })
-                .flatten()
-                .filter(|next| !request.body_stream.is_streamed() || streams_request_body(next));
-            match next {
-                Some(next) => admit_request(app, &next, timing, *request, true),
-                None => Step::Now(refused(Refusal::ShuttingDown)),
+            let body_len = (!request.body_stream.is_streamed()).then_some(request.body.len());
+            match app.successor(&request.method, &request.uri, &request.headers, body_len) {
+                Ok(next) => admit_request(app, &next, timing, *request, true),
+                Err(answer) => Step::Now(Ok(*answer)),
             }
         }
         Outcome::Inline(answer, timing) => Step::Inline(Ok(answer), timing),
@@ -186,7 +181,7 @@ fn admit_request(
 
 /// True if `endpoint` forwards a request's body as it arrives (an upstream endpoint with
 /// `stream_request_body`) rather than taking it whole.
-fn streams_request_body(endpoint: &Endpoint) -> bool {
+pub(super) fn streams_request_body(endpoint: &Endpoint) -> bool {
     matches!(&endpoint.config.handler, HandlerConfig::Upstream(u) if u.stream_request_body)
 }
 

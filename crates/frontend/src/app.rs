@@ -258,23 +258,47 @@ impl App {
     }
 
     /// The endpoint now serving a request with this method, target and headers and a body of
-    /// `body_len` bytes, if it would take it (its methods, its credentials, its body limit): where
-    /// a request whose endpoint a reload retired after routing it goes instead.
+    /// `body_len` bytes (`None`: left in the connection), if it would take it: where a request
+    /// whose endpoint a reload retired after routing it goes instead. If it would not, the answer
+    /// the request gets, as the router and admission would give it had it come now: `404` (no
+    /// endpoint at the path any more), `401` (its credentials), `405` (its methods), `413` (its
+    /// body limit); `503` if that endpoint is closed too (shutdown) or cannot take a body left in
+    /// the connection (boxed: rare, and it keeps the `Ok` a pointer).
     pub(super) fn successor(
-        &self,
+        self: &Arc<Self>,
         method: &hyper::Method,
         uri: &hyper::Uri,
         headers: &hyper::HeaderMap,
-        body_len: usize,
-    ) -> Option<Arc<Endpoint>> {
+        body_len: Option<usize>,
+    ) -> Result<Arc<Endpoint>, Box<hyper::Response<super::Body>>> {
         self.with_table(|table| {
-            let route = table.find(uri.path())?;
+            let Some(route) = table.find(uri.path()) else {
+                return Err(Box::new(super::router::not_here()));
+            };
+            if let Some(guard) = route.guard.as_ref().filter(|g| !g.allows(headers)) {
+                self.count_unauthorized();
+                return Err(Box::new(guard.unauthorized()));
+            }
             let ep = &route.endpoint;
-            let takes = ep.config.methods.contains(method)
-                && route.guard.as_ref().is_none_or(|g| g.allows(headers))
-                && body_len as u64 <= ep.config.max_body_bytes
-                && !ep.admission().is_closed();
-            takes.then(|| ep.clone())
+            if !ep.config.methods.contains(method) {
+                return Err(Box::new(super::router::method_not_allowed(
+                    route.allow.clone(),
+                )));
+            }
+            let fits = match body_len {
+                Some(len) => len as u64 <= ep.config.max_body_bytes,
+                None => super::admission::streams_request_body(ep),
+            };
+            if body_len.is_some() && !fits {
+                return Err(Box::new(common::handler::BodyFailure::TooLarge.response()));
+            }
+            if !fits || ep.admission().is_closed() {
+                return Err(Box::new(common::handler::text_response(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    "server shutting down",
+                )));
+            }
+            Ok(ep.clone())
         })
     }
 

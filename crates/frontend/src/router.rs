@@ -280,7 +280,7 @@ fn transfer_coding_error(headers: &HeaderMap) -> Option<(StatusCode, &'static st
     ))
 }
 
-fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {
+pub(super) fn method_not_allowed(allow: HeaderValue) -> hyper::Response<super::Body> {
     let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
     resp.headers_mut().insert(ALLOW, allow);
     resp
