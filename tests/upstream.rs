@@ -1074,8 +1074,22 @@ async fn with_stream_request_body_the_upstream_reads_a_body_as_the_client_sends_
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(*fake.state.uploaded.lock().unwrap(), big);
+        // From an HTTP/2 client, whose body comes in DATA frames.
+        fake.state.uploaded.lock().unwrap().clear();
+        let reply = server
+            .client()
+            .connect_h2()
+            .await
+            .send(request("POST", "/u/upload", "over h2"))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(
+            reply.text().starts_with("7 bytes whole"),
+            "{}",
+            reply.text()
+        );
         let counters = server.counters("/u/");
-        assert_eq!((counters.answered(), counters.failed), (3, 0), "{mode}");
+        assert_eq!((counters.answered(), counters.failed), (4, 0), "{mode}");
         server.shutdown().await;
     }
 }
