@@ -59,31 +59,17 @@ pub(super) fn admit(
         return Step::Now(refused(refusal));
     }
     let (parts, body) = req.into_parts();
-    if bodiless {
-        // No body (most GETs): no timer, no collector, no allocation.
-        return enqueue(
-            app,
-            endpoint,
-            timing,
-            parts,
-            (bytes::Bytes::new(), BodyStream::default()),
-            remote,
-            local,
-        );
-    }
-    if streams_request_body(endpoint) {
-        // Left in the connection: the upstream exchange reads it as it forwards it, bounded as
-        // a body read here would be.
-        let stream = BodyStream::new(body, max_body, body_read_timeout);
-        return enqueue(
-            app,
-            endpoint,
-            timing,
-            parts,
-            (bytes::Bytes::new(), stream),
-            remote,
-            local,
-        );
+    // No body (most GETs): no timer, no collector, no allocation. A body left in the connection
+    // (`stream_request_body`) is read by the upstream exchange as it forwards it, bounded as a
+    // body read here would be.
+    if bodiless || streams_request_body(endpoint) {
+        let stream = if bodiless {
+            BodyStream::default()
+        } else {
+            BodyStream::new(body, max_body, body_read_timeout)
+        };
+        let body = (bytes::Bytes::new(), stream);
+        return enqueue(app, endpoint, timing, parts, body, remote, local);
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let endpoint = endpoint.clone();
@@ -247,11 +233,13 @@ fn refused(refusal: Refusal) -> Answer {
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             Ok(resp)
         }
-        Refusal::ShuttingDown => Ok(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server shutting down",
-        )),
+        Refusal::ShuttingDown => Ok(shutting_down()),
     }
+}
+
+/// `503 server shutting down`: what a closed endpoint answers.
+pub(super) fn shutting_down() -> Response<Body> {
+    error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
 }
 
 fn too_large() -> Response<Body> {

@@ -265,7 +265,7 @@ impl App {
     /// body limit); `503` if that endpoint is closed too (shutdown) or cannot take a body left in
     /// the connection (boxed: rare, and it keeps the `Ok` a pointer).
     pub(super) fn successor(
-        self: &Arc<Self>,
+        &self,
         method: &hyper::Method,
         uri: &hyper::Uri,
         headers: &hyper::HeaderMap,
@@ -275,28 +275,21 @@ impl App {
             let Some(route) = table.find(uri.path()) else {
                 return Err(Box::new(super::router::not_here()));
             };
-            if let Some(guard) = route.guard.as_ref().filter(|g| !g.allows(headers)) {
-                self.count_unauthorized();
-                return Err(Box::new(guard.unauthorized()));
+            if let Some(refused) = super::router::refusal(self, route, method, headers) {
+                return Err(Box::new(refused));
             }
             let ep = &route.endpoint;
-            if !ep.config.methods.contains(method) {
-                return Err(Box::new(super::router::method_not_allowed(
-                    route.allow.clone(),
-                )));
-            }
-            let fits = match body_len {
-                Some(len) => len as u64 <= ep.config.max_body_bytes,
-                None => super::admission::streams_request_body(ep),
-            };
-            if body_len.is_some() && !fits {
-                return Err(Box::new(common::handler::BodyFailure::TooLarge.response()));
-            }
-            if !fits || ep.admission().is_closed() {
-                return Err(Box::new(common::handler::text_response(
-                    hyper::StatusCode::SERVICE_UNAVAILABLE,
-                    "server shutting down",
-                )));
+            match body_len {
+                Some(len) if len as u64 > ep.config.max_body_bytes => {
+                    return Err(Box::new(common::handler::BodyFailure::TooLarge.response()));
+                }
+                None if !super::admission::streams_request_body(ep) => {
+                    return Err(Box::new(super::admission::shutting_down()));
+                }
+                _ if ep.admission().is_closed() => {
+                    return Err(Box::new(super::admission::shutting_down()));
+                }
+                _ => {}
             }
             Ok(ep.clone())
         })

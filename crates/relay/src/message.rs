@@ -84,16 +84,11 @@ impl Body for OutBody {
         use std::task::Poll;
         let streamed = match &mut self.0 {
             Out::Whole(rest) if rest.is_empty() => return Poll::Ready(None),
-            Out::Whole(rest) => {
-                let slice = rest.split_to(rest.len().min(SLICE));
-                return Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
-            }
+            Out::Whole(rest) => return Poll::Ready(Some(Ok(next_slice(rest)))),
             Out::Streamed(streamed) => streamed,
         };
         if !streamed.rest.is_empty() {
-            let rest = &mut streamed.rest;
-            let slice = rest.split_to(rest.len().min(SLICE));
-            return Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
+            return Poll::Ready(Some(Ok(next_slice(&mut streamed.rest))));
         }
         // The whole read is timed from its start.
         let timeout = streamed.stream.read_timeout();
@@ -105,7 +100,7 @@ impl Body for OutBody {
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are not forwarded (as with a body read whole).
-                    let Ok(mut data) = frame.into_data() else {
+                    let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     streamed.read += data.len() as u64;
@@ -114,10 +109,8 @@ impl Body for OutBody {
                     } else if data.is_empty() {
                         continue;
                     } else {
-                        if data.len() > SLICE {
-                            streamed.rest = data.split_off(SLICE);
-                        }
-                        return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                        streamed.rest = data;
+                        return Poll::Ready(Some(Ok(next_slice(&mut streamed.rest))));
                     }
                 }
                 Poll::Ready(Some(Err(_))) => BodyFailure::Unreadable,
@@ -161,6 +154,11 @@ impl Body for OutBody {
     }
 }
 
+/// The next slice of `rest`, at most [`SLICE`] bytes.
+fn next_slice(rest: &mut Bytes) -> hyper::body::Frame<Bytes> {
+    hyper::body::Frame::data(rest.split_to(rest.len().min(SLICE)))
+}
+
 /// What a forwarded request says about where it came from.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forwarding {
@@ -169,7 +167,8 @@ pub struct Forwarding {
 }
 
 /// The request to forward: method, `target` (path and query) and body as given, headers as the
-/// client sent them minus hop-by-hop headers and `Expect` (the body is already here), with `Host`
+/// client sent them minus hop-by-hop headers and `Expect` (the body is already here, or this
+/// server answered the expectation when it began to read a forwarded one), with `Host`
 /// (from the request target if the client sent none, as HTTP/2 clients do), an exact
 /// `Content-Length` (none on a request without content whose method anticipates none, unless
 /// the client sent one: RFC 9110 section 8.6), the client's address appended to `X-Forwarded-For`, and
