@@ -543,6 +543,125 @@ async fn a_whole_answer_keeps_a_length_it_matches_and_is_reframed_when_it_does_n
     task.abort();
 }
 
+/// A raw upstream that answers the first request on each connection with `answer`, as written,
+/// then closes the connection.
+async fn closing_upstream(answer: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// `HTTP/1.1 200 OK` declaring a `Content-Length` of `declared` and carrying `sent` bytes of body.
+fn long_answer(declared: usize, sent: usize) -> &'static [u8] {
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + sent, b'x');
+    answer.leak()
+}
+
+#[tokio::test]
+async fn a_streamed_answer_keeps_the_length_it_is_framed_by_and_one_past_max_response_bytes_is_a_502(
+) {
+    // 100,000 bytes: past the 64 KiB read whole, so streamed, on the connection's task
+    // (jellyfish) and from an executor thread (crab).
+    const LEN: usize = 100_000;
+    for mode in ["jellyfish", "crab"] {
+        let toml = |url: &str, extra: &str| {
+            config("/u", url, extra).replace(
+                "mode = \"jellyfish\"\nworkers = 4",
+                &format!("mode = \"{mode}\""),
+            )
+        };
+        // Whole: the declared length reaches HTTP/1.1, HTTP/1.0 and HTTP/2 clients, and the body
+        // is all there.
+        let (addr, task) = scripted_upstream(long_answer(LEN, LEN)).await;
+        let server = TestServer::start(&toml(&format!("http://{addr}"), "")).await;
+        let reply = server.get("/u").await;
+        assert_eq!(reply.status, StatusCode::OK, "{mode}");
+        assert_eq!(reply.header("content-length").as_deref(), Some("100000"));
+        assert_eq!(reply.body.len(), LEN, "{mode}");
+        let raw = server.raw(b"GET /u HTTP/1.0\r\nHost: t\r\n\r\n").await;
+        let lines = head_lines(&raw);
+        assert_eq!(
+            content_lengths(&lines),
+            ["content-length: 100000"],
+            "{mode}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("transfer-encoding")),
+            "{lines:?}"
+        );
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(raw.len() - head_end, LEN, "{mode}: the HTTP/1.0 body");
+        let reply = server
+            .client()
+            .connect_h2()
+            .await
+            .send(request("GET", "/u", ""))
+            .await;
+        assert_eq!(reply.header("content-length").as_deref(), Some("100000"));
+        assert_eq!(reply.body.len(), LEN, "{mode}: over HTTP/2");
+        assert_eq!(server.counters("/u").failed, 0, "{mode}");
+        server.shutdown().await;
+        task.abort();
+
+        // Cut short by the upstream: the client has the length declared and fewer bytes, and
+        // the connection ends there; never a clean end of a shorter body.
+        let (addr, task) = closing_upstream(long_answer(LEN, LEN / 2)).await;
+        let server = TestServer::start(&toml(&format!("http://{addr}"), "")).await;
+        let raw = server.raw(b"GET /u HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        let lines = head_lines(&raw);
+        assert_eq!(lines[0], "http/1.1 200 ok", "{mode}");
+        assert_eq!(
+            content_lengths(&lines),
+            ["content-length: 100000"],
+            "{mode}"
+        );
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(raw.len() - head_end < LEN, "{mode}: the body was cut short");
+        wait_until("the cut counted", || server.counters("/u").failed == 1).await;
+        server.shutdown().await;
+        task.abort();
+
+        // Declared past max_response_bytes: a 502 at once, nothing of it relayed.
+        let (addr, task) = scripted_upstream(long_answer(LEN, LEN)).await;
+        let server = TestServer::start(&toml(
+            &format!("http://{addr}"),
+            "max_response_bytes = 70000",
+        ))
+        .await;
+        let reply = server.get("/u").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{mode}");
+        assert_eq!(
+            reply.text(),
+            "upstream answer larger than max_response_bytes\n",
+            "{mode}"
+        );
+        assert_eq!(server.counters("/u").failed, 1, "{mode}");
+        assert_eq!(
+            upstream_status(&server, "/u")["last_error"]["cause"],
+            "answer larger than max_response_bytes",
+            "{mode}"
+        );
+        server.shutdown().await;
+        task.abort();
+    }
+}
+
 #[tokio::test]
 async fn a_request_the_upstream_has_read_is_never_sent_again() {
     let (addr, connections, task) = rude_upstream(true).await;

@@ -15,7 +15,7 @@ pub mod stream;
 
 pub use conn::{connect, io_runtime, probe, send, usable, Conn, Sent, Target};
 pub use message::{
-    answer_head, outgoing, outgoing_with, path_and_query, read_bounded, read_bounded_declared,
-    strip_hop_by_hop, BodyError, Forwarding,
+    answer_head, answer_head_framed, outgoing, outgoing_with, path_and_query, read_bounded,
+    read_bounded_declared, strip_hop_by_hop, BodyError, Forwarding,
 };
 pub use stream::{next_chunk, Next};

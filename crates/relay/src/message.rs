@@ -310,6 +310,13 @@ pub fn answer_head(parts: Parts, method: &Method) -> Parts {
     head_of(parts, method, false)
 }
 
+/// [`answer_head`] for a body framed by its declared length, which it keeps: the client learns
+/// the size as the server declared it (a download's progress; an HTTP/1.0 client's connection
+/// kept), and a body cut short is visibly short of it.
+pub fn answer_head_framed(parts: Parts, method: &Method) -> Parts {
+    head_of(parts, method, true)
+}
+
 /// [`answer_head`], keeping the `Content-Length` also where `exact`.
 fn head_of(mut parts: Parts, method: &Method, exact: bool) -> Parts {
     strip_hop_by_hop(&mut parts.headers);

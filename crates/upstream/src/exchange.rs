@@ -576,12 +576,22 @@ fn exchange<'a>(
             }
             Sent::Answered { response, conn } => {
                 let Some(declared) = read_whole(&req.method, &response) else {
+                    // Streamed. A body framed by its declared length keeps that length (hyper's
+                    // client reads exactly that much, and fails on less); one past
+                    // `max_response_bytes` is refused before anything reaches the client.
+                    let framed = response.body().size_hint().exact();
+                    if framed.is_some_and(|len| len > shared.config.max_response_bytes as u64) {
+                        fail(shared, "answer larger than max_response_bytes".into());
+                        return Err(HandlerError::BadGateway(
+                            "upstream answer larger than max_response_bytes".into(),
+                        ));
+                    }
                     let (head, body) = response.into_parts();
-                    return Ok(Answer::Stream {
-                        head: relay::answer_head(head, &req.method),
-                        body,
-                        conn,
-                    });
+                    let head = match framed {
+                        Some(_) => relay::answer_head_framed(head, &req.method),
+                        None => relay::answer_head(head, &req.method),
+                    };
+                    return Ok(Answer::Stream { head, body, conn });
                 };
                 // Boxed (480 bytes, from glibc's per-thread cache): inline, it would take the
                 // exchange's whole future past that cache.
