@@ -698,6 +698,121 @@ async fn a_connection_closed_before_the_request_is_read_is_tried_at_most_once_mo
 }
 
 #[tokio::test]
+async fn an_idle_connection_is_used_only_within_keepalive_timeout_ms() {
+    // Well within: one connection for requests in a row.
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config(
+        "/u",
+        &format!("http://{addr}"),
+        "keepalive_timeout_ms = 600000",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
+    }
+    assert_eq!(fake.connections(), 1);
+    server.shutdown().await;
+    drop(fake);
+
+    // Idle past it: closed instead of used, and a fresh one opened.
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config(
+        "/u",
+        &format!("http://{addr}"),
+        "keepalive_timeout_ms = 100",
+    ))
+    .await;
+    assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
+    assert_eq!(fake.connections(), 2);
+    wait_until("the stale connection closed", || {
+        fake.state.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(upstream_status(&server, "/u")["retries"], 0);
+    server.shutdown().await;
+    drop(fake);
+
+    // Zero: a connection per request, none kept.
+    let (fake, addr) = Fake::tcp().await;
+    let server = TestServer::start(&config(
+        "/u",
+        &format!("http://{addr}"),
+        "keepalive_timeout_ms = 0",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
+    }
+    assert_eq!(fake.connections(), 3);
+    wait_until("every connection closed", || {
+        fake.state.closed.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(upstream_status(&server, "/u")["idle_connections"], 0);
+    server.shutdown().await;
+}
+
+/// A raw upstream that answers `200 ok` to the first request on each connection, then reads the
+/// next request and closes the connection without answering it (as a server that closes an idle
+/// connection just as a request is written into it).
+async fn one_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                for answered in [false, true] {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answered {
+                        return;
+                    }
+                    head.clear();
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, task)
+}
+
+#[tokio::test]
+async fn a_health_check_lost_on_a_kept_alive_connection_is_made_again_on_a_fresh_one() {
+    // Every second check meets a connection its server closes under it: each is made again on a
+    // fresh connection, so the upstream never counts as down and no check is recorded failed.
+    let (addr, connections, task) = one_answer_upstream().await;
+    let server = TestServer::start(&config(
+        "/u",
+        &format!("http://{addr}"),
+        "health_path = \"/health\"\nhealth_interval_ms = 20",
+    ))
+    .await;
+    wait_until("five checks on fresh connections", || {
+        connections.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["health"], "healthy", "{up}");
+    assert!(up["last_error"].is_null(), "{up}");
+    server.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test]
 async fn the_whole_exchange_is_bounded_by_timeout_ms() {
     // Jellyfish runs the exchange on the client's connection task, crab on an executor thread
     // that blocks on the handler's I/O runtime: one deadline keeper serves both, for every

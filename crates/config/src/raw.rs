@@ -69,6 +69,7 @@ mod range {
     pub const WEBSOCKET_IDLE_TIMEOUT_MS: (u64, u64) = (1, DAY_MS);
     pub const CONNECT_TIMEOUT_MS: (u64, u64) = (1, 600_000);
     pub const HEALTH_INTERVAL_MS: (u64, u64) = (10, HOUR_MS);
+    pub const KEEPALIVE_TIMEOUT_MS: (u64, u64) = (0, HOUR_MS);
     pub const MAX_BATCH: (u64, u64) = (1, 1024);
     pub const MAX_BATCH_WAIT_MS: (u64, u64) = (0, 60_000);
 }
@@ -770,6 +771,7 @@ impl RawEndpoint {
                     range::STREAM_IDLE_TIMEOUT_MS,
                     range::WEBSOCKET_IDLE_TIMEOUT_MS,
                     range::HEALTH_INTERVAL_MS,
+                    range::KEEPALIVE_TIMEOUT_MS,
                 ];
                 let upstream = upstream
                     .validate(ranges, range::MAX_OUTPUT_BYTES)

@@ -37,6 +37,12 @@ pub struct UpstreamConfig {
     pub health_path: Option<String>,
     /// Time between two health checks; also the longest one check may take. Default 1 s.
     pub health_interval: Duration,
+    /// Longest a kept-alive connection may wait idle in the pool and still be used; an older one
+    /// is closed instead. Below the upstream's own idle timeout, a request is never written into
+    /// a connection the upstream is closing that moment, nor into one a firewall or NAT on the
+    /// way dropped silently. Zero: a new connection per request. Default 4 s (uvicorn, Node and
+    /// llama-server close theirs after 5 s).
+    pub keepalive_timeout: Duration,
     /// Largest answer body taken whole from the upstream; past it the answer is `502`. Default
     /// 64 MiB.
     pub max_response_bytes: usize,
@@ -80,6 +86,8 @@ pub(crate) struct RawUpstream {
     pub(crate) health_path: Option<String>,
     #[serde(default = "default_health_interval_ms")]
     pub(crate) health_interval_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub(crate) keepalive_timeout_ms: u64,
     #[serde(default = "default_max_response_bytes")]
     pub(crate) max_response_bytes: usize,
     #[serde(default)]
@@ -102,6 +110,9 @@ fn default_websocket_idle_timeout_ms() -> u64 {
 }
 fn default_health_interval_ms() -> u64 {
     1_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    4_000
 }
 fn default_max_response_bytes() -> usize {
     64 * 1024 * 1024
@@ -167,11 +178,11 @@ pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
 
 impl RawUpstream {
     /// Validate the table (its durations against `ranges`: connect, whole exchange, stream idle,
-    /// WebSocket idle, health interval; its body limit against `max_bytes`); an error names the offending key
-    /// relative to it.
+    /// WebSocket idle, health interval, kept-alive idle; its body limit against `max_bytes`); an
+    /// error names the offending key relative to it.
     pub(crate) fn validate(
         self,
-        ranges: [(u64, u64); 5],
+        ranges: [(u64, u64); 6],
         max_bytes: (u64, u64),
     ) -> Result<UpstreamConfig, Problem> {
         let (address, base_path) = parse_url(&self.url).map_err(|p| ("url", p))?;
@@ -186,7 +197,7 @@ impl RawUpstream {
                 ));
             }
         }
-        let [connect, whole, idle, websocket_idle, health] = ranges;
+        let [connect, whole, idle, websocket_idle, health, keepalive] = ranges;
         Ok(UpstreamConfig {
             url: self.url,
             address,
@@ -205,6 +216,11 @@ impl RawUpstream {
             )?,
             health_path: self.health_path,
             health_interval: millis("health_interval_ms", self.health_interval_ms, health)?,
+            keepalive_timeout: millis(
+                "keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                keepalive,
+            )?,
             max_response_bytes: in_range(
                 "max_response_bytes",
                 self.max_response_bytes as u64,
@@ -258,6 +274,7 @@ mod tests {
         assert_eq!(u.stream_idle_timeout, Duration::from_secs(30));
         assert_eq!(u.websocket_idle_timeout, Duration::from_secs(300));
         assert_eq!(u.health_interval, Duration::from_secs(1));
+        assert_eq!(u.keepalive_timeout, Duration::from_secs(4));
         assert_eq!(u.max_response_bytes, 64 * 1024 * 1024);
         assert!(u.health_path.is_none() && !u.strip_prefix);
         assert!(!c.endpoints[0].is_prefix());
@@ -309,6 +326,10 @@ mod tests {
             (
                 "url = \"http://h:1\"\nmax_response_bytes = 0",
                 "endpoint[0].upstream.max_response_bytes",
+            ),
+            (
+                "url = \"http://h:1\"\nkeepalive_timeout_ms = 3600001",
+                "endpoint[0].upstream.keepalive_timeout_ms",
             ),
             (
                 "url = \"http://h:1\"\nstrip_prefix = true",

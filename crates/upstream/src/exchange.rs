@@ -108,11 +108,12 @@ pub(crate) enum Side {
     Front,
 }
 
-/// Idle kept-alive connections, by the runtime that drives them, most recent last.
+/// Idle kept-alive connections, by the runtime that drives them, each with the time it came back,
+/// most recent last.
 #[derive(Debug, Default)]
 pub struct Idle {
-    io: Vec<Conn>,
-    front: Vec<Conn>,
+    io: Vec<(Conn, Instant)>,
+    front: Vec<(Conn, Instant)>,
 }
 
 impl Idle {
@@ -126,7 +127,7 @@ impl Idle {
         self.len() == 0
     }
 
-    fn side(&mut self, side: Side) -> &mut Vec<Conn> {
+    fn side(&mut self, side: Side) -> &mut Vec<(Conn, Instant)> {
         match side {
             Side::Io => &mut self.io,
             Side::Front => &mut self.front,
@@ -666,25 +667,32 @@ async fn connect(shared: &Shared) -> io::Result<Conn> {
     }
 }
 
-/// The most recently used idle connection of `side`, if any.
+/// The most recently used idle connection of `side`, if it has been idle less than
+/// `keepalive_timeout_ms`. If it has been idle longer, so have all the others (they came back
+/// earlier): all are closed, and the caller opens a fresh one.
 fn checkout(shared: &Shared, side: Side) -> Option<Conn> {
-    shared
-        .idle
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .side(side)
-        .pop()
+    let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let kept = idle.side(side);
+    let (conn, since) = kept.pop()?;
+    if since.elapsed() < shared.config.keepalive_timeout {
+        return Some(conn);
+    }
+    let stale = std::mem::take(kept);
+    drop(idle);
+    drop((conn, stale));
+    None
 }
 
-/// Keep `conn` (driven by `side`'s runtime) for the next request if it is open and the idle set
-/// has room.
+/// Keep `conn` (driven by `side`'s runtime) for the next request if it is open, connections are
+/// kept at all (`keepalive_timeout_ms` above zero) and the idle set has room.
 fn checkin(shared: &Shared, conn: Conn, side: Side) {
-    if conn.is_closed() {
+    if conn.is_closed() || shared.config.keepalive_timeout.is_zero() {
         return;
     }
+    let now = Instant::now();
     let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     if idle.len() < shared.max_idle {
-        idle.side(side).push(conn);
+        idle.side(side).push((conn, now));
     }
 }
 

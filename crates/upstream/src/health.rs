@@ -5,9 +5,11 @@
 //! Without `health_path` the upstream always counts as healthy, and failures show in `/status`.
 
 use crate::Shared;
+use hyper::StatusCode;
 use relay::Conn;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 const OFF: u8 = 0;
 const PENDING: u8 = 1;
@@ -83,7 +85,7 @@ pub(crate) async fn poll(shared: Arc<Shared>) {
         return;
     };
     let interval = shared.config.health_interval;
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<(Conn, Instant)> = None;
     loop {
         let result = match tokio::time::timeout(interval, check(&shared, &path, &mut conn)).await {
             Ok(result) => result,
@@ -111,20 +113,43 @@ pub(crate) async fn poll(shared: Arc<Shared>) {
 }
 
 /// One check over the kept connection (or a fresh one): Ok on a 2xx answer.
-async fn check(shared: &Shared, path: &str, conn: &mut Option<Conn>) -> Result<(), String> {
-    let mut c = match relay::usable(conn.take()).await {
-        Some(c) => c,
-        None => relay::connect(&shared.target)
-            .await
-            .map_err(|e| format!("cannot connect: {}", e.kind()))?,
+async fn check(
+    shared: &Shared,
+    path: &str,
+    kept: &mut Option<(Conn, Instant)>,
+) -> Result<(), String> {
+    // The connection kept from the last check, unless it has been idle past
+    // `keepalive_timeout_ms` (the upstream may be closing it that moment).
+    let keepalive = shared.config.keepalive_timeout;
+    let reused = kept
+        .take()
+        .filter(|(_, since)| since.elapsed() < keepalive)
+        .map(|(c, _)| c);
+    let (status, c) = match relay::usable(reused).await {
+        Some(mut c) => match relay::probe(&mut c, path, &shared.authority).await {
+            Ok(status) => (status, c),
+            // A kept-alive connection its server closed as the check was written: the check is
+            // ours and reads nothing, so it goes once more, on a fresh connection, before the
+            // upstream counts as down.
+            Err(_) => fresh(shared, path).await?,
+        },
+        None => fresh(shared, path).await?,
     };
-    let status = relay::probe(&mut c, path, &shared.authority)
-        .await
-        .map_err(|_| "no valid answer".to_string())?;
-    *conn = (!c.is_closed()).then_some(c);
+    *kept = (!c.is_closed() && !keepalive.is_zero()).then(|| (c, Instant::now()));
     if status.is_success() {
         Ok(())
     } else {
         Err(format!("health check answered {}", status.as_u16()))
     }
+}
+
+/// A check on a fresh connection: its status, and the connection.
+async fn fresh(shared: &Shared, path: &str) -> Result<(StatusCode, Conn), String> {
+    let mut c = relay::connect(&shared.target)
+        .await
+        .map_err(|e| format!("cannot connect: {}", e.kind()))?;
+    let status = relay::probe(&mut c, path, &shared.authority)
+        .await
+        .map_err(|_| "no valid answer".to_string())?;
+    Ok((status, c))
 }

@@ -12,7 +12,9 @@
 //!   Events, token streams), still in the job's running slot. The whole exchange, a stream's last
 //!   chunk included, is bounded by `timeout_ms`, the connect by `connect_timeout_ms`.
 //! - **One safe retry**: a request is sent again (once) only if it was never written: the
-//!   connection could not be made, or closed before the request went out.
+//!   connection could not be made, or closed before the request went out. A kept-alive
+//!   connection idle past `keepalive_timeout_ms` is not used at all (the upstream may be closing
+//!   it as the request would be written), so that case stays rare.
 //! - **Fast, clean failures**: a refused connection is `502 upstream unavailable` at once (the
 //!   address and cause go to the log and `/status`, never to the client).
 //! - **WebSocket sessions** (`upgrade`): an HTTP/1.1 upgrade the upstream answers `101` is spliced
