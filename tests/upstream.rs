@@ -697,16 +697,18 @@ async fn a_connection_closed_before_the_request_is_read_is_tried_at_most_once_mo
     task.abort();
 }
 
+/// A fake upstream behind a server whose pool keeps idle connections for `ms`.
+async fn keeping(ms: u64) -> (Fake, TestServer) {
+    let (fake, addr) = Fake::tcp().await;
+    let extra = format!("keepalive_timeout_ms = {ms}");
+    let server = TestServer::start(&config("/u", &format!("http://{addr}"), &extra)).await;
+    (fake, server)
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_used_only_within_keepalive_timeout_ms() {
     // Well within: one connection for requests in a row.
-    let (fake, addr) = Fake::tcp().await;
-    let server = TestServer::start(&config(
-        "/u",
-        &format!("http://{addr}"),
-        "keepalive_timeout_ms = 600000",
-    ))
-    .await;
+    let (fake, server) = keeping(600000).await;
     for _ in 0..3 {
         assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
     }
@@ -715,13 +717,7 @@ async fn an_idle_connection_is_used_only_within_keepalive_timeout_ms() {
     drop(fake);
 
     // Idle past it: closed instead of used, and a fresh one opened.
-    let (fake, addr) = Fake::tcp().await;
-    let server = TestServer::start(&config(
-        "/u",
-        &format!("http://{addr}"),
-        "keepalive_timeout_ms = 100",
-    ))
-    .await;
+    let (fake, server) = keeping(100).await;
     assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
@@ -735,13 +731,7 @@ async fn an_idle_connection_is_used_only_within_keepalive_timeout_ms() {
     drop(fake);
 
     // Zero: a connection per request, none kept.
-    let (fake, addr) = Fake::tcp().await;
-    let server = TestServer::start(&config(
-        "/u",
-        &format!("http://{addr}"),
-        "keepalive_timeout_ms = 0",
-    ))
-    .await;
+    let (fake, server) = keeping(0).await;
     for _ in 0..3 {
         assert_eq!(server.get("/u").await.status, StatusCode::CREATED);
     }
