@@ -417,6 +417,20 @@ async fn a_refused_upstream_is_a_fast_502_that_names_no_address_tried_once_more(
     server.shutdown().await;
 }
 
+/// Read from `stream` up to the end of a request head (a bodiless request: nothing after it);
+/// false if the stream ended or failed first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A raw upstream that accepts connections and, per connection, either closes it at once or
 /// reads the request head first and then closes it: never an answer.
 async fn rude_upstream(read_first: bool) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
@@ -428,14 +442,7 @@ async fn rude_upstream(read_first: bool) -> (SocketAddr, Arc<AtomicUsize>, JoinH
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             if read_first {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                read_head(&mut stream).await;
             }
             drop(stream);
         }
@@ -551,15 +558,9 @@ async fn closing_upstream(answer: &'static [u8]) -> (SocketAddr, JoinHandle<()>)
     let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream).await {
+                    let _ = stream.write_all(answer).await;
                 }
-                let _ = stream.write_all(answer).await;
             });
         }
     });
@@ -756,19 +757,10 @@ async fn one_answer_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>)
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
                 for answered in [false, true] {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if answered {
+                    if !read_head(&mut stream).await || answered {
                         return;
                     }
-                    head.clear();
                     let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if stream.write_all(answer).await.is_err() {
                         return;

@@ -582,10 +582,7 @@ fn exchange<'a>(
                     // `max_response_bytes` is refused before anything reaches the client.
                     let framed = response.body().size_hint().exact();
                     if framed.is_some_and(|len| len > shared.config.max_response_bytes as u64) {
-                        fail(shared, "answer larger than max_response_bytes".into());
-                        return Err(HandlerError::BadGateway(
-                            "upstream answer larger than max_response_bytes".into(),
-                        ));
+                        return Err(too_large(shared));
                     }
                     let (head, body) = response.into_parts();
                     let head = match framed {
@@ -607,12 +604,7 @@ fn exchange<'a>(
                         checkin(shared, conn, side);
                         Ok(Answer::Whole(response))
                     }
-                    Err(BodyError::TooLarge) => {
-                        fail(shared, "answer larger than max_response_bytes".into());
-                        Err(HandlerError::BadGateway(
-                            "upstream answer larger than max_response_bytes".into(),
-                        ))
-                    }
+                    Err(BodyError::TooLarge) => Err(too_large(shared)),
                     Err(BodyError::Broken(cause)) => {
                         fail(shared, cause);
                         Err(HandlerError::BadGateway(
@@ -673,27 +665,44 @@ async fn connect(shared: &Shared) -> io::Result<Conn> {
 fn checkout(shared: &Shared, side: Side) -> Option<Conn> {
     let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     let kept = idle.side(side);
-    let (conn, since) = kept.pop()?;
-    if since.elapsed() < shared.config.keepalive_timeout {
+    if let Some(conn) = reusable(shared, kept.pop()?) {
         return Some(conn);
     }
     let stale = std::mem::take(kept);
     drop(idle);
-    drop((conn, stale));
+    drop(stale);
     None
+}
+
+/// A connection kept idle since its `since`, if that was less than `keepalive_timeout_ms` ago
+/// (else it is dropped, which closes it): the pool's and the health check's rule.
+pub(crate) fn reusable(shared: &Shared, (conn, since): (Conn, Instant)) -> Option<Conn> {
+    (since.elapsed() < shared.config.keepalive_timeout).then_some(conn)
+}
+
+/// `conn` as kept idle from now, if it is open and connections are kept at all
+/// (`keepalive_timeout_ms` above zero).
+pub(crate) fn kept(shared: &Shared, conn: Conn) -> Option<(Conn, Instant)> {
+    (!conn.is_closed() && !shared.config.keepalive_timeout.is_zero())
+        .then(|| (conn, Instant::now()))
 }
 
 /// Keep `conn` (driven by `side`'s runtime) for the next request if it is open, connections are
 /// kept at all (`keepalive_timeout_ms` above zero) and the idle set has room.
 fn checkin(shared: &Shared, conn: Conn, side: Side) {
-    if conn.is_closed() || shared.config.keepalive_timeout.is_zero() {
+    let Some(entry) = kept(shared, conn) else {
         return;
-    }
-    let now = Instant::now();
+    };
     let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     if idle.len() < shared.max_idle {
-        idle.side(side).push((conn, now));
+        idle.side(side).push(entry);
     }
+}
+
+/// A declared or read answer past `max_response_bytes`: counted, and its `502`.
+fn too_large(shared: &Shared) -> HandlerError {
+    fail(shared, "answer larger than max_response_bytes".into());
+    HandlerError::BadGateway("upstream answer larger than max_response_bytes".into())
 }
 
 /// Count a failed exchange and remember its cause for `/status`; log it with the upstream.

@@ -120,11 +120,9 @@ async fn check(
 ) -> Result<(), String> {
     // The connection kept from the last check, unless it has been idle past
     // `keepalive_timeout_ms` (the upstream may be closing it that moment).
-    let keepalive = shared.config.keepalive_timeout;
     let reused = kept
         .take()
-        .filter(|(_, since)| since.elapsed() < keepalive)
-        .map(|(c, _)| c);
+        .and_then(|entry| crate::exchange::reusable(shared, entry));
     let (status, c) = match relay::usable(reused).await {
         Some(mut c) => match relay::probe(&mut c, path, &shared.authority).await {
             Ok(status) => (status, c),
@@ -135,7 +133,7 @@ async fn check(
         },
         None => fresh(shared, path).await?,
     };
-    *kept = (!c.is_closed() && !keepalive.is_zero()).then(|| (c, Instant::now()));
+    *kept = crate::exchange::kept(shared, c);
     if status.is_success() {
         Ok(())
     } else {
