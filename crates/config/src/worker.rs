@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     /// A streamed answer (chunked, or of unknown length) may pause at most this long between two
     /// chunks; past it the stream is cut short and the worker replaced. Default 30 s.
     pub stream_idle_timeout: Duration,
+    /// A kept-alive connection idle this long is closed and a fresh one made for the next
+    /// request (0: a fresh connection per request). Keep it below the worker's own idle timeout
+    /// (gunicorn's threaded workers: 2 s). Default 1 s.
+    pub keepalive_timeout: Duration,
     /// Directory in which the server creates its private (0700) socket directory; default
     /// `$XDG_RUNTIME_DIR`, else the temporary directory.
     pub socket_dir: Option<PathBuf>,
@@ -99,6 +103,8 @@ pub(crate) struct RawWorker {
     max_response_bytes: usize,
     #[serde(default = "default_stream_idle_timeout_ms")]
     stream_idle_timeout_ms: u64,
+    #[serde(default = "default_keepalive_timeout_ms")]
+    keepalive_timeout_ms: u64,
     socket_dir: Option<PathBuf>,
     #[serde(default)]
     watch: Vec<PathBuf>,
@@ -126,6 +132,9 @@ fn default_max_response_bytes() -> usize {
 }
 fn default_stream_idle_timeout_ms() -> u64 {
     30_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    1_000
 }
 fn default_restart_backoff_ms() -> u64 {
     100
@@ -230,6 +239,7 @@ impl RawWorker {
             max_rss_bytes: NonZeroU64::new(self.max_rss_bytes),
             max_response_bytes: self.max_response_bytes,
             stream_idle_timeout: millis("stream_idle_timeout_ms", self.stream_idle_timeout_ms)?,
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             socket_dir: self.socket_dir,
             watch: self.watch,
             restart_backoff,
@@ -264,6 +274,7 @@ mod tests {
         assert_eq!(w.max_requests, None);
         assert_eq!(w.max_rss_bytes, None);
         assert_eq!(w.max_response_bytes, 64 * 1024 * 1024);
+        assert_eq!(w.keepalive_timeout, Duration::from_secs(1));
         assert_eq!(w.crash_loop.exits.get(), 5);
         assert!(w.watch.is_empty() && w.ready_path.is_none());
     }

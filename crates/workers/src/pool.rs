@@ -118,9 +118,14 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// The worker's kept-alive connection, if it has one.
+    /// The worker's kept-alive connection, if it has one that has been idle less than
+    /// `keepalive_timeout_ms` (an older one is dropped, which closes it, here, outside the pool's
+    /// lock). A server that closes idle connections itself (gunicorn's threaded workers after
+    /// 2 s, uvicorn after 5 s) may close one just as a request is written into it; that request
+    /// may have been read, so it could never be sent again: it would be a `502`.
     pub(crate) fn take_conn(&mut self) -> Option<Conn> {
-        self.checkout.conn.take()
+        let (conn, since) = self.checkout.conn.take()?;
+        (since.elapsed() < self.config.keepalive_timeout).then_some(conn)
     }
 
     /// The worker's socket.

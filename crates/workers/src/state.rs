@@ -68,8 +68,8 @@ pub(crate) struct Worker {
     pub(crate) process: Option<Process>,
     pub(crate) socket: PathBuf,
     pub(crate) phase: Phase,
-    /// The kept-alive connection, while idle.
-    pub(crate) conn: Option<Conn>,
+    /// The kept-alive connection, while idle, and since when it has been idle.
+    pub(crate) conn: Option<(Conn, Instant)>,
     pub(crate) requests: u64,
     /// Requests after which it wants retiring (`max_requests` plus its jitter).
     pub(crate) limit: Option<u64>,
@@ -207,7 +207,9 @@ pub(crate) struct Checkout {
     pub(crate) key: u64,
     pub(crate) pid: u32,
     pub(crate) socket: PathBuf,
-    pub(crate) conn: Option<Conn>,
+    /// The worker's kept-alive connection and since when it has been idle (see
+    /// [`crate::pool::Lease::take_conn`]).
+    pub(crate) conn: Option<(Conn, Instant)>,
 }
 
 /// Everything about one pool, behind its mutex.
@@ -355,7 +357,7 @@ impl PoolState {
             w.begin_stop(now, reason, false);
         } else {
             w.phase = Phase::Idle;
-            w.conn = conn;
+            w.conn = conn.map(|c| (c, now));
         }
     }
 
@@ -481,7 +483,7 @@ impl PoolState {
             return false;
         }
         w.phase = Phase::Idle;
-        w.conn = Some(conn);
+        w.conn = Some((conn, now));
         let took = now.saturating_duration_since(w.started);
         w.ready_after = Some(took);
         tracing::info!(%endpoint, slot = w.slot, pid = w.pid, ready_ms = took.as_millis() as u64, "worker ready");
