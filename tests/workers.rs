@@ -456,6 +456,57 @@ async fn a_kept_alive_worker_connection_is_used_only_within_keepalive_timeout_ms
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_that_fails_its_health_check_is_replaced_before_a_request_meets_it() {
+    // Checked whenever idle 1 ms: the checks run between requests and never take one's place
+    // (each may take health_timeout_ms, 5 s by default).
+    let server = Workers::command("/t", &["python3", &fixture("threaded_server.py")])
+        .worker("health_path = \"/health\"\nhealth_interval_ms = 1")
+        .start()
+        .await;
+    let pid = *wait_ready(&server, "/t", 1).await.first().unwrap();
+    for _ in 0..50 {
+        let reply = server.get("/t").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(pid_of(&reply), pid, "{}", pool(&server, "/t"));
+    }
+    assert_eq!(
+        workers(&server, "/t")[0]["requests"],
+        50,
+        "checks are not requests"
+    );
+    assert_counters_add_up(&server, "/t");
+    server.shutdown().await;
+
+    // A worker that hangs while idle is replaced on its next check, not found by a request that
+    // would wait timeout_ms (a minute here) for its 504.
+    let server = Workers::command("/t", &["python3", &fixture("threaded_server.py")])
+        .worker("health_path = \"/health\"\nhealth_interval_ms = 300\nhealth_timeout_ms = 300")
+        .worker("timeout_ms = 60000")
+        .start()
+        .await;
+    wait_ready(&server, "/t", 1).await;
+    let hung = pid_of(&server.get("/t?freeze=1").await);
+    wait_until("the hung worker replaced", || {
+        let ready = ready_pids(&server, "/t");
+        !ready.is_empty() && !ready.contains(&hung)
+    })
+    .await;
+    let reply = server.get("/t").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_ne!(pid_of(&reply), hung);
+    wait_until("the hung worker gone", || gone(hung)).await;
+    let why = pool(&server, "/t").to_string();
+    assert!(
+        why.contains(
+            "failed its health check (no answer to GET /health within health_timeout_ms (300 ms))"
+        ),
+        "{why}"
+    );
+    assert_counters_add_up(&server, "/t");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_request_answers_502_and_is_replaced() {
     let server = Workers::app("/pid", "pid_app.py")
         .worker("restart_backoff_ms = 50")

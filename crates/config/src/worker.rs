@@ -31,6 +31,13 @@ pub struct WorkerConfig {
     pub ready_timeout: Duration,
     /// Optional path a worker must answer `GET` with 2xx before it counts as ready.
     pub ready_path: Option<String>,
+    /// Optional path an idle worker must answer `GET` with 2xx whenever it has been idle
+    /// `health_interval`; a worker that does not within `health_timeout` is replaced.
+    pub health_path: Option<String>,
+    /// How long a worker stays idle before its health check. Default 10 s.
+    pub health_interval: Duration,
+    /// How long one health check may take. Default 5 s.
+    pub health_timeout: Duration,
     /// One request's time limit; past it the answer is `504` and the worker's process group is
     /// terminated and replaced. Default 30 s.
     pub timeout: Duration,
@@ -89,6 +96,9 @@ pub(crate) struct RawWorker {
     #[serde(default = "default_ready_timeout_ms")]
     ready_timeout_ms: u64,
     ready_path: Option<String>,
+    health_path: Option<String>,
+    health_interval_ms: Option<u64>,
+    health_timeout_ms: Option<u64>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_kill_grace_ms")]
@@ -120,6 +130,12 @@ pub(crate) struct RawWorker {
 
 fn default_ready_timeout_ms() -> u64 {
     60_000
+}
+fn default_health_interval_ms() -> u64 {
+    10_000
+}
+fn default_health_timeout_ms() -> u64 {
+    5_000
 }
 fn default_timeout_ms() -> u64 {
     30_000
@@ -182,12 +198,32 @@ impl RawWorker {
                 return Err(("env", format!("`{k}` is not a usable environment variable")));
             }
         }
-        if let Some(path) = &self.ready_path {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err((
-                    "ready_path",
-                    format!("`{path}` must start with `/` and hold no spaces"),
-                ));
+        for (key, path) in [
+            ("ready_path", &self.ready_path),
+            ("health_path", &self.health_path),
+        ] {
+            if let Some(path) = path {
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err((
+                        key,
+                        format!(
+                            "`{}` must start with `/` and hold no spaces",
+                            crate::quote(path)
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.health_path.is_none() {
+            for (key, value) in [
+                ("health_interval_ms", self.health_interval_ms),
+                ("health_timeout_ms", self.health_timeout_ms),
+            ] {
+                if value.is_some() {
+                    return Err((key, "has no effect without health_path".into()));
+                }
             }
         }
         if self.max_requests == 0 && self.max_requests_jitter > 0 {
@@ -232,6 +268,17 @@ impl RawWorker {
             pass_env: self.pass_env,
             ready_timeout: millis("ready_timeout_ms", self.ready_timeout_ms)?,
             ready_path: self.ready_path,
+            health_path: self.health_path,
+            health_interval: millis(
+                "health_interval_ms",
+                self.health_interval_ms
+                    .unwrap_or_else(default_health_interval_ms),
+            )?,
+            health_timeout: millis(
+                "health_timeout_ms",
+                self.health_timeout_ms
+                    .unwrap_or_else(default_health_timeout_ms),
+            )?,
             timeout: millis("timeout_ms", self.timeout_ms)?,
             kill_grace: Duration::from_millis(self.kill_grace_ms),
             max_requests: NonZeroU64::new(self.max_requests),
@@ -276,7 +323,9 @@ mod tests {
         assert_eq!(w.max_response_bytes, 64 * 1024 * 1024);
         assert_eq!(w.keepalive_timeout, Duration::from_secs(1));
         assert_eq!(w.crash_loop.exits.get(), 5);
-        assert!(w.watch.is_empty() && w.ready_path.is_none());
+        assert!(w.watch.is_empty() && w.ready_path.is_none() && w.health_path.is_none());
+        assert_eq!(w.health_interval, Duration::from_secs(10));
+        assert_eq!(w.health_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -306,6 +355,22 @@ mod tests {
             (
                 "command = [\"x\"]\nrestart_backoff_ms = 500\nmax_restart_backoff_ms = 100",
                 "endpoint[0].worker.max_restart_backoff_ms",
+            ),
+            (
+                "command = [\"x\"]\nhealth_path = \"up\"",
+                "endpoint[0].worker.health_path",
+            ),
+            (
+                "command = [\"x\"]\nhealth_interval_ms = 500",
+                "endpoint[0].worker.health_interval_ms",
+            ),
+            (
+                "command = [\"x\"]\nhealth_path = \"/up\"\nhealth_interval_ms = 0",
+                "endpoint[0].worker.health_interval_ms",
+            ),
+            (
+                "command = [\"x\"]\nhealth_timeout_ms = 500",
+                "endpoint[0].worker.health_timeout_ms",
             ),
             (
                 "command = [\"x\"]\ncrash_loop_exits = 0",

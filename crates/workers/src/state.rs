@@ -70,6 +70,10 @@ pub(crate) struct Worker {
     pub(crate) phase: Phase,
     /// The kept-alive connection, while idle, and since when it has been idle.
     pub(crate) conn: Option<(Conn, Instant)>,
+    /// Since when it has been idle (ready, or back from its last request or health check).
+    pub(crate) idle_since: Instant,
+    /// Busy with its health check, not a request.
+    pub(crate) checking: bool,
     pub(crate) requests: u64,
     /// Requests after which it wants retiring (`max_requests` plus its jitter).
     pub(crate) limit: Option<u64>,
@@ -106,6 +110,8 @@ impl Worker {
             socket,
             phase: Phase::Starting,
             conn: None,
+            idle_since: now,
+            checking: false,
             requests: 0,
             limit,
             retire: None,
@@ -143,6 +149,7 @@ impl Worker {
             _ if self.due => "retiring",
             Phase::Starting => "starting",
             Phase::Idle => "ready",
+            Phase::Busy if self.checking => "checking",
             Phase::Busy => "busy",
         }
     }
@@ -197,8 +204,19 @@ pub(crate) struct Plan {
     /// Some worker left the pool (its group is unregistered): what it left behind outside its
     /// group may now be collected (`children::kill_orphans`).
     pub(crate) removed: bool,
-    /// The next deadline (a kill, a ready timeout, a backoff's end), if any.
+    /// The next deadline (a kill, a ready timeout, a backoff's end, a health check), if any.
     pub(crate) wake_at: Option<Instant>,
+    /// Idle workers due for their health check, taken out of service (busy) until it ends.
+    pub(crate) checks: Vec<HealthCheck>,
+}
+
+/// An idle worker's health check to make (see [`PoolState::health_checked`]).
+#[derive(Debug)]
+pub(crate) struct HealthCheck {
+    pub(crate) key: u64,
+    pub(crate) socket: PathBuf,
+    /// Its kept-alive connection and since when it has been idle.
+    pub(crate) conn: Option<(Conn, Instant)>,
 }
 
 /// What a checked-out worker gives the request.
@@ -357,6 +375,7 @@ impl PoolState {
             w.begin_stop(now, reason, false);
         } else {
             w.phase = Phase::Idle;
+            w.idle_since = now;
             w.conn = conn.map(|c| (c, now));
         }
     }
@@ -415,6 +434,36 @@ impl PoolState {
         let slot = w.slot;
         if let Some(s) = self.slot.get_mut(slot) {
             s.next_start = Some(now);
+        }
+    }
+
+    /// The worker's health check ended: `Ok` with the connection it left open (if any) puts it
+    /// back in service; `Err` (why) stops it and starts its replacement at once, as a request
+    /// past `timeout_ms` does.
+    pub(crate) fn health_checked(
+        &mut self,
+        key: u64,
+        now: Instant,
+        result: Result<Option<Conn>, String>,
+    ) {
+        let Some(w) = self.worker(key) else { return };
+        if w.phase != Phase::Busy || !w.checking {
+            return;
+        }
+        w.checking = false;
+        match result {
+            Ok(conn) => self.release(key, now, conn),
+            Err(why) => {
+                w.begin_stop(
+                    now,
+                    format!("killed: failed its health check ({why})"),
+                    false,
+                );
+                let slot = w.slot;
+                if let Some(s) = self.slot.get_mut(slot) {
+                    s.next_start = Some(now);
+                }
+            }
         }
     }
 
@@ -483,6 +532,7 @@ impl PoolState {
             return false;
         }
         w.phase = Phase::Idle;
+        w.idle_since = now;
         w.conn = Some((conn, now));
         let took = now.saturating_duration_since(w.started);
         w.ready_after = Some(took);
@@ -627,6 +677,7 @@ impl PoolState {
             }
         }
         let (slots, generation) = (self.slots, self.generation);
+        let health = cfg.health_path.is_some();
         let memory_short = self.memory_short();
         for w in &mut self.workers {
             if w.stop.is_some() || w.exit.is_some() {
@@ -646,6 +697,20 @@ impl PoolState {
                     let reason = w.retire.clone().unwrap_or_else(|| "retired".into());
                     w.begin_stop(now, reason, false);
                     wake(now + cfg.kill_grace);
+                }
+                Phase::Idle if health => {
+                    let at = w.idle_since + cfg.health_interval;
+                    if now >= at {
+                        w.phase = Phase::Busy;
+                        w.checking = true;
+                        plan.checks.push(HealthCheck {
+                            key: w.key,
+                            socket: w.socket.clone(),
+                            conn: w.conn.take(),
+                        });
+                    } else {
+                        wake(at);
+                    }
                 }
                 Phase::Starting if w.generation < generation || w.due => {
                     w.begin_stop(now, "no longer needed before it was ready", false);

@@ -33,7 +33,8 @@ pub struct WorkerStatus {
     pub slot: usize,
     /// Its pid (absent for a slot without a process).
     pub pid: Option<u32>,
-    /// `starting`, `ready`, `busy`, `retiring`, `exited`, or `down` (a slot without a process,
+    /// `starting`, `ready`, `busy`, `checking` (its health check, while idle), `retiring`,
+    /// `exited`, or `down` (a slot without a process,
     /// waiting out its restart backoff; a slot about to get its process shows `starting`).
     pub state: &'static str,
     /// Config generation it was started with.

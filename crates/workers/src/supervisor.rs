@@ -10,7 +10,7 @@
 use crate::pool::Shared;
 use crate::process::{self, SocketDir};
 use crate::proxy;
-use crate::state::{Process, Spawn, Worker};
+use crate::state::{HealthCheck, Process, Spawn, Worker};
 use children::Group;
 use config::WorkerConfig;
 use std::io;
@@ -134,6 +134,17 @@ impl Supervisor {
         }
         for spawn in &plan.spawns {
             self.start(spawn, &config);
+        }
+        if let Some(path) = &config.health_path {
+            for check in plan.checks {
+                self.runtime.spawn(health_check(
+                    self.shared.clone(),
+                    check,
+                    path.clone(),
+                    config.health_timeout,
+                    config.keepalive_timeout,
+                ));
+            }
         }
         let until = plan.wake_at.map_or(*next_poll, |t| t.min(*next_poll));
         Some((epoch, until))
@@ -307,6 +318,54 @@ async fn probe(shared: Arc<Shared>, key: u64, socket: PathBuf, ready_path: Optio
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(PROBE_MAX_DELAY);
+    }
+}
+
+/// An idle worker's health check: `GET path` within `bound` (its `health_timeout_ms`), on its
+/// kept-alive connection if that has been idle less than `keepalive` and is still open, else on
+/// a fresh one. A check lost on a kept-alive connection (the worker may have closed it as the
+/// check was written) is made once more on a fresh one; a non-2xx answer is not. The outcome
+/// goes to the pool: back in service, or replaced.
+async fn health_check(
+    shared: Arc<Shared>,
+    check: HealthCheck,
+    path: String,
+    bound: Duration,
+    keepalive: Duration,
+) {
+    let HealthCheck { key, socket, conn } = check;
+    let kept = conn.and_then(|(conn, since)| (since.elapsed() < keepalive).then_some(conn));
+    let checked = async {
+        if let Some(mut conn) = relay::usable(kept).await {
+            if let Ok(status) = proxy::check(&mut conn, &path).await {
+                return healthy(status, conn);
+            }
+        }
+        let mut conn = proxy::connect(&socket)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let status = proxy::check(&mut conn, &path).await?;
+        healthy(status, conn)
+    };
+    let result = tokio::time::timeout(bound, checked)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer to GET {path} within health_timeout_ms ({} ms)",
+                bound.as_millis()
+            ))
+        });
+    let mut state = shared.lock();
+    state.health_checked(key, Instant::now(), result);
+    shared.changed(&mut state);
+}
+
+/// A health check's answer: 2xx keeps the worker (and its connection, if still open).
+fn healthy(status: hyper::StatusCode, conn: proxy::Conn) -> Result<Option<proxy::Conn>, String> {
+    if status.is_success() {
+        Ok((!conn.is_closed()).then_some(conn))
+    } else {
+        Err(format!("answered {status}"))
     }
 }
 
