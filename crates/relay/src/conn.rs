@@ -5,6 +5,11 @@
 //! checked before use, and a request the closed connection never wrote comes back from hyper
 //! (`try_send_request`) and may be sent again on a fresh connection. A request that may have
 //! reached the server is never sent twice.
+//!
+//! A TCP connection keeps a handle on its socket ([`Conn::quick_ack`]): a server with Nagle's
+//! algorithm on (Python's `http.server`, gunicorn, cpp-httplib's default) holds the rest of an
+//! answer back until the part it wrote first is acknowledged, and a kept-alive connection, which
+//! answers arrive on right after a request was sent, delays its acknowledgements by up to 40 ms.
 
 use crate::message::OutBody;
 use http_body_util::{BodyExt, Limited};
@@ -14,12 +19,168 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// The sending half of a connection; its driver runs as a task on the caller's runtime.
-pub type Conn = SendRequest<OutBody>;
+#[derive(Debug)]
+pub struct Conn {
+    send: SendRequest<OutBody>,
+    /// The TCP socket under it (none over a Unix socket, which has no delayed acknowledgements).
+    socket: Option<Arc<Socket>>,
+}
+
+impl Conn {
+    /// True once the connection is closed (its driver ended): it can carry no more requests.
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Wait until the connection can take a request (an error: it closed).
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        self.send.ready().await
+    }
+
+    /// Acknowledge at once what the server sent so far, and go on acknowledging at once while
+    /// nothing is sent (Linux's `TCP_QUICKACK`, which leaves the delayed-acknowledgement mode a
+    /// request and its answer put the connection in). For an answer whose head came and whose
+    /// rest has not: a server with Nagle's algorithm on holds that rest back until its head is
+    /// acknowledged, which a kept-alive connection otherwise delays by up to 40 ms per answer
+    /// (and per token of a stream of small ones; docs/BENCHMARKS.md 20.3). One `setsockopt`;
+    /// nothing over a Unix socket.
+    pub fn quick_ack(&self) {
+        if let Some(socket) = &self.socket {
+            socket.quick_ack();
+        }
+    }
+}
+
+/// `answer` (the reading of an answer's rest, once its head came on `conn`), calling
+/// [`Conn::quick_ack`] if its first poll finds it waiting: the rest may be held back by the
+/// server until the head is acknowledged. Costs nothing when the rest came with the head.
+pub fn ack_if_late<F: Future + Unpin>(answer: F, conn: &Conn) -> AckIfLate<'_, F> {
+    AckIfLate {
+        answer,
+        conn,
+        polled: false,
+    }
+}
+
+/// The future of [`ack_if_late`].
+#[derive(Debug)]
+pub struct AckIfLate<'a, F> {
+    answer: F,
+    conn: &'a Conn,
+    polled: bool,
+}
+
+impl<F: Future + Unpin> Future for AckIfLate<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.answer).poll(cx);
+        if polled.is_pending() && !this.polled {
+            this.conn.quick_ack();
+        }
+        this.polled = true;
+        polled
+    }
+}
+
+/// A TCP connection's descriptor, as long as its stream is open (see [`Conn::quick_ack`]).
+#[derive(Debug)]
+struct Socket {
+    /// Cleared (under the lock) by [`Tcp`]'s drop, before the stream closes the descriptor.
+    fd: Mutex<Option<RawFd>>,
+}
+
+impl Socket {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)] // the crate's one exception: see the SAFETY comment and Cargo.toml
+    fn quick_ack(&self) {
+        use nix::libc::{c_int, socklen_t};
+        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fd) = *fd else { return };
+        let on: c_int = 1;
+        let size = socklen_t::try_from(std::mem::size_of::<c_int>()).unwrap_or(4);
+        // SAFETY: setsockopt(2) reads `size` bytes at the pointer, which points at `on`, a local
+        // `c_int` that lives across the call; no memory is written. The descriptor is open: it is
+        // the stream's, which clears it under this lock (held across the call) before it closes
+        // it. (std's `TcpStreamExt::set_quickack` is unstable, issue 96256; nix lacks the option.)
+        // A failure changes nothing but the timing of an acknowledgement: ignored.
+        let _ = unsafe {
+            nix::libc::setsockopt(
+                fd,
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_QUICKACK,
+                std::ptr::from_ref(&on).cast(),
+                size,
+            )
+        };
+    }
+
+    /// No such option off Linux.
+    #[cfg(not(target_os = "linux"))]
+    fn quick_ack(&self) {}
+}
+
+/// A TCP stream that lets its [`Socket`] handle go before it closes.
+struct Tcp {
+    stream: TcpStream,
+    socket: Arc<Socket>,
+}
+
+impl Drop for Tcp {
+    fn drop(&mut self) {
+        *self.socket.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
 
 /// Largest body read from a probe's answer (it is only drained).
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
@@ -55,13 +216,27 @@ pub async fn connect(target: &Target) -> io::Result<Conn> {
         Target::Tcp { host, port } => {
             let stream = TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
-            handshake(stream).await
+            let socket = Arc::new(Socket {
+                fd: Mutex::new(Some(stream.as_raw_fd())),
+            });
+            let send = handshake(Tcp {
+                stream,
+                socket: socket.clone(),
+            })
+            .await?;
+            Ok(Conn {
+                send,
+                socket: Some(socket),
+            })
         }
-        Target::Unix(path) => handshake(UnixStream::connect(path).await?).await,
+        Target::Unix(path) => Ok(Conn {
+            send: handshake(UnixStream::connect(path).await?).await?,
+            socket: None,
+        }),
     }
 }
 
-async fn handshake<S>(stream: S) -> io::Result<Conn>
+async fn handshake<S>(stream: S) -> io::Result<SendRequest<OutBody>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -158,7 +333,7 @@ where
                 }
             },
         };
-        match sender.try_send_request(*req).await {
+        match sender.send.try_send_request(*req).await {
             Ok(response) => {
                 return (
                     Sent::Answered {
@@ -197,11 +372,103 @@ pub async fn probe(conn: &mut Conn, path: &str, host: &HeaderValue) -> Result<St
     let mut req = Request::new(OutBody::default());
     *req.uri_mut() = path.parse::<Uri>().map_err(|e| e.to_string())?;
     req.headers_mut().insert(HOST, host.clone());
-    let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = conn
+        .send
+        .send_request(req)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
     Limited::new(resp.into_body(), PROBE_BODY_LIMIT)
         .collect()
         .await
         .map_err(|e| e.to_string())?;
     Ok(status)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The socket's `TCP_QUICKACK` as the kernel reports it: 1 while it acknowledges at once
+    /// (not in its delayed-acknowledgement, "pingpong", mode).
+    #[allow(unsafe_code)] // test only: reads the option back
+    fn quick_ack_of(fd: RawFd) -> i32 {
+        use nix::libc::{c_int, socklen_t};
+        let mut value: c_int = -1;
+        let mut size = socklen_t::try_from(std::mem::size_of::<c_int>()).unwrap_or(4);
+        // SAFETY: getsockopt(2) writes at most `size` bytes into `value`, a local `c_int`, and
+        // its length into `size`; both outlive the call.
+        let done = unsafe {
+            nix::libc::getsockopt(
+                fd,
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_QUICKACK,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut size,
+            )
+        };
+        assert_eq!(done, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    /// Put the socket in its delayed-acknowledgement mode, as a request and its answer do.
+    #[allow(unsafe_code)] // test only
+    fn delay_acks(fd: RawFd) {
+        let off: nix::libc::c_int = 0;
+        // SAFETY: as in `Socket::quick_ack`: reads `off`, a local that outlives the call.
+        let done = unsafe {
+            nix::libc::setsockopt(
+                fd,
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_QUICKACK,
+                std::ptr::from_ref(&off).cast(),
+                4,
+            )
+        };
+        assert_eq!(done, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[tokio::test]
+    async fn quick_ack_reaches_a_tcp_connections_socket_and_never_outlives_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let target = Target::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let conn = connect(&target).await.unwrap();
+        let _server_side = accepted.await.unwrap().unwrap();
+        let socket = conn.socket.clone().unwrap();
+        let fd = socket.fd.lock().unwrap().unwrap();
+
+        delay_acks(fd);
+        assert_eq!(quick_ack_of(fd), 0, "delayed acknowledgements");
+        conn.quick_ack();
+        assert_eq!(quick_ack_of(fd), 1, "acknowledging at once");
+
+        // The descriptor is let go before the stream closes it: a later quick_ack can never
+        // reach another socket that took its number.
+        drop(conn);
+        let mut waited = Duration::ZERO;
+        while socket.fd.lock().unwrap().is_some() {
+            assert!(waited < Duration::from_secs(10), "the driver never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unix_connection_has_no_socket_to_acknowledge_on() {
+        let dir = std::env::temp_dir().join(format!("relay-quickack-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = tokio::net::UnixListener::bind(&dir).unwrap();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let conn = connect(&Target::Unix(dir.clone())).await.unwrap();
+        let _server_side = accepted.await.unwrap().unwrap();
+        assert!(conn.socket.is_none());
+        conn.quick_ack();
+        let _ = std::fs::remove_file(&dir);
+    }
 }

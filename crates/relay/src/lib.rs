@@ -13,7 +13,9 @@ pub mod conn;
 pub mod message;
 pub mod stream;
 
-pub use conn::{connect, io_runtime, probe, send, usable, Conn, Sent, Target};
+pub use conn::{
+    ack_if_late, connect, io_runtime, probe, send, usable, AckIfLate, Conn, Sent, Target,
+};
 pub use message::{
     answer_head, answer_head_framed, outgoing, outgoing_with, path_and_query, read_bounded,
     read_bounded_declared, strip_hop_by_hop, BodyError, Forwarding,

@@ -589,6 +589,9 @@ fn exchange<'a>(
                         Some(_) => relay::answer_head_framed(head, &req.method),
                         None => relay::answer_head(head, &req.method),
                     };
+                    // The rest comes in pieces (tokens, events): acknowledged as they come, or a
+                    // server with Nagle's algorithm on holds each back up to 40 ms.
+                    conn.quick_ack();
                     return Ok(Answer::Stream { head, body, conn });
                 };
                 // Boxed (480 bytes, from glibc's per-thread cache): inline, it would take the
@@ -599,7 +602,10 @@ fn exchange<'a>(
                     shared.config.max_response_bytes,
                     declared,
                 ));
-                match whole.await {
+                // Nearly always the body came with the head and is read at the first poll. If
+                // not, the server may be holding it back (Nagle's algorithm) until its head is
+                // acknowledged: acknowledged then, not after up to 40 ms.
+                match relay::ack_if_late(whole, &conn).await {
                     Ok(response) => {
                         checkin(shared, conn, side);
                         Ok(Answer::Whole(response))
