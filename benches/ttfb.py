@@ -3,8 +3,8 @@ benches/stream.sh.
 
     python3 benches/ttfb.py HOST PORT PATH REQUESTS LABEL
 
-The producer's first chunk is a line holding the wall-clock time (ns since the epoch) at which it
-wrote it; for each request (one connection each, HTTP/1.1), the client notes the wall clock when
+The producer's first chunk (or a whole answer's body) is a line holding the wall-clock time (ns
+since the epoch) at which it wrote it; for each request (one connection each, HTTP/1.1), the client notes the wall clock when
 the bytes completing that line arrive, and the difference is one sample. Prints one markdown
 table row: label, requests, p50, p99, max (microseconds).
 """
@@ -30,7 +30,13 @@ def first_line(sock):
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError("unexpected answer: %r" % head[:200])
         if b"transfer-encoding: chunked" not in head.lower():
-            raise RuntimeError("not a streamed (chunked) answer: %r" % head)
+            # A whole answer (Content-Length): its body's first line.
+            if b"content-length:" not in head.lower():
+                raise RuntimeError("neither chunked nor framed by a length: %r" % head)
+            line_end = body.find(b"\n")
+            if line_end < 0:
+                continue
+            return body[:line_end].decode(), now
         size_end = body.find(b"\r\n")
         if size_end < 0:
             continue

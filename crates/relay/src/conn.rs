@@ -51,7 +51,7 @@ impl Conn {
     /// request and its answer put the connection in). For an answer whose head came and whose
     /// rest has not: a server with Nagle's algorithm on holds that rest back until its head is
     /// acknowledged, which a kept-alive connection otherwise delays by up to 40 ms per answer
-    /// (and per token of a stream of small ones; docs/BENCHMARKS.md 20.3). One `setsockopt`;
+    /// (and per token of a stream of small ones; docs/BENCHMARKS.md 20.2). One `setsockopt`;
     /// nothing over a Unix socket.
     pub fn quick_ack(&self) {
         if let Some(socket) = &self.socket {
