@@ -269,6 +269,17 @@ nginx_conf() {
     "}"
 }
 
+# haproxy_head [LINE...]: the start of an haproxy.cfg for the anchors: one thread, HTTP mode, the
+# same timeouts, then each LINE in the defaults section (`http-reuse always`, `timeout queue 5s`);
+# the caller appends its frontend and backend.
+haproxy_head() {
+  local line
+  printf '%s\n' "global" "    maxconn 4096" "    nbthread 1" "" "defaults" "    mode http" \
+    "    timeout connect 5s" "    timeout client 30s" "    timeout server 30s"
+  for line in "$@"; do printf '    %s\n' "$line"; done
+  echo
+}
+
 # nginx_ping_conf DIR LOG PORT: nginx.conf in DIR answering GET /ping with "pong\n" on PORT,
 # access log on (LOG=on) or off, as benches/ping.sh and benches/ping_instructions.sh run it.
 nginx_ping_conf() {

@@ -262,19 +262,9 @@ start_server() {
     haproxy)
       start_upstream || return 1
       server_pids=("$upstream_pid")
-      cat >"$work/haproxy.cfg" <<EOF
-global
-    maxconn 4096
-    nbthread 1
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 5s
-    timeout http-request 10s
-
+      {
+        haproxy_head "timeout queue 5s" "timeout http-request 10s"
+        cat <<EOF
 frontend flood
     bind $addr
     # At most $QUEUE requests wait in the backend's queue; the rest get 503 at once.
@@ -284,6 +274,7 @@ frontend flood
 backend slow
     server upstream 127.0.0.1:$upstream_port maxconn 1
 EOF
+      } >"$work/haproxy.cfg"
       taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
       server_pids+=($!)
       ;;

@@ -208,19 +208,9 @@ start_server() {
     http-request set-header X-Forwarded-Proto http"
       fi
       if [ -n "$conns" ]; then maxconn=" maxconn $conns"; fi
-      cat >"$work/haproxy.cfg" <<EOF
-global
-    maxconn 4096
-    nbthread 1
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    http-reuse always
-
+      {
+        haproxy_head "timeout http-request 10s" "http-reuse always"
+        cat <<EOF
 frontend hop
     bind 127.0.0.1:$port$forward
     default_backend bare
@@ -228,6 +218,7 @@ frontend hop
 backend bare
     server upstream 127.0.0.1:$upstream_port$maxconn
 EOF
+      } >"$work/haproxy.cfg"
       taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/server.log" 2>&1 &
       ;;
     hyperproxy | hyperpool | hyperplain)

@@ -98,18 +98,9 @@ if [[ " $ROWS " == *"nginx "* ]]; then
   wait_tcp 127.0.0.1 "$nginx_port" 100 "$!" || { cat "$work/nginx.log" "$work/nginx/error.log" >&2; exit 1; }
 fi
 if [[ " $ROWS " == *"haproxy "* ]]; then
-  cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-    nbthread 1
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    http-reuse always
-
+  {
+    haproxy_head "http-reuse always"
+    cat <<CFG
 frontend stream
     bind 127.0.0.1:$haproxy_port
     default_backend sse
@@ -117,6 +108,7 @@ frontend stream
 backend sse
     server upstream 127.0.0.1:$sse_port
 CFG
+  } >"$work/haproxy.cfg"
   taskset -c "$SERVER_CPU" haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
   anchor_pids+=($!)
   wait_tcp 127.0.0.1 "$haproxy_port" 100 "$!" || { cat "$work/haproxy.log" >&2; exit 1; }
