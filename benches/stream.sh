@@ -18,7 +18,9 @@
 #   haproxy     through HAProxy (one thread), `http-reuse always`
 # and its whole answers (`GET /whole`: `Content-Length`, the body written 2 ms after the head),
 # from the body's write to its arrival: `whole-direct`, `whole-upstream`, `whole-nginx`,
-# `whole-haproxy`. The upstream leaves Nagle's algorithm on, as Python's http.server, gunicorn
+# `whole-haproxy`; and every token of a fast stream (`GET /tokens`: 20 chunks 1 ms apart, each
+# stamped), from each token's write to its arrival: `tokens-direct`, `tokens-upstream`,
+# `tokens-nginx`, `tokens-haproxy` (TOKEN_REQUESTS streams, default 50). The upstream leaves Nagle's algorithm on, as Python's http.server, gunicorn
 # and cpp-httplib (by default) do: a proxy that delays its acknowledgement of the head on a
 # kept-alive connection makes it hold the rest back (docs/BENCHMARKS.md 20.2).
 # Servers, the upstream and the proxies pinned to CPU 0, the client to CPU 1; loopback only; ends
@@ -29,7 +31,7 @@
 #
 # Environment: REQUESTS (per row, default 1000), PROFILE (cargo profile of the server build,
 # default release), SERVER_CPU / CLIENT_CPU (default 0 / 1), RESULTS (directory for the table),
-# ROWS (default: every row above), FC_BIN (a fiddler_crab binary to run instead of this tree's
+# ROWS (default: every row above), TOKEN_REQUESTS (streams per tokens row, default 50), FC_BIN (a fiddler_crab binary to run instead of this tree's
 # build: another commit's, for the rows through it), IDLE_MAX / IDLE_WAIT (the
 # quiet-machine wait of benches/lib.sh).
 set -euo pipefail
@@ -39,7 +41,8 @@ REQUESTS=${REQUESTS:-1000}
 PROFILE=${PROFILE:-release}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-ROWS=${ROWS:-"exec worker direct upstream nginx haproxy whole-direct whole-upstream whole-nginx whole-haproxy"}
+ROWS=${ROWS:-"exec worker direct upstream nginx haproxy whole-direct whole-upstream whole-nginx whole-haproxy tokens-direct tokens-upstream tokens-nginx tokens-haproxy"}
+TOKEN_REQUESTS=${TOKEN_REQUESTS:-50}
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS=${RESULTS:-bench-results/stream-$STAMP}
 OTHERS='bench_server|loadgen|flood\.sh|ping\.sh|workers\.sh|overflow\.sh|adaptive\.sh|/fc-(ping|workers|overflow|adaptive)\.'
@@ -145,6 +148,13 @@ workers = 4
 url = "http://127.0.0.1:$sse_port"
 
 [[endpoint]]
+path = "/tokens"
+mode = "jellyfish"
+workers = 4
+[endpoint.upstream]
+url = "http://127.0.0.1:$sse_port"
+
+[[endpoint]]
 path = "/whole"
 mode = "jellyfish"
 workers = 4
@@ -182,11 +192,19 @@ for row in $ROWS; do
     whole-upstream) target=("$port" /whole "whole answer through fiddler_crab (upstream endpoint)") ;;
     whole-nginx) target=("$nginx_port" /whole "whole answer through nginx") ;;
     whole-haproxy) target=("$haproxy_port" /whole "whole answer through HAProxy") ;;
+    tokens-direct) target=("$sse_port" /tokens "every token, no proxy (the floor)") ;;
+    tokens-upstream) target=("$port" /tokens "every token through fiddler_crab (upstream endpoint)") ;;
+    tokens-nginx) target=("$nginx_port" /tokens "every token through nginx") ;;
+    tokens-haproxy) target=("$haproxy_port" /tokens "every token through HAProxy") ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
   wait_quiet
-  taskset -c "$CLIENT_CPU" python3 benches/ttfb.py 127.0.0.1 "${target[0]}" "${target[1]}" \
-    "$REQUESTS" "${target[2]}" >>"$table"
+  case $row in
+    tokens-*) taskset -c "$CLIENT_CPU" python3 benches/ttfb.py 127.0.0.1 "${target[0]}" \
+      "${target[1]}" "$TOKEN_REQUESTS" "${target[2]}" --every-token >>"$table" ;;
+    *) taskset -c "$CLIENT_CPU" python3 benches/ttfb.py 127.0.0.1 "${target[0]}" "${target[1]}" \
+      "$REQUESTS" "${target[2]}" >>"$table" ;;
+  esac
 done
 cat "$table"
 echo "saved in $table" >&2
