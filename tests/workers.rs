@@ -474,6 +474,7 @@ async fn an_idle_worker_that_fails_its_health_check_is_replaced_before_a_request
         50,
         "checks are not requests"
     );
+    assert_eq!(pool(&server, "/t")["health_failures"], 0);
     assert_counters_add_up(&server, "/t");
     server.shutdown().await;
 
@@ -495,6 +496,14 @@ async fn an_idle_worker_that_fails_its_health_check_is_replaced_before_a_request
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_ne!(pid_of(&reply), hung);
     wait_until("the hung worker gone", || gone(hung)).await;
+    assert_eq!(pool(&server, "/t")["health_failures"], 1);
+    let metrics = server.get("/metrics").await.text();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("fiddler_crab_worker_health_failures_total{") && l.ends_with(" 1")
+        ),
+        "{metrics}"
+    );
     let why = pool(&server, "/t").to_string();
     assert!(
         why.contains(

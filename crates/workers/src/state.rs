@@ -246,6 +246,8 @@ pub(crate) struct PoolState {
     exits: VecDeque<Instant>,
     /// Unexpected exits ever.
     pub(crate) exits_total: u64,
+    /// Workers replaced because they failed a health check, ever.
+    pub(crate) health_failures: u64,
     /// Handlers using the pool; at 0 it closes.
     pub(crate) users: usize,
     /// No new work: stop every worker once idle, start none.
@@ -275,6 +277,7 @@ impl PoolState {
             next_key: 1,
             exits: VecDeque::new(),
             exits_total: 0,
+            health_failures: 0,
             users: 1,
             closing: false,
             epoch: 0,
@@ -460,6 +463,7 @@ impl PoolState {
                     false,
                 );
                 let slot = w.slot;
+                self.health_failures += 1;
                 if let Some(s) = self.slot.get_mut(slot) {
                     s.next_start = Some(now);
                 }

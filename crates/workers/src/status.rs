@@ -20,6 +20,8 @@ pub struct PoolStatus {
     pub recent_exits: usize,
     /// Unexpected exits (and failed starts) since the pool started.
     pub exits: u64,
+    /// Workers replaced because they failed a health check while idle, since the pool started.
+    pub health_failures: u64,
     /// The pool is stopping its workers.
     pub closing: bool,
     /// Every worker process, and every slot without one.
@@ -111,6 +113,7 @@ impl PoolStatus {
             crash_loop: state.crash_loop(now),
             recent_exits: state.recent_exits(now),
             exits: state.exits_total,
+            health_failures: state.health_failures,
             closing: state.closing,
             workers,
         }
@@ -155,6 +158,13 @@ pub(crate) fn samples(state: &PoolState, now: Instant) -> Vec<HandlerSample> {
             counter: true,
             labels: Vec::new(),
             value: to_i64(state.exits_total),
+        },
+        HandlerSample {
+            name: "worker_health_failures",
+            help: "Workers replaced because they failed a health check while idle.",
+            counter: true,
+            labels: Vec::new(),
+            value: to_i64(state.health_failures),
         },
     ];
     for (i, slot) in state.slot.iter().enumerate().take(state.slots) {
