@@ -854,6 +854,58 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_worker_is_checked_after_health_interval_ms_and_replaced_if_it_fails() {
+        let ms = Duration::from_millis;
+        let t = Instant::now();
+        let mut s = PoolState::new(
+            "/w",
+            config("health_path = \"/up\"\nhealth_interval_ms = 100"),
+            1,
+            TrafficLight::fixed(Light::Green),
+        );
+        let plan = s.plan(t);
+        let key = start_planned(&mut s, &plan, t)[0];
+        ready_all(&mut s, t);
+        // Within the interval: no check, a wake-up at its end.
+        let plan = s.plan(t + ms(50));
+        assert!(plan.checks.is_empty());
+        assert_eq!(plan.wake_at, Some(t + ms(100)));
+        // A request starts the idle time again.
+        let c = s.checkout().unwrap();
+        s.answered(c.key, t + ms(60), None, None);
+        assert!(s.plan(t + ms(120)).checks.is_empty());
+        // Past it: checked, and out of service while it is.
+        let plan = s.plan(t + ms(160));
+        assert_eq!(plan.checks.len(), 1);
+        assert_eq!(plan.checks[0].key, key);
+        assert_eq!(states(&s), [(0, "checking")]);
+        assert!(s.checkout().is_none());
+        assert!(s.plan(t + ms(170)).checks.is_empty(), "one check at a time");
+        s.health_checked(key, t + ms(170), Ok(None));
+        assert_eq!(states(&s), [(0, "ready")]);
+        assert_eq!(
+            s.worker(key).unwrap().requests,
+            1,
+            "a check is not a request"
+        );
+        // A failed check: stopped, counted, and a successor started at once.
+        assert_eq!(s.plan(t + ms(270)).checks.len(), 1);
+        s.health_checked(
+            key,
+            t + ms(271),
+            Err("answered 503 Service Unavailable".into()),
+        );
+        assert_eq!(s.health_failures, 1);
+        assert_eq!(states(&s), [(0, "retiring")]);
+        let stop = s.worker(key).unwrap().stop.as_ref().unwrap();
+        assert_eq!(
+            stop.reason,
+            "killed: failed its health check (answered 503 Service Unavailable)"
+        );
+        assert_eq!(s.plan(t + ms(272)).spawns.len(), 1);
+    }
+
+    #[test]
     fn one_process_per_slot_and_no_checkout_before_ready() {
         let t = Instant::now();
         let mut s = PoolState::new("/w", config(""), 2, TrafficLight::fixed(Light::Green));
