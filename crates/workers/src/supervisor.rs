@@ -135,15 +135,24 @@ impl Supervisor {
         for spawn in &plan.spawns {
             self.start(spawn, &config);
         }
-        if let Some(path) = &config.health_path {
-            for check in plan.checks {
-                self.runtime.spawn(health_check(
-                    self.shared.clone(),
-                    check,
-                    path.clone(),
-                    config.health_timeout,
-                    config.keepalive_timeout,
-                ));
+        for check in plan.checks {
+            match &config.health_path {
+                Some(path) => {
+                    self.runtime.spawn(health_check(
+                        self.shared.clone(),
+                        check,
+                        path.clone(),
+                        config.health_timeout,
+                        config.keepalive_timeout,
+                    ));
+                }
+                // Never: the plan and the config are one snapshot. Back in service, unchecked.
+                None => {
+                    let mut state = self.shared.lock();
+                    let conn = check.conn.map(|(conn, _)| conn);
+                    state.health_checked(check.key, Instant::now(), Ok(conn));
+                    self.shared.changed(&mut state);
+                }
             }
         }
         let until = plan.wake_at.map_or(*next_poll, |t| t.min(*next_poll));
@@ -334,6 +343,11 @@ async fn health_check(
     keepalive: Duration,
 ) {
     let HealthCheck { key, socket, conn } = check;
+    // Should the check itself fail (a bug unwinding it), the worker is not left out of service.
+    let mut unsettled = Unsettled {
+        shared: Some(shared),
+        key,
+    };
     let kept = conn.and_then(|(conn, since)| (since.elapsed() < keepalive).then_some(conn));
     let checked = async {
         if let Some(mut conn) = relay::usable(kept).await {
@@ -355,9 +369,29 @@ async fn health_check(
                 bound.as_millis()
             ))
         });
-    let mut state = shared.lock();
-    state.health_checked(key, Instant::now(), result);
-    shared.changed(&mut state);
+    unsettled.settle(result);
+}
+
+/// A health check not yet settled: settled as failed if dropped so (its task unwound).
+struct Unsettled {
+    shared: Option<Arc<Shared>>,
+    key: u64,
+}
+
+impl Unsettled {
+    fn settle(&mut self, result: Result<Option<proxy::Conn>, String>) {
+        if let Some(shared) = self.shared.take() {
+            let mut state = shared.lock();
+            state.health_checked(self.key, Instant::now(), result);
+            shared.changed(&mut state);
+        }
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        self.settle(Err("the health check failed internally".into()));
+    }
 }
 
 /// A health check's answer: 2xx keeps the worker (and its connection, if still open).
