@@ -16,14 +16,20 @@ import sys
 import time
 
 
-def first_line(sock):
-    """Read until the first body line of a chunked response is whole; its text and arrival time."""
-    buf = b""
+def received(sock, what):
+    """Each read's bytes with their arrival time (ns); a close before `what` is an error."""
     while True:
         data = sock.recv(65536)
         now = time.time_ns()
         if not data:
-            raise RuntimeError("connection closed before the first chunk: %r" % buf[:200])
+            raise RuntimeError("connection closed before " + what)
+        yield data, now
+
+
+def first_line(sock):
+    """Read until the first body line of a chunked response is whole; its text and arrival time."""
+    buf = b""
+    for data, now in received(sock, "the first chunk"):
         buf += data
         head_end = buf.find(b"\r\n\r\n")
         if head_end < 0:
@@ -55,11 +61,7 @@ def every_token(sock):
     buf = b""
     body = None
     samples = []
-    while True:
-        data = sock.recv(65536)
-        now = time.time_ns()
-        if not data:
-            raise RuntimeError("connection closed before the last chunk: %r" % buf[:200])
+    for data, now in received(sock, "the last chunk"):
         buf += data
         if body is None:
             head_end = buf.find(b"\r\n\r\n")
