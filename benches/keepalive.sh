@@ -67,34 +67,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# config PORT UPSTREAM_PORT UPSTREAM_KEEPALIVE WORKER_KEEPALIVE_LINE
+# endpoint PATH SLOTS: the head of a GET endpoint, jellyfish with SLOTS slots.
+endpoint() {
+  printf '[[endpoint]]\npath = "%s"\nmethods = ["GET"]\nmode = "jellyfish"\nworkers = %s\n' "$1" "$2"
+}
+
+# config UPSTREAM_PORT UPSTREAM_KEEPALIVE WORKER_KEEPALIVE_LINE: the three endpoints.
 config() {
-  local endpoint
-  for endpoint in u h; do
-    cat <<XEOF
-[[endpoint]]
-path = "/$endpoint"
-methods = ["GET"]
-mode = "jellyfish"
-workers = 2
-[endpoint.upstream]
-url = "http://127.0.0.1:$2"
-keepalive_timeout_ms = $3
-XEOF
-    if [ $endpoint = h ]; then
+  local path
+  for path in /u /h; do
+    endpoint "$path" 2
+    printf '[endpoint.upstream]\nurl = "http://127.0.0.1:%s"\nkeepalive_timeout_ms = %s\n' "$1" "$2"
+    if [ $path = /h ]; then
       printf 'health_path = "/health"\nhealth_interval_ms = %s\n' "$HEALTH_MS"
     fi
     echo
   done
+  endpoint /w 1
   cat <<XEOF
-[[endpoint]]
-path = "/w"
-methods = ["GET"]
-mode = "jellyfish"
-workers = 1
 [endpoint.worker]
 command = ["sh", "-c", "exec '$GUNICORN' --chdir '$PWD/benches' -k gthread --threads 2 --keep-alive $IDLE --bind unix:\$FIDDLER_WORKER_SOCKET --log-level warning hello_wsgi:app"]
-$4
+$3
 XEOF
 }
 
@@ -138,9 +131,9 @@ for round in $(seq 1 "$ROUNDS"); do
     wait_tcp 127.0.0.1 "$up_port" 100 "$!"
     PORT[$set]=$(free_port)
     if [ $set = off ]; then
-      config "${PORT[$set]}" "$up_port" 3600000 "keepalive_timeout_ms = 3600000"
+      config "$up_port" 3600000 "keepalive_timeout_ms = 3600000"
     else
-      config "${PORT[$set]}" "$up_port" "$UPSTREAM_KEEPALIVE_MS" ""
+      config "$up_port" "$UPSTREAM_KEEPALIVE_MS" ""
     fi >"$WORK/$set.toml"
     printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\n\n' "${PORT[$set]}" |
       cat - "$WORK/$set.toml" >"$WORK/$set.full.toml"
