@@ -6,8 +6,8 @@ wall-clock time (ns since the epoch) at which it was written, then `end`. `GET /
 answered the same way but whole: `Content-Length`, the head written at once, the body (the time
 it was written, then `end`) written DELAY_MS later, as a server that writes its head before its
 body does. `GET /tokens` streams TOKENS chunks (default 20), TOKEN_GAP_MS apart (default 1, a
-fast model), each the time it was written. Nagle's algorithm is left on, as Python's `http.server`, gunicorn and cpp-httplib
-(by default) leave it. One thread per
+fast model), each the time it was written. Nagle's algorithm is left on, as Python's `http.server` and cpp-httplib (by default)
+leave it. One thread per
 connection; kept-alive connections are served request after request. It prints
 `sse_upstream listening on PORT` and stops by itself after --max-seconds (or on SIGTERM).
 

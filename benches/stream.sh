@@ -20,8 +20,8 @@
 # from the body's write to its arrival: `whole-direct`, `whole-upstream`, `whole-nginx`,
 # `whole-haproxy`; and every token of a fast stream (`GET /tokens`: 20 chunks 1 ms apart, each
 # stamped), from each token's write to its arrival: `tokens-direct`, `tokens-upstream`,
-# `tokens-nginx`, `tokens-haproxy` (TOKEN_REQUESTS streams, default 50). The upstream leaves Nagle's algorithm on, as Python's http.server, gunicorn
-# and cpp-httplib (by default) do: a proxy that delays its acknowledgement of the head on a
+# `tokens-nginx`, `tokens-haproxy` (TOKEN_REQUESTS streams, default 50). The upstream leaves Nagle's algorithm on, as Python's http.server and
+# cpp-httplib (by default) do: a proxy that delays its acknowledgement of the head on a
 # kept-alive connection makes it hold the rest back (docs/BENCHMARKS.md 20.2).
 # Servers, the upstream and the proxies pinned to CPU 0, the client to CPU 1; loopback only; ends
 # by itself. Installs nginx-light and haproxy (Debian) when missing.

@@ -7,7 +7,7 @@
 //! reached the server is never sent twice.
 //!
 //! A TCP connection keeps a handle on its socket ([`Conn::quick_ack`]): a server with Nagle's
-//! algorithm on (Python's `http.server`, gunicorn, cpp-httplib's default) holds the rest of an
+//! algorithm on (Python's `http.server`, cpp-httplib's default) holds the rest of an
 //! answer back until the part it wrote first is acknowledged, and a kept-alive connection, which
 //! answers arrive on right after a request was sent, delays its acknowledgements by up to 40 ms.
 
