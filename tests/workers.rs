@@ -867,6 +867,50 @@ async fn a_reload_that_changes_the_worker_config_rolls_the_workers_instead_of_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_only_timeouts_and_checks_keeps_the_workers_and_applies_them() {
+    let make = |worker: &str| {
+        Workers::command("/t", &["python3", &fixture("threaded_server.py")])
+            .worker(worker)
+            .toml()
+    };
+    let server = TestServer::launch(&make("timeout_ms = 30000"))
+        .light(&TrafficLight::fixed(Light::Green))
+        .start()
+        .await;
+    let pids = wait_ready(&server, "/t", 1).await;
+    let reply = server.get("/t?sleep=0.5").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    // A shorter timeout_ms and health checks: the same process, no successor started (a model
+    // is not loaded again for them).
+    server.reload(&make(
+        "timeout_ms = 200\nhealth_path = \"/health\"\nhealth_interval_ms = 50\nhealth_timeout_ms = 300",
+    ));
+    assert_eq!(ready_pids(&server, "/t"), pids);
+    assert!(workers(&server, "/t")
+        .iter()
+        .all(|w| w["generation"] == 1 && w["state"] != "starting"));
+
+    // And both apply to it: checked while idle (a hung worker is replaced)...
+    let hung = pid_of(&server.get("/t?freeze=1").await);
+    wait_until("the hung worker replaced by its failed check", || {
+        let ready = ready_pids(&server, "/t");
+        !ready.is_empty() && !ready.contains(&hung)
+    })
+    .await;
+    assert_eq!(pool(&server, "/t")["health_failures"], 1);
+    // ...and a request past the new timeout_ms is 504.
+    let reply = server.get("/t?sleep=0.5").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_watch_file_rolls_the_workers() {
     let dir = TempDir::new("worker-watch");
     let watched = dir.path().join("model.bin");

@@ -73,6 +73,22 @@ pub struct WorkerConfig {
     pub crash_loop: CrashLoop,
 }
 
+impl WorkerConfig {
+    /// True if workers started from `self` would differ from workers started from `other`: their
+    /// argv, directory, environment or socket directory, or the request limit each gets at its
+    /// start (`max_requests` and its jitter). Any other key (a timeout, a limit read per
+    /// request, the health checks, the restart backoff) takes effect on the running workers.
+    pub fn starts_other_workers(&self, other: &WorkerConfig) -> bool {
+        self.command != other.command
+            || self.cwd != other.cwd
+            || self.env != other.env
+            || self.pass_env != other.pass_env
+            || self.socket_dir != other.socket_dir
+            || self.max_requests != other.max_requests
+            || self.max_requests_jitter != other.max_requests_jitter
+    }
+}
+
 /// A crash loop: `exits` unexpected worker exits (or failed starts) within `window`. While one
 /// lasts and no worker is ready, the endpoint treats new requests as overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,7 +87,8 @@ pub struct WorkerHandler {
 
 impl WorkerHandler {
     /// Make the pool serve this handler's config and size, if it was adopted from an endpoint a
-    /// reload replaces (a changed config rolls the workers). A no-op for a fresh pool.
+    /// reload replaces (a config that starts other workers rolls them; any other change applies to
+    /// the running ones). A no-op for a fresh pool.
     pub fn activate(&self) {
         self.pool.reconfigure(self.config.clone(), self.slots);
     }

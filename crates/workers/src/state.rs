@@ -326,9 +326,16 @@ impl PoolState {
     /// Apply a (possibly) new config and size: a changed config starts a rolling restart.
     pub(crate) fn reconfigure(&mut self, config: WorkerConfig, slots: usize) {
         if *self.config != config {
+            let roll = self.config.starts_other_workers(&config);
             self.config = Arc::new(config);
-            self.generation += 1;
-            tracing::info!(endpoint = %self.endpoint, generation = self.generation, "worker config changed: rolling restart");
+            if roll {
+                self.generation += 1;
+                tracing::info!(endpoint = %self.endpoint, generation = self.generation, "worker config changed: rolling restart");
+            } else {
+                // A timeout, a limit read per request, the health checks: the workers need no
+                // restart (a model is not loaded again for them).
+                tracing::info!(endpoint = %self.endpoint, "worker config changed: applied to the running workers");
+            }
         }
         if slots != self.slots {
             tracing::info!(endpoint = %self.endpoint, from = self.slots, to = slots, "worker count changed");
