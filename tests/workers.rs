@@ -886,6 +886,7 @@ async fn a_reload_that_changes_only_timeouts_and_checks_keeps_the_workers_and_ap
     server.reload(&make(
         "timeout_ms = 200\nhealth_path = \"/health\"\nhealth_interval_ms = 50\nhealth_timeout_ms = 300",
     ));
+    assert_eq!(pool(&server, "/t")["generation"], 1, "no rolling restart");
     assert_eq!(ready_pids(&server, "/t"), pids);
     assert!(workers(&server, "/t")
         .iter()
