@@ -344,6 +344,61 @@ mod tests {
         assert_eq!(w.health_timeout, Duration::from_secs(5));
     }
 
+    /// The worker table of `command = ["x"]`, `max_requests = 100` and `more`, where `more` may
+    /// replace either of the two.
+    fn worker(more: &str) -> crate::WorkerConfig {
+        let mut table = String::new();
+        for (key, line) in [
+            ("command", "command = [\"x\"]"),
+            ("max_requests =", "max_requests = 100"),
+        ] {
+            if !more.starts_with(key) {
+                table.push_str(line);
+                table.push('\n');
+            }
+        }
+        table.push_str(more);
+        let c = Config::from_toml(&endpoint(&table), "t.toml").unwrap();
+        match &c.endpoints[0].handler {
+            HandlerConfig::Worker(w) => w.clone(),
+            other => panic!("not a worker endpoint: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_change_of_how_workers_start_starts_other_workers() {
+        let base = worker("");
+        for start in [
+            "command = [\"y\"]",
+            "cwd = \"/tmp\"",
+            "env = { A = \"1\" }",
+            "pass_env = [\"HOME\"]",
+            "socket_dir = \"/tmp\"",
+            "max_requests = 200",
+            "max_requests_jitter = 5",
+        ] {
+            assert!(base.starts_other_workers(&worker(start)), "{start}");
+        }
+        for run in [
+            "timeout_ms = 5",
+            "kill_grace_ms = 5",
+            "ready_timeout_ms = 5",
+            "ready_path = \"/up\"",
+            "health_path = \"/up\"",
+            "max_rss_bytes = 5",
+            "max_response_bytes = 5",
+            "stream_idle_timeout_ms = 5",
+            "keepalive_timeout_ms = 5",
+            "watch = [\"f\"]",
+            "restart_backoff_ms = 5",
+            "crash_loop_exits = 9",
+        ] {
+            let changed = worker(run);
+            assert_ne!(base, changed, "{run}");
+            assert!(!base.starts_other_workers(&changed), "{run}");
+        }
+    }
+
     #[test]
     fn worker_is_exclusive_with_builtin_and_exec() {
         let text = "[[endpoint]]\npath = \"/w\"\nbuiltin = \"ping\"\n[endpoint.worker]\ncommand = [\"x\"]\n";
