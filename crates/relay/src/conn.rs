@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -267,6 +268,41 @@ pub async fn usable(conn: Option<Conn>) -> Option<Conn> {
         Some(mut c) if !c.is_closed() => c.ready().await.is_ok().then_some(c),
         _ => None,
     }
+}
+
+/// `conn`, kept idle since `since`, if that was less than `keepalive` ago (else it is dropped,
+/// which closes it): a server that closes idle connections itself may be closing an older one
+/// as a request is written into it, and that request, perhaps read, could not be sent again.
+/// The rule of upstream pools, worker connections and both health checks.
+#[inline]
+pub fn within_keepalive((conn, since): (Conn, Instant), keepalive: Duration) -> Option<Conn> {
+    (since.elapsed() < keepalive).then_some(conn)
+}
+
+/// A health check: GET `path` with `Host: host` on `kept` (if [`within_keepalive`] and still
+/// open), else on a fresh connection to `target`. A check lost on a kept connection (its
+/// server closed it as the check was written) goes once more on a fresh one: the check is ours
+/// and reads nothing. The answer's status and the connection it came on.
+pub async fn probe_kept(
+    kept: Option<(Conn, Instant)>,
+    keepalive: Duration,
+    target: &Target,
+    path: &str,
+    host: &HeaderValue,
+) -> Result<(StatusCode, Conn), String> {
+    let kept = kept.and_then(|entry| within_keepalive(entry, keepalive));
+    if let Some(mut conn) = usable(kept).await {
+        if let Ok(status) = probe(&mut conn, path, host).await {
+            return Ok((status, conn));
+        }
+    }
+    let mut conn = connect(target)
+        .await
+        .map_err(|e| format!("cannot connect: {}", e.kind()))?;
+    let status = probe(&mut conn, path, host)
+        .await
+        .map_err(|_| "no valid answer".to_string())?;
+    Ok((status, conn))
 }
 
 /// How a [`send`] ended.

@@ -14,7 +14,8 @@ pub mod message;
 pub mod stream;
 
 pub use conn::{
-    ack_if_late, connect, io_runtime, probe, send, usable, AckIfLate, Conn, Sent, Target,
+    ack_if_late, connect, io_runtime, probe, probe_kept, send, usable, within_keepalive, AckIfLate,
+    Conn, Sent, Target,
 };
 pub use message::{
     answer_head, answer_head_framed, outgoing, outgoing_with, path_and_query, read_bounded,

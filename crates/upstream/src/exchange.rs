@@ -682,8 +682,8 @@ fn checkout(shared: &Shared, side: Side) -> Option<Conn> {
 
 /// A connection kept idle since its `since`, if that was less than `keepalive_timeout_ms` ago
 /// (else it is dropped, which closes it): the pool's and the health check's rule.
-pub(crate) fn reusable(shared: &Shared, (conn, since): (Conn, Instant)) -> Option<Conn> {
-    (since.elapsed() < shared.config.keepalive_timeout).then_some(conn)
+pub(crate) fn reusable(shared: &Shared, entry: (Conn, Instant)) -> Option<Conn> {
+    relay::within_keepalive(entry, shared.config.keepalive_timeout)
 }
 
 /// `conn` as kept idle from now, if it is open and connections are kept at all

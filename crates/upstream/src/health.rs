@@ -5,7 +5,6 @@
 //! Without `health_path` the upstream always counts as healthy, and failures show in `/status`.
 
 use crate::Shared;
-use hyper::StatusCode;
 use relay::Conn;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,35 +118,20 @@ async fn check(
     kept: &mut Option<(Conn, Instant)>,
 ) -> Result<(), String> {
     // The connection kept from the last check, unless it has been idle past
-    // `keepalive_timeout_ms` (the upstream may be closing it that moment).
-    let reused = kept
-        .take()
-        .and_then(|entry| crate::exchange::reusable(shared, entry));
-    let (status, c) = match relay::usable(reused).await {
-        Some(mut c) => match relay::probe(&mut c, path, &shared.authority).await {
-            Ok(status) => (status, c),
-            // A kept-alive connection its server closed as the check was written: the check is
-            // ours and reads nothing, so it goes once more, on a fresh connection, before the
-            // upstream counts as down.
-            Err(_) => fresh(shared, path).await?,
-        },
-        None => fresh(shared, path).await?,
-    };
+    // `keepalive_timeout_ms` (the upstream may be closing it that moment); a check lost on it
+    // goes once more, on a fresh connection, before the upstream counts as down.
+    let (status, c) = relay::probe_kept(
+        kept.take(),
+        shared.config.keepalive_timeout,
+        &shared.target,
+        path,
+        &shared.authority,
+    )
+    .await?;
     *kept = crate::exchange::kept(shared, c);
     if status.is_success() {
         Ok(())
     } else {
         Err(format!("health check answered {}", status.as_u16()))
     }
-}
-
-/// A check on a fresh connection: its status, and the connection.
-async fn fresh(shared: &Shared, path: &str) -> Result<(StatusCode, Conn), String> {
-    let mut c = relay::connect(&shared.target)
-        .await
-        .map_err(|e| format!("cannot connect: {}", e.kind()))?;
-    let status = relay::probe(&mut c, path, &shared.authority)
-        .await
-        .map_err(|_| "no valid answer".to_string())?;
-    Ok((status, c))
 }

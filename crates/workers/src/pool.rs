@@ -124,8 +124,8 @@ impl Lease {
     /// 2 s, uvicorn after 5 s) may close one just as a request is written into it; that request
     /// may have been read, so it could never be sent again: it would be a `502`.
     pub(crate) fn take_conn(&mut self) -> Option<Conn> {
-        let (conn, since) = self.checkout.conn.take()?;
-        (since.elapsed() < self.config.keepalive_timeout).then_some(conn)
+        let entry = self.checkout.conn.take()?;
+        relay::within_keepalive(entry, self.config.keepalive_timeout)
     }
 
     /// The worker's socket.

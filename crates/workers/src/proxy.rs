@@ -110,13 +110,8 @@ pub(crate) fn to_worker(req: &JobRequest) -> hyper::Request<relay::message::OutB
 
 /// GET `path` on `conn`: true if the worker answers 2xx.
 pub(crate) async fn probe(conn: &mut Conn, path: &str) -> bool {
-    check(conn, path)
+    let host = HeaderValue::from_static("localhost");
+    relay::probe(conn, path, &host)
         .await
         .is_ok_and(|status| status.is_success())
-}
-
-/// GET `path` on `conn`: the worker's status (its body drained), or why there was none.
-pub(crate) async fn check(conn: &mut Conn, path: &str) -> Result<hyper::StatusCode, String> {
-    let host = HeaderValue::from_static("localhost");
-    relay::probe(conn, path, &host).await
 }

@@ -331,10 +331,8 @@ async fn probe(shared: Arc<Shared>, key: u64, socket: PathBuf, ready_path: Optio
 }
 
 /// An idle worker's health check: `GET path` within `bound` (its `health_timeout_ms`), on its
-/// kept-alive connection if that has been idle less than `keepalive` and is still open, else on
-/// a fresh one. A check lost on a kept-alive connection (the worker may have closed it as the
-/// check was written) is made once more on a fresh one; a non-2xx answer is not. The outcome
-/// goes to the pool: back in service, or replaced.
+/// kept-alive connection if still within `keepalive`, else on a fresh one
+/// ([`relay::probe_kept`]). The outcome goes to the pool: back in service, or replaced.
 async fn health_check(
     shared: Arc<Shared>,
     check: HealthCheck,
@@ -348,17 +346,10 @@ async fn health_check(
         shared: Some(shared),
         key,
     };
-    let kept = conn.and_then(|(conn, since)| (since.elapsed() < keepalive).then_some(conn));
+    let target = relay::Target::Unix(socket);
+    let host = hyper::header::HeaderValue::from_static("localhost");
     let checked = async {
-        if let Some(mut conn) = relay::usable(kept).await {
-            if let Ok(status) = proxy::check(&mut conn, &path).await {
-                return healthy(status, conn);
-            }
-        }
-        let mut conn = proxy::connect(&socket)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let status = proxy::check(&mut conn, &path).await?;
+        let (status, conn) = relay::probe_kept(conn, keepalive, &target, &path, &host).await?;
         healthy(status, conn)
     };
     let result = tokio::time::timeout(bound, checked)
