@@ -32,7 +32,8 @@
 # Environment: REQUESTS (per row, default 1000), PROFILE (cargo profile of the server build,
 # default release), SERVER_CPU / CLIENT_CPU (default 0 / 1), RESULTS (directory for the table),
 # ROWS (default: every row above), TOKEN_REQUESTS (streams per tokens row, default 50), FC_BIN (a fiddler_crab binary to run instead of this tree's
-# build: another commit's, for the rows through it), IDLE_MAX / IDLE_WAIT (the
+# build: another commit's, for the rows through it), ACCESS_LOG (fiddler_crab's access log: false,
+# the default here, or true, as shipped, to the server's log), IDLE_MAX / IDLE_WAIT (the
 # quiet-machine wait of benches/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,7 +123,7 @@ root=$(pwd)
 cat >"$work/stream.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
-access_log = false
+access_log = ${ACCESS_LOG:-false}
 
 [[endpoint]]
 path = "/exec"
@@ -174,7 +175,7 @@ done
 
 table="$RESULTS/stream.md"
 {
-  echo "Time to first byte of a streamed response after its producer wrote its first chunk (${FC_BIN:-$PROFILE build, $(git rev-parse --short HEAD 2>/dev/null || echo unknown)})."
+  echo "Time to first byte of a streamed response after its producer wrote its first chunk (${FC_BIN:-$PROFILE build, $(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; fiddler_crab's access log ${ACCESS_LOG:-false})."
   machine_line
   echo
   echo "| producer | requests | p50 (us) | p99 (us) | max (us) |"
