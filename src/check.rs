@@ -4,7 +4,7 @@
 //! the server's start and a SIGHUP reload run it. Each problem is a [`ConfigError`], printed as
 //! `FILE: KEY: PROBLEM`.
 
-use config::{Config, ConfigError, ExecConfig, HandlerConfig, UpstreamAddress, UpstreamConfig};
+use config::{Config, ConfigError, ExecConfig, HandlerConfig, UpstreamAddress};
 use std::io::ErrorKind;
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::PermissionsExt;
@@ -40,8 +40,10 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
                 }
             }
             HandlerConfig::Upstream(upstream) => {
-                if let Some(p) = upstream_problem(upstream) {
-                    problem(format!("endpoint[{i}].upstream.url"), p);
+                for server in &upstream.servers {
+                    if let Some(p) = upstream_problem(&server.address) {
+                        problem(format!("endpoint[{i}].upstream.{}", server.key), p);
+                    }
                 }
             }
             HandlerConfig::Builtin(_) => {}
@@ -75,8 +77,8 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
 /// Why an upstream's address cannot be right, if it cannot: a host name that does not resolve,
 /// or a Unix socket whose directory does not exist. The upstream itself need not be running yet
 /// (its health check and `/readyz` tell when it is).
-fn upstream_problem(upstream: &UpstreamConfig) -> Option<String> {
-    match &upstream.address {
+fn upstream_problem(address: &UpstreamAddress) -> Option<String> {
+    match address {
         UpstreamAddress::Tcp { host, port } => {
             let resolves = (host.as_str(), *port)
                 .to_socket_addrs()

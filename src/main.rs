@@ -268,14 +268,14 @@ fn run(config: Config, registry: HandlerRegistry, cli: &Cli) -> anyhow::Result<(
 }
 
 /// The startup line of one endpoint: path, methods, mode, concurrency (worker processes for a
-/// worker endpoint), queue, overflow, handler kind and what it runs (an upstream's URL), and
+/// worker endpoint), queue, overflow, handler kind and what it runs (an upstream's URLs), and
 /// whether it asks for credentials.
 fn log_endpoint(ep: &EndpointConfig) {
     let (handler, runs) = match &ep.handler {
-        HandlerConfig::Builtin(name) => ("builtin", name.as_str()),
-        HandlerConfig::Exec(exec) => ("exec", exec.command.first().map_or("", String::as_str)),
-        HandlerConfig::Worker(w) => ("worker", w.command.first().map_or("", String::as_str)),
-        HandlerConfig::Upstream(u) => ("upstream", u.url.as_str()),
+        HandlerConfig::Builtin(name) => ("builtin", name.clone()),
+        HandlerConfig::Exec(exec) => ("exec", exec.command.first().cloned().unwrap_or_default()),
+        HandlerConfig::Worker(w) => ("worker", w.command.first().cloned().unwrap_or_default()),
+        HandlerConfig::Upstream(u) => ("upstream", u.urls()),
     };
     let methods: Vec<&str> = ep.methods.iter().map(|m| m.as_str()).collect();
     tracing::info!(
@@ -286,7 +286,7 @@ fn log_endpoint(ep: &EndpointConfig) {
         queue = ep.queue.get() as u64,
         overflow = ep.overflow.as_str(),
         handler,
-        runs,
+        runs = %runs,
         auth = ep.auth.is_some(),
         "endpoint"
     );

@@ -270,6 +270,17 @@ fn config(path: &str, url: &str, extra: &str) -> String {
     )
 }
 
+/// As [`config`], forwarding to several servers (`urls`).
+fn config_servers(path: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let urls: Vec<String> = addrs.iter().map(|a| format!("\"http://{a}\"")).collect();
+    format!(
+        "[[endpoint]]\npath = \"{path}\"\nmode = \"jellyfish\"\nworkers = 4\nqueue = 64\n\
+         overflow = \"reject\"\nexpected_wait_admission = false\n\
+         [endpoint.upstream]\nurls = [{}]\n{extra}\n",
+        urls.join(", ")
+    )
+}
+
 fn upstream_status(server: &TestServer, path: &str) -> serde_json::Value {
     server.status_of(path).handler.expect("an upstream status")["upstream"].clone()
 }
@@ -1377,5 +1388,190 @@ async fn a_streamed_request_body_is_bounded_by_max_body_bytes_and_body_read_time
         "{}",
         reply.text()
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_servers_take_turns_share_the_slots_by_fewest_in_flight_and_show_in_status() {
+    let (a, a_addr) = Fake::tcp().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server = TestServer::start(&config_servers("/u", &[a_addr, b_addr], "")).await;
+
+    // One at a time, both idle: they take turns.
+    for i in 0..20 {
+        let reply = server.post("/u", format!("{i}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (10, 10));
+
+    // Many at once: the endpoint's 4 slots bound them all together, and each request goes to
+    // the server with the fewest in flight, so each holds 2 while the gate is shut.
+    let client = server.client();
+    let replies: Vec<_> = (0..12)
+        .map(|i| {
+            let mut req = request("POST", "/u", format!("held {i}"));
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            client.spawn(req)
+        })
+        .collect();
+    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
+    wait_until("4 requests at the servers", || {
+        in_flight(&a) + in_flight(&b) == 4
+    })
+    .await;
+    assert_eq!((in_flight(&a), in_flight(&b)), (2, 2));
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["in_flight"], 4, "{up}");
+    assert_eq!(up["servers"][0]["in_flight"], 2, "{up}");
+    assert_eq!(up["servers"][1]["in_flight"], 2, "{up}");
+    a.open_gate();
+    b.open_gate();
+    for reply in replies {
+        assert_eq!(
+            within("a reply", reply).await.unwrap().status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(a.seen().len() + b.seen().len(), 32);
+    assert!(a.state.max_in_flight.load(Ordering::SeqCst) <= 3);
+    assert!(b.state.max_in_flight.load(Ordering::SeqCst) <= 3);
+
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["url"], format!("http://{a_addr}, http://{b_addr}"));
+    assert_eq!(up["requests"], 32, "{up}");
+    assert_eq!(up["health"], "off");
+    let servers = up["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0]["url"], format!("http://{a_addr}"));
+    assert_eq!(servers[0]["requests"], a.seen().len(), "{up}");
+    assert_eq!(servers[1]["requests"], b.seen().len(), "{up}");
+    let metrics = server.get("/metrics").await.text();
+    assert!(
+        metrics.contains(&format!("server=\"http://{b_addr}\"")),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to_the_others() {
+    let refused = refused_addr().await;
+    let (b, b_addr) = Fake::tcp().await;
+    // The refusing server is passed over for health_interval_ms (10 s here) once it refused.
+    let server = TestServer::start(&config_servers(
+        "/u",
+        &[refused, b_addr],
+        "health_interval_ms = 10000",
+    ))
+    .await;
+    for i in 0..20 {
+        let reply = server.post("/u", format!("{i}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+    assert_eq!(b.seen().len(), 20);
+    let up = upstream_status(&server, "/u");
+    let first = &up["servers"][0];
+    // Tried once: its refusal sent that request on to the other server, and later requests
+    // went there straight away.
+    assert_eq!(first["connects"], 1, "{up}");
+    assert_eq!(up["servers"][1]["retries"], 1, "{up}");
+    let cause = first["last_error"]["cause"].as_str().unwrap();
+    assert!(cause.contains("cannot connect"), "{cause}");
+    // Not a failed exchange: every request was answered.
+    assert_eq!(up["failures"], 0, "{up}");
+    assert_eq!(server.counters("/u").failed, 0);
+    server.shutdown().await;
+
+    // Every server refusing: a 502 after one resend, as with one server.
+    let (one, two) = (refused_addr().await, refused_addr().await);
+    let server = TestServer::start(&config_servers("/u", &[one, two], "")).await;
+    let reply = server.get("/u").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.text(), "upstream unavailable\n");
+    let up = upstream_status(&server, "/u");
+    assert_eq!(
+        (up["connects"].as_u64(), up["retries"].as_u64()),
+        (Some(2), Some(1)),
+        "{up}"
+    );
+    assert_eq!(up["servers"][0]["connects"], 1, "{up}");
+    assert_eq!(up["servers"][1]["connects"], 1, "{up}");
+    assert_eq!(up["failures"], 1, "{up}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unhealthy_server_gets_no_requests_and_every_server_unhealthy_is_overflow() {
+    let (a, a_addr) = Fake::tcp().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server = TestServer::launch(&config_servers(
+        "/u",
+        &[a_addr, b_addr],
+        "health_path = \"/health\"\nhealth_interval_ms = 20",
+    ))
+    .light(&TrafficLight::fixed(Light::Green))
+    .start()
+    .await;
+    let health = |i: usize| upstream_status(&server, "/u")["servers"][i]["health"].clone();
+    wait_until("both servers checked healthy", || {
+        health(0) == "healthy" && health(1) == "healthy"
+    })
+    .await;
+
+    // One down: it is passed over, the endpoint stays ready.
+    a.state.healthy.store(false, Ordering::SeqCst);
+    wait_until("the first server checked unhealthy", || {
+        health(0) == "unhealthy"
+    })
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            server.post("/u", format!("{i}")).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (0, 10));
+    assert_eq!(upstream_status(&server, "/u")["health"], "healthy");
+    let r = server.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Both down: refused at once as overflow, not ready, and why, naming no address.
+    b.state.healthy.store(false, Ordering::SeqCst);
+    wait_until("the second server checked unhealthy", || {
+        health(1) == "unhealthy"
+    })
+    .await;
+    let reply = server.post("/u", "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.text().contains("upstream is unhealthy"),
+        "{}",
+        reply.text()
+    );
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let why = ready.text();
+    assert!(
+        why.contains("/u: no upstream server ready (urls[0]: upstream unhealthy (health check answered 503); urls[1]: upstream unhealthy (health check answered 503))"),
+        "{why}"
+    );
+    assert!(!why.contains(&a_addr.to_string()), "{why}");
+    assert_eq!(upstream_status(&server, "/u")["health"], "unhealthy");
+
+    // One back: it takes every request.
+    a.state.healthy.store(true, Ordering::SeqCst);
+    wait_until("the first server checked healthy again", || {
+        health(0) == "healthy"
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            server.post("/u", format!("{i}")).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (4, 10));
+    let r = server.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     server.shutdown().await;
 }

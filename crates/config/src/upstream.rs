@@ -11,15 +11,18 @@ use std::time::Duration;
 /// Longest Unix socket path accepted, in bytes (`sun_path` holds 107 and a NUL).
 const MAX_UNIX_PATH: usize = 107;
 
+/// Most servers one endpoint may list in `urls`.
+pub const MAX_SERVERS: usize = 64;
+
 /// An upstream server (`[endpoint.upstream]`), validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// Where the upstream listens, as written (`http://host:port[/base]` or `unix:/path.sock`).
-    pub url: String,
-    /// Where to connect.
-    pub address: UpstreamAddress,
-    /// A path put before every forwarded path (`/base` of the URL; empty for none). Never ends in
-    /// `/`.
+    /// The servers requests go to (`url`, or each of `urls`): one or more, at most
+    /// [`MAX_SERVERS`], no two with the same URL. With several, each request goes to the one with
+    /// the fewest requests in flight among those usable.
+    pub servers: Vec<UpstreamServer>,
+    /// A path put before every forwarded path (`/base` of the URL, the same for every server;
+    /// empty for none). Never ends in `/`.
     pub base_path: String,
     /// Time to establish a connection; past it the answer is `504`. Default 1 s.
     pub connect_timeout: Duration,
@@ -56,6 +59,25 @@ pub struct UpstreamConfig {
     pub stream_request_body: bool,
 }
 
+/// One upstream server: where it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamServer {
+    /// Where it listens, as written (`http://host:port[/base]` or `unix:/path.sock`).
+    pub url: String,
+    /// Where to connect.
+    pub address: UpstreamAddress,
+    /// The key it was written under, relative to the table (`url`, or `urls[N]`), for messages.
+    pub key: String,
+}
+
+impl UpstreamConfig {
+    /// The servers' URLs, joined by `, ` (for logs and the startup line).
+    pub fn urls(&self) -> String {
+        let urls: Vec<&str> = self.servers.iter().map(|s| s.url.as_str()).collect();
+        urls.join(", ")
+    }
+}
+
 /// Where an upstream listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamAddress {
@@ -74,7 +96,8 @@ pub enum UpstreamAddress {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
-    pub(crate) url: String,
+    pub(crate) url: Option<String>,
+    pub(crate) urls: Option<Vec<String>>,
     #[serde(default = "default_connect_timeout_ms")]
     pub(crate) connect_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
@@ -120,6 +143,63 @@ fn default_max_response_bytes() -> usize {
 
 /// A problem with one key of the table: the key (relative to the table) and what is wrong.
 pub(crate) type Problem = (&'static str, String);
+
+/// The servers of `url` or `urls` (exactly one of the two), each parsed, and their base path (the
+/// same for all: every server takes the same paths); a problem names its key (`url`, `urls`, or
+/// `urls[N]`).
+fn servers(
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+) -> Result<(Vec<UpstreamServer>, String), (String, String)> {
+    let listed: Vec<(String, String)> = match (url, urls) {
+        (Some(url), None) => vec![("url".to_string(), url)],
+        (None, Some(urls)) => {
+            if urls.is_empty() || urls.len() > MAX_SERVERS {
+                return Err((
+                    "urls".into(),
+                    format!("lists {} servers: give 1 to {MAX_SERVERS}", urls.len()),
+                ));
+            }
+            urls.into_iter()
+                .enumerate()
+                .map(|(i, url)| (format!("urls[{i}]"), url))
+                .collect()
+        }
+        (Some(_), Some(_)) => {
+            return Err(("urls".into(), "give `url` or `urls`, not both".into()));
+        }
+        (None, None) => {
+            return Err((
+                "url".into(),
+                "is missing: give `url = \"http://host:port\"` (or `urls = [...]` for several servers)"
+                    .into(),
+            ));
+        }
+    };
+    let mut servers: Vec<UpstreamServer> = Vec::with_capacity(listed.len());
+    let mut base: Option<String> = None;
+    for (key, url) in listed {
+        let (address, base_path) = parse_url(&url).map_err(|p| (key.clone(), p))?;
+        if servers.iter().any(|s| s.url == url) {
+            return Err((key, format!("`{}` is listed twice", crate::quote(&url))));
+        }
+        match &base {
+            Some(first) if *first != base_path => {
+                return Err((
+                    key,
+                    format!(
+                        "`{}` has another base path than urls[0]: every server takes the same paths",
+                        crate::quote(&url)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => base = Some(base_path),
+        }
+        servers.push(UpstreamServer { url, address, key });
+    }
+    Ok((servers, base.unwrap_or_default()))
+}
 
 /// The parts of a valid upstream URL: address and base path.
 pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
@@ -181,11 +261,22 @@ impl RawUpstream {
     /// WebSocket idle, health interval, kept-alive idle; its body limit against `max_bytes`); an
     /// error names the offending key relative to it.
     pub(crate) fn validate(
+        mut self,
+        ranges: [(u64, u64); 6],
+        max_bytes: (u64, u64),
+    ) -> Result<UpstreamConfig, (String, String)> {
+        let (servers, base_path) = servers(self.url.take(), self.urls.take())?;
+        self.rest(servers, base_path, ranges, max_bytes)
+            .map_err(|(key, problem)| (key.to_string(), problem))
+    }
+
+    fn rest(
         self,
+        servers: Vec<UpstreamServer>,
+        base_path: String,
         ranges: [(u64, u64); 6],
         max_bytes: (u64, u64),
     ) -> Result<UpstreamConfig, Problem> {
-        let (address, base_path) = parse_url(&self.url).map_err(|p| ("url", p))?;
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err((
@@ -199,8 +290,7 @@ impl RawUpstream {
         }
         let [connect, whole, idle, websocket_idle, health, keepalive] = ranges;
         Ok(UpstreamConfig {
-            url: self.url,
-            address,
+            servers,
             base_path,
             connect_timeout: millis("connect_timeout_ms", self.connect_timeout_ms, connect)?,
             timeout: millis("timeout_ms", self.timeout_ms, whole)?,
@@ -261,14 +351,16 @@ mod tests {
         let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
             panic!("not an upstream endpoint: {:?}", c.endpoints[0].handler);
         };
+        assert_eq!(u.servers.len(), 1);
         assert_eq!(
-            u.address,
+            u.servers[0].address,
             UpstreamAddress::Tcp {
                 host: "127.0.0.1".into(),
                 port: 8081
             }
         );
         assert_eq!(u.base_path, "");
+        assert_eq!(u.servers[0].key, "url");
         assert_eq!(u.connect_timeout, Duration::from_secs(1));
         assert_eq!(u.timeout, Duration::from_secs(60));
         assert_eq!(u.stream_idle_timeout, Duration::from_secs(30));
@@ -339,11 +431,55 @@ mod tests {
                 "url = \"http://h:1\"\nretries = 3",
                 "endpoint[0].upstream.retries",
             ),
+            ("health_path = \"/h\"", "endpoint[0].upstream.url"),
+            (
+                "url = \"http://h:1\"\nurls = [\"http://h:2\"]",
+                "endpoint[0].upstream.urls",
+            ),
+            ("urls = []", "endpoint[0].upstream.urls"),
+            (
+                "urls = [\"http://h:1\", \"https://h:2\"]",
+                "endpoint[0].upstream.urls[1]",
+            ),
+            (
+                "urls = [\"http://h:1\", \"http://h:2\", \"http://h:1\"]",
+                "endpoint[0].upstream.urls[2]",
+            ),
+            (
+                "urls = [\"http://h:1/v1\", \"http://h:2/v2\"]",
+                "endpoint[0].upstream.urls[1]",
+            ),
         ];
         for (table, key) in cases {
             let e = Config::from_toml(&endpoint("/u", table), "t.toml").unwrap_err();
             assert_eq!(e.key, key, "{table}: {e}");
         }
+    }
+
+    #[test]
+    fn urls_list_several_servers_that_share_a_base_path() {
+        let c = Config::from_toml(
+            &endpoint(
+                "/u",
+                "urls = [\"http://127.0.0.1:8081/v1\", \"http://[::1]:8082/v1/\"]",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
+            panic!("not an upstream endpoint: {:?}", c.endpoints[0].handler);
+        };
+        assert_eq!(u.servers.len(), 2);
+        assert_eq!(u.base_path, "/v1");
+        assert_eq!(
+            u.servers[1].address,
+            UpstreamAddress::Tcp {
+                host: "::1".into(),
+                port: 8082
+            }
+        );
+        assert_eq!(u.servers[1].key, "urls[1]");
+        assert_eq!(u.urls(), "http://127.0.0.1:8081/v1, http://[::1]:8082/v1/");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use relay::{BodyError, Conn, Next, Sent};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub(crate) fn run(
     };
     let answer = runtime.block_on(async {
         tokio::select! {
-            answer = timed(shared, req, outgoing, deadline, upgrading, Side::Io) => answer,
+            answer = timed(shared, req, outgoing, deadline, upgrading, Side::Io, &flight) => answer,
             () = client_gone(req) => {
                 Err(HandlerError::ClientGone("client went away; upstream request abandoned".into()))
             }
@@ -86,7 +86,16 @@ pub(crate) fn run_async(
             }
             Prepared::Refused(answer) => return Ok(answer),
         };
-        let answer = timed(&shared, &req, outgoing, deadline, upgrading, Side::Front).await?;
+        let answer = timed(
+            &shared,
+            &req,
+            outgoing,
+            deadline,
+            upgrading,
+            Side::Front,
+            &flight,
+        )
+        .await?;
         answered(
             &shared,
             &runtime,
@@ -175,8 +184,10 @@ fn prepare(
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
-    let flight = InFlight::new(shared.clone());
-    shared.stats.count(&shared.stats.requests);
+    let server = shared.pick(None);
+    let flight = InFlight::new(shared.clone(), server);
+    let stats = &shared.servers[server].stats;
+    stats.count(&stats.requests);
     let deadline = Instant::now() + shared.config.timeout;
     Ok(Prepared::Send(
         Box::new(outgoing),
@@ -197,10 +208,11 @@ fn timed<'a>(
     deadline: Instant,
     upgrading: bool,
     side: Side,
+    flight: &'a InFlight,
 ) -> impl Future<Output = Result<Answer, HandlerError>> + Send + 'a {
     async move {
         let entry = shared.deadlines.enter(deadline);
-        let mut exchange = std::pin::pin!(exchange(shared, req, outgoing, upgrading, side));
+        let mut exchange = std::pin::pin!(exchange(shared, req, outgoing, upgrading, side, flight));
         let answer = std::future::poll_fn(|cx| {
             if let Poll::Ready(answer) = exchange.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
@@ -209,7 +221,11 @@ fn timed<'a>(
         })
         .await;
         answer.unwrap_or_else(|| {
-            fail(shared, "no answer within timeout_ms".into());
+            fail(
+                shared,
+                flight.server(),
+                "no answer within timeout_ms".into(),
+            );
             Err(HandlerError::Timeout(
                 "upstream did not answer within timeout_ms".into(),
             ))
@@ -235,6 +251,7 @@ fn answered(
             // no thread and no channel between.
             let relayed = Relayed {
                 shared: shared.clone(),
+                server: flight.server(),
                 body,
                 conn: Some(conn),
                 _flight: flight,
@@ -251,9 +268,18 @@ fn answered(
             let shared = shared.clone();
             let runtime = runtime.clone();
             let relay = move |sink: &mut BodySink| {
-                let _flight = flight;
+                let server = flight.server();
                 sink.set_deadline(deadline);
-                stream(&shared, &runtime, body, (conn, side), sink, deadline)
+                let streamed = stream(
+                    &shared,
+                    &runtime,
+                    body,
+                    (conn, side, server),
+                    sink,
+                    deadline,
+                );
+                drop(flight);
+                streamed
             };
             Ok(Response::from_parts(head, ResponseBody::stream(relay)))
         }
@@ -276,8 +302,10 @@ fn answered(
             let runtime = runtime.clone();
             // The session's producer sends no bytes: it holds the running slot while it splices.
             let session = move |sink: &mut BodySink| {
-                let _flight = flight;
-                let result = crate::upgrade::splice(&shared, &runtime, client, upstream, sink);
+                let server = flight.server();
+                let result =
+                    crate::upgrade::splice(&shared, server, &runtime, client, upstream, sink);
+                drop(flight);
                 drop(conn);
                 result
             };
@@ -286,20 +314,59 @@ fn answered(
     }
 }
 
-/// Counts a request in flight to the upstream for as long as it lives: its exchange, then its
-/// streamed body if it has one.
-struct InFlight(Arc<Shared>);
+/// Counts a request in flight to its server for as long as it lives: its exchange, then its
+/// streamed body if it has one. Moved to another server if the request is sent again there.
+///
+/// 16 bytes, kept in the exchange's future: the server's index is a `u32` (at most
+/// `config::upstream::MAX_SERVERS`), and the flag of a failed connection fits beside it.
+struct InFlight {
+    shared: Arc<Shared>,
+    server: AtomicU32,
+    /// A connection to `server` could not be made: the one resend goes to another server.
+    refused: AtomicBool,
+}
 
 impl InFlight {
-    fn new(shared: Arc<Shared>) -> InFlight {
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(shared)
+    fn new(shared: Arc<Shared>, server: usize) -> InFlight {
+        shared.servers[server]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            shared,
+            server: AtomicU32::new(u32::try_from(server).unwrap_or(0)),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// The server the request is at.
+    fn server(&self) -> usize {
+        self.server.load(Ordering::Relaxed) as usize
+    }
+
+    /// A fresh connection for the request: to its server, or, after a connection to it could
+    /// not be made, to another one (the request moves there).
+    fn open(&self) -> Pin<Box<dyn Future<Output = io::Result<Conn>> + Send + '_>> {
+        if self.refused.load(Ordering::Relaxed) {
+            let to = self.shared.pick(Some(self.server()));
+            let servers = &self.shared.servers;
+            let from = self
+                .server
+                .swap(u32::try_from(to).unwrap_or(0), Ordering::Relaxed)
+                as usize;
+            servers[from].in_flight.fetch_sub(1, Ordering::Relaxed);
+            servers[to].in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        // Boxed: it runs only when no idle connection is usable, and inline it would make every
+        // exchange's future (moved and boxed per request) some 450 bytes larger.
+        Box::pin(connect(self))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.servers[self.server()]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -338,7 +405,7 @@ fn stream(
     shared: &Shared,
     runtime: &tokio::runtime::Handle,
     mut body: Incoming,
-    (conn, side): (Conn, Side),
+    (conn, side, server): (Conn, Side, usize),
     sink: &mut BodySink,
     deadline: Instant,
 ) -> Result<(), StreamError> {
@@ -349,16 +416,16 @@ fn stream(
         let data = match relay::next_chunk(runtime, &mut body, sink, deadline, idle) {
             Next::Data(data) => data,
             Next::End => {
-                checkin(shared, conn, side);
+                checkin(shared, server, conn, side);
                 return Ok(());
             }
             Next::ClientGone => return Err(StreamError::ClientGone),
-            Next::Broken(cause) => return Err(cut(shared, Cut::Broken(cause))),
-            Next::Idle => return Err(cut(shared, Cut::Idle)),
-            Next::Timeout => return Err(cut(shared, Cut::Deadline)),
+            Next::Broken(cause) => return Err(cut(shared, server, Cut::Broken(cause))),
+            Next::Idle => return Err(cut(shared, server, Cut::Idle)),
+            Next::Timeout => return Err(cut(shared, server, Cut::Deadline)),
         };
         if sink.produced() + data.len() as u64 > max {
-            return Err(cut(shared, Cut::TooLarge));
+            return Err(cut(shared, server, Cut::TooLarge));
         }
         sink.send(data)?;
     }
@@ -378,7 +445,7 @@ enum Cut {
 
 /// Count the cut as a failed exchange (logged with its cause) and say what ends the stream: one
 /// wording for both ways a stream is relayed.
-fn cut(shared: &Shared, why: Cut) -> StreamError {
+fn cut(shared: &Shared, server: usize, why: Cut) -> StreamError {
     let (cause, error) = match why {
         Cut::TooLarge => (
             "answer larger than max_response_bytes".to_string(),
@@ -397,7 +464,7 @@ fn cut(shared: &Shared, why: Cut) -> StreamError {
             StreamError::Timeout("upstream did not finish its answer within timeout_ms".into()),
         ),
     };
-    fail(shared, cause);
+    fail(shared, server, cause);
     error
 }
 
@@ -408,6 +475,8 @@ fn cut(shared: &Shared, why: Cut) -> StreamError {
 /// connection, which closes it; at its clean end the connection goes back to the pool.
 struct Relayed {
     shared: Arc<Shared>,
+    /// The server the answer comes from.
+    server: usize,
     body: Incoming,
     /// Taken back into the pool at the clean end.
     conn: Option<Conn>,
@@ -430,7 +499,7 @@ impl Relayed {
     /// End the stream for `why`, counted (the connection is closed).
     fn failed(&mut self, why: Cut) -> Poll<Option<Result<Bytes, StreamError>>> {
         self.conn = None;
-        Poll::Ready(Some(Err(cut(&self.shared, why))))
+        Poll::Ready(Some(Err(cut(&self.shared, self.server, why))))
     }
 
     /// True once `idle` has passed since the last chunk (`cx` woken when it will have).
@@ -483,7 +552,7 @@ impl common::body::Source for Relayed {
                 }
                 Poll::Ready(None) => {
                     if let Some(conn) = self.conn.take() {
-                        checkin(&self.shared, conn, Side::Front);
+                        checkin(&self.shared, self.server, conn, Side::Front);
                     }
                     return Poll::Ready(None);
                 }
@@ -559,15 +628,15 @@ fn exchange<'a>(
     outgoing: Box<hyper::Request<relay::message::OutBody>>,
     upgrading: bool,
     side: Side,
+    flight: &'a InFlight,
 ) -> impl Future<Output = Result<Answer, HandlerError>> + Send + 'a {
     async move {
-        let conn = relay::usable(checkout(shared, side)).await;
-        // The connect future (a TCP connect and a handshake) is boxed: it runs only when no idle
-        // connection is usable, and inline it would make every exchange's future (moved and boxed
-        // per request) some 450 bytes larger.
-        let (sent, resent) = relay::send(conn, || Box::pin(connect(shared)), outgoing, 1).await;
+        let conn = relay::usable(checkout(shared, flight.server(), side)).await;
+        let (sent, resent) = relay::send(conn, || flight.open(), outgoing, 1).await;
+        let server = flight.server();
         if resent > 0 {
-            shared.stats.count(&shared.stats.retries);
+            let stats = &shared.servers[server].stats;
+            stats.count(&stats.retries);
         }
         match sent {
             Sent::Answered { response, conn }
@@ -582,7 +651,7 @@ fn exchange<'a>(
                     // `max_response_bytes` is refused before anything reaches the client.
                     let framed = response.body().size_hint().exact();
                     if framed.is_some_and(|len| len > shared.config.max_response_bytes as u64) {
-                        return Err(too_large(shared));
+                        return Err(too_large(shared, server));
                     }
                     let (head, body) = response.into_parts();
                     let head = match framed {
@@ -607,12 +676,12 @@ fn exchange<'a>(
                 // acknowledged: acknowledged then, not after up to 40 ms.
                 match relay::ack_if_late(whole, &conn).await {
                     Ok(response) => {
-                        checkin(shared, conn, side);
+                        checkin(shared, server, conn, side);
                         Ok(Answer::Whole(response))
                     }
-                    Err(BodyError::TooLarge) => Err(too_large(shared)),
+                    Err(BodyError::TooLarge) => Err(too_large(shared, server)),
                     Err(BodyError::Broken(cause)) => {
-                        fail(shared, cause);
+                        fail(shared, server, cause);
                         Err(HandlerError::BadGateway(
                             "upstream failed while sending its answer".into(),
                         ))
@@ -622,7 +691,7 @@ fn exchange<'a>(
             Sent::Unsent { cause, connect }
                 if connect && cause.kind() == io::ErrorKind::TimedOut =>
             {
-                fail(shared, "connect timed out".into());
+                fail(shared, server, "connect timed out".into());
                 Err(HandlerError::Timeout(
                     "upstream did not accept the connection in time".into(),
                 ))
@@ -633,7 +702,7 @@ fn exchange<'a>(
                 } else {
                     "connection closed before sending"
                 };
-                fail(shared, format!("{what}: {cause}"));
+                fail(shared, server, format!("{what}: {cause}"));
                 Err(HandlerError::BadGateway(UNAVAILABLE.into()))
             }
             Sent::Broken(cause) => {
@@ -642,7 +711,7 @@ fn exchange<'a>(
                 if let Some(failure) = req.body_stream.failure() {
                     return Ok(Answer::Whole(failure.response()));
                 }
-                fail(shared, cause);
+                fail(shared, server, cause);
                 Err(HandlerError::BadGateway(
                     "upstream closed the connection without answering".into(),
                 ))
@@ -651,25 +720,41 @@ fn exchange<'a>(
     }
 }
 
-/// A fresh connection, bounded by `connect_timeout_ms` (past it: a `TimedOut` error).
-async fn connect(shared: &Shared) -> io::Result<Conn> {
-    shared.stats.count(&shared.stats.connects);
-    match tokio::time::timeout(
-        shared.config.connect_timeout,
-        relay::connect(&shared.target),
-    )
-    .await
+/// A fresh connection to the request's server, bounded by `connect_timeout_ms` (past it: a
+/// `TimedOut` error). If none can be made, the request's `refused` is set and the server is
+/// passed over for a while ([`Shared::pass_over`]).
+async fn connect(flight: &InFlight) -> io::Result<Conn> {
+    let (shared, server) = (&flight.shared, flight.server());
+    let at = &shared.servers[server];
+    at.stats.count(&at.stats.connects);
+    let conn = match tokio::time::timeout(shared.config.connect_timeout, relay::connect(&at.target))
+        .await
     {
         Ok(conn) => conn,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    if let Err(e) = &conn {
+        // Remembered (not counted as a failed exchange: the resend may yet be answered).
+        let cause = if e.kind() == io::ErrorKind::TimedOut {
+            "connect timed out".to_string()
+        } else {
+            format!("cannot connect: {e}")
+        };
+        remember(at, cause);
+        flight.refused.store(true, Ordering::Relaxed);
+        shared.pass_over(server);
     }
+    conn
 }
 
 /// The most recently used idle connection of `side`, if it has been idle less than
 /// `keepalive_timeout_ms`. If it has been idle longer, so have all the others (they came back
 /// earlier): all are closed, and the caller opens a fresh one.
-fn checkout(shared: &Shared, side: Side) -> Option<Conn> {
-    let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+fn checkout(shared: &Shared, server: usize, side: Side) -> Option<Conn> {
+    let mut idle = shared.servers[server]
+        .idle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let kept = idle.side(side);
     if let Some(conn) = reusable(shared, kept.pop()?) {
         return Some(conn);
@@ -695,32 +780,41 @@ pub(crate) fn kept(shared: &Shared, conn: Conn) -> Option<(Conn, Instant)> {
 
 /// Keep `conn` (driven by `side`'s runtime) for the next request if it is open, connections are
 /// kept at all (`keepalive_timeout_ms` above zero) and the idle set has room.
-fn checkin(shared: &Shared, conn: Conn, side: Side) {
+fn checkin(shared: &Shared, server: usize, conn: Conn, side: Side) {
     let Some(entry) = kept(shared, conn) else {
         return;
     };
-    let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = shared.servers[server]
+        .idle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if idle.len() < shared.max_idle {
         idle.side(side).push(entry);
     }
 }
 
 /// A declared or read answer past `max_response_bytes`: counted, and its `502`.
-fn too_large(shared: &Shared) -> HandlerError {
-    fail(shared, "answer larger than max_response_bytes".into());
+fn too_large(shared: &Shared, server: usize) -> HandlerError {
+    fail(
+        shared,
+        server,
+        "answer larger than max_response_bytes".into(),
+    );
     HandlerError::BadGateway("upstream answer larger than max_response_bytes".into())
 }
 
-/// Count a failed exchange and remember its cause for `/status`; log it with the upstream.
-pub(crate) fn fail(shared: &Shared, cause: String) {
-    shared.stats.count(&shared.stats.failures);
-    tracing::warn!(endpoint = %shared.endpoint, upstream = %shared.config.url, cause = %cause, "upstream exchange failed");
-    remember(shared, cause);
+/// Count a failed exchange with `server` and remember its cause for `/status`; log it with the
+/// server's URL.
+pub(crate) fn fail(shared: &Shared, server: usize, cause: String) {
+    let at = &shared.servers[server];
+    at.stats.count(&at.stats.failures);
+    tracing::warn!(endpoint = %shared.endpoint, upstream = %at.url, cause = %cause, "upstream exchange failed");
+    remember(at, cause);
 }
 
-/// Remember `cause` as the last error, for `/status`.
-pub(crate) fn remember(shared: &Shared, cause: String) {
-    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((cause, Instant::now()));
+/// Remember `cause` as `server`'s last error, for `/status`.
+pub(crate) fn remember(server: &crate::Server, cause: String) {
+    *server.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((cause, Instant::now()));
 }
 
 /// Resolves once the client that waits for `req` has gone (never, if nobody watches).

@@ -1,10 +1,11 @@
-//! The upstream's health: with `health_path`, a `GET` every `health_interval_ms` (each bounded by
-//! the interval) over one kept-alive connection. A check that fails makes the upstream
-//! unhealthy, one that answers 2xx healthy again: while unhealthy, new requests are overflow at
-//! once ([`Health::available`]) and `/readyz` says not ready with the reason ([`Health::ready`]).
-//! Without `health_path` the upstream always counts as healthy, and failures show in `/status`.
+//! The upstream's health: with `health_path`, a `GET` to each server every `health_interval_ms`
+//! (each bounded by the interval) over one kept-alive connection. A check that fails makes the
+//! server unhealthy, one that answers 2xx healthy again. An unhealthy server gets no requests
+//! while another is usable; while every server is unhealthy, new requests are overflow at once
+//! ([`Health::available`]) and `/readyz` says not ready with the reason ([`ready`]). Without
+//! `health_path` every server always counts as healthy, and failures show in `/status`.
 
-use crate::Shared;
+use crate::{Server, Shared};
 use relay::Conn;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,34 +79,63 @@ impl Health {
     }
 }
 
-/// The poll, until the runtime ends: check, record, log a change, wait an interval.
-pub(crate) async fn poll(shared: Arc<Shared>) {
+/// For `/readyz`: ready while one server is (healthy, or not checked at all). With one server,
+/// its own reason; with several, each one's.
+pub(crate) fn ready(servers: &[Server]) -> Result<(), String> {
+    if let [server] = servers {
+        return server.health.ready();
+    }
+    let mut why = Vec::with_capacity(servers.len());
+    for (i, server) in servers.iter().enumerate() {
+        match server.health.ready() {
+            Ok(()) => return Ok(()),
+            Err(e) => why.push(format!("urls[{i}]: {e}")),
+        }
+    }
+    Err(format!("no upstream server ready ({})", why.join("; ")))
+}
+
+/// `server`'s poll, until the runtime ends: check, record, log a change, wait an interval.
+pub(crate) async fn poll(shared: Arc<Shared>, server: usize) {
     let Some(path) = shared.config.health_path.clone() else {
+        return;
+    };
+    let Some(at) = shared.servers.get(server) else {
         return;
     };
     let interval = shared.config.health_interval;
     let mut conn: Option<(Conn, Instant)> = None;
     loop {
-        let result = match tokio::time::timeout(interval, check(&shared, &path, &mut conn)).await {
-            Ok(result) => result,
-            Err(_) => {
-                conn = None;
-                Err("health check timed out".to_string())
-            }
-        };
-        if shared.health.record(&result) {
+        let result =
+            match tokio::time::timeout(interval, check(&shared, at, &path, &mut conn)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    conn = None;
+                    Err("health check timed out".to_string())
+                }
+            };
+        if at.health.record(&result) {
+            let several = shared.servers.len() > 1;
             match &result {
-                Ok(()) => tracing::info!(endpoint = %shared.endpoint, "upstream healthy"),
+                Ok(()) => {
+                    tracing::info!(endpoint = %shared.endpoint, upstream = %at.url, "upstream healthy")
+                }
+                Err(why) if several => tracing::warn!(
+                    endpoint = %shared.endpoint,
+                    upstream = %at.url,
+                    cause = %why,
+                    "upstream server unhealthy: its requests go to the others"
+                ),
                 Err(why) => tracing::warn!(
                     endpoint = %shared.endpoint,
-                    upstream = %shared.config.url,
+                    upstream = %at.url,
                     cause = %why,
                     "upstream unhealthy: new requests are refused as overflow"
                 ),
             }
         }
         if let Err(why) = &result {
-            crate::exchange::remember(&shared, format!("health check: {why}"));
+            crate::exchange::remember(at, format!("health check: {why}"));
         }
         tokio::time::sleep(interval).await;
     }
@@ -114,6 +144,7 @@ pub(crate) async fn poll(shared: Arc<Shared>) {
 /// One check over the kept connection (or a fresh one): Ok on a 2xx answer.
 async fn check(
     shared: &Shared,
+    at: &Server,
     path: &str,
     kept: &mut Option<(Conn, Instant)>,
 ) -> Result<(), String> {
@@ -123,9 +154,9 @@ async fn check(
     let (status, c) = relay::probe_kept(
         kept.take(),
         shared.config.keepalive_timeout,
-        &shared.target,
+        &at.target,
         path,
-        &shared.authority,
+        &at.authority,
     )
     .await?;
     *kept = crate::exchange::kept(shared, c);

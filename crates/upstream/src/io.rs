@@ -18,7 +18,7 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    /// Start the thread and its one-worker runtime; start the health poll if there is one.
+    /// Start the thread and its one-worker runtime; start the health polls if there are any.
     pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<Io> {
         let (tx, rx) = mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -36,14 +36,16 @@ impl Io {
                 shared.deadlines.clone(),
                 shared.config.timeout,
             ));
-            let health = shared
-                .config
-                .health_path
-                .is_some()
-                .then(|| runtime.spawn(crate::health::poll(shared.clone())));
+            let polls: Vec<_> = if shared.config.health_path.is_some() {
+                (0..shared.servers.len())
+                    .map(|server| runtime.spawn(crate::health::poll(shared.clone(), server)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let _ = runtime.block_on(stopped);
-            if let Some(health) = health {
-                health.abort();
+            for poll in polls {
+                poll.abort();
             }
             // Exchanges still in flight on the front end's runtime (its own tasks outlive the
             // endpoint's close) keep their deadlines: the keeper runs on until the last has

@@ -42,61 +42,57 @@ mod status;
 mod upgrade;
 
 use common::handler::{AsyncCall, Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
-use config::{UpstreamAddress, UpstreamConfig};
+use config::{UpstreamAddress, UpstreamConfig, UpstreamServer};
 use health::Health;
 use hyper::header::HeaderValue;
 use relay::{Forwarding, Target};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// What the handler, its exchanges and its health poll share.
+/// What the handler, its exchanges and its health polls share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The endpoint's path, for logs.
     pub endpoint: String,
     pub config: UpstreamConfig,
-    pub target: Target,
-    /// `Host` of the health checks: the upstream's own authority.
-    pub authority: HeaderValue,
     pub forwarding: Forwarding,
     /// The prefix taken off the path before it is forwarded (`strip_prefix`), without its `/`.
     pub strip: Option<String>,
-    /// Kept-alive connections not in use, by the runtime that drives them; at most `max_idle`.
-    pub idle: Mutex<exchange::Idle>,
+    /// The most kept-alive connections each server keeps idle (the endpoint's concurrency).
     pub max_idle: usize,
-    pub health: Health,
-    pub stats: status::Stats,
-    /// The last failure, for `/status`: what, and when.
-    pub last_error: Mutex<Option<(String, std::time::Instant)>>,
-    pub in_flight: AtomicU64,
+    /// The servers (`url`, or each of `urls`), in the order written.
+    pub servers: Box<[Server]>,
+    /// Where the next pick starts looking, so that servers equally loaded take turns.
+    pub turn: AtomicUsize,
+    /// The time `Server::down_until` counts from.
+    pub epoch: Instant,
     /// The deadlines of the exchanges in flight, kept by one task on the I/O runtime.
     pub deadlines: Arc<deadline::Deadlines>,
 }
 
-/// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
-///
-/// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
-/// `call_async` runs the same exchange on the front end's own task (see
-/// [`Handler::call_async`]): every request but a WebSocket upgrade, at once or after its turn in
-/// the endpoint's line; `handle` serves the executor path (upgrades, `on_client_gone =
-/// "finish"`, crab mode, adaptive on red).
+/// One upstream server: where it is, its idle connections, its health and its numbers.
 #[derive(Debug)]
-pub struct UpstreamHandler {
-    shared: Arc<Shared>,
-    io: io::Io,
+pub(crate) struct Server {
+    /// As written, for logs and `/status`.
+    pub url: String,
+    pub target: Target,
+    /// `Host` of the health checks: the server's own authority.
+    pub authority: HeaderValue,
+    /// Kept-alive connections not in use, by the runtime that drives them; at most `max_idle`.
+    pub idle: Mutex<exchange::Idle>,
+    pub health: Health,
+    pub stats: status::Stats,
+    /// The last failure, for `/status`: what, and when.
+    pub last_error: Mutex<Option<(String, Instant)>>,
+    pub in_flight: AtomicU64,
+    /// After a failed connection, the server is passed over (while another is usable) until
+    /// this many nanoseconds after `Shared::epoch`; 0: not passed over.
+    pub down_until: AtomicU64,
 }
 
-impl UpstreamHandler {
-    /// A handler for the endpoint at `path` forwarding to `config`'s upstream, keeping at most
-    /// `slots` idle connections (the endpoint's concurrency), and telling the upstream the
-    /// client's scheme was HTTPS when `https`. Starts its I/O thread (and health poll).
-    pub fn start(
-        path: &str,
-        prefix: bool,
-        config: &UpstreamConfig,
-        slots: usize,
-        https: bool,
-    ) -> std::io::Result<UpstreamHandler> {
+impl Server {
+    fn new(config: &UpstreamServer, checked: bool) -> Server {
         let (target, authority) = match &config.address {
             UpstreamAddress::Tcp { host, port } => {
                 let name = if host.contains(':') {
@@ -117,21 +113,110 @@ impl UpstreamHandler {
                 HeaderValue::from_static("localhost"),
             ),
         };
+        Server {
+            url: config.url.clone(),
+            target,
+            authority,
+            idle: Mutex::new(exchange::Idle::default()),
+            health: Health::new(checked),
+            stats: status::Stats::default(),
+            last_error: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// The server the next request goes to: of those not unhealthy and not passed over after a
+    /// failed connection, the one with the fewest requests in flight, equals taking turns; if
+    /// none is usable, the least loaded of all. `avoid` (a server that just failed to connect) is
+    /// never picked while there is another. One server: always it, without a look.
+    pub(crate) fn pick(&self, avoid: Option<usize>) -> usize {
+        let n = self.servers.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let now = self.now();
+        let mut best: Option<(usize, (bool, u64))> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if avoid == Some(i) {
+                continue;
+            }
+            let server = &self.servers[i];
+            let passed_over =
+                !server.health.available() || server.down_until.load(Ordering::Relaxed) > now;
+            let rank = (passed_over, server.in_flight.load(Ordering::Relaxed));
+            if best.is_none_or(|(_, best)| rank < best) {
+                best = Some((i, rank));
+            }
+        }
+        best.map_or(0, |(i, _)| i)
+    }
+
+    /// Nanoseconds since `epoch` (at least 1, so that 0 can mean "never").
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Pass `server` over for `health_interval_ms` (with several servers): it refused a
+    /// connection or did not accept one in time.
+    pub(crate) fn pass_over(&self, server: usize) {
+        if self.servers.len() > 1 {
+            let until = self.now().saturating_add(
+                u64::try_from(self.config.health_interval.as_nanos()).unwrap_or(u64::MAX),
+            );
+            self.servers[server]
+                .down_until
+                .store(until, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
+///
+/// `handle` blocks its (executor) thread on the handler's own I/O runtime; it is never inline.
+/// `call_async` runs the same exchange on the front end's own task (see
+/// [`Handler::call_async`]): every request but a WebSocket upgrade, at once or after its turn in
+/// the endpoint's line; `handle` serves the executor path (upgrades, `on_client_gone =
+/// "finish"`, crab mode, adaptive on red).
+#[derive(Debug)]
+pub struct UpstreamHandler {
+    shared: Arc<Shared>,
+    io: io::Io,
+}
+
+impl UpstreamHandler {
+    /// A handler for the endpoint at `path` forwarding to `config`'s servers, each keeping at most
+    /// `slots` idle connections (the endpoint's concurrency), and telling the upstream the
+    /// client's scheme was HTTPS when `https`. Starts its I/O thread (and health polls, one per server).
+    pub fn start(
+        path: &str,
+        prefix: bool,
+        config: &UpstreamConfig,
+        slots: usize,
+        https: bool,
+    ) -> std::io::Result<UpstreamHandler> {
+        let checked = config.health_path.is_some();
         let shared = Arc::new(Shared {
             endpoint: path.to_string(),
             config: config.clone(),
-            target,
-            authority,
             forwarding: Forwarding {
                 proto: Some(if https { "https" } else { "http" }),
             },
             strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
-            idle: Mutex::new(exchange::Idle::default()),
             max_idle: slots.max(1),
-            health: Health::new(config.health_path.is_some()),
-            stats: status::Stats::default(),
-            last_error: Mutex::new(None),
-            in_flight: AtomicU64::new(0),
+            servers: config
+                .servers
+                .iter()
+                .map(|server| Server::new(server, checked))
+                .collect(),
+            turn: AtomicUsize::new(0),
+            epoch: Instant::now(),
             deadlines: Arc::default(),
         });
         let io = io::Io::start(shared.clone())?;
@@ -157,11 +242,11 @@ impl Handler for UpstreamHandler {
     }
 
     fn available(&self) -> bool {
-        self.shared.health.available()
+        self.shared.servers.iter().any(|s| s.health.available())
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.shared.health.ready()
+        health::ready(&self.shared.servers)
     }
 
     fn status(&self) -> Option<serde_json::Value> {

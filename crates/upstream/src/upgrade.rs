@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// ends; see the [module docs](self). Blocks the calling (executor) thread on `runtime`.
 pub(crate) fn splice(
     shared: &Shared,
+    server: usize,
     runtime: &tokio::runtime::Handle,
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -36,7 +37,11 @@ pub(crate) fn splice(
                 return Err(StreamError::ClientGone);
             }
             Ok((_, Err(e))) => {
-                crate::exchange::fail(shared, format!("upstream connection not upgraded: {e}"));
+                crate::exchange::fail(
+                    shared,
+                    server,
+                    format!("upstream connection not upgraded: {e}"),
+                );
                 return Err(StreamError::Failed("upstream upgrade failed".into()));
             }
             Err(_) => {
