@@ -722,7 +722,7 @@ fn exchange<'a>(
 
 /// A fresh connection to the request's server, bounded by `connect_timeout_ms` (past it: a
 /// `TimedOut` error). If none can be made, the request's `refused` is set and the server is
-/// passed over for a while ([`Shared::pass_over`]).
+/// passed over for a while (`Shared::pass_over`).
 async fn connect(flight: &InFlight) -> io::Result<Conn> {
     let (shared, server) = (&flight.shared, flight.server());
     let at = &shared.servers[server];

@@ -20,16 +20,21 @@
 //! - **WebSocket sessions** (`upgrade`): an HTTP/1.1 upgrade the upstream answers `101` is spliced
 //!   through, in the job's running slot, until either side closes or it is silent past
 //!   `websocket_idle_timeout_ms`.
-//! - **Health** ([`health`]): with `health_path`, a poll; while it fails, new requests are
+//! - **Several servers** (`urls`): each request goes to the usable server with the fewest
+//!   requests in flight (`Shared::pick`), equals taking turns; a refused connection sends the
+//!   request's one resend to another server and passes the refusing one over for a while.
+//! - **Health** ([`health`]): with `health_path`, a poll per server; an unhealthy server gets no
+//!   requests while another is usable, and while every server is unhealthy new requests are
 //!   overflow at once and `/readyz` says why.
 //!
 //! # Layout
-//! - [`UpstreamHandler`]: the [`Handler`] an endpoint calls.
+//! - [`UpstreamHandler`]: the [`Handler`] an endpoint calls; `Shared` and `Server`: what it shares
+//!   with its exchanges and polls, and each server's pool, health and numbers.
 //! - `io`: the I/O thread and its runtime, which the exchanges and the health poll run on.
 //! - [`exchange`]: one request's exchange, the target path, the streamed body, and its failures
 //!   as answers.
 //! - `deadline`: the exchanges' deadlines, kept by one task instead of a timer per exchange.
-//! - [`health`]: the health state and its poll.
+//! - [`health`]: the health state and its poll, per server.
 //! - `status`: `/status` and `/metrics`.
 //! - `upgrade`: a WebSocket session passed through (`101`), spliced in the job's running slot.
 #![deny(missing_docs)]
