@@ -1575,3 +1575,80 @@ async fn an_unhealthy_server_gets_no_requests_and_every_server_unhealthy_is_over
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_affinity_header_keeps_each_session_on_one_server_and_moves_only_a_downed_servers_share()
+{
+    let (a, a_addr) = Fake::tcp().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server = TestServer::launch(&config_servers(
+        "/u",
+        &[a_addr, b_addr],
+        "health_path = \"/health\"\nhealth_interval_ms = 20\naffinity_header = \"X-Session\"",
+    ))
+    .light(&TrafficLight::fixed(Light::Green))
+    .start()
+    .await;
+    let health = |i: usize| upstream_status(&server, "/u")["servers"][i]["health"].clone();
+    wait_until("both servers checked healthy", || {
+        health(0) == "healthy" && health(1) == "healthy"
+    })
+    .await;
+    let client = server.client();
+    // Sends a request of `session`, tagged `tag`; which server saw it.
+    let send = |session: usize, tag: &str| {
+        let body = format!("s{session} {tag}");
+        let mut req = request("POST", "/u", body.clone());
+        req.headers_mut()
+            .insert("x-session", format!("s{session}").parse().unwrap());
+        let reply = client.spawn(req);
+        let (a, b) = (&a, &b);
+        async move {
+            assert_eq!(
+                within("a reply", reply).await.unwrap().status,
+                StatusCode::CREATED
+            );
+            let saw = |f: &Fake| f.seen().iter().any(|s| s.body == body.as_bytes());
+            match (saw(a), saw(b)) {
+                (true, false) => 0,
+                (false, true) => 1,
+                other => panic!("{body} seen by {other:?}"),
+            }
+        }
+    };
+    // Each session's requests all go to one server, whatever else is in flight; both servers
+    // get sessions.
+    let mut home = Vec::new();
+    for session in 0..16 {
+        let first = send(session, "first").await;
+        for k in 0..3 {
+            assert_eq!(
+                send(session, &format!("again {k}")).await,
+                first,
+                "s{session}"
+            );
+        }
+        home.push(first);
+    }
+    assert!(home.contains(&0) && home.contains(&1), "{home:?}");
+
+    // The first server down: its sessions move to the other, the other's stay.
+    a.state.healthy.store(false, Ordering::SeqCst);
+    wait_until("the first server checked unhealthy", || {
+        health(0) == "unhealthy"
+    })
+    .await;
+    for session in 0..16 {
+        assert_eq!(send(session, "while down").await, 1, "s{session}");
+    }
+    // Back: every session is at home again.
+    a.state.healthy.store(true, Ordering::SeqCst);
+    wait_until("the first server checked healthy again", || {
+        health(0) == "healthy"
+    })
+    .await;
+    for (session, at) in home.iter().enumerate() {
+        assert_eq!(send(session, "back").await, *at, "s{session}");
+    }
+    server.shutdown().await;
+}

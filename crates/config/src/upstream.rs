@@ -52,6 +52,10 @@ pub struct UpstreamConfig {
     /// On a prefix endpoint (`path` ending in `/`): forward the path without the endpoint's
     /// prefix (`/llm/v1/models` goes up as `/v1/models`). Default false: the path as requested.
     pub strip_prefix: bool,
+    /// With several servers: a request header (lower case) whose value sends every request that
+    /// carries it to the same server while that server is usable (rendezvous hashing: a server
+    /// going out of use moves only its own share). Requests without it go by fewest in flight.
+    pub affinity_header: Option<http::HeaderName>,
     /// Forward a request's body to the upstream as it arrives, once the request has its running
     /// slot, instead of reading it whole first (`max_body_bytes` and `body_read_timeout_ms` still
     /// bound it; a slow sender then holds the slot for up to `body_read_timeout_ms`). Default
@@ -115,6 +119,7 @@ pub(crate) struct RawUpstream {
     pub(crate) max_response_bytes: usize,
     #[serde(default)]
     pub(crate) strip_prefix: bool,
+    pub(crate) affinity_header: Option<String>,
     #[serde(default)]
     pub(crate) stream_request_body: bool,
 }
@@ -288,6 +293,21 @@ impl RawUpstream {
                 ));
             }
         }
+        let affinity_header = match &self.affinity_header {
+            None => None,
+            Some(_) if servers.len() < 2 => {
+                return Err((
+                    "affinity_header",
+                    "needs several servers (`urls` with two or more)".to_string(),
+                ))
+            }
+            Some(name) => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                (
+                    "affinity_header",
+                    format!("`{}` is not a header name", crate::quote(name)),
+                )
+            })?),
+        };
         let [connect, whole, idle, websocket_idle, health, keepalive] = ranges;
         Ok(UpstreamConfig {
             servers,
@@ -317,6 +337,7 @@ impl RawUpstream {
                 max_bytes,
             )? as usize,
             strip_prefix: self.strip_prefix,
+            affinity_header,
             stream_request_body: self.stream_request_body,
         })
     }
@@ -449,6 +470,14 @@ mod tests {
                 "urls = [\"http://h:1/v1\", \"http://h:2/v2\"]",
                 "endpoint[0].upstream.urls[1]",
             ),
+            (
+                "url = \"http://h:1\"\naffinity_header = \"x-session\"",
+                "endpoint[0].upstream.affinity_header",
+            ),
+            (
+                "urls = [\"http://h:1\", \"http://h:2\"]\naffinity_header = \"x session\"",
+                "endpoint[0].upstream.affinity_header",
+            ),
         ];
         for (table, key) in cases {
             let e = Config::from_toml(&endpoint("/u", table), "t.toml").unwrap_err();
@@ -480,6 +509,19 @@ mod tests {
         );
         assert_eq!(u.servers[1].key, "urls[1]");
         assert_eq!(u.urls(), "http://127.0.0.1:8081/v1, http://[::1]:8082/v1/");
+        assert!(u.affinity_header.is_none());
+        let c = Config::from_toml(
+            &endpoint(
+                "/u",
+                "urls = [\"http://h:1\", \"http://h:2\"]\naffinity_header = \"X-Session-Id\"",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
+            panic!("not an upstream endpoint");
+        };
+        assert_eq!(u.affinity_header.as_ref().unwrap(), "x-session-id");
     }
 
     #[test]

@@ -184,7 +184,7 @@ fn prepare(
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
-    let server = shared.pick(None);
+    let server = shared.pick(None, shared.affinity(outgoing.headers()));
     let flight = InFlight::new(shared.clone(), server);
     let stats = &shared.servers[server].stats;
     stats.count(&stats.requests);
@@ -347,7 +347,7 @@ impl InFlight {
     /// not be made, to another one (the request moves there).
     fn open(&self) -> Pin<Box<dyn Future<Output = io::Result<Conn>> + Send + '_>> {
         if self.refused.load(Ordering::Relaxed) {
-            let to = self.shared.pick(Some(self.server()));
+            let to = self.shared.pick(Some(self.server()), None);
             let servers = &self.shared.servers;
             let from = self
                 .server

@@ -135,16 +135,19 @@ impl Server {
 impl Shared {
     /// The server the next request goes to: of those not unhealthy and not passed over after a
     /// failed connection, the one with the fewest requests in flight, equals taking turns; if
-    /// none is usable, the least loaded of all. `avoid` (a server that just failed to connect) is
-    /// never picked while there is another. One server: always it, without a look.
-    pub(crate) fn pick(&self, avoid: Option<usize>) -> usize {
+    /// none is usable, the least loaded of all. With an `affinity` key (the hash of the request's
+    /// `affinity_header`), the usable server that key ranks highest instead (rendezvous
+    /// hashing). `avoid` (a server that just failed to connect) is never picked while there is
+    /// another. One server: always it, without a look.
+    pub(crate) fn pick(&self, avoid: Option<usize>, affinity: Option<u64>) -> usize {
         let n = self.servers.len();
         if n == 1 {
             return 0;
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now();
-        let mut best: Option<(usize, (bool, u64))> = None;
+        // Lowest rank wins: usable first, then the key's choice, then the fewest in flight.
+        let mut best: Option<(usize, (bool, u64, u64))> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if avoid == Some(i) {
@@ -153,12 +156,27 @@ impl Shared {
             let server = &self.servers[i];
             let passed_over =
                 !server.health.available() || server.down_until.load(Ordering::Relaxed) > now;
-            let rank = (passed_over, server.in_flight.load(Ordering::Relaxed));
+            let preference = affinity.map_or(0, |key| u64::MAX - rendezvous(key, i));
+            let rank = (
+                passed_over,
+                preference,
+                server.in_flight.load(Ordering::Relaxed),
+            );
             if best.is_none_or(|(_, best)| rank < best) {
                 best = Some((i, rank));
             }
         }
         best.map_or(0, |(i, _)| i)
+    }
+
+    /// The affinity key of a request with these headers: the hash of its `affinity_header`'s
+    /// value, if the endpoint has one and the request carries it.
+    pub(crate) fn affinity(&self, headers: &hyper::HeaderMap) -> Option<u64> {
+        let name = self.config.affinity_header.as_ref()?;
+        let value = headers.get(name)?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(value.as_bytes(), &mut hasher);
+        Some(std::hash::Hasher::finish(&hasher))
     }
 
     /// Nanoseconds since `epoch` (at least 1, so that 0 can mean "never").
@@ -180,6 +198,16 @@ impl Shared {
                 .store(until, Ordering::Relaxed);
         }
     }
+}
+
+/// How much `key` wants server `i` (rendezvous, or highest-random-weight, hashing): each key
+/// ranks the servers in its own order, so a server going out of use moves only the keys it had.
+/// splitmix64's finaliser over the two.
+fn rendezvous(key: u64, i: usize) -> u64 {
+    let mut z = key ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
