@@ -7,18 +7,22 @@
 # and the user and system CPU µs per request of the proxy and of the upstream (utime and stime of
 # /proc/PID/task/*/stat). With SYSCALLS=1 and `perf` (Debian: linux-perf) also the system calls
 # per request of each (perf's syscall tracepoints; needs root or perf_event_paranoid <= -1).
+# With SEGMENTS=1 and `nstat` (Debian: iproute2), also the TCP segments per request the machine
+# sent while wrk ran, all of them on loopback, and how many were pure acknowledgements or delayed
+# ones (nstat counts the whole machine: run it on an otherwise quiet one).
 # Loopback only; ends by itself. Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light).
 #
 #   bash benches/proxy_switches.sh
 #   FC_WORKERS=32 bash benches/proxy_switches.sh
 #   SYSCALLS=1 ROUNDS=3 bash benches/proxy_switches.sh   # three rounds, system calls too
+#   SEGMENTS=1 SERVERS="fc32 hyperproxy nginx" bash benches/proxy_switches.sh   # TCP segments too
 #   FC_BIN=/tmp/fc-other SERVERS="fc fc-ref nginx" bash benches/proxy_switches.sh
 #       # fc-ref runs target/release/fiddler_crab, fc runs FC_BIN: two builds in the same run
 #   SERVERS="fc fc32 hyperproxy nginx" bash benches/proxy_switches.sh
 #       # fcN: FC_BIN with N slots; hyperproxy: examples/bare_hyper_proxy.rs, the hyper floor
 #
 # Environment: FC_WORKERS (slots, default 8), DURATION (s, default 3), ROUNDS (default 1),
-# SYSCALLS (0/1), FC_BIN (the fiddler_crab binary "fc" runs, default target/release/fiddler_crab),
+# SYSCALLS (0/1), SEGMENTS (0/1), FC_BIN (the fiddler_crab binary "fc" runs, default target/release/fiddler_crab),
 # SERVERS (default "fc nginx"; "fc-ref" is target/release/fiddler_crab; "fcN" FC_BIN with N slots;
 # "hyperproxy" the bare hyper proxy), SPIN_NS (the bare hyper proxy spins this many ns of user
 # CPU per request, default 0: a stand-in for more work per request), SERVER_CPU, LOADGEN_CPU.
@@ -30,6 +34,7 @@ SERVERS=${SERVERS:-fc nginx}
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-1}
 SYSCALLS=${SYSCALLS:-0}
+SEGMENTS=${SEGMENTS:-0}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 . "$(dirname "$0")/lib.sh"
@@ -82,6 +87,7 @@ for name in $SERVERS; do
   taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d1s "http://127.0.0.1:$port/ping" >/dev/null
   switches "$proxy" "$up" | sort >"$work/before"
   cpu0=($(thread_ticks 14 "$proxy") $(thread_ticks 15 "$proxy") $(thread_ticks 14 "$up") $(thread_ticks 15 "$up"))
+  if [ "$SEGMENTS" = 1 ]; then nstat -n; fi
   perfs=()
   if [ "$SYSCALLS" = 1 ]; then
     perf stat -e "$SYSCALL_EVENTS" -p "$proxy" -o "$work/perf.proxy" -- sleep "$DURATION" &
@@ -91,6 +97,7 @@ for name in $SERVERS; do
   fi
   requests=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/ping" |
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p')
+  if [ "$SEGMENTS" = 1 ]; then nstat -z >"$work/nstat"; fi
   switches "$proxy" "$up" | sort >"$work/after"
   cpu1=($(thread_ticks 14 "$proxy") $(thread_ticks 15 "$proxy") $(thread_ticks 14 "$up") $(thread_ticks 15 "$up"))
   for p in "${perfs[@]}"; do wait "$p" || true; done
@@ -103,6 +110,11 @@ for name in $SERVERS; do
     -v uu=$((cpu1[2] - cpu0[2])) -v us=$((cpu1[3] - cpu0[3])) 'BEGIN { k = 1e6 / hz / r;
     printf "CPU µs: proxy user %.1f system %.1f, upstream user %.1f system %.1f, total %.1f\n",
       pu * k, ps * k, uu * k, us * k, (pu + ps + uu + us) * k }'
+  if [ "$SEGMENTS" = 1 ]; then
+    awk -v r="$requests" '{ n[$1] = $2 } END {
+      printf "TCP segments (whole machine): sent %.3f, received %.3f, pure acks %.4f, delayed acks %.4f\n",
+        n["TcpOutSegs"] / r, n["TcpInSegs"] / r, n["TcpExtTCPPureAcks"] / r, n["TcpExtDelayedACKs"] / r }' "$work/nstat"
+  fi
   if [ "$SYSCALLS" = 1 ]; then
     for side in proxy upstream; do
       echo "system calls, $side:$(syscall_counts "$work/perf.$side" "$requests")"
