@@ -258,7 +258,7 @@ fn check_names_file_key_and_problem_and_exits_2() {
 }
 
 #[test]
-fn the_printed_default_config_and_the_reference_pass_check() {
+fn the_printed_default_config_the_reference_and_the_llama_example_pass_check() {
     let out = fiddler_crab(&["default-config"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let dir = TempDir::new("default-config");
@@ -266,7 +266,8 @@ fn the_printed_default_config_and_the_reference_pass_check() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("@WORDCOUNT_PY@"));
 
     let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
-    for file in [printed.to_str().unwrap(), reference] {
+    let llama = concat!(env!("CARGO_MANIFEST_DIR"), "/config/llama.toml");
+    for file in [printed.to_str().unwrap(), reference, llama] {
         let out = fiddler_crab(&["check", "--config", file]);
         assert_eq!(out.status.code(), Some(0), "{file}: {out:?}");
     }

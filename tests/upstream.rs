@@ -1577,8 +1577,8 @@ async fn an_unhealthy_server_gets_no_requests_and_every_server_unhealthy_is_over
 }
 
 #[tokio::test]
-async fn an_affinity_header_keeps_each_session_on_one_server_and_moves_only_a_downed_servers_share()
-{
+async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_and_moves_only_a_downed_servers_sessions(
+) {
     let (a, a_addr) = Fake::tcp().await;
     let (b, b_addr) = Fake::tcp().await;
     let server = TestServer::launch(&config_servers(
@@ -1649,6 +1649,31 @@ async fn an_affinity_header_keeps_each_session_on_one_server_and_moves_only_a_do
     .await;
     for (session, at) in home.iter().enumerate() {
         assert_eq!(send(session, "back").await, *at, "s{session}");
+    }
+
+    // One session sending many at once: its server takes its share of the 4 slots (2), its
+    // next choice the rest, instead of all 4 stacking on one server.
+    let held: Vec<_> = (0..6)
+        .map(|k| {
+            let mut req = request("POST", "/u", format!("s0 held {k}"));
+            req.headers_mut().insert("x-session", "s0".parse().unwrap());
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            client.spawn(req)
+        })
+        .collect();
+    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
+    wait_until("4 held requests at the servers", || {
+        in_flight(&a) + in_flight(&b) == 4
+    })
+    .await;
+    assert_eq!((in_flight(&a), in_flight(&b)), (2, 2));
+    a.open_gate();
+    b.open_gate();
+    for reply in held {
+        assert_eq!(
+            within("a reply", reply).await.unwrap().status,
+            StatusCode::CREATED
+        );
     }
     server.shutdown().await;
 }

@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub strip: Option<String>,
     /// The most kept-alive connections each server keeps idle (the endpoint's concurrency).
     pub max_idle: usize,
+    /// A server's share of the endpoint's slots (rounded up): past it, an affinity key goes to
+    /// its next choice.
+    pub share: u64,
     /// The servers (`url`, or each of `urls`), in the order written.
     pub servers: Box<[Server]>,
     /// Where the next pick starts looking, so that servers equally loaded take turns.
@@ -137,8 +140,11 @@ impl Shared {
     /// failed connection, the one with the fewest requests in flight, equals taking turns; if
     /// none is usable, the least loaded of all. With an `affinity` key (the hash of the request's
     /// `affinity_header`), the usable server that key ranks highest instead (rendezvous
-    /// hashing). `avoid` (a server that just failed to connect) is never picked while there is
-    /// another. One server: always it, without a look.
+    /// hashing), unless that server already has its `share` of the endpoint's slots in flight:
+    /// then the key's next choice (bounded-load hashing), so one busy conversation, or many that
+    /// hash alike, never stack more on a server than least-in-flight would. `avoid` (a server
+    /// that just failed to connect) is never picked while there is another. One server: always
+    /// it, without a look.
     pub(crate) fn pick(&self, avoid: Option<usize>, affinity: Option<u64>) -> usize {
         let n = self.servers.len();
         if n == 1 {
@@ -146,8 +152,9 @@ impl Shared {
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now();
-        // Lowest rank wins: usable first, then the key's choice, then the fewest in flight.
-        let mut best: Option<(usize, (bool, u64, u64))> = None;
+        // Lowest rank wins: usable first, then below its share (with a key), then the key's
+        // choice, then the fewest in flight.
+        let mut best: Option<(usize, (bool, bool, u64, u64))> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if avoid == Some(i) {
@@ -156,12 +163,12 @@ impl Shared {
             let server = &self.servers[i];
             let passed_over =
                 !server.health.available() || server.down_until.load(Ordering::Relaxed) > now;
-            let preference = affinity.map_or(0, |key| u64::MAX - rendezvous(key, i));
-            let rank = (
-                passed_over,
-                preference,
-                server.in_flight.load(Ordering::Relaxed),
-            );
+            let in_flight = server.in_flight.load(Ordering::Relaxed);
+            let (full, preference) = match affinity {
+                Some(key) => (in_flight >= self.share, u64::MAX - rendezvous(key, i)),
+                None => (false, 0),
+            };
+            let rank = (passed_over, full, preference, in_flight);
             if best.is_none_or(|(_, best)| rank < best) {
                 best = Some((i, rank));
             }
@@ -243,6 +250,7 @@ impl UpstreamHandler {
             },
             strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
             max_idle: slots.max(1),
+            share: slots.max(1).div_ceil(config.servers.len().max(1)) as u64,
             servers: config
                 .servers
                 .iter()
