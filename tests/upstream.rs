@@ -1113,6 +1113,13 @@ fn check_names_an_upstream_whose_socket_directory_is_missing() {
     let problems =
         fiddler_crab::check_files(&Config::from_toml(&down, "t.toml").unwrap(), "t.toml");
     assert!(problems.is_empty(), "{problems:?}");
+    // Of several servers, each is checked and named by its place in `urls`.
+    let several = "[[endpoint]]\npath = \"/u\"\n[endpoint.upstream]\n\
+        urls = [\"http://127.0.0.1:1\", \"unix:/nonexistent-fiddler-dir/up.sock\"]\n";
+    let problems =
+        fiddler_crab::check_files(&Config::from_toml(several, "t.toml").unwrap(), "t.toml");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "endpoint[0].upstream.urls[1]");
 }
 
 /// Read `body` to its end, which must be an abort (the connection closed before the final
