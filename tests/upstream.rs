@@ -285,6 +285,37 @@ fn upstream_status(server: &TestServer, path: &str) -> serde_json::Value {
     server.status_of(path).handler.expect("an upstream status")["upstream"].clone()
 }
 
+/// While `/u`'s upstream is unhealthy: a request is refused at once (`503`, saying so) and
+/// `/readyz` is not ready; what `/readyz` says.
+async fn refused_and_not_ready(server: &TestServer) -> String {
+    let reply = server.post("/u", "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.text().contains("upstream is unhealthy"),
+        "{}",
+        reply.text()
+    );
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    ready.text()
+}
+
+/// `GET /u` when no connection can be made: a `502 upstream unavailable` after two connects
+/// (one resend), counted as one failure; the upstream's `/status` object.
+async fn unavailable_after_one_resend(server: &TestServer) -> serde_json::Value {
+    let reply = server.get("/u").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.text(), "upstream unavailable\n");
+    let up = upstream_status(server, "/u");
+    assert_eq!(
+        (up["connects"].as_u64(), up["retries"].as_u64()),
+        (Some(2), Some(1)),
+        "{up}"
+    );
+    assert_eq!(up["failures"], 1, "{up}");
+    up
+}
+
 /// An address nothing listens on (bound a moment ago, then closed).
 async fn refused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -401,16 +432,7 @@ async fn a_refused_upstream_is_a_fast_502_that_names_no_address_tried_once_more(
     let addr = refused_addr().await;
     let server = TestServer::start(&config("/u", &format!("http://{addr}"), "")).await;
 
-    let reply = server.get("/u").await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(reply.text(), "upstream unavailable\n");
-
-    let up = upstream_status(&server, "/u");
-    assert_eq!(
-        (up["connects"].as_u64(), up["retries"].as_u64()),
-        (Some(2), Some(1))
-    );
-    assert_eq!(up["failures"], 1);
+    let up = unavailable_after_one_resend(&server).await;
     let cause = up["last_error"]["cause"].as_str().unwrap();
     assert!(cause.contains("cannot connect"), "{cause}");
     assert_eq!(server.counters("/u").failed, 1);
@@ -951,21 +973,10 @@ async fn a_health_checked_unix_socket_upstream_going_down_is_overflow_and_not_re
         upstream_status(&server, "/u")["health"] == "unhealthy"
     })
     .await;
-    let reply = server.post("/u", "").await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let why = refused_and_not_ready(&server).await;
     assert!(
-        reply.text().contains("upstream is unhealthy"),
-        "{}",
-        reply.text()
-    );
-    let ready = server.get("/readyz").await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        ready
-            .text()
-            .contains("/u: upstream unhealthy (health check answered 503)"),
-        "{}",
-        ready.text()
+        why.contains("/u: upstream unhealthy (health check answered 503)"),
+        "{why}"
     );
 
     // Gone altogether, then back on the same socket.
@@ -1405,40 +1416,17 @@ async fn several_servers_take_turns_share_the_slots_by_fewest_in_flight_and_show
     let server = TestServer::start(&config_servers("/u", &[a_addr, b_addr], "")).await;
 
     // One at a time, both idle: they take turns.
-    for i in 0..20 {
-        let reply = server.post("/u", format!("{i}")).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    }
+    post_created(&server, 20).await;
     assert_eq!((a.seen().len(), b.seen().len()), (10, 10));
 
     // Many at once: the endpoint's 4 slots bound them all together, and each request goes to
     // the server with the fewest in flight, so each holds 2 while the gate is shut.
-    let client = server.client();
-    let replies: Vec<_> = (0..12)
-        .map(|i| {
-            let mut req = request("POST", "/u", format!("held {i}"));
-            req.headers_mut().insert("x-hold", "1".parse().unwrap());
-            client.spawn(req)
-        })
-        .collect();
-    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
-    wait_until("4 requests at the servers", || {
-        in_flight(&a) + in_flight(&b) == 4
-    })
-    .await;
-    assert_eq!((in_flight(&a), in_flight(&b)), (2, 2));
+    let replies = held_at_two(&server, &a, &b, 12, None).await;
     let up = upstream_status(&server, "/u");
     assert_eq!(up["in_flight"], 4, "{up}");
     assert_eq!(up["servers"][0]["in_flight"], 2, "{up}");
     assert_eq!(up["servers"][1]["in_flight"], 2, "{up}");
-    a.open_gate();
-    b.open_gate();
-    for reply in replies {
-        assert_eq!(
-            within("a reply", reply).await.unwrap().status,
-            StatusCode::CREATED
-        );
-    }
+    release_created(&a, &b, replies).await;
     assert_eq!(a.seen().len() + b.seen().len(), 32);
     assert!(a.state.max_in_flight.load(Ordering::SeqCst) <= 3);
     assert!(b.state.max_in_flight.load(Ordering::SeqCst) <= 3);
@@ -1471,10 +1459,7 @@ async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to
         "health_interval_ms = 10000",
     ))
     .await;
-    for i in 0..20 {
-        let reply = server.post("/u", format!("{i}")).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    }
+    post_created(&server, 20).await;
     assert_eq!(b.seen().len(), 20);
     let up = upstream_status(&server, "/u");
     let first = &up["servers"][0];
@@ -1492,115 +1477,155 @@ async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to
     // Every server refusing: a 502 after one resend, as with one server.
     let (one, two) = (refused_addr().await, refused_addr().await);
     let server = TestServer::start(&config_servers("/u", &[one, two], "")).await;
-    let reply = server.get("/u").await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(reply.text(), "upstream unavailable\n");
-    let up = upstream_status(&server, "/u");
-    assert_eq!(
-        (up["connects"].as_u64(), up["retries"].as_u64()),
-        (Some(2), Some(1)),
-        "{up}"
-    );
+    let up = unavailable_after_one_resend(&server).await;
     assert_eq!(up["servers"][0]["connects"], 1, "{up}");
     assert_eq!(up["servers"][1]["connects"], 1, "{up}");
-    assert_eq!(up["failures"], 1, "{up}");
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_unhealthy_server_gets_no_requests_and_every_server_unhealthy_is_overflow() {
+/// Two fake servers behind `/u` (`urls`), health-checked every 20 ms, with `extra` lines in the
+/// `[endpoint.upstream]` table; returned once both are checked healthy.
+async fn two_checked_servers(extra: &str) -> (AddrFake, AddrFake, TestServer) {
     let (a, a_addr) = Fake::tcp().await;
     let (b, b_addr) = Fake::tcp().await;
     let server = TestServer::launch(&config_servers(
         "/u",
         &[a_addr, b_addr],
-        "health_path = \"/health\"\nhealth_interval_ms = 20",
+        &format!("health_path = \"/health\"\nhealth_interval_ms = 20\n{extra}"),
     ))
     .light(&TrafficLight::fixed(Light::Green))
     .start()
     .await;
-    let health = |i: usize| upstream_status(&server, "/u")["servers"][i]["health"].clone();
     wait_until("both servers checked healthy", || {
-        health(0) == "healthy" && health(1) == "healthy"
+        server_health(&server, 0) == "healthy" && server_health(&server, 1) == "healthy"
     })
     .await;
+    let a = AddrFake {
+        fake: a,
+        addr: a_addr,
+    };
+    let b = AddrFake {
+        fake: b,
+        addr: b_addr,
+    };
+    (a, b, server)
+}
+
+/// A fake server and its address.
+struct AddrFake {
+    fake: Fake,
+    addr: SocketAddr,
+}
+
+impl std::ops::Deref for AddrFake {
+    type Target = Fake;
+    fn deref(&self) -> &Fake {
+        &self.fake
+    }
+}
+
+/// The health of `server`'s `i`th upstream server (`/u`), as `/status` shows it.
+fn server_health(server: &TestServer, i: usize) -> serde_json::Value {
+    upstream_status(server, "/u")["servers"][i]["health"].clone()
+}
+
+#[tokio::test]
+async fn an_unhealthy_server_gets_no_requests_and_every_server_unhealthy_is_overflow() {
+    let (a, b, server) = two_checked_servers("").await;
 
     // One down: it is passed over, the endpoint stays ready.
-    a.state.healthy.store(false, Ordering::SeqCst);
-    wait_until("the first server checked unhealthy", || {
-        health(0) == "unhealthy"
-    })
-    .await;
-    for i in 0..10 {
-        assert_eq!(
-            server.post("/u", format!("{i}")).await.status,
-            StatusCode::CREATED
-        );
-    }
+    set_health(&server, &a, 0, false).await;
+    post_created(&server, 10).await;
     assert_eq!((a.seen().len(), b.seen().len()), (0, 10));
     assert_eq!(upstream_status(&server, "/u")["health"], "healthy");
     let r = server.get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 
     // Both down: refused at once as overflow, not ready, and why, naming no address.
-    b.state.healthy.store(false, Ordering::SeqCst);
-    wait_until("the second server checked unhealthy", || {
-        health(1) == "unhealthy"
-    })
-    .await;
-    let reply = server.post("/u", "").await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        reply.text().contains("upstream is unhealthy"),
-        "{}",
-        reply.text()
-    );
-    let ready = server.get("/readyz").await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    let why = ready.text();
+    set_health(&server, &b, 1, false).await;
+    let why = refused_and_not_ready(&server).await;
     assert!(
         why.contains("/u: no upstream server ready (urls[0]: upstream unhealthy (health check answered 503); urls[1]: upstream unhealthy (health check answered 503))"),
         "{why}"
     );
-    assert!(!why.contains(&a_addr.to_string()), "{why}");
+    assert!(!why.contains(&a.addr.to_string()), "{why}");
     assert_eq!(upstream_status(&server, "/u")["health"], "unhealthy");
 
     // One back: it takes every request.
-    a.state.healthy.store(true, Ordering::SeqCst);
-    wait_until("the first server checked healthy again", || {
-        health(0) == "healthy"
-    })
-    .await;
-    for i in 0..4 {
-        assert_eq!(
-            server.post("/u", format!("{i}")).await.status,
-            StatusCode::CREATED
-        );
-    }
+    set_health(&server, &a, 0, true).await;
+    post_created(&server, 4).await;
     assert_eq!((a.seen().len(), b.seen().len()), (4, 10));
     let r = server.get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     server.shutdown().await;
 }
 
+/// Make `fake`, `server`'s `i`th upstream server, answer its health checks as `healthy` says,
+/// and wait until `/status` shows it so.
+async fn set_health(server: &TestServer, fake: &Fake, i: usize, healthy: bool) {
+    fake.state.healthy.store(healthy, Ordering::SeqCst);
+    let want = if healthy { "healthy" } else { "unhealthy" };
+    wait_until(&format!("server {i} checked {want}"), || {
+        server_health(server, i) == want
+    })
+    .await;
+}
+
+/// `n` requests to `/u` at once, held at the fakes' gate (each with `x-session: session` if
+/// given): waits until the endpoint's 4 slots are in use and asserts they went 2 and 2 to the
+/// two servers. Their replies, to await after [`release_created`].
+async fn held_at_two(
+    server: &TestServer,
+    a: &Fake,
+    b: &Fake,
+    n: usize,
+    session: Option<&str>,
+) -> Vec<JoinHandle<support::Reply>> {
+    let client = server.client();
+    let replies = (0..n)
+        .map(|i| {
+            let mut req = request("POST", "/u", format!("held {i}"));
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            if let Some(session) = session {
+                req.headers_mut()
+                    .insert("x-session", session.parse().unwrap());
+            }
+            client.spawn(req)
+        })
+        .collect();
+    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
+    wait_until("4 held requests at the servers", || {
+        in_flight(a) + in_flight(b) == 4
+    })
+    .await;
+    assert_eq!((in_flight(a), in_flight(b)), (2, 2));
+    replies
+}
+
+/// Open both fakes' gates; every one of `replies` is `201`.
+async fn release_created(a: &Fake, b: &Fake, replies: Vec<JoinHandle<support::Reply>>) {
+    a.open_gate();
+    b.open_gate();
+    for reply in replies {
+        assert_eq!(
+            within("a reply", reply).await.unwrap().status,
+            StatusCode::CREATED
+        );
+    }
+}
+
+/// `n` requests to `/u`, one after another, each answered `201`.
+async fn post_created(server: &TestServer, n: usize) {
+    for i in 0..n {
+        let reply = server.post("/u", format!("{i}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+}
+
 #[tokio::test]
 async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_and_moves_only_a_downed_servers_sessions(
 ) {
-    let (a, a_addr) = Fake::tcp().await;
-    let (b, b_addr) = Fake::tcp().await;
-    let server = TestServer::launch(&config_servers(
-        "/u",
-        &[a_addr, b_addr],
-        "health_path = \"/health\"\nhealth_interval_ms = 20\naffinity_header = \"X-Session\"",
-    ))
-    .light(&TrafficLight::fixed(Light::Green))
-    .start()
-    .await;
-    let health = |i: usize| upstream_status(&server, "/u")["servers"][i]["health"].clone();
-    wait_until("both servers checked healthy", || {
-        health(0) == "healthy" && health(1) == "healthy"
-    })
-    .await;
+    let (a, b, server) = two_checked_servers("affinity_header = \"X-Session\"").await;
     let client = server.client();
     // Sends a request of `session`, tagged `tag`; which server saw it.
     let send = |session: usize, tag: &str| {
@@ -1640,47 +1665,19 @@ async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_an
     assert!(home.contains(&0) && home.contains(&1), "{home:?}");
 
     // The first server down: its sessions move to the other, the other's stay.
-    a.state.healthy.store(false, Ordering::SeqCst);
-    wait_until("the first server checked unhealthy", || {
-        health(0) == "unhealthy"
-    })
-    .await;
+    set_health(&server, &a, 0, false).await;
     for session in 0..16 {
         assert_eq!(send(session, "while down").await, 1, "s{session}");
     }
     // Back: every session is at home again.
-    a.state.healthy.store(true, Ordering::SeqCst);
-    wait_until("the first server checked healthy again", || {
-        health(0) == "healthy"
-    })
-    .await;
+    set_health(&server, &a, 0, true).await;
     for (session, at) in home.iter().enumerate() {
         assert_eq!(send(session, "back").await, *at, "s{session}");
     }
 
     // One session sending many at once: its server takes its share of the 4 slots (2), its
     // next choice the rest, instead of all 4 stacking on one server.
-    let held: Vec<_> = (0..6)
-        .map(|k| {
-            let mut req = request("POST", "/u", format!("s0 held {k}"));
-            req.headers_mut().insert("x-session", "s0".parse().unwrap());
-            req.headers_mut().insert("x-hold", "1".parse().unwrap());
-            client.spawn(req)
-        })
-        .collect();
-    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
-    wait_until("4 held requests at the servers", || {
-        in_flight(&a) + in_flight(&b) == 4
-    })
-    .await;
-    assert_eq!((in_flight(&a), in_flight(&b)), (2, 2));
-    a.open_gate();
-    b.open_gate();
-    for reply in held {
-        assert_eq!(
-            within("a reply", reply).await.unwrap().status,
-            StatusCode::CREATED
-        );
-    }
+    let held = held_at_two(&server, &a, &b, 6, Some("s0")).await;
+    release_created(&a, &b, held).await;
     server.shutdown().await;
 }
