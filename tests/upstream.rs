@@ -1469,6 +1469,9 @@ async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to
     assert_eq!(up["servers"][1]["retries"], 1, "{up}");
     let cause = first["last_error"]["cause"].as_str().unwrap();
     assert!(cause.contains("cannot connect"), "{cause}");
+    let passed_over = first["passed_over_ms"].as_u64().unwrap();
+    assert!(passed_over > 0 && passed_over <= 10_000, "{up}");
+    assert_eq!(up["servers"][1]["passed_over_ms"], 0, "{up}");
     // Not a failed exchange: every request was answered.
     assert_eq!(up["failures"], 0, "{up}");
     assert_eq!(server.counters("/u").failed, 0);
@@ -1680,4 +1683,36 @@ async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_an
     let held = held_at_two(&server, &a, &b, 6, Some("s0")).await;
     release_created(&a, &b, held).await;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_passed_over_is_logged_once_per_spell_not_per_request() {
+    use support::binary::Binary;
+    let refused = refused_addr().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let dir = TempDir::new("passed-over");
+    let config = dir.write(
+        "serve.toml",
+        &config_servers("/u", &[refused, b_addr], "health_interval_ms = 10000"),
+    );
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let mut binary = Binary::start(&["--config", config.to_str().unwrap(), "--listen", &listen]);
+    let addr = binary.wait_serving().await;
+    let client = support::Client { addr };
+    for i in 0..10 {
+        let reply = client.post("/u", format!("{i}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+    assert_eq!(b.seen().len(), 10);
+    let line = binary.wait_logged("upstream server passed over").await;
+    assert!(line.contains(&format!("http://{refused}")), "{line}");
+    assert!(line.contains("cannot connect"), "{line}");
+    assert_eq!(
+        binary.count_logged("upstream server passed over"),
+        1,
+        "{}",
+        binary.log()
+    );
+    // Answered by the other server: no failed exchange is logged.
+    assert_eq!(binary.count_logged("upstream exchange failed"), 0);
 }

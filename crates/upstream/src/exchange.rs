@@ -740,9 +740,9 @@ async fn connect(flight: &InFlight) -> io::Result<Conn> {
         } else {
             format!("cannot connect: {e}")
         };
+        shared.pass_over(server, &cause);
         remember(at, cause);
         flight.refused.store(true, Ordering::Relaxed);
-        shared.pass_over(server);
     }
     conn
 }

@@ -194,16 +194,31 @@ impl Shared {
     }
 
     /// Pass `server` over for `health_interval_ms` (with several servers): it refused a
-    /// connection or did not accept one in time.
-    pub(crate) fn pass_over(&self, server: usize) {
-        if self.servers.len() > 1 {
-            let until = self.now().saturating_add(
-                u64::try_from(self.config.health_interval.as_nanos()).unwrap_or(u64::MAX),
-            );
-            self.servers[server]
-                .down_until
-                .store(until, Ordering::Relaxed);
+    /// connection or did not accept one in time (`cause`). Logged when it was not passed over
+    /// already: once per spell, not once per request that finds it so.
+    pub(crate) fn pass_over(&self, server: usize, cause: &str) {
+        if self.servers.len() < 2 {
+            return;
         }
+        let now = self.now();
+        let until = now.saturating_add(
+            u64::try_from(self.config.health_interval.as_nanos()).unwrap_or(u64::MAX),
+        );
+        let at = &self.servers[server];
+        if at.down_until.swap(until, Ordering::Relaxed) <= now {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                upstream = %at.url,
+                cause,
+                "upstream server passed over for health_interval_ms: its requests go to the others"
+            );
+        }
+    }
+
+    /// How long `server` is still passed over, if it is.
+    pub(crate) fn passed_over_for(&self, server: &Server) -> std::time::Duration {
+        let until = server.down_until.load(Ordering::Relaxed);
+        std::time::Duration::from_nanos(until.saturating_sub(self.now()))
     }
 }
 

@@ -76,7 +76,7 @@ fn joint_health(servers: &[Server]) -> &'static str {
 
 /// The `upstream` object of the endpoint's `/status` line: one server's numbers; with several,
 /// their sums (`url` lists them, `health` is [`joint_health`], `last_error` the latest) and each
-/// one's under `servers`.
+/// one's under `servers`, with how long it is still passed over (`passed_over_ms`).
 pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let servers = &shared.servers;
     if let [server] = &servers[..] {
@@ -98,7 +98,12 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
             "retries": sum(&|s| read(&s.stats.retries)),
             "failures": sum(&|s| read(&s.stats.failures)),
             "last_error": error_json(latest),
-            "servers": servers.iter().map(server_status).collect::<Vec<_>>(),
+            "servers": servers.iter().map(|s| {
+                // How long it is still passed over after a failed connection (0: it is not).
+                let mut one = server_status(s);
+                one["passed_over_ms"] = json!(shared.passed_over_for(s).as_millis() as u64);
+                one
+            }).collect::<Vec<_>>(),
         }
     })
 }
