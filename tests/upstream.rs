@@ -1651,8 +1651,8 @@ async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_an
             }
         }
     };
-    // Each session's requests all go to one server, whatever else is in flight; both servers
-    // get sessions.
+    // A session's first request is placed by load (here, with nothing in flight, by turns), its
+    // later ones follow it: each session stays on one server, and both servers get sessions.
     let mut home = Vec::new();
     for session in 0..16 {
         let first = send(session, "first").await;
@@ -1665,21 +1665,30 @@ async fn an_affinity_header_keeps_each_session_on_one_server_within_its_share_an
         }
         home.push(first);
     }
-    assert!(home.contains(&0) && home.contains(&1), "{home:?}");
+    assert_eq!(home.iter().filter(|&&at| at == 0).count(), 8, "{home:?}");
 
     // The first server down: its sessions move to the other, the other's stay.
     set_health(&server, &a, 0, false).await;
     for session in 0..16 {
         assert_eq!(send(session, "while down").await, 1, "s{session}");
     }
-    // Back: every session is at home again.
+    // Back: the moved sessions stay where their history now is; new ones are placed by load
+    // again (here, with nothing in flight, by turns).
     set_health(&server, &a, 0, true).await;
-    for (session, at) in home.iter().enumerate() {
-        assert_eq!(send(session, "back").await, *at, "s{session}");
+    for session in 0..16 {
+        assert_eq!(send(session, "back").await, 1, "s{session}");
     }
+    let new: Vec<usize> = {
+        let mut new = Vec::new();
+        for session in 16..20 {
+            new.push(send(session, "new").await);
+        }
+        new
+    };
+    assert!(new.contains(&0) && new.contains(&1), "{new:?}");
 
-    // One session sending many at once: its server takes its share of the 4 slots (2), its
-    // next choice the rest, instead of all 4 stacking on one server.
+    // One session sending many at once: its server takes its share of the 4 slots (2), the
+    // other server the rest, instead of all 4 stacking on one server.
     let held = held_at_two(&server, &a, &b, 6, Some("s0")).await;
     release_created(&a, &b, held).await;
     server.shutdown().await;

@@ -52,9 +52,9 @@ pub struct UpstreamConfig {
     /// On a prefix endpoint (`path` ending in `/`): forward the path without the endpoint's
     /// prefix (`/llm/v1/models` goes up as `/v1/models`). Default false: the path as requested.
     pub strip_prefix: bool,
-    /// With several servers: a request header (lower case) whose value sends every request that
-    /// carries it to the same server while that server is usable (rendezvous hashing: a server
-    /// going out of use moves only its own share). Requests without it go by fewest in flight.
+    /// With several servers: a request header (lower case) whose value keeps the requests that
+    /// carry it on the server the value's last request went to, while that server is usable and
+    /// below its share of the endpoint's slots. Requests without it go by fewest in flight.
     pub affinity_header: Option<http::HeaderName>,
     /// Forward a request's body to the upstream as it arrives, once the request has its running
     /// slot, instead of reading it whole first (`max_body_bytes` and `body_read_timeout_ms` still

@@ -66,9 +66,11 @@ pub(crate) struct Shared {
     pub strip: Option<String>,
     /// The most kept-alive connections each server keeps idle (the endpoint's concurrency).
     pub max_idle: usize,
-    /// A server's share of the endpoint's slots (rounded up): past it, an affinity key goes to
-    /// its next choice.
+    /// A server's share of the endpoint's slots (rounded up): past it, an affinity key's request
+    /// is placed by load instead.
     pub share: u64,
+    /// Where each affinity key's last request went (empty without `affinity_header`).
+    pub sticky: Sticky,
     /// The servers (`url`, or each of `urls`), in the order written.
     pub servers: Box<[Server]>,
     /// Where the next pick starts looking, so that servers equally loaded take turns.
@@ -139,41 +141,49 @@ impl Shared {
     /// The server the next request goes to: of those not unhealthy and not passed over after a
     /// failed connection, the one with the fewest requests in flight, equals taking turns; if
     /// none is usable, the least loaded of all. With an `affinity` key (the hash of the request's
-    /// `affinity_header`), the usable server that key ranks highest instead (rendezvous
-    /// hashing), unless that server already has its `share` of the endpoint's slots in flight:
-    /// then the key's next choice (bounded-load hashing), so one busy conversation, or many that
-    /// hash alike, never stack more on a server than least-in-flight would. `avoid` (a server
-    /// that just failed to connect) is never picked while there is another. One server: always
-    /// it, without a look.
+    /// `affinity_header`): the server the key's last request went to, while it is usable and has
+    /// less than its `share` of the endpoint's slots in flight; else as without a key, and the
+    /// key remembered there. `avoid` (a server that just failed to connect) is never picked while
+    /// there is another. One server: always it, without a look.
     pub(crate) fn pick(&self, avoid: Option<usize>, affinity: Option<u64>) -> usize {
         let n = self.servers.len();
         if n == 1 {
             return 0;
         }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now();
-        // Lowest rank wins: usable first, then below its share (with a key), then the key's
-        // choice, then the fewest in flight.
-        let mut best: Option<(usize, (bool, bool, u64, u64))> = None;
+        let usable = |server: &Server| {
+            server.health.available() && server.down_until.load(Ordering::Relaxed) <= now
+        };
+        if let Some(key) = affinity {
+            if let Some(home) = self.sticky.get(key) {
+                let server = &self.servers[home];
+                if avoid != Some(home)
+                    && usable(server)
+                    && server.in_flight.load(Ordering::Relaxed) < self.share
+                {
+                    return home;
+                }
+            }
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        // Lowest rank wins: usable first, then the fewest in flight.
+        let mut best: Option<(usize, (bool, u64))> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if avoid == Some(i) {
                 continue;
             }
             let server = &self.servers[i];
-            let passed_over =
-                !server.health.available() || server.down_until.load(Ordering::Relaxed) > now;
-            let in_flight = server.in_flight.load(Ordering::Relaxed);
-            let (full, preference) = match affinity {
-                Some(key) => (in_flight >= self.share, u64::MAX - rendezvous(key, i)),
-                None => (false, 0),
-            };
-            let rank = (passed_over, full, preference, in_flight);
+            let rank = (!usable(server), server.in_flight.load(Ordering::Relaxed));
             if best.is_none_or(|(_, best)| rank < best) {
                 best = Some((i, rank));
             }
         }
-        best.map_or(0, |(i, _)| i)
+        let picked = best.map_or(0, |(i, _)| i);
+        if let Some(key) = affinity {
+            self.sticky.set(key, picked);
+        }
+        picked
     }
 
     /// The affinity key of a request with these headers: the hash of its `affinity_header`'s
@@ -222,14 +232,48 @@ impl Shared {
     }
 }
 
-/// How much `key` wants server `i` (rendezvous, or highest-random-weight, hashing): each key
-/// ranks the servers in its own order, so a server going out of use moves only the keys it had.
-/// splitmix64's finaliser over the two.
-fn rendezvous(key: u64, i: usize) -> u64 {
-    let mut z = key ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// Where each affinity key's last request went: a table of [`STICKY_ENTRIES`] slots, each the
+/// key's upper bits and the server's place in the list plus one (0: empty), indexed by the key's
+/// lower bits. Bounded and lock-free: a key whose slot another key took since is simply placed
+/// again, by load, as a new one is.
+#[derive(Debug)]
+pub(crate) struct Sticky {
+    slots: Box<[AtomicU64]>,
+}
+
+/// Slots of a [`Sticky`] table (a power of two): 512 KiB per endpoint with `affinity_header`.
+const STICKY_ENTRIES: usize = 1 << 16;
+
+impl Sticky {
+    fn new(used: bool) -> Sticky {
+        let len = if used { STICKY_ENTRIES } else { 0 };
+        Sticky {
+            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The slot of `key` and the tag it is stored under: the key's upper bits, its low byte
+    /// left for the server.
+    fn place(&self, key: u64) -> Option<(&AtomicU64, u64)> {
+        let slot = self
+            .slots
+            .get(key as usize & (self.slots.len().checked_sub(1)?))?;
+        Some((slot, key & !0xff))
+    }
+
+    /// The server `key`'s last request went to, if the table still holds it.
+    fn get(&self, key: u64) -> Option<usize> {
+        let (slot, tag) = self.place(key)?;
+        let entry = slot.load(Ordering::Relaxed);
+        (entry & !0xff == tag && entry & 0xff != 0).then(|| (entry & 0xff) as usize - 1)
+    }
+
+    /// Remember that `key`'s request went to `server` (below `config::upstream::MAX_SERVERS`).
+    fn set(&self, key: u64, server: usize) {
+        if let Some((slot, tag)) = self.place(key) {
+            slot.store(tag | ((server as u64 + 1) & 0xff), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Forwards an endpoint's requests to its upstream. See the [crate docs](crate).
@@ -266,6 +310,7 @@ impl UpstreamHandler {
             strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
             max_idle: slots.max(1),
             share: slots.max(1).div_ceil(config.servers.len().max(1)) as u64,
+            sticky: Sticky::new(config.affinity_header.is_some()),
             servers: config
                 .servers
                 .iter()
