@@ -368,3 +368,31 @@ impl Drop for UpstreamHandler {
         self.io.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sticky_table_remembers_each_key_until_another_takes_its_entry() {
+        let table = Sticky::new(true);
+        let key = 0x1234_5678_9abc_0042_u64;
+        assert_eq!(table.get(key), None);
+        table.set(key, 0);
+        assert_eq!(table.get(key), Some(0));
+        table.set(key, 63);
+        assert_eq!(table.get(key), Some(63));
+        // Another key in the same entry (same low 16 bits): it takes the entry, and the first
+        // key is forgotten, not mistaken for the other's.
+        let other = key ^ (1 << 40);
+        assert_eq!(table.get(other), None);
+        table.set(other, 1);
+        assert_eq!(table.get(other), Some(1));
+        assert_eq!(table.get(key), None);
+        // Without affinity_header: no table, nothing remembered, nothing allocated.
+        let none = Sticky::new(false);
+        none.set(key, 1);
+        assert_eq!(none.get(key), None);
+        assert!(none.slots.is_empty());
+    }
+}
