@@ -1725,3 +1725,36 @@ async fn a_server_passed_over_is_logged_once_per_spell_not_per_request() {
     // Answered by the other server: no failed exchange is logged.
     assert_eq!(binary.count_logged("upstream exchange failed"), 0);
 }
+
+#[tokio::test]
+async fn a_reload_adds_a_server_while_requests_are_in_flight_and_loses_none() {
+    let (a, a_addr) = Fake::tcp().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server = TestServer::start(&config_servers("/u", &[a_addr], "")).await;
+    // Two requests held at the first server across the reload.
+    let client = server.client();
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let mut req = request("POST", "/u", format!("held {i}"));
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            client.spawn(req)
+        })
+        .collect();
+    wait_until("2 requests at the first server", || {
+        a.state.in_flight.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    let summary = server.reload(&config_servers("/u", &[a_addr, b_addr], ""));
+    assert_eq!((summary.started, summary.retired), (1, 1));
+    // New requests go to both servers (the old endpoint's 2 still held at the first).
+    post_created(&server, 10).await;
+    assert!(b.seen().len() >= 5, "{} at the second", b.seen().len());
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(2), "{up}");
+
+    // The held requests are answered by the retired endpoint, as it drains.
+    release_created(&a, &b, held).await;
+    assert_eq!(a.seen().len() + b.seen().len(), 12);
+    server.shutdown().await;
+}
