@@ -98,7 +98,7 @@ fn scan(me: i32, my_group: i32, registered: &BTreeSet<i32>) -> Vec<i32> {
 
 /// Kill every orphaned descendant (see the module docs) and reap it; returns how many were
 /// killed. Call after a job's child has exited and been reaped, and at shutdown. Bounded: a few
-/// rounds of `/proc` scans and at most [`REAP_BOUND`] of waiting per round.
+/// rounds of `/proc` scans and at most `REAP_BOUND` of waiting per round.
 pub fn kill_orphans() -> usize {
     let _exclusive = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
     let (me, my_group) = (getpid().as_raw(), getpgrp().as_raw());

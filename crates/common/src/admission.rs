@@ -5,7 +5,7 @@
 //! availability, expected wait);
 //! [`Admission::try_admit`] then runs a cheap handler inline, or starts an asynchronous handler's
 //! run for the caller to await ([`Outcome::Direct`]: at once in a free running slot, or after its
-//! turn in the endpoint's line of waiting tasks, see [`crate::line`]), or puts the job into the
+//! turn in the endpoint's line of waiting tasks, see `crate::line`), or puts the job into the
 //! handoff queue, or refuses it; [`Admission::wait`] waits for a queued job's one reply, expiring
 //! it at its deadline. Every admitted request is counted `admitted` once (when it enters the queue
 //! or the line, or when its inline or asynchronous run takes a running slot) and gets exactly one

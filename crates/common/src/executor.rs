@@ -142,7 +142,7 @@ impl JobRunner {
     }
 
     /// The runner whose line of queued asynchronous runs takes slots under `executor`'s
-    /// concurrency (see [`crate::line`]).
+    /// concurrency (see `crate::line`).
     pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> JobRunner {
         self.executor = Some(executor);
         self

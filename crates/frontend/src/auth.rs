@@ -44,7 +44,7 @@ pub enum AuthError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file holds no entry, more than [`MAX_ENTRIES`], or a malformed line.
+    /// The file holds no entry, more than `MAX_ENTRIES`, or a malformed line.
     #[error("{}: {problem}", file.display())]
     Entries {
         /// The config key that names the file.

@@ -109,7 +109,7 @@ enum Step {
 }
 
 /// What the connection's service answers: the response with its body as hyper sends it
-/// ([`unsent::Sent`]), or a deliberate silence.
+/// (`unsent::Sent`), or a deliberate silence.
 pub type Sending = Result<Response<unsent::Sent>, Ignored>;
 
 /// The future the connection's service returns: answered at once, or later.

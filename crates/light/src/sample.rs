@@ -33,7 +33,7 @@ pub struct Sample {
     /// Where `mem_headroom` came from.
     pub mem_origin: Origin,
     /// CPU pressure (percent, 0–100): the share of recent time in which some task waited for a
-    /// CPU, from PSI (see [`StallShare`]); `None` without PSI.
+    /// CPU, from PSI (see `StallShare`); `None` without PSI.
     pub cpu_pressure: Option<f64>,
     /// Memory pressure (percent, 0–100), likewise; `None` without PSI.
     pub mem_pressure: Option<f64>,

@@ -2,7 +2,7 @@
 //! (each bounded by the interval) over one kept-alive connection. A check that fails makes the
 //! server unhealthy, one that answers 2xx healthy again. An unhealthy server gets no requests
 //! while another is usable; while every server is unhealthy, new requests are overflow at once
-//! ([`Health::available`]) and `/readyz` says not ready with the reason ([`ready`]). Without
+//! ([`Health::available`]) and `/readyz` says not ready with the reason (`ready`). Without
 //! `health_path` every server always counts as healthy, and failures show in `/status`.
 
 use crate::{Server, Shared};

@@ -2,7 +2,7 @@
 //! waiting for its exit, its socket directory, and its resident memory.
 //!
 //! Orphans are prevented twice over. The child asks the kernel for SIGKILL when its parent dies
-//! (`PR_SET_PDEATHSIG`, set between fork and exec by [`die_with_parent`]), and it is told the
+//! (`PR_SET_PDEATHSIG`, set between fork and exec by `die_with_parent`), and it is told the
 //! server's pid in `FIDDLER_WORKER_PARENT_PID` to watch. Linux delivers the death signal when the
 //! *thread* that forked the child exits, not the process: so every worker is spawned from the
 //! pool's supervisor thread, which lives exactly as long as the pool, never from a short-lived
