@@ -55,8 +55,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Cache", cache)
-        self.end_headers()
-        self.wfile.write(body)
+        # Head and body in one write: with Nagle's algorithm on (http.server's default), a body
+        # written after its head waits for the head's acknowledgement, up to 40 ms behind a
+        # proxy that delays it (nginx; docs/BENCHMARKS.md 20.2), which would time the proxy's
+        # acknowledgements, not its balancing.
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def log_message(self, *args):
         pass
