@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use light::{Light, TrafficLight};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{held_job, registry, Recorder, TestServer};
+use support::{held_job, registry, wait_until, Recorder, TestServer};
 
 const WORKERS: usize = 4;
 const YELLOW_WORKERS: usize = 2;
@@ -34,35 +34,39 @@ async fn start(recorder: &Arc<Recorder>, light: &TrafficLight) -> TestServer {
         .await
 }
 
-/// Run one batch of `BATCH` held jobs (queued behind a held blocker, so they are handed off
-/// together), check that exactly `expected` of them start at once, let them all finish, and
-/// return the peak concurrency the handler saw.
+/// Send a held blocker and `BATCH` held jobs, one after another (each admitted before the next
+/// is sent, so that admission order is the numbering), check that exactly `expected` of them
+/// start at once, let them all finish, and return the peak concurrency the handler saw. (A pool
+/// takes each batch as soon as it has handed the last to its workers, so how the jobs fall into
+/// batches depends on timing; the light is read for each.)
 async fn held_batch(server: &TestServer, recorder: &Recorder, tag: &str, expected: usize) -> usize {
     let client = server.client();
     let gate = recorder.gate();
     let before = gate.arrived().len();
+    let admitted = server.counters("/work").admitted;
     recorder.reset_max_active();
 
-    let blocker = client.spawn(held_job("/work", &format!("{tag}-blocker")));
-    gate.wait_arrived(before + 1).await;
-    // One at a time, so that admission order is the numbering.
-    let mut jobs = Vec::with_capacity(BATCH);
-    for i in 0..BATCH {
-        let id = format!("{tag}-{i}");
+    let mut jobs = Vec::with_capacity(BATCH + 1);
+    for i in 0..=BATCH {
+        let id = match i {
+            0 => format!("{tag}-blocker"),
+            _ => format!("{tag}-{}", i - 1),
+        };
         jobs.push((id.clone(), client.spawn(held_job("/work", &id))));
-        server.wait_queued("/work", i + 1).await;
+        wait_until(&format!("{id} admitted"), || {
+            server.counters("/work").admitted > admitted + i as u64
+        })
+        .await;
     }
-    gate.release();
-    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
 
-    gate.wait_arrived(before + 1 + expected).await;
+    gate.wait_arrived(before + expected).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         gate.arrived().len(),
-        before + 1 + expected,
+        before + expected,
         "{tag}: more than {expected} jobs started at once"
     );
-    for _ in 0..BATCH {
+    for _ in 0..=BATCH {
         gate.release();
     }
     for (id, reply) in jobs {
@@ -98,8 +102,12 @@ async fn green_runs_a_batch_on_the_whole_pool() {
         held_batch(&server, &recorder, "green", WORKERS).await,
         WORKERS
     );
-    // The blocker's batch and the batch of six.
-    assert_eq!(decisions(&server).await, (2, 0, 0));
+    // Every batch went to the pool (how many batches the seven jobs made depends on timing).
+    let (green, yellow, red) = decisions(&server).await;
+    assert!(
+        green >= 2 && (yellow, red) == (0, 0),
+        "{green} {yellow} {red}"
+    );
     let status = server.status_json().await;
     assert_eq!(status["light"]["light"], "green");
     assert_eq!(status["light"]["fixed"], true);
@@ -121,7 +129,11 @@ async fn yellow_runs_a_batch_on_yellow_workers() {
         held_batch(&server, &recorder, "yellow", YELLOW_WORKERS).await,
         YELLOW_WORKERS
     );
-    assert_eq!(decisions(&server).await, (0, 2, 0));
+    let (green, yellow, red) = decisions(&server).await;
+    assert!(
+        yellow >= 2 && (green, red) == (0, 0),
+        "{green} {yellow} {red}"
+    );
     assert_eq!(server.status_of("/work").concurrency, YELLOW_WORKERS);
     server.shutdown().await;
 }
@@ -160,7 +172,8 @@ async fn flipping_the_light_between_batches_changes_the_route() {
         held_batch(&server, &recorder, "green", WORKERS).await,
         WORKERS
     );
-    assert_eq!(decisions(&server).await, (2, 0, 0));
+    let (green, _, _) = decisions(&server).await;
+    assert_eq!(decisions(&server).await, (green, 0, 0));
 
     light.set(Light::Yellow);
     assert_eq!(server.status_json().await["light"]["light"], "yellow");
@@ -168,18 +181,23 @@ async fn flipping_the_light_between_batches_changes_the_route() {
         held_batch(&server, &recorder, "yellow", YELLOW_WORKERS).await,
         YELLOW_WORKERS
     );
-    assert_eq!(decisions(&server).await, (2, 2, 0));
+    let (_, yellow, _) = decisions(&server).await;
+    assert!(yellow >= 2, "{yellow}");
+    assert_eq!(decisions(&server).await, (green, yellow, 0));
 
     light.set(Light::Red);
     assert_eq!(held_batch(&server, &recorder, "red", 1).await, 1);
-    assert_eq!(decisions(&server).await, (2, 2, 2));
+    // Red runs each batch serially, so the blocker's batch and the six behind it.
+    assert_eq!(decisions(&server).await, (green, yellow, 2));
 
     light.set(Light::Green);
     assert_eq!(
         held_batch(&server, &recorder, "green-again", WORKERS).await,
         WORKERS
     );
-    assert_eq!(decisions(&server).await, (4, 2, 2));
+    let (again, _, _) = decisions(&server).await;
+    assert!(again >= green + 2, "{again} after {green}");
+    assert_eq!(decisions(&server).await, (again, yellow, 2));
 
     let c = server.counters("/work");
     let jobs = 4 * (BATCH as u64 + 1);

@@ -328,3 +328,39 @@ async fn a_reload_that_retires_another_endpoint_leaves_open_sessions_and_new_one
     server.shutdown().await;
     upstream.abort();
 }
+
+#[tokio::test]
+async fn websocket_sessions_spread_over_several_servers_each_held_in_flight_until_it_closes() {
+    let (a, a_sessions, a_task) = echo_upstream().await;
+    let (b, b_sessions, b_task) = echo_upstream().await;
+    let config = format!(
+        "[[endpoint]]\npath = \"/ws\"\nmode = \"jellyfish\"\nworkers = 4\nqueue = 8\n\
+         overflow = \"reject\"\nexpected_wait_admission = false\n\
+         [endpoint.upstream]\nurls = [\"http://{a}\", \"http://{b}\"]\n"
+    );
+    let server = TestServer::start(&config).await;
+    // Four sessions at once: each server holds two, each counted in flight while open.
+    let mut open = Vec::new();
+    for i in 0..4 {
+        let mut ws = start_handshake(&server).await;
+        switched(&mut ws).await;
+        echo(&mut ws, &format!("hello {i}")).await;
+        open.push(ws);
+    }
+    assert_eq!((a_sessions.open_now(), b_sessions.open_now()), (2, 2));
+    let up = server.status_of("/ws").handler.expect("an upstream status")["upstream"].clone();
+    assert_eq!(up["servers"][0]["in_flight"], 2, "{up}");
+    assert_eq!(up["servers"][1]["in_flight"], 2, "{up}");
+    drop(open);
+    wait_until("every session closed at both servers", || {
+        a_sessions.open_now() + b_sessions.open_now() == 0
+    })
+    .await;
+    wait_until("the sessions counted", || {
+        server.counters("/ws").completed == 4
+    })
+    .await;
+    server.shutdown().await;
+    a_task.abort();
+    b_task.abort();
+}

@@ -70,7 +70,11 @@ impl Executor for AdaptiveExecutor {
         }
         tracing::debug!(endpoint = %runner.endpoint(), %light, jobs = batch.len(), "adaptive batch");
         match light {
-            Light::Red => self.crab.run_batch(batch, runner),
+            Light::Red => {
+                // One at a time: the pool's jobs of earlier batches end first.
+                self.pool.drain();
+                self.crab.run_batch(batch, runner);
+            }
             _ => self
                 .pool
                 .run_limited(batch, runner, self.concurrency_for(light)),
@@ -79,6 +83,10 @@ impl Executor for AdaptiveExecutor {
 
     fn concurrency(&self) -> usize {
         self.concurrency_for(self.light.current())
+    }
+
+    fn drain(&self) {
+        self.pool.drain();
     }
 
     fn allows_inline(&self) -> bool {

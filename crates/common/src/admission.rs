@@ -339,8 +339,10 @@ impl Admission {
     /// Where a request starts the moment a slot frees (an asynchronous run: at once with a slot
     /// free and nothing queued, else at its turn in the line), a slot free means no wait, and
     /// only the jobs that must end before its turn count: (queued + running + 1 − concurrency) ÷
-    /// concurrency × job time. An executor's queued job waits for its batch instead (a jellyfish
-    /// batch runs to its end before the next is taken), so there the running ones count whole.
+    /// concurrency × job time. For an executor's queued job the running ones count whole: crab
+    /// (and adaptive on red) run a batch to its end before taking the next, and a pool takes
+    /// the next batch only once it has handed the last to its workers. For a pool this is on the
+    /// safe side: its queued job starts when a worker frees.
     pub fn expected_wait(&self) -> Duration {
         // Everything ahead of a new job: the queued ones and the ones running now.
         let ahead = self.queue.depth() + self.runner.running();

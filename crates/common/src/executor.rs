@@ -40,9 +40,17 @@ pub trait Executor: Send + Sync + 'static {
     /// The mode, for status and logs.
     fn mode(&self) -> Mode;
 
-    /// Run every job of `batch` through `runner`, in whatever schedule the mode chooses, and return
-    /// when each has been answered. Called from the endpoint's dispatcher thread, one batch at a time.
+    /// Run every job of `batch` through `runner`, in whatever schedule the mode chooses. Called
+    /// from the endpoint's dispatcher thread, one batch at a time. A serial mode returns when each
+    /// job has been answered; a pool may return once each is handed to a worker, and the next
+    /// batch's jobs start beside them within the same concurrency ([`Executor::drain`] waits for
+    /// them).
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>);
+
+    /// Wait until every job handed over has been answered: the dispatcher calls it once the
+    /// queue is closed and drained, before the endpoint stops. Default: nothing (a mode whose
+    /// `run_batch` returns only when its jobs are done).
+    fn drain(&self) {}
 
     /// How many jobs the executor would run at once if handed a batch now (at least 1). Admission
     /// by expected wait divides the queue depth by this, and an inline run needs one of this many
@@ -542,7 +550,7 @@ impl Drop for OwnedSlot {
 }
 
 /// The dispatcher loop: wait until jobs are pending, hand the whole batch to the executor, repeat;
-/// return when the queue is closed and drained.
+/// return when the queue is closed and drained and every job handed over has been answered.
 pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobRunner>) {
     let mut spare = VecDeque::new();
     while let Some(mut batch) = queue.take_batch(spare, IDLE_TICK) {
@@ -552,6 +560,7 @@ pub fn dispatch(queue: &HandoffQueue, executor: &dyn Executor, runner: &Arc<JobR
         executor.run_batch(&mut batch, runner);
         spare = batch.into_spare();
     }
+    executor.drain();
 }
 
 /// Dynamic batching: a handed-off batch smaller than `max_batch` waits for more jobs, at most

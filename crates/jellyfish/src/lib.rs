@@ -1,8 +1,10 @@
 //! Jellyfish mode: a small bounded pool that runs a handed-off batch's jobs concurrently.
 //!
 //! The pool has a fixed number of worker OS threads, each supervised (a worker that dies is
-//! replaced). The dispatcher feeds a batch's jobs to the pool, never more at once than the batch's
-//! concurrency limit, and returns when every job has been answered. Jobs keep every guarantee of
+//! replaced). The dispatcher feeds a batch's jobs to the pool, never more at once than the
+//! concurrency limit, counting the jobs of earlier batches still running, and returns once every
+//! job is handed to a worker: a job that runs for minutes (a WebSocket session, a long stream)
+//! leaves the pool's other workers to the jobs that come after it. Jobs keep every guarantee of
 //! [`common::executor::JobRunner`]: turn checks at start, panics contained, exactly one reply.
 //!
 //! # Layout
@@ -18,7 +20,7 @@ use common::executor::{Executor, JobRunner};
 use common::queue::Batch;
 use config::Mode;
 use pool::Pool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Work for a pool worker (one job, or one batch call of up to `max_batch` jobs): run it through
 /// the runner within the batch's concurrency limit.
@@ -28,6 +30,9 @@ type Task = (Work, Arc<JobRunner>, usize);
 pub struct JellyfishExecutor {
     workers: usize,
     pool: Pool<Task>,
+    /// Tasks handed to the pool and not yet known to be done, across batches (only the
+    /// dispatcher submits; the lock is never contended).
+    in_flight: Mutex<usize>,
 }
 
 impl std::fmt::Debug for JellyfishExecutor {
@@ -45,7 +50,11 @@ impl JellyfishExecutor {
         let pool = Pool::new(name, workers, |(work, runner, limit): Task| {
             runner.run_work(work, limit);
         })?;
-        Ok(JellyfishExecutor { workers, pool })
+        Ok(JellyfishExecutor {
+            workers,
+            pool,
+            in_flight: Mutex::new(0),
+        })
     }
 
     /// The pool size.
@@ -54,22 +63,46 @@ impl JellyfishExecutor {
     }
 
     /// Run `batch` with at most `limit` jobs (or batch calls, with `max_batch` above 1) at once
-    /// (clamped to 1..=workers), FIFO starts. The
-    /// limit holds with the endpoint's inline runs counted in: each job runs in one of the
-    /// runner's `limit` running slots.
+    /// (clamped to 1..=workers), FIFO starts, counting the jobs of earlier batches still
+    /// running. Returns once every job is handed to a worker, not when they end: the next batch
+    /// may start beside a long job ([`JellyfishExecutor::drain`] waits for them). The limit
+    /// holds with the endpoint's inline runs counted in: each job runs in one of the runner's
+    /// `limit` running slots.
     pub fn run_limited(&self, batch: &mut Batch, runner: &Arc<JobRunner>, limit: usize) {
         let limit = limit.clamp(1, self.workers);
-        let mut round = self.pool.round();
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // The jobs of earlier batches that ended since.
+        while *in_flight > 0 && self.pool.try_done() {
+            *in_flight -= 1;
+        }
         while let Some(work) = batch.pop_work(runner.max_batch()) {
-            if round.in_flight() >= limit {
-                round.wait_one();
+            while *in_flight >= limit {
+                if !self.pool.wait_done() {
+                    // No worker is left to end one: nothing counted is running any more.
+                    *in_flight = 0;
+                }
+                *in_flight = in_flight.saturating_sub(1);
             }
-            if let Err((work, runner, limit)) = round.submit((work, runner.clone(), limit)) {
+            match self.pool.submit((work, runner.clone(), limit)) {
+                Ok(()) => *in_flight += 1,
                 // No worker can take it (the pool is gone): run it here rather than lose it.
-                runner.run_work(work, limit);
+                Err((work, runner, limit)) => {
+                    runner.run_work(work, limit);
+                }
             }
         }
-        round.wait_all();
+    }
+
+    /// Wait until every job handed to the pool has ended.
+    pub fn drain(&self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        while *in_flight > 0 {
+            if !self.pool.wait_done() {
+                *in_flight = 0;
+                return;
+            }
+            *in_flight -= 1;
+        }
     }
 
     /// Worker replacements so far.
@@ -85,6 +118,10 @@ impl Executor for JellyfishExecutor {
 
     fn run_batch(&self, batch: &mut Batch, runner: &Arc<JobRunner>) {
         self.run_limited(batch, runner, self.workers);
+    }
+
+    fn drain(&self) {
+        JellyfishExecutor::drain(self);
     }
 
     fn concurrency(&self) -> usize {

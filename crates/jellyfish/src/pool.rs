@@ -59,6 +59,23 @@ impl<T: Send + 'static> Pool<T> {
         }
     }
 
+    /// Hand `task` to an idle worker, outside any round: the caller counts it as in flight until
+    /// [`Pool::wait_done`] or [`Pool::try_done`] returns true for it, and keeps that count at most
+    /// the pool size. Fails only if every worker is gone.
+    pub fn submit(&self, task: T) -> Result<(), T> {
+        self.tasks.send(task).map_err(|e| e.into_inner())
+    }
+
+    /// Wait until a task ends; false if no worker is left to end one.
+    pub fn wait_done(&self) -> bool {
+        self.done.recv().is_ok()
+    }
+
+    /// True if a task has ended that was not yet counted.
+    pub fn try_done(&self) -> bool {
+        self.done.try_recv().is_ok()
+    }
+
     /// Worker replacements so far, across the pool.
     pub fn restarts(&self) -> u64 {
         self.workers.iter().map(SupervisedThread::restarts).sum()
