@@ -204,3 +204,41 @@ async fn flipping_the_light_between_batches_changes_the_route() {
     assert_eq!((c.admitted, c.completed, c.answered()), (jobs, jobs, jobs));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_red_batch_waits_for_the_pools_jobs_still_running() {
+    let recorder = Recorder::new(Duration::ZERO);
+    let light = TrafficLight::fixed(Light::Green);
+    let server = start(&recorder, &light).await;
+    let client = server.client();
+    let gate = recorder.gate();
+
+    // Two jobs running on the pool under green.
+    let pooled: Vec<_> = (0..2)
+        .map(|i| client.spawn(held_job("/work", &format!("pooled-{i}"))))
+        .collect();
+    gate.wait_arrived(2).await;
+    // Red: one at a time, so the next job does not start beside them.
+    light.set(Light::Red);
+    let red = client.spawn(held_job("/work", "red"));
+    wait_until("the red job admitted", || {
+        server.counters("/work").admitted == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gate.arrived().len(),
+        2,
+        "the red job started beside the pool's"
+    );
+    gate.release();
+    gate.release();
+    for reply in pooled {
+        assert_eq!(reply.await.unwrap().status, StatusCode::OK);
+    }
+    gate.wait_arrived(3).await;
+    gate.release();
+    assert_eq!(red.await.unwrap().status, StatusCode::OK);
+    assert!(recorder.max_active() <= 2);
+    server.shutdown().await;
+}
