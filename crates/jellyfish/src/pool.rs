@@ -51,15 +51,7 @@ impl<T: Send + 'static> Pool<T> {
         })
     }
 
-    /// Begin submitting a group of tasks whose completion is awaited together.
-    pub fn round(&self) -> Round<'_, T> {
-        Round {
-            pool: self,
-            in_flight: 0,
-        }
-    }
-
-    /// Hand `task` to an idle worker, outside any round: the caller counts it as in flight until
+    /// Hand `task` to an idle worker: the caller counts it as in flight until
     /// [`Pool::wait_done`] or [`Pool::try_done`] returns true for it, and keeps that count at most
     /// the pool size. Fails only if every worker is gone.
     pub fn submit(&self, task: T) -> Result<(), T> {
@@ -82,59 +74,28 @@ impl<T: Send + 'static> Pool<T> {
     }
 }
 
-/// Tasks submitted to a [`Pool`] and not yet known to be done.
-pub struct Round<'a, T: Send + 'static> {
-    pool: &'a Pool<T>,
-    in_flight: usize,
-}
-
-impl<T: Send + 'static> Round<'_, T> {
-    /// Hand a task to an idle worker. The caller keeps `in_flight` at most the pool size, so this
-    /// never waits long; it fails only if every worker is gone.
-    pub fn submit(&mut self, task: T) -> Result<(), T> {
-        match self.pool.tasks.send(task) {
-            Ok(()) => {
-                self.in_flight += 1;
-                Ok(())
-            }
-            Err(e) => Err(e.into_inner()),
-        }
-    }
-
-    /// Tasks submitted and not yet done.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Wait for one task to finish.
-    pub fn wait_one(&mut self) {
-        if self.in_flight > 0 && self.pool.done.recv().is_ok() {
-            self.in_flight -= 1;
-        }
-    }
-
-    /// Wait for every submitted task to finish.
-    pub fn wait_all(&mut self) {
-        while self.in_flight > 0 {
-            if self.pool.done.recv().is_err() {
-                return;
-            }
-            self.in_flight -= 1;
-        }
-    }
-}
-
-impl<T: Send + 'static> Drop for Round<'_, T> {
-    fn drop(&mut self) {
-        self.wait_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+
+    /// Submit `tasks` with at most `limit` in flight, then wait for all, as the executor does.
+    fn run_limited(pool: &Pool<u32>, tasks: std::ops::Range<u32>, limit: usize) {
+        let mut in_flight = 0;
+        for n in tasks {
+            if in_flight >= limit {
+                assert!(pool.wait_done());
+                in_flight -= 1;
+            }
+            pool.submit(n).unwrap();
+            in_flight += 1;
+        }
+        while in_flight > 0 {
+            assert!(pool.wait_done());
+            in_flight -= 1;
+        }
+    }
 
     #[test]
     fn a_worker_that_dies_is_replaced_and_its_task_still_counts_as_done() {
@@ -145,15 +106,7 @@ mod tests {
             r.lock().unwrap().push(n);
         })
         .unwrap();
-        let mut round = pool.round();
-        for n in 0..6 {
-            if round.in_flight() >= 2 {
-                round.wait_one();
-            }
-            round.submit(n).unwrap();
-        }
-        round.wait_all();
-        drop(round);
+        run_limited(&pool, 0..6, 2);
         let mut seen = ran.lock().unwrap().clone();
         seen.sort_unstable();
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
@@ -179,14 +132,7 @@ mod tests {
             n2.fetch_sub(1, Ordering::SeqCst);
         })
         .unwrap();
-        let mut round = pool.round();
-        for n in 0..20 {
-            if round.in_flight() >= 2 {
-                round.wait_one();
-            }
-            round.submit(n).unwrap();
-        }
-        round.wait_all();
+        run_limited(&pool, 0..20, 2);
         assert!(peak.load(Ordering::SeqCst) <= 2);
     }
 }
