@@ -196,3 +196,34 @@ async fn a_handler_panic_is_answered_500_and_the_pool_keeps_serving() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expected_wait_counts_the_running_jobs_as_ending_one_by_one() {
+    let recorder = Recorder::new(Duration::ZERO);
+    let server = start(&recorder, 16).await;
+    let client = server.client();
+    let gate = recorder.gate();
+    let mut held: Vec<_> = (0..WORKERS - 1)
+        .map(|i| client.spawn(held_job("/work", &format!("held-{i}"))))
+        .collect();
+    gate.wait_arrived(WORKERS - 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A worker is free: a new job would start at once.
+    assert_eq!(server.status_of("/work").expected_wait_ms, 0.0);
+    // Every worker busy: a new job starts when the first of them ends, a third of a job time
+    // on average, not when all have.
+    held.push(client.spawn(held_job("/work", "last")));
+    gate.wait_arrived(WORKERS).await;
+    let status = server.status_of("/work");
+    let job = status.job_time_ms.unwrap();
+    assert!(
+        status.expected_wait_ms > 0.0 && status.expected_wait_ms <= job / WORKERS as f64 + 1.0,
+        "expected wait {} ms for a job time of {job} ms",
+        status.expected_wait_ms
+    );
+    gate.open();
+    for reply in held {
+        assert_eq!(reply.await.unwrap().status, StatusCode::OK);
+    }
+    server.shutdown().await;
+}

@@ -93,6 +93,10 @@ impl Executor for AdaptiveExecutor {
         self.light.current() != Light::Red
     }
 
+    fn starts_when_a_worker_frees(&self) -> bool {
+        self.light.current() != Light::Red
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let [green, yellow, red] = &self.decisions;
         vec![

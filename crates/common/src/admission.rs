@@ -339,10 +339,10 @@ impl Admission {
     /// Where a request starts the moment a slot frees (an asynchronous run: at once with a slot
     /// free and nothing queued, else at its turn in the line), a slot free means no wait, and
     /// only the jobs that must end before its turn count: (queued + running + 1 − concurrency) ÷
-    /// concurrency × job time. For an executor's queued job the running ones count whole: crab
-    /// (and adaptive on red) run a batch to its end before taking the next, and a pool takes
-    /// the next batch only once it has handed the last to its workers. For a pool this is on the
-    /// safe side: its queued job starts when a worker frees.
+    /// concurrency × job time. So too for a pool's queued job (jellyfish, adaptive off red),
+    /// which starts as soon as a worker frees ([`Executor::starts_when_a_worker_frees`]). For a
+    /// serial executor's (crab, adaptive on red) the running ones count whole: it runs a batch to
+    /// its end before taking the next.
     pub fn expected_wait(&self) -> Duration {
         // Everything ahead of a new job: the queued ones and the ones running now.
         let ahead = self.queue.depth() + self.runner.running();
@@ -350,7 +350,8 @@ impl Admission {
             return Duration::ZERO;
         }
         let concurrency = self.concurrency().max(1);
-        let ahead = if self.starts_when_a_slot_frees() {
+        let ahead = if self.starts_when_a_slot_frees() || self.executor.starts_when_a_worker_frees()
+        {
             if ahead < concurrency {
                 return Duration::ZERO;
             }

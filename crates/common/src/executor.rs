@@ -59,6 +59,14 @@ pub trait Executor: Send + Sync + 'static {
         1
     }
 
+    /// True if, right now, a queued job starts as soon as one of [`Executor::concurrency`] jobs
+    /// ends (a pool, which takes the next batch while its jobs run), rather than when the batch
+    /// ahead of it has ended (a serial mode). Admission by expected wait counts the jobs running
+    /// then as ending one by one. Default false.
+    fn starts_when_a_worker_frees(&self) -> bool {
+        false
+    }
+
     /// True if, right now, a cheap non-blocking handler may run directly on the front end's async
     /// worker (a concurrent mode), when nothing is queued and one of [`Executor::concurrency`]
     /// running slots is free. Default false: serial modes always go through their own thread.

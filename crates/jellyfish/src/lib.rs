@@ -132,6 +132,10 @@ impl Executor for JellyfishExecutor {
         true
     }
 
+    fn starts_when_a_worker_frees(&self) -> bool {
+        true
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("workers", self.workers as u64),
