@@ -1472,6 +1472,16 @@ async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to
     let passed_over = first["passed_over_ms"].as_u64().unwrap();
     assert!(passed_over > 0 && passed_over <= 10_000, "{up}");
     assert_eq!(up["servers"][1]["passed_over_ms"], 0, "{up}");
+    let metrics = server.get("/metrics").await.text();
+    for (url, flag) in [(refused.to_string(), 1), (b_addr.to_string(), 0)] {
+        let line = format!("server=\"http://{url}\"}} {flag}");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("fiddler_crab_upstream_passed_over{") && l.ends_with(&line)),
+            "{line}: {metrics}"
+        );
+    }
     // Not a failed exchange: every request was answered.
     assert_eq!(up["failures"], 0, "{up}");
     assert_eq!(server.counters("/u").failed, 0);

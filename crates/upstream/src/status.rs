@@ -125,7 +125,7 @@ fn sample(
 }
 
 /// The endpoint's upstream numbers for `/metrics`: with several servers, each one's, labelled
-/// `server` (its URL).
+/// `server` (its URL), and whether it is passed over after a failed connection.
 pub(crate) fn samples(shared: &Shared) -> Vec<HandlerSample> {
     let several = shared.servers.len() > 1;
     let mut samples = Vec::with_capacity(7 * shared.servers.len());
@@ -187,6 +187,15 @@ pub(crate) fn samples(shared: &Shared) -> Vec<HandlerSample> {
                 &labels,
             ),
         ]);
+        if several {
+            samples.push(sample(
+                "upstream_passed_over",
+                "1 while the server is passed over after a failed connection.",
+                false,
+                u64::from(!shared.passed_over_for(server).is_zero()),
+                &labels,
+            ));
+        }
     }
     samples
 }
