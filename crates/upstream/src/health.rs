@@ -7,7 +7,7 @@
 
 use crate::{Server, Shared};
 use relay::Conn;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -66,8 +66,9 @@ impl Health {
         i64::from(self.available())
     }
 
-    /// Record a check's result; true if the state changed.
-    fn record(&self, result: &Result<(), String>) -> bool {
+    /// Record a check's result, keeping `unhealthy` (the servers unhealthy now) in step; true if
+    /// the state changed.
+    fn record(&self, result: &Result<(), String>, unhealthy: &AtomicUsize) -> bool {
         let to = match result {
             Ok(()) => HEALTHY,
             Err(why) => {
@@ -75,7 +76,17 @@ impl Health {
                 UNHEALTHY
             }
         };
-        self.state.swap(to, Ordering::AcqRel) != to
+        let from = self.state.swap(to, Ordering::AcqRel);
+        match (from == UNHEALTHY, to == UNHEALTHY) {
+            (false, true) => {
+                unhealthy.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                unhealthy.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+        from != to
     }
 }
 
@@ -114,7 +125,7 @@ pub(crate) async fn poll(shared: Arc<Shared>, server: usize) {
                     Err("health check timed out".to_string())
                 }
             };
-        if at.health.record(&result) {
+        if at.health.record(&result, &shared.unhealthy) {
             let several = shared.servers.len() > 1;
             match &result {
                 Ok(()) => {

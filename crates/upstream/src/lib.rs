@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     pub sticky: Sticky,
     /// The servers (`url`, or each of `urls`), in the order written.
     pub servers: Box<[Server]>,
+    /// How many servers are unhealthy by their last health check: the endpoint admits while
+    /// fewer than all are (kept by `Health::record`).
+    pub unhealthy: AtomicUsize,
     /// Where the next pick starts looking, so that servers equally loaded take turns.
     pub turn: AtomicUsize,
     /// The time `Server::down_until` counts from.
@@ -316,6 +319,7 @@ impl UpstreamHandler {
                 .iter()
                 .map(|server| Server::new(server, checked))
                 .collect(),
+            unhealthy: AtomicUsize::new(0),
             turn: AtomicUsize::new(0),
             epoch: Instant::now(),
             deadlines: Arc::default(),
@@ -343,7 +347,8 @@ impl Handler for UpstreamHandler {
     }
 
     fn available(&self) -> bool {
-        self.shared.servers.iter().any(|s| s.health.available())
+        // One atomic load on every admission, however many servers.
+        self.shared.unhealthy.load(Ordering::Acquire) < self.shared.servers.len()
     }
 
     fn ready(&self) -> Result<(), String> {
