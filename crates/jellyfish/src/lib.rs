@@ -76,13 +76,7 @@ impl JellyfishExecutor {
             *in_flight -= 1;
         }
         while let Some(work) = batch.pop_work(runner.max_batch()) {
-            while *in_flight >= limit {
-                if !self.pool.wait_done() {
-                    // No worker is left to end one: nothing counted is running any more.
-                    *in_flight = 0;
-                }
-                *in_flight = in_flight.saturating_sub(1);
-            }
+            self.wait_below(&mut in_flight, limit);
             match self.pool.submit((work, runner.clone(), limit)) {
                 Ok(()) => *in_flight += 1,
                 // No worker can take it (the pool is gone): run it here rather than lose it.
@@ -96,8 +90,14 @@ impl JellyfishExecutor {
     /// Wait until every job handed to the pool has ended.
     pub fn drain(&self) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        while *in_flight > 0 {
+        self.wait_below(&mut in_flight, 1);
+    }
+
+    /// Wait until fewer than `bound` jobs handed to the pool are running.
+    fn wait_below(&self, in_flight: &mut usize, bound: usize) {
+        while *in_flight >= bound {
             if !self.pool.wait_done() {
+                // No worker is left to end one: nothing counted is running any more.
                 *in_flight = 0;
                 return;
             }
