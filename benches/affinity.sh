@@ -24,7 +24,8 @@
 # Environment: ROUNDS (default 3), SLOTS (default 4), CACHE (default 6), HIT_MS / MISS_MS (default
 # 2 / 20), CLIENTS
 # (default 8: as many conversations at once as both servers' slots), CONVERSATIONS (default 64),
-# TURNS (default 8), FC_BIN (default target/release/fiddler_crab), VARIANTS (default "least affinity
+# TURNS (default 8), FC_BIN (default target/release/fiddler_crab), ACCESS_LOG (fiddler_crab's access
+# log, default false; true is the shipped default, to its log file), VARIANTS (default "least affinity
 # nginx-least nginx-hash").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,7 @@ CLIENTS=${CLIENTS:-8}
 CONVERSATIONS=${CONVERSATIONS:-64}
 TURNS=${TURNS:-8}
 FC_BIN=${FC_BIN:-target/release/fiddler_crab}
+ACCESS_LOG=${ACCESS_LOG:-false}
 VARIANTS=${VARIANTS:-least affinity nginx-least nginx-hash}
 . "$(dirname "$0")/lib.sh"
 if [[ " $VARIANTS " == *" nginx-"* ]]; then ensure_cmd nginx nginx-light nginx; fi
@@ -46,7 +48,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 echo "# affinity_header behind two prompt-caching servers $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "commit $(git rev-parse --short HEAD); SLOTS=$SLOTS CACHE=$CACHE HIT_MS=$HIT_MS MISS_MS=$MISS_MS CLIENTS=$CLIENTS CONVERSATIONS=$CONVERSATIONS TURNS=$TURNS"
+echo "commit $(git rev-parse --short HEAD); ACCESS_LOG=$ACCESS_LOG SLOTS=$SLOTS CACHE=$CACHE HIT_MS=$HIT_MS MISS_MS=$MISS_MS CLIENTS=$CLIENTS CONVERSATIONS=$CONVERSATIONS TURNS=$TURNS"
 for round in $(seq 1 "$ROUNDS"); do
   for variant in $VARIANTS; do
     a=$(free_port)
@@ -67,7 +69,7 @@ for round in $(seq 1 "$ROUNDS"); do
         cat >"$work/fc.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
-access_log = false
+access_log = $ACCESS_LOG
 
 [[endpoint]]
 path = "/chat"

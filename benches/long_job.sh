@@ -12,13 +12,15 @@
 #   REF_BIN=/tmp/fc-before bash benches/long_job.sh      # also a build of another commit
 #
 # Environment: LONG (s, default 3), SHORT (default 10), SHORT_MS (default 50), FC_BIN (default
-# target/release/fiddler_crab), REF_BIN (optional).
+# target/release/fiddler_crab), REF_BIN (optional), ACCESS_LOG (default false; true is the
+# shipped default, to the server's log file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LONG=${LONG:-3}
 SHORT=${SHORT:-10}
 SHORT_MS=${SHORT_MS:-50}
 FC_BIN=${FC_BIN:-target/release/fiddler_crab}
+ACCESS_LOG=${ACCESS_LOG:-false}
 . "$(dirname "$0")/lib.sh"
 if [ "$FC_BIN" = target/release/fiddler_crab ]; then cargo build --release --bin fiddler_crab; fi
 work=$(mktemp -d /tmp/fc-longjob.XXXXXX)
@@ -31,7 +33,7 @@ run() {
   cat >"$work/fc.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
-access_log = false
+access_log = $ACCESS_LOG
 
 [[endpoint]]
 path = "/sleep"
@@ -73,6 +75,6 @@ PYEND
   wait "$fc" 2>/dev/null || true
 }
 
-echo "# a long job beside short ones, jellyfish workers = 4 $(date -u +%Y-%m-%dT%H:%M:%SZ); commit $(git rev-parse --short HEAD)"
+echo "# a long job beside short ones, jellyfish workers = 4 $(date -u +%Y-%m-%dT%H:%M:%SZ); commit $(git rev-parse --short HEAD); ACCESS_LOG=$ACCESS_LOG"
 run this "$FC_BIN"
 if [ -n "${REF_BIN:-}" ]; then run ref "$REF_BIN"; fi
