@@ -16,7 +16,8 @@ const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
 /// Every problem with the files `config` names (from `file`): each exec program found on PATH or
 /// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
 /// each `cwd` a directory, each worker endpoint's socket directory writable or creatable, each
-/// upstream's host resolving (or its socket's directory existing), each token and users file
+/// upstream's host resolving (or its socket's directory existing) and its `https://` servers'
+/// trusted roots readable (`tls_ca_file`, else the system's store), each token and users file
 /// readable and well-formed, and the TLS certificate and key readable and matching. Empty if none.
 pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
@@ -43,6 +44,11 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
                 for server in &upstream.servers {
                     if let Some(p) = upstream_problem(&server.address) {
                         problem(format!("endpoint[{i}].upstream.{}", server.key), p);
+                    }
+                }
+                if let Some(tls) = &upstream.tls {
+                    if let Err((key, p)) = upstream::tls::client_config(tls) {
+                        problem(format!("endpoint[{i}].upstream.{key}"), p);
                     }
                 }
             }
@@ -79,7 +85,7 @@ pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
 /// (its health check and `/readyz` tell when it is).
 fn upstream_problem(address: &UpstreamAddress) -> Option<String> {
     match address {
-        UpstreamAddress::Tcp { host, port } => {
+        UpstreamAddress::Tcp { host, port, .. } => {
             let resolves = (host.as_str(), *port)
                 .to_socket_addrs()
                 .is_ok_and(|mut addrs| addrs.next().is_some());

@@ -20,7 +20,7 @@ pub mod tls;
 pub mod upstream;
 pub mod worker;
 
-pub use upstream::{UpstreamAddress, UpstreamConfig, UpstreamServer};
+pub use upstream::{HostHeader, UpstreamAddress, UpstreamConfig, UpstreamServer, UpstreamTls};
 pub use worker::WorkerConfig;
 
 use http::HeaderValue;

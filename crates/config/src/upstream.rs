@@ -61,6 +61,34 @@ pub struct UpstreamConfig {
     /// bound it; a slow sender then holds the slot for up to `body_read_timeout_ms`). Default
     /// false: read whole before the request is admitted, as nginx's `proxy_request_buffering`.
     pub stream_request_body: bool,
+    /// How `https://` servers are verified (only with at least one such server).
+    pub tls: Option<UpstreamTls>,
+    /// The `Host` each forwarded request carries.
+    pub host_header: HostHeader,
+}
+
+/// How the `https://` servers of an upstream endpoint are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// A PEM file of the certificate authorities trusted (`tls_ca_file`), instead of the system's
+    /// trust store. Read when the endpoint starts (and by `check`); a reload reads it again.
+    pub ca_file: Option<PathBuf>,
+    /// The name every server's certificate must be valid for, also sent as SNI
+    /// (`tls_server_name`), instead of each URL's host.
+    pub server_name: Option<String>,
+}
+
+/// The `Host` of a forwarded request (`host_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostHeader {
+    /// The client's `Host`, as sent (the default: an app behind the proxy sees the name it was
+    /// asked by, as behind HAProxy).
+    #[default]
+    Client,
+    /// The server's own name: `tls_server_name` if set, else the authority of its URL
+    /// (`host[:port]`), as nginx's default `$proxy_host`. For a server that routes by name, a
+    /// virtual host on a shared address or a hosted API behind `https://`.
+    Upstream,
 }
 
 /// One upstream server: where it listens.
@@ -89,8 +117,10 @@ pub enum UpstreamAddress {
     Tcp {
         /// Host name or address (an IPv6 address without its brackets).
         host: String,
-        /// Port (80 if the URL names none).
+        /// Port (80 if the URL names none, 443 with `https://`).
         port: u16,
+        /// True for an `https://` URL: the connection is TLS (HTTP/1.1 inside, by ALPN).
+        tls: bool,
     },
     /// A Unix socket path.
     Unix(PathBuf),
@@ -122,6 +152,19 @@ pub(crate) struct RawUpstream {
     pub(crate) affinity_header: Option<String>,
     #[serde(default)]
     pub(crate) stream_request_body: bool,
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_server_name: Option<String>,
+    #[serde(default)]
+    pub(crate) host_header: RawHostHeader,
+}
+
+/// `host_header` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawHostHeader {
+    #[default]
+    Client,
+    Upstream,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -210,7 +253,7 @@ fn servers(
 pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
     let bad = |why: &str| {
         format!(
-            "`{}` {why}: write http://host:port[/base] or unix:/path/to.sock",
+            "`{}` {why}: write http://host:port[/base], https://host:port[/base] or unix:/path/to.sock",
             crate::quote(url)
         )
     };
@@ -225,13 +268,12 @@ pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
         }
         return Ok((UpstreamAddress::Unix(PathBuf::from(path)), String::new()));
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        if url.starts_with("https://") {
-            return Err(bad(
-                "uses https, which upstreams do not speak (plain HTTP/1.1 only)",
-            ));
-        }
-        return Err(bad("is not an http:// or unix: URL"));
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else {
+        return Err(bad("is not an http://, https:// or unix: URL"));
     };
     let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
     let Some(authority) = uri.authority() else {
@@ -250,12 +292,13 @@ pub fn parse_url(url: &str) -> Result<(UpstreamAddress, String), String> {
     if host.is_empty() {
         return Err(bad("names no host"));
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let base = uri.path().trim_end_matches('/').to_string();
     Ok((
         UpstreamAddress::Tcp {
             host: host.to_string(),
             port,
+            tls,
         },
         base,
     ))
@@ -308,6 +351,11 @@ impl RawUpstream {
                 )
             })?),
         };
+        let tls = self.tls(&servers)?;
+        let host_header = match self.host_header {
+            RawHostHeader::Client => HostHeader::Client,
+            RawHostHeader::Upstream => HostHeader::Upstream,
+        };
         let [connect, whole, idle, websocket_idle, health, keepalive] = ranges;
         Ok(UpstreamConfig {
             servers,
@@ -339,7 +387,76 @@ impl RawUpstream {
             strip_prefix: self.strip_prefix,
             affinity_header,
             stream_request_body: self.stream_request_body,
+            tls,
+            host_header,
         })
+    }
+
+    /// The TLS settings, if a server is `https://`; `tls_ca_file` and `tls_server_name` are
+    /// refused without one (they would do nothing), and the server name must be a DNS name or
+    /// an IP address, as rustls takes it.
+    fn tls(&self, servers: &[UpstreamServer]) -> Result<Option<UpstreamTls>, Problem> {
+        let any = servers
+            .iter()
+            .any(|s| matches!(s.address, UpstreamAddress::Tcp { tls: true, .. }));
+        if !any {
+            let set = [
+                ("tls_ca_file", self.tls_ca_file.is_some()),
+                ("tls_server_name", self.tls_server_name.is_some()),
+            ];
+            if let Some((key, _)) = set.into_iter().find(|(_, set)| *set) {
+                return Err((
+                    key,
+                    "has no effect: no server is an https:// URL".to_string(),
+                ));
+            }
+            return Ok(None);
+        }
+        let checkable = |name: &str| rustls_pki_types::ServerName::try_from(name).is_ok();
+        match &self.tls_server_name {
+            Some(name) if !checkable(name) => {
+                return Err((
+                    "tls_server_name",
+                    format!(
+                        "`{}` is not a DNS name or an IP address",
+                        crate::quote(name)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                for server in servers {
+                    if let UpstreamAddress::Tcp {
+                        host, tls: true, ..
+                    } = &server.address
+                    {
+                        if !checkable(host) {
+                            return Err((
+                                "tls_server_name",
+                                format!(
+                                    "is needed: the host `{}` of {} is not a name a certificate \
+                                     can be checked against",
+                                    crate::quote(host),
+                                    server.key
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(file) = &self.tls_ca_file {
+            if file.as_os_str().is_empty() {
+                return Err((
+                    "tls_ca_file",
+                    "is empty: give a PEM file's path".to_string(),
+                ));
+            }
+        }
+        Ok(Some(UpstreamTls {
+            ca_file: self.tls_ca_file.clone(),
+            server_name: self.tls_server_name.clone(),
+        }))
     }
 }
 
@@ -377,7 +494,8 @@ mod tests {
             u.servers[0].address,
             UpstreamAddress::Tcp {
                 host: "127.0.0.1".into(),
-                port: 8081
+                port: 8081,
+                tls: false
             }
         );
         assert_eq!(u.base_path, "");
@@ -396,17 +514,20 @@ mod tests {
     #[test]
     fn urls_give_their_address_and_base_path() {
         let cases = [
-            ("http://localhost/api/", ("localhost", 80), "/api"),
-            ("http://[::1]:9000", ("::1", 9000), ""),
-            ("http://h:1/a/b", ("h", 1), "/a/b"),
+            ("http://localhost/api/", ("localhost", 80, false), "/api"),
+            ("http://[::1]:9000", ("::1", 9000, false), ""),
+            ("http://h:1/a/b", ("h", 1, false), "/a/b"),
+            ("https://api.example/v1", ("api.example", 443, true), "/v1"),
+            ("https://[::1]:8443", ("::1", 8443, true), ""),
         ];
-        for (url, (host, port), base) in cases {
+        for (url, (host, port, tls), base) in cases {
             let (address, b) = parse_url(url).unwrap();
             assert_eq!(
                 address,
                 UpstreamAddress::Tcp {
                     host: host.into(),
-                    port
+                    port,
+                    tls
                 },
                 "{url}"
             );
@@ -419,7 +540,7 @@ mod tests {
     #[test]
     fn bad_upstream_keys_are_named() {
         let cases = [
-            ("url = \"https://x\"", "endpoint[0].upstream.url"),
+            ("url = \"https://\"", "endpoint[0].upstream.url"),
             ("url = \"ftp://x\"", "endpoint[0].upstream.url"),
             ("url = \"unix:relative.sock\"", "endpoint[0].upstream.url"),
             ("url = \"http://u:p@h:1\"", "endpoint[0].upstream.url"),
@@ -459,8 +580,28 @@ mod tests {
             ),
             ("urls = []", "endpoint[0].upstream.urls"),
             (
-                "urls = [\"http://h:1\", \"https://h:2\"]",
+                "urls = [\"http://h:1\", \"httpx://h:2\"]",
                 "endpoint[0].upstream.urls[1]",
+            ),
+            (
+                "url = \"http://h:1\"\ntls_ca_file = \"/ca.pem\"",
+                "endpoint[0].upstream.tls_ca_file",
+            ),
+            (
+                "url = \"http://h:1\"\ntls_server_name = \"h\"",
+                "endpoint[0].upstream.tls_server_name",
+            ),
+            (
+                "url = \"https://h:1\"\ntls_server_name = \"not a name\"",
+                "endpoint[0].upstream.tls_server_name",
+            ),
+            (
+                "url = \"https://h:1\"\ntls_ca_file = \"\"",
+                "endpoint[0].upstream.tls_ca_file",
+            ),
+            (
+                "url = \"http://h:1\"\nhost_header = \"server\"",
+                "endpoint[0].upstream.host_header",
             ),
             (
                 "urls = [\"http://h:1\", \"http://h:2\", \"http://h:1\"]",
@@ -486,6 +627,42 @@ mod tests {
     }
 
     #[test]
+    fn https_servers_take_tls_settings_and_host_header_is_read() {
+        let upstream = |table: &str| {
+            let c = Config::from_toml(&endpoint("/u", table), "t.toml").unwrap();
+            let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
+                panic!("not an upstream endpoint");
+            };
+            u.clone()
+        };
+        let u = upstream("url = \"https://api.example\"");
+        assert_eq!(u.tls, Some(UpstreamTls::default()));
+        assert_eq!(u.host_header, HostHeader::Client);
+        let u = upstream(
+            "urls = [\"https://10.0.0.1\", \"http://10.0.0.2:8080\"]\n\
+             tls_ca_file = \"/etc/ca.pem\"\ntls_server_name = \"llama.internal\"\n\
+             host_header = \"upstream\"",
+        );
+        assert_eq!(
+            u.tls,
+            Some(UpstreamTls {
+                ca_file: Some("/etc/ca.pem".into()),
+                server_name: Some("llama.internal".into()),
+            })
+        );
+        assert_eq!(u.host_header, HostHeader::Upstream);
+        let u = upstream("url = \"http://h:1\"\nhost_header = \"upstream\"");
+        assert_eq!((u.tls, u.host_header), (None, HostHeader::Upstream));
+        // A host no certificate can name needs tls_server_name.
+        let e =
+            Config::from_toml(&endpoint("/u", "url = \"https://-bad-:1\""), "t.toml").unwrap_err();
+        assert_eq!(e.key, "endpoint[0].upstream.tls_server_name", "{e}");
+        assert!(e.problem.contains("`-bad-` of url"), "{e}");
+        let named = "url = \"https://-bad-:1\"\ntls_server_name = \"api.example\"";
+        assert!(Config::from_toml(&endpoint("/u", named), "t.toml").is_ok());
+    }
+
+    #[test]
     fn urls_list_several_servers_that_share_a_base_path() {
         let c = Config::from_toml(
             &endpoint(
@@ -504,7 +681,8 @@ mod tests {
             u.servers[1].address,
             UpstreamAddress::Tcp {
                 host: "::1".into(),
-                port: 8082
+                port: 8082,
+                tls: false
             }
         );
         assert_eq!(u.servers[1].key, "urls[1]");

@@ -17,6 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -32,7 +33,10 @@ use tokio::net::{TcpStream, UnixStream};
 #[derive(Debug)]
 pub struct Conn {
     send: SendRequest<OutBody>,
-    /// The TCP socket under it (none over a Unix socket, which has no delayed acknowledgements).
+    /// The TCP socket under it (none over a Unix socket, which has no delayed acknowledgements),
+    /// and the `Host` its requests carry if [`connect_as`] gave one (then also over a Unix
+    /// socket, without a descriptor). One pointer, so that a connection stays small in the
+    /// futures that hold one.
     socket: Option<Arc<Socket>>,
 }
 
@@ -94,11 +98,14 @@ impl<F: Future + Unpin> Future for AckIfLate<'_, F> {
     }
 }
 
-/// A TCP connection's descriptor, as long as its stream is open (see [`Conn::quick_ack`]).
+/// A TCP connection's descriptor, as long as its stream is open (see [`Conn::quick_ack`]), and
+/// the `Host` of the connection's requests if it was given one.
 #[derive(Debug)]
 struct Socket {
     /// Cleared (under the lock) by [`Tcp`]'s drop, before the stream closes the descriptor.
     fd: Mutex<Option<RawFd>>,
+    /// The `Host` every request sent on the connection carries instead of its own.
+    host: Option<HeaderValue>,
 }
 
 impl Socket {
@@ -189,15 +196,70 @@ const PROBE_BODY_LIMIT: usize = 64 * 1024;
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A TCP host (name or address) and port.
+    /// A TCP host (name or address) and port, in TLS if `tls` says how.
     Tcp {
         /// Host name or IP address.
         host: String,
         /// Port.
         port: u16,
+        /// TLS over the connection (an `https://` server), or none.
+        tls: Option<TlsTo>,
     },
     /// A Unix socket path.
     Unix(PathBuf),
+}
+
+/// TLS to a server: the client's settings (trusted roots, ALPN `http/1.1`, session resumption)
+/// and the name its certificate must be valid for, also sent as SNI.
+#[derive(Clone)]
+pub struct TlsTo {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl TlsTo {
+    /// TLS with `config` to a server that must prove it is `name`.
+    pub fn new(config: Arc<rustls::ClientConfig>, name: ServerName<'static>) -> TlsTo {
+        TlsTo {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name,
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTo")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The same name under the same settings (the one `ClientConfig`).
+impl PartialEq for TlsTo {
+    fn eq(&self, other: &TlsTo) -> bool {
+        self.name == other.name && Arc::ptr_eq(self.connector.config(), other.connector.config())
+    }
+}
+
+impl Eq for TlsTo {}
+
+/// A TLS handshake that failed: the server's certificate was not trusted or not valid for its
+/// name, no protocol version or cipher was shared, or the server closed the connection.
+#[derive(Debug)]
+struct TlsFailed(io::Error);
+
+impl std::fmt::Display for TlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsFailed {}
+
+/// True if `e` is a failed TLS handshake (from [`connect`]).
+pub fn is_tls_failure(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<TlsFailed>())
 }
 
 /// The runtime a relay's connections run on: one I/O worker thread named `thread_name`, timers
@@ -210,21 +272,44 @@ pub fn io_runtime(thread_name: &str) -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Open an HTTP/1.1 connection to `target` (TCP with `TCP_NODELAY`); its driver is spawned on the
-/// current runtime.
+/// Open an HTTP/1.1 connection to `target` (TCP with `TCP_NODELAY`, in TLS if the target says);
+/// its driver is spawned on the current runtime. A TLS handshake that fails is an error
+/// [`is_tls_failure`] tells apart, saying why.
 pub async fn connect(target: &Target) -> io::Result<Conn> {
+    connect_as(target, None).await
+}
+
+/// [`connect`], with every request [`send`] sends on the connection carrying `Host: host` (the
+/// server's own name) instead of its own, if `host` is given. It stays with the connection: a
+/// request sent again on another server's connection takes that server's.
+pub async fn connect_as(target: &Target, host: Option<HeaderValue>) -> io::Result<Conn> {
     match target {
-        Target::Tcp { host, port } => {
-            let stream = TcpStream::connect((host.as_str(), *port)).await?;
+        Target::Tcp {
+            host: name,
+            port,
+            tls,
+        } => {
+            let stream = TcpStream::connect((name.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
             let socket = Arc::new(Socket {
                 fd: Mutex::new(Some(stream.as_raw_fd())),
+                host,
             });
-            let send = handshake(Tcp {
+            let tcp = Tcp {
                 stream,
                 socket: socket.clone(),
-            })
-            .await?;
+            };
+            let send = match tls {
+                None => handshake(tcp).await?,
+                Some(tls) => {
+                    let stream = tls
+                        .connector
+                        .connect(tls.name.clone(), tcp)
+                        .await
+                        .map_err(|e| io::Error::new(e.kind(), TlsFailed(e)))?;
+                    handshake(stream).await?
+                }
+            };
             Ok(Conn {
                 send,
                 socket: Some(socket),
@@ -232,7 +317,12 @@ pub async fn connect(target: &Target) -> io::Result<Conn> {
         }
         Target::Unix(path) => Ok(Conn {
             send: handshake(UnixStream::connect(path).await?).await?,
-            socket: None,
+            socket: host.map(|host| {
+                Arc::new(Socket {
+                    fd: Mutex::new(None),
+                    host: Some(host),
+                })
+            }),
         }),
     }
 }
@@ -296,9 +386,13 @@ pub async fn probe_kept(
             return Ok((status, conn));
         }
     }
-    let mut conn = connect(target)
-        .await
-        .map_err(|e| format!("cannot connect: {}", e.kind()))?;
+    let mut conn = connect(target).await.map_err(|e| {
+        if is_tls_failure(&e) {
+            "TLS handshake failed".to_string()
+        } else {
+            format!("cannot connect: {}", e.kind())
+        }
+    })?;
     let status = probe(&mut conn, path, host)
         .await
         .map_err(|_| "no valid answer".to_string())?;
@@ -369,6 +463,9 @@ where
                 }
             },
         };
+        if let Some(host) = sender.socket.as_ref().and_then(|s| s.host.as_ref()) {
+            req.headers_mut().insert(HOST, host.clone());
+        }
         match sender.send.try_send_request(*req).await {
             Ok(response) => {
                 return (
@@ -473,6 +570,7 @@ mod tests {
         let target = Target::Tcp {
             host: "127.0.0.1".into(),
             port,
+            tls: None,
         };
         let conn = connect(&target).await.unwrap();
         let _server_side = accepted.await.unwrap().unwrap();

@@ -11,6 +11,7 @@
 use crate::Shared;
 use common::body::{BodySink, StreamError};
 use common::handler::{text_response, HandlerError, JobRequest, JobResponse, ResponseBody};
+use config::HostHeader;
 use hyper::body::Body as _;
 use hyper::body::Bytes;
 use hyper::body::Incoming;
@@ -727,8 +728,16 @@ async fn connect(flight: &InFlight) -> io::Result<Conn> {
     let (shared, server) = (&flight.shared, flight.server());
     let at = &shared.servers[server];
     at.stats.count(&at.stats.connects);
-    let conn = match tokio::time::timeout(shared.config.connect_timeout, relay::connect(&at.target))
-        .await
+    // With `host_header = "upstream"` every request on it names the server itself.
+    let host = match shared.config.host_header {
+        HostHeader::Client => None,
+        HostHeader::Upstream => Some(at.authority.clone()),
+    };
+    let conn = match tokio::time::timeout(
+        shared.config.connect_timeout,
+        relay::connect_as(&at.target, host),
+    )
+    .await
     {
         Ok(conn) => conn,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),

@@ -1,13 +1,14 @@
 //! Upstream endpoints: each admitted request is forwarded to an HTTP/1.1 server that runs by
 //! itself (llama.cpp's `llama-server`, a gunicorn or uvicorn app), over a kept-alive connection
-//! pool on TCP or a Unix socket, and its answer relayed back.
+//! pool on TCP, TLS over TCP (`https://`, [`tls`]) or a Unix socket, and its answer relayed back.
 //!
 //! The endpoint's queue and concurrency stay in front: at most the endpoint's running slots
 //! (`workers` in jellyfish) are in flight to the upstream, the rest wait in the bounded queue or
 //! overflow. What this crate adds:
 //!
 //! - **The exchange** ([`exchange`]): hop-by-hop headers removed, `X-Forwarded-For` appended and
-//!   `X-Forwarded-Proto` set, the client's `Host` passed on; the upstream's status, headers and
+//!   `X-Forwarded-Proto` set, the client's `Host` passed on (or the server's own name, with
+//!   `host_header = "upstream"`); the upstream's status, headers and
 //!   body back: a small body whole, any other streamed chunk by chunk as it comes (Server-Sent
 //!   Events, token streams), still in the job's running slot. The whole exchange, a stream's last
 //!   chunk included, is bounded by `timeout_ms`, the connect by `connect_timeout_ms`.
@@ -37,6 +38,7 @@
 //! - [`health`]: the health state and its poll, per server.
 //! - `status`: `/status` and `/metrics`.
 //! - `upgrade`: a WebSocket session passed through (`101`), spliced in the job's running slot.
+//! - [`tls`]: the client settings for `https://` servers (trusted roots, ALPN) and their names.
 #![deny(missing_docs)]
 
 mod deadline;
@@ -44,10 +46,11 @@ pub mod exchange;
 pub mod health;
 mod io;
 mod status;
+pub mod tls;
 mod upgrade;
 
 use common::handler::{AsyncCall, Handler, HandlerError, HandlerSample, JobRequest, JobResponse};
-use config::{UpstreamAddress, UpstreamConfig, UpstreamServer};
+use config::{UpstreamAddress, UpstreamConfig, UpstreamServer, UpstreamTls};
 use health::Health;
 use hyper::header::HeaderValue;
 use relay::{Forwarding, Target};
@@ -90,7 +93,9 @@ pub(crate) struct Server {
     /// As written, for logs and `/status`.
     pub url: String,
     pub target: Target,
-    /// `Host` of the health checks: the server's own authority.
+    /// The server's own name: `tls_server_name` if given, else its URL's authority (without a
+    /// default port). The `Host` of its health checks, and of every request with
+    /// `host_header = "upstream"`.
     pub authority: HeaderValue,
     /// Kept-alive connections not in use, by the runtime that drives them; at most `max_idle`.
     pub idle: Mutex<exchange::Idle>,
@@ -105,18 +110,43 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn new(config: &UpstreamServer, checked: bool) -> Server {
+    /// The server `config` names; `tls`: the endpoint's TLS settings and client config, if a
+    /// server is `https://`. An error (a host no certificate can be checked against) says why.
+    fn new(
+        config: &UpstreamServer,
+        checked: bool,
+        tls: Option<&(UpstreamTls, Arc<rustls::ClientConfig>)>,
+    ) -> Result<Server, String> {
         let (target, authority) = match &config.address {
-            UpstreamAddress::Tcp { host, port } => {
-                let name = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
+            UpstreamAddress::Tcp {
+                host,
+                port,
+                tls: https,
+            } => {
+                let with_port = *port != if *https { 443 } else { 80 };
+                let name = match (host.contains(':'), with_port) {
+                    (true, true) => format!("[{host}]:{port}"),
+                    (true, false) => format!("[{host}]"),
+                    (false, true) => format!("{host}:{port}"),
+                    (false, false) => host.clone(),
                 };
+                let to = match tls.filter(|_| *https) {
+                    Some((settings, client)) => Some(relay::TlsTo::new(
+                        client.clone(),
+                        tls::server_name(settings, host)?,
+                    )),
+                    None => None,
+                };
+                // The name the server answers to: its certificate's name if one is given.
+                let name = tls
+                    .filter(|_| *https)
+                    .and_then(|(settings, _)| settings.server_name.clone())
+                    .unwrap_or(name);
                 (
                     Target::Tcp {
                         host: host.clone(),
                         port: *port,
+                        tls: to,
                     },
                     HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost")),
                 )
@@ -126,7 +156,7 @@ impl Server {
                 HeaderValue::from_static("localhost"),
             ),
         };
-        Server {
+        Ok(Server {
             url: config.url.clone(),
             target,
             authority,
@@ -136,7 +166,7 @@ impl Server {
             last_error: Mutex::new(None),
             in_flight: AtomicU64::new(0),
             down_until: AtomicU64::new(0),
-        }
+        })
     }
 }
 
@@ -304,6 +334,23 @@ impl UpstreamHandler {
         https: bool,
     ) -> std::io::Result<UpstreamHandler> {
         let checked = config.health_path.is_some();
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let tls = match &config.tls {
+            Some(settings) => {
+                let client = tls::client_config(settings)
+                    .map_err(|(key, e)| invalid(format!("upstream.{key}: {e}")))?;
+                Some((settings.clone(), client))
+            }
+            None => None,
+        };
+        let servers = config
+            .servers
+            .iter()
+            .map(|server| {
+                Server::new(server, checked, tls.as_ref())
+                    .map_err(|e| invalid(format!("upstream.{}: {e}", server.key)))
+            })
+            .collect::<std::io::Result<Box<[Server]>>>()?;
         let shared = Arc::new(Shared {
             endpoint: path.to_string(),
             config: config.clone(),
@@ -314,11 +361,7 @@ impl UpstreamHandler {
             max_idle: slots.max(1),
             share: slots.max(1).div_ceil(config.servers.len().max(1)) as u64,
             sticky: Sticky::new(config.affinity_header.is_some()),
-            servers: config
-                .servers
-                .iter()
-                .map(|server| Server::new(server, checked))
-                .collect(),
+            servers,
             unhealthy: AtomicUsize::new(0),
             turn: AtomicUsize::new(0),
             epoch: Instant::now(),
