@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use light::{Light, TrafficLight};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::convert::Infallible;
@@ -55,18 +56,36 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     async fn start() -> TlsUpstream {
+        TlsUpstream::start_with(None).await
+    }
+
+    /// With `client_root`: a server that asks every client for a certificate and takes only one
+    /// that chains to it (mutual TLS).
+    async fn start_with(client_root: Option<CertificateDer<'static>>) -> TlsUpstream {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("a.pem"))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(fixture("a.key")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
             .unwrap();
+        let builder = match client_root {
+            None => builder.with_no_client_auth(),
+            Some(root) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(root).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -152,6 +171,15 @@ fn trusting_test_root() -> String {
     format!("tls_ca_file = {}", toml_path(&fixture("ca.pem")))
 }
 
+/// A server for `toml` under a traffic light fixed green, so that `/readyz` speaks of the
+/// upstream alone (a loaded test machine may turn the system's light red).
+async fn start_green(toml: &str) -> TestServer {
+    TestServer::launch(toml)
+        .light(&TrafficLight::fixed(Light::Green))
+        .start()
+        .await
+}
+
 fn upstream_status(server: &TestServer, path: &str) -> serde_json::Value {
     server.status_of(path).handler.expect("an upstream status")["upstream"].clone()
 }
@@ -166,7 +194,7 @@ async fn an_https_upstream_is_verified_against_tls_ca_file_sent_its_name_as_sni_
         "{}\nhealth_path = \"/health\"\nhealth_interval_ms = 30000",
         trusting_test_root()
     );
-    let server = TestServer::start(&config("/u", &url, &extra)).await;
+    let server = start_green(&config("/u", &url, &extra)).await;
     wait_until("the upstream healthy over TLS", || {
         upstream_status(&server, "/u")["health"] == "healthy"
     })
@@ -261,7 +289,7 @@ async fn an_untrusted_or_misnamed_certificate_is_a_502_and_says_why_in_status_an
             trusting_test_root()
         ),
     );
-    let server = TestServer::start(&format!("{untrusted}\n{misnamed}")).await;
+    let server = start_green(&format!("{untrusted}\n{misnamed}")).await;
 
     wait_until("the untrusted upstream unhealthy", || {
         upstream_status(&server, "/untrusted")["health"] == "unhealthy"
@@ -433,4 +461,91 @@ async fn without_tls_ca_file_the_systems_store_is_trusted_and_each_refused_hands
         .filter(|l| l.contains("TLS handshake failed"))
         .count();
     assert_eq!(lines, 5, "{log}");
+}
+
+/// A root CA and a client certificate it signed (for `clientAuth`), made now; the root, and the
+/// client's chain and key written as PEM files in `dir`.
+fn client_identity(
+    dir: &TempDir,
+) -> (
+    CertificateDer<'static>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(vec!["client.test".to_string()]).unwrap();
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = client.signed_by(&key, &issuer).unwrap();
+    let cert_file = dir.write("client.pem", &cert.pem());
+    let key_file = dir.write("client.key", &key.serialize_pem());
+    (ca_cert.der().clone(), cert_file, key_file)
+}
+
+#[tokio::test]
+async fn a_server_that_asks_for_a_client_certificate_takes_tls_cert_file_and_refuses_none() {
+    let dir = TempDir::new("upstream-mtls");
+    let (root, cert_file, key_file) = client_identity(&dir);
+    let up = TlsUpstream::start_with(Some(root)).await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let with_cert = config(
+        "/with",
+        &url,
+        &format!(
+            "{}\ntls_cert_file = {}\ntls_key_file = {}",
+            trusting_test_root(),
+            toml_path(&cert_file),
+            toml_path(&key_file)
+        ),
+    );
+    let without = config("/without", &url, &trusting_test_root());
+    let server = TestServer::start(&format!("{with_cert}\n{without}")).await;
+
+    let reply = server.get("/with").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "over TLS: /with, host fiddler.test");
+    let reply = server.get("/without").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(reply.text().starts_with("upstream"), "{}", reply.text());
+    assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
+    assert!(up.state.failed.load(Ordering::SeqCst) >= 1);
+    server.shutdown().await;
+}
+
+#[test]
+fn check_names_a_client_key_that_is_not_the_certificates() {
+    use fiddler_crab::config::Config;
+    let dir = TempDir::new("upstream-mtls-check");
+    let (_, cert_file, _) = client_identity(&dir);
+    let toml = config(
+        "/u",
+        "https://localhost:1",
+        &format!(
+            "{}\ntls_cert_file = {}\ntls_key_file = {}",
+            trusting_test_root(),
+            toml_path(&cert_file),
+            toml_path(&fixture("a.key"))
+        ),
+    );
+    let problems =
+        fiddler_crab::check_files(&Config::from_toml(&toml, "t.toml").unwrap(), "t.toml");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "endpoint[0].upstream.tls_key_file");
+    assert!(
+        problems[0].problem.contains("is not the key of"),
+        "{}",
+        problems[0]
+    );
 }

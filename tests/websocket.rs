@@ -3,7 +3,8 @@
 //! real sockets: a message and its echo pass through; with `workers = 1` a second session waits in
 //! the queue (no second upstream session) until the first closes; closing the client closes the
 //! upstream side and frees the slot; a silent session is closed at `websocket_idle_timeout_ms`;
-//! shutdown closes open sessions; counters add up.
+//! shutdown closes open sessions; counters add up; a session to an `https://` upstream goes
+//! through TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use support::{wait_until, within, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -50,7 +51,7 @@ async fn echo_upstream() -> (SocketAddr, Arc<Sessions>, JoinHandle<()>) {
     (addr, sessions, task)
 }
 
-async fn echo_session(mut stream: TcpStream, sessions: Arc<Sessions>) {
+async fn echo_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sessions: Arc<Sessions>) {
     let Some(head) = read_head(&mut stream).await else {
         return;
     };
@@ -79,7 +80,7 @@ async fn echo_session(mut stream: TcpStream, sessions: Arc<Sessions>) {
 }
 
 /// The request or response head, up to its blank line (`None` if the connection closed first).
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -107,7 +108,7 @@ fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 }
 
 /// The payload of the next (short) frame, unmasked; `None` once the connection closed.
-async fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
     let mut header = [0u8; 2];
     stream.read_exact(&mut header).await.ok()?;
     let len = usize::from(header[1] & 0x7f);
@@ -363,4 +364,70 @@ async fn websocket_sessions_spread_over_several_servers_each_held_in_flight_unti
     server.shutdown().await;
     a_task.abort();
     b_task.abort();
+}
+
+/// [`echo_upstream`] behind TLS, with the test certificate `a.pem` (`localhost`, `127.0.0.1`).
+async fn echo_upstream_tls() -> (SocketAddr, Arc<Sessions>, JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(support::tls::fixture("a.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(support::tls::fixture("a.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sessions = Arc::new(Sessions::default());
+    let counts = sessions.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (acceptor, counts) = (acceptor.clone(), counts.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    echo_session(tls, counts).await;
+                }
+            });
+        }
+    });
+    (addr, sessions, task)
+}
+
+#[tokio::test]
+async fn a_websocket_session_to_an_https_upstream_goes_through_tls() {
+    let (addr, sessions, upstream) = echo_upstream_tls().await;
+    let ca = support::tls::fixture("ca.pem");
+    let config = format!(
+        "[[endpoint]]\npath = \"/ws\"\nmode = \"jellyfish\"\nworkers = 2\nqueue = 8\n\
+         overflow = \"reject\"\nexpected_wait_admission = false\n\
+         [endpoint.upstream]\nurl = \"https://localhost:{}\"\ntls_ca_file = {}\n",
+        addr.port(),
+        toml::Value::String(ca.display().to_string())
+    );
+    let server = TestServer::start(&config).await;
+    let mut ws = start_handshake(&server).await;
+    switched(&mut ws).await;
+    echo(&mut ws, "hello over TLS").await;
+    echo(&mut ws, "again").await;
+    assert_eq!(sessions.opened.load(Ordering::SeqCst), 1);
+    drop(ws);
+    wait_until("the upstream side closed", || {
+        sessions.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_until("the session counted", || {
+        server.counters("/ws").completed == 1
+    })
+    .await;
+    server.shutdown().await;
+    upstream.abort();
 }

@@ -20,7 +20,9 @@ pub mod tls;
 pub mod upstream;
 pub mod worker;
 
-pub use upstream::{HostHeader, UpstreamAddress, UpstreamConfig, UpstreamServer, UpstreamTls};
+pub use upstream::{
+    ClientCert, HostHeader, UpstreamAddress, UpstreamConfig, UpstreamServer, UpstreamTls,
+};
 pub use worker::WorkerConfig;
 
 use http::HeaderValue;

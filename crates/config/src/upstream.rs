@@ -76,6 +76,18 @@ pub struct UpstreamTls {
     /// The name every server's certificate must be valid for, also sent as SNI
     /// (`tls_server_name`), instead of each URL's host.
     pub server_name: Option<String>,
+    /// A client certificate (chain, PEM) and its key, for servers that ask for one (mutual TLS):
+    /// `tls_cert_file` and `tls_key_file`, both or neither.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate chain and its private key, PEM files (read when the endpoint starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The chain, leaf first (`tls_cert_file`).
+    pub cert_file: PathBuf,
+    /// Its private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`tls_key_file`).
+    pub key_file: PathBuf,
 }
 
 /// The `Host` of a forwarded request (`host_header`).
@@ -154,6 +166,8 @@ pub(crate) struct RawUpstream {
     pub(crate) stream_request_body: bool,
     pub(crate) tls_ca_file: Option<PathBuf>,
     pub(crate) tls_server_name: Option<String>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) host_header: RawHostHeader,
 }
@@ -403,6 +417,8 @@ impl RawUpstream {
             let set = [
                 ("tls_ca_file", self.tls_ca_file.is_some()),
                 ("tls_server_name", self.tls_server_name.is_some()),
+                ("tls_cert_file", self.tls_cert_file.is_some()),
+                ("tls_key_file", self.tls_key_file.is_some()),
             ];
             if let Some((key, _)) = set.into_iter().find(|(_, set)| *set) {
                 return Err((
@@ -445,17 +461,39 @@ impl RawUpstream {
                 }
             }
         }
-        if let Some(file) = &self.tls_ca_file {
-            if file.as_os_str().is_empty() {
-                return Err((
-                    "tls_ca_file",
-                    "is empty: give a PEM file's path".to_string(),
-                ));
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (key, file) in files {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                return Err((key, "is empty: give a PEM file's path".to_string()));
             }
         }
+        let client_cert = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCert {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "tls_key_file",
+                    "is missing: tls_cert_file needs its key".to_string(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "tls_cert_file",
+                    "is missing: tls_key_file needs its certificate".to_string(),
+                ))
+            }
+        };
         Ok(Some(UpstreamTls {
             ca_file: self.tls_ca_file.clone(),
             server_name: self.tls_server_name.clone(),
+            client_cert,
         }))
     }
 }
@@ -604,6 +642,18 @@ mod tests {
                 "endpoint[0].upstream.host_header",
             ),
             (
+                "url = \"https://h:1\"\ntls_cert_file = \"/c.pem\"",
+                "endpoint[0].upstream.tls_key_file",
+            ),
+            (
+                "url = \"https://h:1\"\ntls_key_file = \"/c.key\"",
+                "endpoint[0].upstream.tls_cert_file",
+            ),
+            (
+                "url = \"http://h:1\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"",
+                "endpoint[0].upstream.tls_cert_file",
+            ),
+            (
                 "urls = [\"http://h:1\", \"http://h:2\", \"http://h:1\"]",
                 "endpoint[0].upstream.urls[2]",
             ),
@@ -648,9 +698,19 @@ mod tests {
             Some(UpstreamTls {
                 ca_file: Some("/etc/ca.pem".into()),
                 server_name: Some("llama.internal".into()),
+                client_cert: None,
             })
         );
         assert_eq!(u.host_header, HostHeader::Upstream);
+        let u =
+            upstream("url = \"https://h\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"");
+        assert_eq!(
+            u.tls.and_then(|t| t.client_cert),
+            Some(ClientCert {
+                cert_file: "/c.pem".into(),
+                key_file: "/c.key".into()
+            })
+        );
         let u = upstream("url = \"http://h:1\"\nhost_header = \"upstream\"");
         assert_eq!((u.tls, u.host_header), (None, HostHeader::Upstream));
         // A host no certificate can name needs tls_server_name.
