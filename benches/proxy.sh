@@ -48,13 +48,20 @@
 # memory too (eight 64 KiB proxy_buffers, no temporary file); HAProxy and the hyper proxy stream
 # both ways as they do by default.
 #
+# An HTTPS upstream (UPSTREAM_TLS=true): bare hyper serves TLS (rustls, the test certificate
+# crates/frontend/src/tls/fixtures/a.pem for localhost), and every proxy reaches it over TLS on
+# kept-alive connections with the certificate verified against the test root ca.pem and the name
+# localhost: fiddler_crab's `https://` URL with tls_ca_file and tls_server_name, nginx's
+# proxy_pass https:// with proxy_ssl_verify (session reuse on, its default), HAProxy's `ssl verify
+# required` server. The hyper proxy has no TLS client and is refused.
+#
 # Environment: ROUNDS (default 3), DURATION (s per wrk run, default 10), WARMUP (s, default 2),
 # CONNECTIONS (default 32), THREADS (wrk threads, default 1), FC_WORKERS (fiddler_crab's slots,
 # that is connections to the upstream, default 8), SERVER_CPU / LOADGEN_CPU (default 0 / 1),
 # ACCESS_LOG (fiddler_crab's access log, default false; true is the shipped default, to the
 # server's log file), NGINX_LOG (nginx's access log, its default combined format to a file: on or
 # off, default on when ACCESS_LOG is true, so both run as shipped; HAProxy logs nothing either way),
-# SERVERS (default "bare fc nginx nginxfwd haproxy"), REF_BIN (for fcref), FC_IO_BUFFER (for fcbuf and fcstream), BODY (above), OUT (result file), and the quiet-machine settings of
+# SERVERS (default "bare fc nginx nginxfwd haproxy"), UPSTREAM_TLS (above, default false), REF_BIN (for fcref), FC_IO_BUFFER (for fcbuf and fcstream), BODY (above), OUT (result file), and the quiet-machine settings of
 # benches/ping.sh (IDLE_MAX, IDLE_WAIT, INTRUDERS_MAX, MAX_ATTEMPTS). See docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +78,11 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 SERVERS=${SERVERS:-"bare fc nginx nginxfwd haproxy"}
 BODY=${BODY:-}
+UPSTREAM_TLS=${UPSTREAM_TLS:-false}
+if [ "$UPSTREAM_TLS" = true ] && [[ " $SERVERS " == *" hyper"* ]]; then
+  echo "UPSTREAM_TLS=true: the hyper proxy has no TLS client; leave hyperproxy, hyperpool and hyperplain out" >&2
+  exit 2
+fi
 BODY_WAY="" BODY_BYTES=0
 if [ -n "$BODY" ]; then
   BODY_WAY=${BODY%%:*}
@@ -129,6 +141,12 @@ max_body_bytes = $BODY_BYTES"
             proxy_max_temp_file_size 0;"
     ;;
 esac
+UPSTREAM_SCHEME=http
+if [ "$UPSTREAM_TLS" = true ]; then
+  UPSTREAM_SCHEME=https
+  cp crates/frontend/src/tls/fixtures/{a.pem,a.key,ca.pem} "$work/"
+  UPSTREAM_ARGS+=(--tls-cert "$work/a.pem" --tls-key "$work/a.key")
+fi
 trap 'stop_server; rm -rf "$work"' EXIT
 
 # start_upstream: the bare hyper upstream on CPU $SERVER_CPU; sets upstream_pid and upstream_port.
@@ -137,7 +155,7 @@ start_upstream() {
   taskset -c "$SERVER_CPU" "$work/bare_hyper" --listen "127.0.0.1:$upstream_port" \
     --max-seconds 600 ${UPSTREAM_ARGS[@]+"${UPSTREAM_ARGS[@]}"} >"$work/upstream.log" 2>&1 &
   upstream_pid=$!
-  if wait_http "http://127.0.0.1:$upstream_port/ping" 100 "$upstream_pid"; then return 0; fi
+  if wait_http "$UPSTREAM_SCHEME://127.0.0.1:$upstream_port/ping" 100 "$upstream_pid"; then return 0; fi
   echo "the bare hyper upstream did not start:" >&2
   cat "$work/upstream.log" >&2
   return 1
@@ -150,7 +168,7 @@ start_server() {
   start_upstream || return 1
   server_pids=("$upstream_pid")
   if [ "$name" = bare ]; then
-    url="http://127.0.0.1:$upstream_port/ping"
+    url="$UPSTREAM_SCHEME://127.0.0.1:$upstream_port/ping"
     return 0
   fi
   port=$(free_port)
@@ -173,6 +191,10 @@ start_server() {
       if [[ $name == fcstream* ]]; then
         echo "stream_request_body = true" >>"$work/fc.toml"
       fi
+      if [ "$UPSTREAM_TLS" = true ]; then
+        sed -i "s|^url = \"http://|url = \"https://|" "$work/fc.toml"
+        printf 'tls_ca_file = "%s"\ntls_server_name = "localhost"\n' "$work/ca.pem" >>"$work/fc.toml"
+      fi
       taskset -c "$SERVER_CPU" "$bin" --config "$work/fc.toml" \
         >"$work/server.log" 2>&1 &
       ;;
@@ -187,11 +209,20 @@ start_server() {
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;"
       fi
+      local tls=""
+      if [ "$UPSTREAM_TLS" = true ]; then
+        tls="
+            proxy_ssl_verify on;
+            proxy_ssl_verify_depth 2;
+            proxy_ssl_trusted_certificate $work/ca.pem;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;"
+      fi
       nginx_conf "$dir" "$NGINX_LOG" "    upstream bare { server 127.0.0.1:$upstream_port; keepalive 64; }
     server {
         listen 127.0.0.1:$port;
         location = /ping {
-            proxy_pass http://bare;
+            proxy_pass $UPSTREAM_SCHEME://bare;$tls
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";$forward$NGINX_BODY
         }
@@ -208,6 +239,9 @@ start_server() {
     http-request set-header X-Forwarded-Proto http"
       fi
       if [ -n "$conns" ]; then maxconn=" maxconn $conns"; fi
+      if [ "$UPSTREAM_TLS" = true ]; then
+        maxconn="$maxconn ssl verify required ca-file $work/ca.pem sni str(localhost) verifyhost localhost alpn http/1.1"
+      fi
       {
         haproxy_head "timeout http-request 10s" "http-reuse always"
         cat <<EOF
@@ -269,6 +303,7 @@ done
     down) what="GET /ping → bare hyper, answered with $BODY_BYTES bytes" ;;
     *) what="GET /ping → bare hyper" ;;
   esac
+  if [ "$UPSTREAM_TLS" = true ]; then what="$what, the upstream in TLS"; fi
   echo "# Proxy hop benchmark ($what) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   machine_line

@@ -14,6 +14,10 @@
 //! `benches/proxy.sh`): `--read-body` reads each request's whole body before its `pong`, and
 //! `--answer-bytes N` answers every request with N bytes instead. The handler is chosen once, at
 //! start, so the `pong` path is the same code with neither.
+//!
+//! As an HTTPS upstream (`UPSTREAM_TLS=true` in `benches/proxy.sh`): `--tls-cert CHAIN --tls-key
+//! KEY` serves every connection in TLS (rustls, ALPN `http/1.1`, session resumption as rustls
+//! does by default) before the same handler.
 
 #[path = "shared/hyper_server.rs"]
 mod hyper_server;
@@ -51,6 +55,12 @@ struct Args {
     /// Answer every request with this many bytes (`x`) instead of `pong`.
     #[arg(long)]
     answer_bytes: Option<usize>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// The answer to every request.
@@ -81,34 +91,57 @@ async fn read_then_pong(req: Request<Incoming>) -> Result<Response<Full<Bytes>>,
     Ok(pong_response())
 }
 
-async fn serve(listener: tokio::net::TcpListener, builder: Builder<TokioExecutor>, answer: Answer) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    builder: Builder<TokioExecutor>,
+    answer: Answer,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let builder = std::sync::Arc::new(builder);
     loop {
         let stream = hyper_server::accept(&listener).await;
         let builder = builder.clone();
-        let io = TokioIo::new(stream);
-        match answer.clone() {
-            Answer::Pong => {
+        let answer = answer.clone();
+        match &tls {
+            None => serve_one(TokioIo::new(stream), builder, answer),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = builder.serve_connection(io, service_fn(pong)).await;
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_one(TokioIo::new(stream), builder, answer);
+                    }
                 });
             }
-            Answer::ReadBodyThenPong => {
-                tokio::spawn(async move {
-                    let _ = builder
-                        .serve_connection(io, service_fn(read_then_pong))
-                        .await;
+        }
+    }
+}
+
+/// Serve one connection's requests with `answer`, on a task of its own.
+fn serve_one<I>(io: TokioIo<I>, builder: std::sync::Arc<Builder<TokioExecutor>>, answer: Answer)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    match answer {
+        Answer::Pong => {
+            tokio::spawn(async move {
+                let _ = builder.serve_connection(io, service_fn(pong)).await;
+            });
+        }
+        Answer::ReadBodyThenPong => {
+            tokio::spawn(async move {
+                let _ = builder
+                    .serve_connection(io, service_fn(read_then_pong))
+                    .await;
+            });
+        }
+        Answer::Bytes(bytes) => {
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let bytes = bytes.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(bytes))) }
                 });
-            }
-            Answer::Bytes(bytes) => {
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| {
-                        let bytes = bytes.clone();
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(bytes))) }
-                    });
-                    let _ = builder.serve_connection(io, service).await;
-                });
-            }
+                let _ = builder.serve_connection(io, service).await;
+            });
         }
     }
 }
@@ -121,6 +154,10 @@ fn main() -> anyhow::Result<()> {
             args.listen
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let answer = match (args.answer_bytes, args.read_body) {
         (Some(n), _) => Answer::Bytes(Bytes::from(vec![b'x'; n])),
         (None, true) => Answer::ReadBodyThenPong,
@@ -141,11 +178,33 @@ fn main() -> anyhow::Result<()> {
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            () = serve(listener, hyper_server::builder(args.plain), answer) => {}
+            () = serve(listener, hyper_server::builder(args.plain), answer, tls) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             () = tokio::time::sleep(Duration::from_secs(args.max_seconds)) => {}
         }
         Ok(())
     })
+}
+
+/// A TLS acceptor for the chain in `cert` and its key in `key` (ALPN `http/1.1`).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not PEM", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("no key in {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }

@@ -190,6 +190,81 @@ impl AsyncWrite for Tcp {
     }
 }
 
+/// The stream under a TLS or Unix socket connection: one type for both, so that hyper's client
+/// (its dispatcher, its codec) is built twice, for plain TCP and for this, not three times
+/// (about 30 kB less in the binary, docs/SIZE.md). Plain TCP, the hot path of a proxy, keeps a
+/// type of its own: the match per read and write cost the hop about 200 instructions per
+/// request (0.7%) when it went through here too.
+enum Stream {
+    /// Boxed: a TLS stream carries rustls's connection state (about 1 kB).
+    Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Largest body read from a probe's answer (it is only drained).
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
@@ -307,7 +382,7 @@ pub async fn connect_as(target: &Target, host: Option<HeaderValue>) -> io::Resul
                         .connect(tls.name.clone(), tcp)
                         .await
                         .map_err(|e| io::Error::new(e.kind(), TlsFailed(e)))?;
-                    handshake(stream).await?
+                    handshake(Stream::Tls(Box::new(stream))).await?
                 }
             };
             Ok(Conn {
@@ -316,7 +391,7 @@ pub async fn connect_as(target: &Target, host: Option<HeaderValue>) -> io::Resul
             })
         }
         Target::Unix(path) => Ok(Conn {
-            send: handshake(UnixStream::connect(path).await?).await?,
+            send: handshake(Stream::Unix(UnixStream::connect(path).await?)).await?,
             socket: host.map(|host| {
                 Arc::new(Socket {
                     fd: Mutex::new(None),
