@@ -17,8 +17,9 @@ const SCRIPT_EXTENSIONS: [&str; 4] = [".py", ".sh", ".pl", ".rb"];
 /// executable, each argument that looks like a file (a script extension, or a `/` in it) existing,
 /// each `cwd` a directory, each worker endpoint's socket directory writable or creatable, each
 /// upstream's host resolving (or its socket's directory existing) and its `https://` servers'
-/// trusted roots (`tls_ca_file`, else the system's store) and client certificate readable, each token and users file
-/// readable and well-formed, and the TLS certificate and key readable and matching. Empty if none.
+/// trusted roots (`tls_ca_file`, else the system's store) and client certificate readable, each
+/// token and users file readable and well-formed, and the TLS certificate and key readable and
+/// matching. Empty if none.
 pub fn check_files(config: &Config, file: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
     let mut problem = |key: String, problem: String| {

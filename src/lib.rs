@@ -394,7 +394,8 @@ impl Reloader {
         self.pools.restart_all("restart requested")
     }
 
-    /// Apply a validated config's endpoints. Unchanged endpoints keep running untouched; changed
+    /// Apply a validated config's endpoints. Unchanged endpoints keep running untouched (but
+    /// read the files their handler names again, [`common::handler::Handler::reload_files`]); changed
     /// and new ones get fresh queues; the old ones finish every job they admitted. Nothing
     /// admitted is lost. On error nothing changes. A changed worker endpoint keeps its worker
     /// pool; if the workers' own settings changed, they are replaced one at a time (a rolling
@@ -411,6 +412,11 @@ impl Reloader {
             match self.app.endpoint(&ep.path) {
                 Some(current) if current.config == *ep => {
                     kept += 1;
+                    // Renewed certificates are taken by an unchanged endpoint too. The files were
+                    // checked before (`check_files`); one that went bad since keeps the old.
+                    if let Err(e) = current.reload_handler_files() {
+                        tracing::warn!(endpoint = %ep.path, cause = %e, "files not read again; the endpoint keeps the ones it had");
+                    }
                     endpoints.push(current);
                 }
                 _ => {

@@ -549,3 +549,29 @@ fn check_names_a_client_key_that_is_not_the_certificates() {
         problems[0]
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_endpoint_reads_a_renewed_tls_ca_file() {
+    let up = TlsUpstream::start().await;
+    let dir = TempDir::new("upstream-tls-renewed");
+    // At first the file holds another certificate than the root the upstream's chains to.
+    let ca = dir.write(
+        "ca.pem",
+        &std::fs::read_to_string(fixture("b.pem")).unwrap(),
+    );
+    let toml = config(
+        "/u",
+        &format!("https://localhost:{}", up.addr.port()),
+        &format!("tls_ca_file = {}", toml_path(&ca)),
+    );
+    let server = TestServer::start(&toml).await;
+    assert_eq!(server.get("/u").await.status, StatusCode::BAD_GATEWAY);
+
+    // Renewed in place, same path, same config: the endpoint is kept and reads it again.
+    std::fs::write(&ca, std::fs::read(fixture("ca.pem")).unwrap()).unwrap();
+    let summary = server.reload(&toml);
+    assert_eq!((summary.kept, summary.started), (1, 0));
+    let reply = server.get("/u").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    server.shutdown().await;
+}

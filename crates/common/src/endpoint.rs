@@ -161,6 +161,11 @@ impl Endpoint {
         })
     }
 
+    /// Have the handler read its files again (see [`Handler::reload_files`]).
+    pub fn reload_handler_files(&self) -> Result<(), String> {
+        self.admission.runner.handler().reload_files()
+    }
+
     /// Whether the endpoint's handler can serve now (see [`Handler::ready`]).
     pub fn handler_ready(&self) -> Result<(), String> {
         self.admission.runner.handler().ready()

@@ -357,6 +357,14 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Read again the files the handler's config names (an upstream's trusted roots and client
+    /// certificate): called by a reload that keeps the endpoint unchanged, as one that replaces
+    /// it reads them anew, so that renewed files are taken without a restart. `Err` says why;
+    /// the handler then keeps what it had. Default nothing to read.
+    fn reload_files(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The endpoint will call this handler no more: its queue was closed and every admitted job
     /// answered (shutdown, or a reload replaced the endpoint). Release what the handler holds.
     /// Default nothing.

@@ -288,7 +288,8 @@ pub enum Target {
 /// and the name its certificate must be valid for, also sent as SNI.
 #[derive(Clone)]
 pub struct TlsTo {
-    connector: tokio_rustls::TlsConnector,
+    /// Replaced by [`TlsTo::set_config`] (a reload's renewed files); read once per connection.
+    connector: Arc<std::sync::RwLock<tokio_rustls::TlsConnector>>,
     name: ServerName<'static>,
 }
 
@@ -296,9 +297,22 @@ impl TlsTo {
     /// TLS with `config` to a server that must prove it is `name`.
     pub fn new(config: Arc<rustls::ClientConfig>, name: ServerName<'static>) -> TlsTo {
         TlsTo {
-            connector: tokio_rustls::TlsConnector::from(config),
+            connector: Arc::new(std::sync::RwLock::new(config.into())),
             name,
         }
+    }
+
+    /// New connections (and this one's clones') take `config` from now on; open ones keep the
+    /// settings they were made with.
+    pub fn set_config(&self, config: Arc<rustls::ClientConfig>) {
+        *self.connector.write().unwrap_or_else(|p| p.into_inner()) = config.into();
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.connector
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -310,10 +324,10 @@ impl std::fmt::Debug for TlsTo {
     }
 }
 
-/// The same name under the same settings (the one `ClientConfig`).
+/// The same name under the same settings (one `TlsTo` and its clones).
 impl PartialEq for TlsTo {
     fn eq(&self, other: &TlsTo) -> bool {
-        self.name == other.name && Arc::ptr_eq(self.connector.config(), other.connector.config())
+        self.name == other.name && Arc::ptr_eq(&self.connector, &other.connector)
     }
 }
 
@@ -378,7 +392,7 @@ pub async fn connect_as(target: &Target, host: Option<HeaderValue>) -> io::Resul
                 None => handshake(tcp).await?,
                 Some(tls) => {
                     let stream = tls
-                        .connector
+                        .connector()
                         .connect(tls.name.clone(), tcp)
                         .await
                         .map_err(|e| io::Error::new(e.kind(), TlsFailed(e)))?;

@@ -394,6 +394,22 @@ impl Handler for UpstreamHandler {
         self.shared.unhealthy.load(Ordering::Acquire) < self.shared.servers.len()
     }
 
+    /// The trusted roots and the client certificate read again, for new connections; open ones
+    /// keep theirs. Nothing without `https://` servers.
+    fn reload_files(&self) -> Result<(), String> {
+        let Some(settings) = &self.shared.config.tls else {
+            return Ok(());
+        };
+        let client =
+            tls::client_config(settings).map_err(|(key, e)| format!("upstream.{key}: {e}"))?;
+        for server in self.shared.servers.iter() {
+            if let Target::Tcp { tls: Some(to), .. } = &server.target {
+                to.set_config(client.clone());
+            }
+        }
+        Ok(())
+    }
+
     fn ready(&self) -> Result<(), String> {
         health::ready(&self.shared.servers)
     }
