@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::{read_to_close, request, wait_until, within, TempDir, TestServer};
+use support::{read_exactly, read_to_close, request, wait_until, within, TempDir, TestServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -1020,19 +1020,6 @@ async fn open_stream(addr: SocketAddr, path: &str) -> Response<Incoming> {
     )
     .await
     .unwrap()
-}
-
-/// Read `body` until it has given exactly `expected` (more would fail the test).
-async fn read_exactly(body: &mut Incoming, expected: &str) {
-    let mut got = Vec::new();
-    while got.len() < expected.len() {
-        let frame = within("the next chunk", body.frame()).await;
-        let frame = frame.expect("the body ended early").expect("a body chunk");
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
-        }
-    }
-    assert_eq!(String::from_utf8_lossy(&got), expected);
 }
 
 /// The upstream sends one event, `data: TOKEN`; the client must receive exactly it.

@@ -16,15 +16,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use light::{Light, TrafficLight};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use support::tls::fixture;
-use support::{request, wait_until, within, TempDir, TestServer};
+use support::{read_exactly, request, wait_until, within, TempDir, TestServer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -62,32 +61,7 @@ impl TlsUpstream {
     /// With `client_root`: a server that asks every client for a certificate and takes only one
     /// that chains to it (mutual TLS).
     async fn start_with(client_root: Option<CertificateDer<'static>>) -> TlsUpstream {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("a.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(fixture("a.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_root {
-            None => builder.with_no_client_auth(),
-            Some(root) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(root).unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_single_cert(certs, key).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = support::tls::server_a(client_root);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -341,15 +315,7 @@ async fn server_sent_events_over_tls_reach_the_client_one_by_one() {
     for token in ["token1", "token2"] {
         let event = format!("data: {token}\n\n");
         events.send_data(Bytes::from(event.clone())).await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < event.len() {
-            let frame = within("the next chunk", body.frame()).await;
-            let frame = frame.expect("the body ended early").expect("a body chunk");
-            if let Ok(data) = frame.into_data() {
-                got.extend_from_slice(&data);
-            }
-        }
-        assert_eq!(String::from_utf8_lossy(&got), event);
+        read_exactly(&mut body, &event).await;
     }
     drop(events);
     let end = within("the end of the stream", body.frame()).await;

@@ -162,6 +162,17 @@ pub async fn next_chunk(body: &mut hyper::body::Incoming) -> Option<Result<Bytes
     }
 }
 
+/// Read `body` until it has given exactly `expected` (more would fail the test): a streamed
+/// answer's next event, as it comes.
+pub async fn read_exactly(body: &mut hyper::body::Incoming, expected: &str) {
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let chunk = next_chunk(body).await.expect("the body ended early");
+        got.extend_from_slice(&chunk.expect("a body chunk"));
+    }
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
 /// Collect a response's whole body into a [`Reply`].
 async fn read_reply(response: Response<hyper::body::Incoming>) -> Result<Reply, hyper::Error> {
     let (parts, body) = response.into_parts();

@@ -23,7 +23,9 @@ mod server;
 mod system;
 pub mod tls;
 
-pub use client::{next_chunk, raw_post, read_to_close, request, Client, H1Conn, H2Conn, Reply};
+pub use client::{
+    next_chunk, raw_post, read_exactly, read_to_close, request, Client, H1Conn, H2Conn, Reply,
+};
 pub use recorders::{held_job, job, panicking_job, registry, Gate, Panicker, Recorder, Run};
 pub use server::{Launch, TestServer};
 pub use system::{free_port, is_dead, make_fifo, release_fifo, TempDir};

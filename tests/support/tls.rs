@@ -59,6 +59,40 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex.join(":")
 }
 
+/// A TLS server with server A's chain and key (`a.pem`, `a.key`: `localhost`, `127.0.0.1`),
+/// ALPN `http/1.1`, for fake upstreams; with `client_root`, it asks every client for a
+/// certificate and takes only one that chains to it (mutual TLS).
+pub fn server_a(client_root: Option<CertificateDer<'static>>) -> tokio_rustls::TlsAcceptor {
+    let chain = CertificateDer::pem_file_iter(fixture("a.pem"))
+        .expect("fixture a.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a.pem holds certificates");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(fixture("a.key")).expect("a.key");
+    let provider = Arc::new(provider::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider speaks TLS 1.2 and 1.3");
+    let builder = match client_root {
+        None => builder.with_no_client_auth(),
+        Some(root) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(root).expect("a usable client root");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("a.pem and a.key match");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// A client trusting the fixtures' root CA (`ca.pem`) and nothing else, offering `alpn`.
 pub fn trusting_test_ca(alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
