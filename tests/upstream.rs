@@ -1436,6 +1436,40 @@ async fn several_servers_take_turns_share_the_slots_by_fewest_in_flight_and_show
 }
 
 #[tokio::test]
+async fn weights_share_the_turns_and_the_slots_in_proportion() {
+    let (a, a_addr) = Fake::tcp().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server =
+        TestServer::start(&config_servers("/u", &[a_addr, b_addr], "weights = [3, 1]")).await;
+
+    // One at a time, both idle: three turns for the first to one for the second.
+    post_created(&server, 20).await;
+    assert_eq!((a.seen().len(), b.seen().len()), (15, 5));
+
+    // Many at once: fewest in flight for its weight, so the 4 slots sit 3 + 1.
+    let client = server.client();
+    let replies: Vec<_> = (0..12)
+        .map(|i| {
+            let mut req = request("POST", "/u", format!("held {i}"));
+            req.headers_mut().insert("x-hold", "1".parse().unwrap());
+            client.spawn(req)
+        })
+        .collect();
+    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
+    wait_until("4 held requests at the servers", || {
+        in_flight(&a) + in_flight(&b) == 4
+    })
+    .await;
+    assert_eq!((in_flight(&a), in_flight(&b)), (3, 1));
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["servers"][0]["weight"], 3, "{up}");
+    assert_eq!(up["servers"][1]["weight"], 1, "{up}");
+    release_created(&a, &b, replies).await;
+    assert_eq!(a.seen().len() + b.seen().len(), 32);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to_the_others() {
     let refused = refused_addr().await;
     let (b, b_addr) = Fake::tcp().await;

@@ -112,7 +112,13 @@ pub struct UpstreamServer {
     pub address: UpstreamAddress,
     /// The key it was written under, relative to the table (`url`, or `urls[N]`), for messages.
     pub key: String,
+    /// Its share of the requests against the others' (`weights[N]`, 1 to [`MAX_WEIGHT`]): by
+    /// fewest in flight for its weight, equals taking turns in proportion. 1 without `weights`.
+    pub weight: u32,
 }
+
+/// Largest weight a server may have in `weights`.
+pub const MAX_WEIGHT: u32 = 100;
 
 impl UpstreamConfig {
     /// The servers' URLs, joined by `, ` (for logs and the startup line).
@@ -144,6 +150,7 @@ pub enum UpstreamAddress {
 pub(crate) struct RawUpstream {
     pub(crate) url: Option<String>,
     pub(crate) urls: Option<Vec<String>>,
+    pub(crate) weights: Option<Vec<u32>>,
     #[serde(default = "default_connect_timeout_ms")]
     pub(crate) connect_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
@@ -258,9 +265,45 @@ fn servers(
             Some(_) => {}
             None => base = Some(base_path),
         }
-        servers.push(UpstreamServer { url, address, key });
+        servers.push(UpstreamServer {
+            url,
+            address,
+            key,
+            weight: 1,
+        });
     }
     Ok((servers, base.unwrap_or_default()))
+}
+
+/// Give each of `urls`' servers its weight: one per server, in the same order, each 1 to
+/// [`MAX_WEIGHT`]; a problem names `weights` or `weights[N]`.
+fn weigh(servers: &mut [UpstreamServer], weights: &[u32]) -> Result<(), (String, String)> {
+    if servers.first().is_some_and(|s| s.key == "url") {
+        return Err((
+            "weights".into(),
+            "needs several servers (`urls` with two or more)".into(),
+        ));
+    }
+    if weights.len() != servers.len() {
+        return Err((
+            "weights".into(),
+            format!(
+                "gives {} weights for {} servers: give one per server in `urls`, in its order",
+                weights.len(),
+                servers.len()
+            ),
+        ));
+    }
+    for (i, (server, &weight)) in servers.iter_mut().zip(weights).enumerate() {
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err((
+                format!("weights[{i}]"),
+                format!("{weight} is out of range (1 to {MAX_WEIGHT})"),
+            ));
+        }
+        server.weight = weight;
+    }
+    Ok(())
 }
 
 /// The parts of a valid upstream URL: address and base path.
@@ -327,7 +370,10 @@ impl RawUpstream {
         ranges: [(u64, u64); 6],
         max_bytes: (u64, u64),
     ) -> Result<UpstreamConfig, (String, String)> {
-        let (servers, base_path) = servers(self.url.take(), self.urls.take())?;
+        let (mut servers, base_path) = servers(self.url.take(), self.urls.take())?;
+        if let Some(weights) = self.weights.take() {
+            weigh(&mut servers, &weights)?;
+        }
         self.rest(servers, base_path, ranges, max_bytes)
             .map_err(|(key, problem)| (key.to_string(), problem))
     }
@@ -642,6 +688,22 @@ mod tests {
                 "endpoint[0].upstream.host_header",
             ),
             (
+                "url = \"http://h:1\"\nweights = [1]",
+                "endpoint[0].upstream.weights",
+            ),
+            (
+                "urls = [\"http://h:1\", \"http://h:2\"]\nweights = [1]",
+                "endpoint[0].upstream.weights",
+            ),
+            (
+                "urls = [\"http://h:1\", \"http://h:2\"]\nweights = [1, 0]",
+                "endpoint[0].upstream.weights[1]",
+            ),
+            (
+                "urls = [\"http://h:1\", \"http://h:2\"]\nweights = [101, 1]",
+                "endpoint[0].upstream.weights[0]",
+            ),
+            (
                 "url = \"https://h:1\"\ntls_cert_file = \"/c.pem\"",
                 "endpoint[0].upstream.tls_key_file",
             ),
@@ -746,6 +808,7 @@ mod tests {
             }
         );
         assert_eq!(u.servers[1].key, "urls[1]");
+        assert_eq!((u.servers[0].weight, u.servers[1].weight), (1, 1));
         assert_eq!(u.urls(), "http://127.0.0.1:8081/v1, http://[::1]:8082/v1/");
         assert!(u.affinity_header.is_none());
         let c = Config::from_toml(
@@ -760,6 +823,18 @@ mod tests {
             panic!("not an upstream endpoint");
         };
         assert_eq!(u.affinity_header.as_ref().unwrap(), "x-session-id");
+        let c = Config::from_toml(
+            &endpoint(
+                "/u",
+                "urls = [\"http://h:1\", \"http://h:2\"]\nweights = [3, 1]",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let HandlerConfig::Upstream(u) = &c.endpoints[0].handler else {
+            panic!("not an upstream endpoint");
+        };
+        assert_eq!((u.servers[0].weight, u.servers[1].weight), (3, 1));
     }
 
     #[test]

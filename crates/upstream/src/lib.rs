@@ -69,9 +69,6 @@ pub(crate) struct Shared {
     pub strip: Option<String>,
     /// The most kept-alive connections each server keeps idle (the endpoint's concurrency).
     pub max_idle: usize,
-    /// A server's share of the endpoint's slots (rounded up): past it, an affinity key's request
-    /// is placed by load instead.
-    pub share: u64,
     /// Where each affinity key's last request went (empty without `affinity_header`).
     pub sticky: Sticky,
     /// The servers (`url`, or each of `urls`), in the order written.
@@ -79,8 +76,13 @@ pub(crate) struct Shared {
     /// How many servers are unhealthy by their last health check: the endpoint admits while
     /// fewer than all are (kept by `Health::record`).
     pub unhealthy: AtomicUsize,
-    /// Where the next pick starts looking, so that servers equally loaded take turns.
+    /// Where the next pick starts looking, so that servers equally loaded take turns (in
+    /// proportion to their weights: a turn counts modulo `total_weight`).
     pub turn: AtomicUsize,
+    /// The servers' weights added up (their number when `weights` is not given).
+    pub total_weight: usize,
+    /// Some server's weight is not 1: a turn is found by weight, not by place.
+    pub weighted: bool,
     /// The time `Server::down_until` counts from.
     pub epoch: Instant,
     /// The deadlines of the exchanges in flight, kept by one task on the I/O runtime.
@@ -104,6 +106,11 @@ pub(crate) struct Server {
     /// The last failure, for `/status`: what, and when.
     pub last_error: Mutex<Option<(String, Instant)>>,
     pub in_flight: AtomicU64,
+    /// Its weight (`weights[N]`, else 1): picked by fewest in flight for its weight.
+    pub weight: u64,
+    /// Its share of the endpoint's slots, by weight (rounded up): past it, an affinity key's
+    /// request is placed by load instead.
+    pub share: u64,
     /// After a failed connection, the server is passed over (while another is usable) until
     /// this many nanoseconds after `Shared::epoch`; 0: not passed over.
     pub down_until: AtomicU64,
@@ -116,6 +123,7 @@ impl Server {
         config: &UpstreamServer,
         checked: bool,
         tls: Option<&(UpstreamTls, Arc<rustls::ClientConfig>)>,
+        share: u64,
     ) -> Result<Server, String> {
         let (target, authority) = match &config.address {
             UpstreamAddress::Tcp {
@@ -165,6 +173,8 @@ impl Server {
             stats: status::Stats::default(),
             last_error: Mutex::new(None),
             in_flight: AtomicU64::new(0),
+            weight: u64::from(config.weight.max(1)),
+            share,
             down_until: AtomicU64::new(0),
         })
     }
@@ -172,10 +182,11 @@ impl Server {
 
 impl Shared {
     /// The server the next request goes to: of those not unhealthy and not passed over after a
-    /// failed connection, the one with the fewest requests in flight, equals taking turns; if
-    /// none is usable, the least loaded of all. With an `affinity` key (the hash of the request's
-    /// `affinity_header`): the server the key's last request went to, while it is usable and has
-    /// less than its `share` of the endpoint's slots in flight; else as without a key, and the
+    /// failed connection, the one with the fewest requests in flight for its weight, equals
+    /// taking turns (each as many turns in a round as its weight); if none is usable, the least
+    /// loaded of all. With an `affinity` key (the hash of the request's `affinity_header`): the
+    /// server the key's last request went to, while it is usable and has less than its `share`
+    /// of the endpoint's slots in flight; else as without a key, and the
     /// key remembered there. `avoid` (a server that just failed to connect) is never picked while
     /// there is another. One server: always it, without a look.
     pub(crate) fn pick(&self, avoid: Option<usize>, affinity: Option<u64>) -> usize {
@@ -192,31 +203,56 @@ impl Shared {
                 let server = &self.servers[home];
                 if avoid != Some(home)
                     && usable(server)
-                    && server.in_flight.load(Ordering::Relaxed) < self.share
+                    && server.in_flight.load(Ordering::Relaxed) < server.share
                 {
                     return home;
                 }
             }
         }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        // Lowest rank wins: usable first, then the fewest in flight.
-        let mut best: Option<(usize, (bool, u64))> = None;
+        let start = self.start();
+        // Usable first, then the fewest in flight for its weight (a / wa < b / wb, compared as
+        // a * wb < b * wa); the first met of equals, from `start`, wins.
+        let mut best: Option<(usize, bool, u64, u64)> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if avoid == Some(i) {
                 continue;
             }
             let server = &self.servers[i];
-            let rank = (!usable(server), server.in_flight.load(Ordering::Relaxed));
-            if best.is_none_or(|(_, best)| rank < best) {
-                best = Some((i, rank));
+            let (unusable, load) = (!usable(server), server.in_flight.load(Ordering::Relaxed));
+            let better = match best {
+                None => true,
+                Some((_, b_unusable, b_load, b_weight)) => {
+                    (unusable, load * b_weight) < (b_unusable, b_load * server.weight)
+                }
+            };
+            if better {
+                best = Some((i, unusable, load, server.weight));
             }
         }
-        let picked = best.map_or(0, |(i, _)| i);
+        let picked = best.map_or(0, |(i, ..)| i);
         if let Some(key) = affinity {
             self.sticky.set(key, picked);
         }
         picked
+    }
+
+    /// Where the next pick starts looking: turn by turn, each server as many turns in a round as
+    /// its weight.
+    fn start(&self) -> usize {
+        let n = self.servers.len();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        if !self.weighted {
+            return turn % n;
+        }
+        let mut left = (turn % self.total_weight) as u64;
+        for (i, server) in self.servers.iter().enumerate() {
+            if left < server.weight {
+                return i;
+            }
+            left -= server.weight;
+        }
+        0
     }
 
     /// The affinity key of a request with these headers: the hash of its `affinity_header`'s
@@ -343,11 +379,19 @@ impl UpstreamHandler {
             }
             None => None,
         };
+        let total_weight: usize = config
+            .servers
+            .iter()
+            .map(|s| s.weight.max(1) as usize)
+            .sum();
+        let slots = slots.max(1);
         let servers = config
             .servers
             .iter()
             .map(|server| {
-                Server::new(server, checked, tls.as_ref())
+                // Its share of the slots by weight, rounded up (at least one).
+                let share = (slots * server.weight.max(1) as usize).div_ceil(total_weight.max(1));
+                Server::new(server, checked, tls.as_ref(), share.max(1) as u64)
                     .map_err(|e| invalid(format!("upstream.{}: {e}", server.key)))
             })
             .collect::<std::io::Result<Box<[Server]>>>()?;
@@ -358,12 +402,13 @@ impl UpstreamHandler {
                 proto: Some(if https { "https" } else { "http" }),
             },
             strip: (prefix && config.strip_prefix).then(|| path.trim_end_matches('/').to_string()),
-            max_idle: slots.max(1),
-            share: slots.max(1).div_ceil(config.servers.len().max(1)) as u64,
+            max_idle: slots,
             sticky: Sticky::new(config.affinity_header.is_some()),
             servers,
             unhealthy: AtomicUsize::new(0),
             turn: AtomicUsize::new(0),
+            total_weight: total_weight.max(1),
+            weighted: config.servers.iter().any(|s| s.weight > 1),
             epoch: Instant::now(),
             deadlines: Arc::default(),
         });

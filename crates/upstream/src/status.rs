@@ -102,6 +102,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
                 // How long it is still passed over after a failed connection (0: it is not).
                 let mut one = server_status(s);
                 one["passed_over_ms"] = json!(shared.passed_over_for(s).as_millis() as u64);
+                one["weight"] = json!(s.weight);
                 one
             }).collect::<Vec<_>>(),
         }
