@@ -484,7 +484,12 @@ async fn a_server_that_asks_for_a_client_certificate_takes_tls_cert_file_and_ref
     assert_eq!(reply.text(), "over TLS: /with, host fiddler.test");
     let reply = server.get("/without").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
-    assert!(reply.text().starts_with("upstream"), "{}", reply.text());
+    // Under TLS 1.3 the server refuses the missing certificate after the client's side of the
+    // handshake is done: the request may have been written, so it is not sent again.
+    assert_eq!(
+        reply.text(),
+        "upstream closed the connection without answering\n"
+    );
     assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
     assert!(up.state.failed.load(Ordering::SeqCst) >= 1);
     server.shutdown().await;
