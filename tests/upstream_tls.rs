@@ -163,9 +163,10 @@ async fn an_https_upstream_is_verified_against_tls_ca_file_sent_its_name_as_sni_
     let up = TlsUpstream::start().await;
     let url = format!("https://localhost:{}", up.addr.port());
     // One check in the test's time (a debug build's handshakes are slow on a loaded machine,
-    // and a check slower than the interval counts as failed).
+    // and a check slower than the interval counts as failed), and the kept-alive connection
+    // kept however slow the machine.
     let extra = format!(
-        "{}\nhealth_path = \"/health\"\nhealth_interval_ms = 30000",
+        "{}\nhealth_path = \"/health\"\nhealth_interval_ms = 30000\nkeepalive_timeout_ms = 60000",
         trusting_test_root()
     );
     let server = start_green(&config("/u", &url, &extra)).await;
