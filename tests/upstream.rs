@@ -1447,20 +1447,7 @@ async fn weights_share_the_turns_and_the_slots_in_proportion() {
     assert_eq!((a.seen().len(), b.seen().len()), (15, 5));
 
     // Many at once: fewest in flight for its weight, so the 4 slots sit 3 + 1.
-    let client = server.client();
-    let replies: Vec<_> = (0..12)
-        .map(|i| {
-            let mut req = request("POST", "/u", format!("held {i}"));
-            req.headers_mut().insert("x-hold", "1".parse().unwrap());
-            client.spawn(req)
-        })
-        .collect();
-    let in_flight = |f: &Fake| f.state.in_flight.load(Ordering::SeqCst);
-    wait_until("4 held requests at the servers", || {
-        in_flight(&a) + in_flight(&b) == 4
-    })
-    .await;
-    assert_eq!((in_flight(&a), in_flight(&b)), (3, 1));
+    let replies = held_split(&server, (&a, &b), 12, None, (3, 1)).await;
     let up = upstream_status(&server, "/u");
     assert_eq!(up["servers"][0]["weight"], 3, "{up}");
     assert_eq!(up["servers"][1]["weight"], 1, "{up}");
@@ -1615,6 +1602,17 @@ async fn held_at_two(
     n: usize,
     session: Option<&str>,
 ) -> Vec<JoinHandle<support::Reply>> {
+    held_split(server, (a, b), n, session, (2, 2)).await
+}
+
+/// As [`held_at_two`], asserting the 4 slots went `split` to the two servers.
+async fn held_split(
+    server: &TestServer,
+    (a, b): (&Fake, &Fake),
+    n: usize,
+    session: Option<&str>,
+    split: (usize, usize),
+) -> Vec<JoinHandle<support::Reply>> {
     let client = server.client();
     let replies = (0..n)
         .map(|i| {
@@ -1632,7 +1630,7 @@ async fn held_at_two(
         in_flight(a) + in_flight(b) == 4
     })
     .await;
-    assert_eq!((in_flight(a), in_flight(b)), (2, 2));
+    assert_eq!((in_flight(a), in_flight(b)), split);
     replies
 }
 
