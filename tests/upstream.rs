@@ -1457,6 +1457,30 @@ async fn weights_share_the_turns_and_the_slots_in_proportion() {
 }
 
 #[tokio::test]
+async fn host_header_upstream_names_the_server_a_request_went_to_even_after_a_resend() {
+    let refused = refused_addr().await;
+    let (b, b_addr) = Fake::tcp().await;
+    let server = TestServer::start(&config_servers(
+        "/u",
+        &[refused, b_addr],
+        "health_interval_ms = 10000\nhost_header = \"upstream\"",
+    ))
+    .await;
+    // The first pick is the refusing server: the request is sent again, to the other, and
+    // carries the other's name, not the first's.
+    post_created(&server, 3).await;
+    let up = upstream_status(&server, "/u");
+    assert_eq!(up["servers"][1]["retries"], 1, "{up}");
+    let hosts: Vec<String> = b
+        .seen()
+        .iter()
+        .map(|s| s.headers["host"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts, vec![b_addr.to_string(); 3]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_that_refuses_connections_is_passed_over_and_its_requests_go_to_the_others() {
     let refused = refused_addr().await;
     let (b, b_addr) = Fake::tcp().await;
