@@ -192,9 +192,9 @@ impl AsyncWrite for Tcp {
 
 /// The stream under a TLS or Unix socket connection: one type for both, so that hyper's client
 /// (its dispatcher, its codec) is built twice, for plain TCP and for this, not three times
-/// (about 30 kB less in the binary, docs/SIZE.md). Plain TCP, the hot path of a proxy, keeps a
-/// type of its own: the match per read and write cost the hop about 200 instructions per
-/// request (0.7%) when it went through here too.
+/// (28 kB less in the binary, docs/SIZE.md). Plain TCP, the hot path of a proxy, keeps a type of
+/// its own: the match per read and write cost the hop 67–238 instructions per request (up to
+/// 0.8%) when it went through here too (docs/BENCHMARKS.md 22.2).
 enum Stream {
     /// Boxed: a TLS stream carries rustls's connection state (about 1 kB).
     Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
@@ -269,7 +269,7 @@ impl AsyncWrite for Stream {
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
 /// Where a server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// A TCP host (name or address) and port, in TLS if `tls` says how.
     Tcp {
@@ -323,15 +323,6 @@ impl std::fmt::Debug for TlsTo {
             .finish_non_exhaustive()
     }
 }
-
-/// The same name under the same settings (one `TlsTo` and its clones).
-impl PartialEq for TlsTo {
-    fn eq(&self, other: &TlsTo) -> bool {
-        self.name == other.name && Arc::ptr_eq(&self.connector, &other.connector)
-    }
-}
-
-impl Eq for TlsTo {}
 
 /// A TLS handshake that failed: the server's certificate was not trusted or not valid for its
 /// name, no protocol version or cipher was shared, or the server closed the connection.

@@ -79,10 +79,9 @@ pub(crate) struct Shared {
     /// Where the next pick starts looking, so that servers equally loaded take turns (in
     /// proportion to their weights: a turn counts modulo `total_weight`).
     pub turn: AtomicUsize,
-    /// The servers' weights added up (their number when `weights` is not given).
+    /// The servers' weights added up (their number when `weights` is not given: then a turn is
+    /// found by place, not by weight).
     pub total_weight: usize,
-    /// Some server's weight is not 1: a turn is found by weight, not by place.
-    pub weighted: bool,
     /// The time `Server::down_until` counts from.
     pub epoch: Instant,
     /// The deadlines of the exchanges in flight, kept by one task on the I/O runtime.
@@ -138,18 +137,17 @@ impl Server {
                     (false, true) => format!("{host}:{port}"),
                     (false, false) => host.clone(),
                 };
-                let to = match tls.filter(|_| *https) {
-                    Some((settings, client)) => Some(relay::TlsTo::new(
-                        client.clone(),
-                        tls::server_name(settings, host)?,
-                    )),
-                    None => None,
+                let (to, name) = match tls.filter(|_| *https) {
+                    // The name the server answers to: its certificate's name if one is given.
+                    Some((settings, client)) => (
+                        Some(relay::TlsTo::new(
+                            client.clone(),
+                            tls::server_name(settings, host)?,
+                        )),
+                        settings.server_name.clone().unwrap_or(name),
+                    ),
+                    None => (None, name),
                 };
-                // The name the server answers to: its certificate's name if one is given.
-                let name = tls
-                    .filter(|_| *https)
-                    .and_then(|(settings, _)| settings.server_name.clone())
-                    .unwrap_or(name);
                 (
                     Target::Tcp {
                         host: host.clone(),
@@ -242,7 +240,7 @@ impl Shared {
     fn start(&self) -> usize {
         let n = self.servers.len();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        if !self.weighted {
+        if self.total_weight == n {
             return turn % n;
         }
         let mut left = (turn % self.total_weight) as u64;
@@ -408,7 +406,6 @@ impl UpstreamHandler {
             unhealthy: AtomicUsize::new(0),
             turn: AtomicUsize::new(0),
             total_weight: total_weight.max(1),
-            weighted: config.servers.iter().any(|s| s.weight > 1),
             epoch: Instant::now(),
             deadlines: Arc::default(),
         });
